@@ -22,8 +22,12 @@ def params_file(notebook: str, profile: str) -> Path:
 
 
 def results_dir(profile: str, kind: str | None = None) -> Path:
-    """``results/<profile>[/<kind>]`` (kind: tables, figures, notebooks, runs), created on demand."""
-    folder = project_root() / "results" / profile
+    """``results/<profile>[/<kind>]`` (kind: tables, figures, notebooks, runs), created on demand.
+
+    ``$MFNB_RESULTS`` replaces ``<project root>/results`` (tests write there, not over committed results).
+    """
+    root = Path(os.environ["MFNB_RESULTS"]) if os.environ.get("MFNB_RESULTS") else project_root() / "results"
+    folder = root / profile
     if kind:
         folder = folder / kind
     folder.mkdir(parents=True, exist_ok=True)
