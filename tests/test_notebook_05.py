@@ -1,0 +1,60 @@
+"""Notebook 05 runs end to end through papermill with small parameters and writes its tables/figures."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from mfnb import paths
+
+pm = pytest.importorskip("papermill")
+
+NOTEBOOK = "05_hoeffding_bounds"
+
+
+def test_notebook_05_runs_and_writes_tables(tmp_path, monkeypatch):
+    root = paths.project_root()
+    params = yaml.safe_load((root / "params" / "tiny" / f"{NOTEBOOK}.yaml").read_text())
+    params.update(profile="pytest", n_reps=300, n_max=500, n_batches=8, coverage_ns=[50],
+                  t5_cost_ratios=[1.0, 4.0, 16.0], t5_step_winrates=[0.6, 0.8])
+    # results go to tmp_path, never over the committed results/ (the kernel inherits the environment)
+    monkeypatch.setenv("MFNB_RESULTS", str(tmp_path / "results"))
+    out = tmp_path / f"{NOTEBOOK}.ipynb"
+    pm.execute_notebook(str(root / "notebooks" / f"{NOTEBOOK}.ipynb"), str(out), parameters=params,
+                        kernel_name="python3", cwd=str(root / "notebooks"), progress_bar=False)
+
+    tables = tmp_path / "results" / "pytest" / "tables"
+    decisions = pd.read_csv(tables / "05_paper_decisions.csv")
+    assert len(decisions) == 29
+    assert set(decisions["decision"]) == {"upgrade", "continue", "stop"}
+    assert decisions["radius_paper"].where(decisions["kind"] == "threshold").dropna().round(4).eq(0.1358).all()
+
+    coverage = pd.read_csv(tables / "05_coverage.csv")
+    assert set(coverage["n"]) == {50} and (coverage["n_reps"] == 300).all()
+    assert coverage["coverage"].between(0, 1).all()
+
+    sequential = pd.read_csv(tables / "05_sequential_coverage.csv")
+    assert sequential["look"].max() == 8
+
+    figures = tmp_path / "results" / "pytest" / "figures"
+    for name in ("05_radius_vs_n", "05_coverage", "05_sequential_coverage", "05_paper_decisions",
+                 "05_label_noise", "05_theorem5_region"):
+        assert (figures / f"{name}.png").is_file() and (figures / f"{name}.pdf").is_file()
+    assert not (root / "results" / "pytest").exists()
+
+
+def test_notebook_05_parameters_cell_matches_yaml():
+    import ast
+
+    import nbformat
+
+    root = paths.project_root()
+    nb = nbformat.read(root / "notebooks" / f"{NOTEBOOK}.ipynb", as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    names = {t.id for node in ast.parse(tagged[0].source).body for t in node.targets}
+    params = yaml.safe_load((root / "params" / "tiny" / f"{NOTEBOOK}.yaml").read_text())
+    assert names == set(params)
+    from mfnb.stats import HoeffdingParams
+    assert names == set(HoeffdingParams.model_fields)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
