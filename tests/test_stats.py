@@ -284,3 +284,15 @@ def test_radius_table_shape():
     t = stats.radius_table([10, 200], [0.05, 0.1])
     assert set(t["method"]) >= {"Lemma 1 (paper)", "hoeffding", "cs_mixture", "clopper_pearson"}
     assert isinstance(t, pd.DataFrame) and t["radius"].notna().all()
+
+
+def test_plot_winrates_with_reference_column():
+    from mfnb.plots import plot_winrates
+
+    df = pd.DataFrame({"label": ["a", "b", "a", "b"], "win_rate": [0.4, 0.6, 0.5, 0.7],
+                       "low": [0.3, 0.5, 0.4, 0.6], "high": [0.5, 0.7, 0.6, 0.8],
+                       "paper": [0.45, 0.65, 0.45, 0.65], "run": ["x", "x", "y", "y"]})
+    fig = plot_winrates(df, reference="paper", hue="run", threshold=0.5)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert "paper (reference)" in labels and "x" in labels
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["a", "b"]
