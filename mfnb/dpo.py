@@ -1,0 +1,101 @@
+"""LoRA DPO updates with TRL's DPOTrainer, on (prompt, chosen, rejected) rows built from responses.
+
+In the multi-fidelity paper the expert's response is always *chosen* and the student's *rejected*.
+The reference policy is the adapter-disabled model by default (``reference="base"``); with
+``reference="previous"`` TRL's own behaviour is kept: a frozen copy of the adapter as it was when the
+update started (the previous round's policy).
+"""
+from __future__ import annotations
+
+import tempfile
+from typing import Literal
+
+import torch
+from datasets import Dataset
+from pydantic import Field
+from transformers import PrinterCallback
+
+from mfnb.params import Params
+from mfnb.sft import quiet_datasets
+
+
+class DPOParams(Params):
+    """One DPO update. Paper defaults where the paper gives them (cosine schedule, 10% warm-up)."""
+
+    lr: float = Field(default=5e-6, gt=0)
+    beta: float = Field(default=0.1, gt=0)
+    epochs: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=16, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    scheduler: str = "cosine"
+    loss_type: list[str] = Field(default_factory=lambda: ["sigmoid"])
+    loss_weights: list[float] | None = None
+    max_length: int = Field(default=512, ge=8)
+    reference: Literal["base", "previous"] = "base"
+    drop_identical: bool = False
+
+
+def preference_dataset(prompts: list[str], chosen: list[str], rejected: list[str],
+                       drop_identical: bool = False) -> Dataset:
+    """A TRL preference dataset. Identical pairs carry no DPO gradient; ``drop_identical`` skips them."""
+    if not (len(prompts) == len(chosen) == len(rejected)):
+        raise ValueError(f"prompts, chosen and rejected differ in length: {len(prompts)}, {len(chosen)}, "
+                         f"{len(rejected)}")
+    rows = [{"prompt": p, "chosen": " " + c.strip(), "rejected": " " + r.strip()}
+            for p, c, r in zip(prompts, chosen, rejected) if not (drop_identical and c.strip() == r.strip())]
+    return Dataset.from_list(rows) if rows else Dataset.from_dict({"prompt": [], "chosen": [], "rejected": []})
+
+
+def dpo_config(output_dir: str, params: DPOParams, seed: int, show_progress: bool = False, **overrides):
+    """A DPOConfig that runs on CPU (bf16 off) and GPU (bf16 where supported) alike."""
+    from trl import DPOConfig
+
+    gpu = torch.cuda.is_available()
+    kwargs = dict(output_dir=output_dir, learning_rate=params.lr, beta=params.beta,
+                  num_train_epochs=params.epochs, per_device_train_batch_size=params.batch_size,
+                  gradient_accumulation_steps=params.grad_accum, warmup_steps=params.warmup_ratio,
+                  lr_scheduler_type=params.scheduler, loss_type=list(params.loss_type),
+                  loss_weights=params.loss_weights, max_length=params.max_length, seed=seed, data_seed=seed,
+                  bf16=gpu and torch.cuda.is_bf16_supported(), gradient_checkpointing=False,
+                  report_to="none", save_strategy="no", logging_steps=10, disable_tqdm=not show_progress,
+                  dataloader_pin_memory=gpu)
+    kwargs.update(overrides)
+    return DPOConfig(**kwargs)
+
+
+def dpo_update(policy, tokenizer, dataset: Dataset, params: DPOParams, *, seed: int = 0,
+               trainer_cls=None, trainer_kwargs: dict | None = None, show_progress: bool = False) -> dict:
+    """Train the LoRA ``policy`` (a peft model) in place on ``dataset``; returns the final metrics.
+
+    An empty dataset is a no-op (every pair was identical, say) and returns ``{"skipped": True}``.
+    """
+    from trl import DPOTrainer
+
+    if len(dataset) == 0:
+        return {"skipped": True}
+    if not hasattr(policy, "peft_config"):
+        raise TypeError("dpo_update trains a LoRA policy: wrap the model with mfnb.models.attach_lora first")
+    pad_side = tokenizer.padding_side
+    with tempfile.TemporaryDirectory(prefix="mfnb-dpo-") as out, quiet_datasets():
+        config = dpo_config(out, params, seed, show_progress=show_progress)
+        trainer = (trainer_cls or DPOTrainer)(model=policy, args=config, train_dataset=dataset,
+                                              processing_class=tokenizer, **(trainer_kwargs or {}))
+        trainer.remove_callback(PrinterCallback)
+        if params.reference == "base" and "ref" in policy.peft_config:
+            # TRL copied the adapter into a frozen "ref" adapter; without it the reference log-probs are
+            # computed with adapters disabled, i.e. by the base model.
+            policy.delete_adapter("ref")
+        try:
+            result = trainer.train()
+        finally:
+            if "ref" in policy.peft_config:
+                policy.delete_adapter("ref")
+            policy.set_adapter("default")
+            tokenizer.padding_side = pad_side
+    policy.eval()
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    metrics = dict(result.metrics)
+    if history:
+        metrics.update({k: v for k, v in history[-1].items() if k.startswith(("rewards/", "logps/", "loss"))})
+    return metrics

@@ -1,0 +1,172 @@
+"""Load causal LMs (hub name, local folder or GGUF), attach/save/load LoRA adapters, and sample from them.
+
+The same calls serve the tiny world's 0.4M-parameter models and the papers' 7B models: only the
+parameters change.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from pydantic import Field
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from mfnb.atomic import atomic_dir
+from mfnb.params import Params
+
+
+class ModelLoadError(OSError):
+    """A model or tokenizer that cannot be found or loaded; the message names it."""
+
+
+class SamplingParams(Params):
+    """How responses are sampled (the multi-fidelity paper: top-p 0.9, temperature 0.1 while training)."""
+
+    max_new_tokens: int = Field(default=32, ge=1)
+    temperature: float = Field(default=0.1, ge=0.0)
+    top_p: float = Field(default=0.9, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0)
+    batch_size: int = Field(default=128, ge=1)
+
+
+class LoraParams(Params):
+    r: int = Field(default=8, ge=1)
+    alpha: int = Field(default=16, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: str | list[str] = "all-linear"
+
+
+def _looks_local(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name and Path(name).exists()
+
+
+def _resolve(name_or_path: str | os.PathLike) -> str:
+    name = str(name_or_path)
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser())
+    if _looks_local(name):
+        raise ModelLoadError(f"model folder not found: {name}")
+    return name  # a hub name
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, *, gguf_file: str | None = None,
+                   trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """A tokenizer that pads on the left (decoder-only batched generation) and has a pad token."""
+    source = _resolve(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load tokenizer {source!r}: {err}") from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = None, dtype: str = "auto",
+               trust_remote_code: bool = False, device: str | None = None,
+               show_progress: bool = True) -> PreTrainedModel:
+    """A causal LM from a hub name, a local folder, or a GGUF file inside a folder (``gguf_file``)."""
+    from transformers.utils import logging as hf_logging
+
+    source = _resolve(name_or_path)
+    if gguf_file and not (Path(source) / gguf_file).is_file():
+        raise ModelLoadError(f"GGUF file not found: {Path(source) / gguf_file}")
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    if not show_progress:
+        hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch_dtype,
+                                                     trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"cannot load model {source!r}: {err}") from err
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+    if device:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def gguf_to_safetensors(folder: str | os.PathLike, gguf_file: str, out: str | os.PathLike) -> Path:
+    """Re-save a GGUF checkpoint as a plain safetensors folder, once (a GGUF-loaded model refuses
+    ``save_pretrained``): the weights are copied into a fresh model of the same config."""
+    out = Path(out)
+    if (out / "config.json").is_file():
+        return out
+    loaded = load_model(folder, gguf_file=gguf_file, dtype="float32")
+    tokenizer = load_tokenizer(folder, gguf_file=gguf_file)
+    fresh = type(loaded)(loaded.config)
+    fresh.load_state_dict(loaded.state_dict())
+    with atomic_dir(out) as tmp:
+        fresh.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return out
+
+
+def attach_lora(model: PreTrainedModel, lora: LoraParams, adapter_name: str = "default"):
+    """Wrap ``model`` with a fresh, trainable LoRA adapter (B = 0, so the wrapped model equals the base)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, config, adapter_name=adapter_name)
+
+
+def save_adapter(peft_model, path: str | os.PathLike) -> Path:
+    """Save the adapter weights and config (atomically: a killed save leaves the old adapter intact)."""
+    with atomic_dir(path) as tmp:
+        peft_model.save_pretrained(tmp)
+    return Path(path)
+
+
+def load_adapter(base: PreTrainedModel, path: str | os.PathLike, *, trainable: bool = True):
+    from peft import PeftModel
+
+    if not (Path(path) / "adapter_config.json").is_file():
+        raise ModelLoadError(f"no LoRA adapter at {path} (adapter_config.json missing)")
+    return PeftModel.from_pretrained(base, str(path), is_trainable=trainable)
+
+
+@torch.no_grad()
+def generate(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], sampling: SamplingParams, *,
+             seed: int = 0, desc: str = "generate", show_progress: bool = True) -> list[str]:
+    """One sampled response per prompt, in prompt order; batched with left padding and seeded.
+
+    The global torch RNG is left untouched, so callers' training randomness does not depend on how
+    much was generated.
+    """
+    if tokenizer.padding_side != "left":
+        raise ValueError("generation needs a left-padding tokenizer (load it with mfnb.models.load_tokenizer)")
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    responses: list[str] = [""] * len(prompts)
+    do_sample = sampling.temperature > 0
+    kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=do_sample,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if do_sample:
+        kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
+    device = next(model.parameters()).device
+    batches = [order[i:i + sampling.batch_size] for i in range(0, len(order), sampling.batch_size)]
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for batch in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
+            enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(device)
+            out = model.generate(**enc, **kwargs)
+            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            for i, text in zip(batch, texts):
+                responses[i] = text.strip()
+    if was_training:
+        model.train()
+    return responses
+
+
+def count_parameters(model, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

@@ -1,0 +1,60 @@
+"""Supervised fine-tuning on (prompt, completion) rows with TRL's SFTTrainer (loss on completions only).
+
+Used to build the tiny world's models, the SFT stages of HbAT and the SFT model of ExPO.
+"""
+from __future__ import annotations
+
+import tempfile
+from contextlib import contextmanager
+
+import datasets
+import torch
+from datasets import Dataset
+from transformers import PrinterCallback
+
+
+@contextmanager
+def quiet_datasets():
+    """Hide the per-call dataset-preparation bars (map/filter) that TRL prints for every trainer."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def sft_config(output_dir: str, *, lr: float, batch_size: int, seed: int, steps: int | None = None,
+               epochs: float = 1.0, warmup_ratio: float = 0.1, scheduler: str = "cosine", max_length: int = 256,
+               show_progress: bool = False, **overrides):
+    """An SFTConfig that works on CPU and GPU alike (bf16 only where a GPU supports it)."""
+    from trl import SFTConfig
+
+    gpu = torch.cuda.is_available()
+    kwargs = dict(output_dir=output_dir, learning_rate=lr, per_device_train_batch_size=batch_size,
+                  num_train_epochs=epochs, max_steps=steps or -1, warmup_steps=warmup_ratio,
+                  lr_scheduler_type=scheduler, seed=seed, data_seed=seed, max_length=max_length,
+                  bf16=gpu and torch.cuda.is_bf16_supported(), gradient_checkpointing=False,
+                  report_to="none", save_strategy="no", logging_steps=50, disable_tqdm=not show_progress,
+                  dataloader_pin_memory=gpu, completion_only_loss=True)
+    kwargs.update(overrides)
+    return SFTConfig(**kwargs)
+
+
+def train(model, tokenizer, rows: list[dict] | Dataset, *, lr: float, batch_size: int, seed: int,
+          steps: int | None = None, epochs: float = 1.0, trainer_cls=None, trainer_kwargs: dict | None = None,
+          desc: str = "sft", **config_overrides) -> dict:
+    """Fine-tune ``model`` in place; returns the trainer's final metrics."""
+    from trl import SFTTrainer
+
+    dataset = rows if isinstance(rows, Dataset) else Dataset.from_list(rows)
+    with tempfile.TemporaryDirectory(prefix="mfnb-sft-") as out, quiet_datasets():
+        config = sft_config(out, lr=lr, batch_size=batch_size, seed=seed, steps=steps, epochs=epochs,
+                            **config_overrides)
+        trainer = (trainer_cls or SFTTrainer)(model=model, args=config, train_dataset=dataset,
+                                              processing_class=tokenizer, **(trainer_kwargs or {}))
+        trainer.remove_callback(PrinterCallback)
+        result = trainer.train()
+    model.eval()
+    return dict(result.metrics)

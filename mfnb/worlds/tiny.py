@@ -1,0 +1,235 @@
+"""The `tiny` world: a word-instruction task, a word-level tokenizer and a ladder of tiny Llama models
+(a habit-ridden student and fidelity experts with fewer habits), built offline and cached by config.
+
+Build recipe: one base model learns every task correctly (SFT from scratch); each role then fine-tunes
+from the base on answers that carry its habits. Building from nothing takes a few minutes on 2 cores;
+later calls load the cached folders in well under a second.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from tqdm.auto import tqdm
+
+from mfnb import paths
+from mfnb.atomic import atomic_dir, write_json
+from mfnb.params import Params
+from mfnb.worlds import tasks
+
+WORLD_VERSION = 1  # bump when the task or recipe changes meaning, so old caches are not reused
+SPECIAL_TOKENS = ["<pad>", "<unk>", "<bos>", "<eos>"]
+
+
+class ArchParams(Params):
+    """A small Llama."""
+
+    layers: int = Field(default=2, ge=1)
+    hidden: int = Field(default=128, ge=8)
+    heads: int = Field(default=4, ge=1)
+    intermediate: int = Field(default=256, ge=8)
+    max_positions: int = Field(default=64, ge=16)
+
+
+class TrainRecipe(Params):
+    steps: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    batch_size: int = Field(default=64, ge=1)
+
+
+class RoleParams(Params):
+    """One model of the ladder: which task habits it keeps and how often it falls into them."""
+
+    habits: list[str] = Field(default_factory=list)
+    habit_rate: float = Field(default=0.75, ge=0.0, le=1.0)
+    cost: float = Field(default=0.0, ge=0.0)
+
+
+class TinyWorldParams(Params):
+    seed: int = 0
+    n_validation: int = Field(default=200, ge=1)
+    n_test: int = Field(default=500, ge=1)
+    n_train: int = Field(default=20000, ge=1)
+    min_words: int = Field(default=3, ge=2)
+    max_words: int = Field(default=5, ge=2)
+    arch: ArchParams = ArchParams()
+    base: TrainRecipe = TrainRecipe(steps=1000, lr=3e-3)
+    finetune: TrainRecipe = TrainRecipe(steps=300, lr=1e-3)
+    roles: dict[str, RoleParams] = Field(default_factory=lambda: {
+        "student": RoleParams(habits=list(tasks.TASKS), cost=1.0),
+        "g1": RoleParams(habits=["repeat", "last", "pick"], cost=1.0),
+        "g2": RoleParams(habits=["repeat", "pick"], cost=4.0),
+        "g3": RoleParams(habits=[], cost=16.0),
+    })
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words ({self.min_words}) > max_words ({self.max_words})")
+        for name, role in self.roles.items():
+            unknown = set(role.habits) - set(tasks.TASKS)
+            if unknown:
+                raise ValueError(f"roles.{name}.habits: unknown task(s) {sorted(unknown)}; known: {list(tasks.TASKS)}")
+        return self
+
+    def key(self) -> str:
+        blob = json.dumps({"version": WORLD_VERSION, **self.model_dump(exclude={"roles"})}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def role_key(world: TinyWorldParams, role: RoleParams) -> str:
+    blob = json.dumps({"world": world.key(), "role": role.model_dump(exclude={"cost"})}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def build_tokenizer():
+    """A word-level tokenizer over the task's closed vocabulary (built locally, no download)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + tasks.vocabulary())}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.normalizer = normalizers.Lowercase()
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    core.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", unk_token="<unk>",
+                                        bos_token="<bos>", eos_token="<eos>", padding_side="left")
+    return tokenizer
+
+
+def split_prompts(params: TinyWorldParams) -> dict[str, list[str]]:
+    """Fixed, seeded, disjoint prompt splits: train (the alignment prompt set X), validation, test."""
+    rng = random.Random(params.seed)
+    wanted = params.n_train + params.n_validation + params.n_test
+    seen: dict[str, None] = {}
+    for _ in range(wanted * 20):
+        seen.setdefault(tasks.sample_example(rng, min_words=params.min_words, max_words=params.max_words).prompt)
+        if len(seen) == wanted:
+            break
+    prompts = list(seen)
+    if len(prompts) < wanted:
+        raise ValueError(f"the task space holds only {len(prompts)} distinct prompts; asked for {wanted}")
+    return {
+        "validation": prompts[: params.n_validation],
+        "test": prompts[params.n_validation: params.n_validation + params.n_test],
+        "train": prompts[params.n_validation + params.n_test:],
+    }
+
+
+def _training_rows(params: TinyWorldParams, role: RoleParams | None, n: int, seed: int,
+                   exclude: set[str]) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    while len(rows) < n:
+        example = tasks.sample_example(rng, min_words=params.min_words, max_words=params.max_words)
+        if example.prompt in exclude:
+            continue
+        habit = role is not None and example.task in role.habits and rng.random() < role.habit_rate
+        rows.append({"prompt": example.prompt, "completion": " " + example.answer(habit=habit)})
+    return rows
+
+
+def _new_model(params: TinyWorldParams, tokenizer):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(params.seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=params.arch.hidden,
+                         intermediate_size=params.arch.intermediate, num_hidden_layers=params.arch.layers,
+                         num_attention_heads=params.arch.heads, num_key_value_heads=params.arch.heads,
+                         max_position_embeddings=params.arch.max_positions, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         tie_word_embeddings=True)
+    return LlamaForCausalLM(config)
+
+
+def _sft(model, tokenizer, rows: list[dict], recipe: TrainRecipe, seed: int, out: Path, desc: str):
+    from mfnb import sft
+
+    sft.train(model, tokenizer, rows, lr=recipe.lr, steps=recipe.steps, batch_size=recipe.batch_size,
+              seed=seed, desc=desc)
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+
+class TinyWorld:
+    """Prompts, quality function, costs and the cached model folders of one tiny world."""
+
+    def __init__(self, params: TinyWorldParams | None = None, cache_root: Path | None = None):
+        self.params = params or TinyWorldParams()
+        self.root = Path(cache_root or paths.cache_dir("worlds")) / f"tiny-{self.params.key()}"
+
+    @cached_property
+    def prompts(self) -> dict[str, list[str]]:
+        return split_prompts(self.params)
+
+    @staticmethod
+    def quality(prompt: str, response: str) -> float:
+        return tasks.quality(prompt, response)
+
+    @property
+    def roles(self) -> list[str]:
+        return list(self.params.roles)
+
+    @property
+    def costs(self) -> dict[str, float]:
+        return {name: role.cost for name, role in self.params.roles.items()}
+
+    def model_path(self, role: str) -> Path:
+        if role == "base":
+            return self.root / "base"
+        if role not in self.params.roles:
+            raise KeyError(f"unknown role {role!r}; this world has {self.roles}")
+        return self.root / f"{role}-{role_key(self.params, self.params.roles[role])}"
+
+    def is_built(self) -> bool:
+        return all((self.model_path(r) / "config.json").is_file() for r in ["base", *self.roles])
+
+    def build(self, show_progress: bool = True) -> dict[str, float]:
+        """Train whatever is not cached yet; returns seconds spent per model (0 for cached ones)."""
+        from mfnb.models import load_model
+
+        tokenizer = build_tokenizer()
+        held_out = set(self.prompts["validation"]) | set(self.prompts["test"])
+        spent = {}
+        base_dir = self.model_path("base")
+        if not (base_dir / "config.json").is_file():
+            start = time.perf_counter()
+            p = self.params
+            rows = _training_rows(p, None, p.base.steps * p.base.batch_size, p.seed + 1, held_out)
+            _sft(_new_model(p, tokenizer), tokenizer, rows, p.base, p.seed, base_dir, "tiny world: base")
+            spent["base"] = time.perf_counter() - start
+        for i, (name, role) in enumerate(tqdm(self.params.roles.items(), desc="tiny world roles",
+                                              disable=not show_progress, leave=False)):
+            target = self.model_path(name)
+            if (target / "config.json").is_file():
+                spent.setdefault(name, 0.0)
+                continue
+            start = time.perf_counter()
+            p = self.params
+            model = load_model(base_dir, show_progress=False)
+            rows = _training_rows(p, role, p.finetune.steps * p.finetune.batch_size, p.seed + 100 + i, held_out)
+            _sft(model, tokenizer, rows, p.finetune, p.seed + i, target, f"tiny world: {name}")
+            spent[name] = time.perf_counter() - start
+        write_json(self.root / "world.json", {"params": self.params.model_dump(), "key": self.params.key()})
+        return spent
+
+    def load(self, role: str):
+        """(model, tokenizer) for a role, building the world first if needed."""
+        from mfnb.models import load_model, load_tokenizer
+
+        if not (self.model_path(role) / "config.json").is_file():
+            self.build()
+        return (load_model(self.model_path(role), show_progress=False),
+                load_tokenizer(self.model_path(role)))
+
+    def tokenizer(self):
+        from mfnb.models import load_tokenizer
+
+        return load_tokenizer(self.model_path("base")) if self.is_built() else build_tokenizer()
