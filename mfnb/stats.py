@@ -170,7 +170,7 @@ def difference_radius(n, delta, *, tight: bool = True):
     return hoeffding_radius(n, delta, separable=True, tight=tight)
 
 
-INTERVAL_METHODS = ("hoeffding_paper", "hoeffding", "bernstein", "clopper_pearson", "wilson")
+INTERVAL_METHODS = ("hoeffding_paper", "hoeffding", "bernstein", "clopper_pearson", "wilson", "exact_ties")
 BINARY_ONLY = ("clopper_pearson", "wilson")
 
 
@@ -180,8 +180,11 @@ def interval_from_counts(wins, ties, losses, delta: float = 0.05, method: str = 
     Methods: ``hoeffding_paper`` (Lemma 1's radius), ``hoeffding`` (standard constant), ``bernstein``
     (empirical Bernstein, Maurer & Pontil 2009 Thm 4, two-sided at delta/2 per side; adapts to the
     small variance of win rates far from 1/2), ``clopper_pearson`` (exact binomial, via scipy's beta
-    quantiles) and ``wilson`` (score interval; approximate, no coverage guarantee).  The last two
+    quantiles) and ``wilson`` (score interval; approximate, no coverage guarantee).  Those two
     need win/lose outcomes only: with ties the outcome is not binomial and they raise.
+    ``exact_ties`` is exact with ties: WinRate = (P(win) + P(win or tie)) / 2, and each of the two is
+    a binomial proportion, so two Clopper-Pearson intervals at delta/2 (a union bound) bound their
+    mean with probability >= 1 - delta.  Without ties it is plain Clopper-Pearson at delta.
     """
     if method not in INTERVAL_METHODS:
         raise ValueError(f"unknown interval method {method!r}; known: {list(INTERVAL_METHODS)}")
@@ -203,21 +206,31 @@ def interval_from_counts(wins, ties, losses, delta: float = 0.05, method: str = 
         log_term = np.log(4.0 / delta)  # two one-sided bounds at delta/2 each
         r = np.sqrt(2.0 * var * log_term / n) + 7.0 * log_term / (3.0 * (n - 1))
         low, high = mean - r, mean + r
+    elif method == "exact_ties":
+        split = np.where(t > 0, delta / 2, delta)
+        low_w, high_w = _clopper_pearson(w, n, split)
+        low_wt, high_wt = _clopper_pearson(w + t, n, split)
+        low, high = (low_w + low_wt) / 2, (high_w + high_wt) / 2
     else:
         if np.any(t > 0):
             raise ValueError(f"{method} needs win/lose outcomes only (got ties); "
                              "use 'hoeffding' or 'bernstein' for outcomes with ties")
         k = w
         if method == "clopper_pearson":
-            with np.errstate(invalid="ignore"):
-                low = np.where(k > 0, stats.beta.ppf(delta / 2, k, n - k + 1), 0.0)
-                high = np.where(k < n, stats.beta.ppf(1 - delta / 2, k + 1, n - k), 1.0)
+            low, high = _clopper_pearson(k, n, delta)
         else:  # wilson
             z = stats.norm.ppf(1 - delta / 2)
             centre = (k + z**2 / 2) / (n + z**2)
             half = z / (n + z**2) * np.sqrt(k * (n - k) / n + z**2 / 4)
             low, high = centre - half, centre + half
     return _scalar_or_array(np.clip(low, 0.0, 1.0)), _scalar_or_array(np.clip(high, 0.0, 1.0))
+
+
+def _clopper_pearson(k, n, delta):
+    with np.errstate(invalid="ignore", divide="ignore"):
+        low = np.where(k > 0, stats.beta.ppf(delta / 2, np.maximum(k, 1e-12), n - k + 1), 0.0)
+        high = np.where(k < n, stats.beta.ppf(1 - delta / 2, k + 1, np.maximum(n - k, 1e-12)), 1.0)
+    return low, high
 
 
 def confidence_interval(outcomes: Iterable, delta: float = 0.05, method: str = "hoeffding") -> tuple[float, float]:

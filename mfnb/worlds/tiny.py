@@ -14,6 +14,8 @@ import time
 from functools import cached_property
 from pathlib import Path
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
@@ -51,6 +53,7 @@ class RoleParams(Params):
 
 
 class TinyWorldParams(Params):
+    kind: Literal["tiny"] = "tiny"
     seed: int = 0
     n_validation: int = Field(default=200, ge=1)
     n_test: int = Field(default=500, ge=1)
@@ -78,7 +81,7 @@ class TinyWorldParams(Params):
         return self
 
     def key(self) -> str:
-        blob = json.dumps({"version": WORLD_VERSION, **self.model_dump(exclude={"roles"})}, sort_keys=True)
+        blob = json.dumps({"version": WORLD_VERSION, **self.model_dump(exclude={"roles", "kind"})}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -180,6 +183,11 @@ class TinyWorld:
     @property
     def costs(self) -> dict[str, float]:
         return {name: role.cost for name, role in self.params.roles.items()}
+
+    @property
+    def key(self) -> str:
+        """Identifies this world's prompts and models (for caches of responses and verdicts)."""
+        return f"tiny-{self.params.key()}"
 
     def model_path(self, role: str) -> Path:
         if role == "base":
