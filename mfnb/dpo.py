@@ -4,6 +4,10 @@ In the multi-fidelity paper the expert's response is always *chosen* and the stu
 The reference policy is the adapter-disabled model by default (``reference="base"``); with
 ``reference="previous"`` TRL's own behaviour is kept: a frozen copy of the adapter as it was when the
 update started (the previous round's policy).
+
+A plain (non-peft) model is trained by full fine-tuning; its reference is then a frozen copy of the
+policy as it is when the update starts (TRL would otherwise reload the checkpoint named in the config,
+which is not the in-memory model after earlier training), unless ``trainer_kwargs`` passes a ``ref_model``.
 """
 from __future__ import annotations
 
@@ -57,7 +61,7 @@ def dpo_config(output_dir: str, params: DPOParams, seed: int, show_progress: boo
                   gradient_accumulation_steps=params.grad_accum, warmup_steps=params.warmup_ratio,
                   lr_scheduler_type=params.scheduler, loss_type=list(params.loss_type),
                   loss_weights=params.loss_weights, max_length=params.max_length, seed=seed, data_seed=seed,
-                  bf16=gpu and torch.cuda.is_bf16_supported(), gradient_checkpointing=False,
+                  bf16=gpu and torch.cuda.is_bf16_supported(), activation_checkpointing=False,
                   report_to="none", save_strategy="no", logging_steps=10, disable_tqdm=not show_progress,
                   dataloader_pin_memory=gpu)
     kwargs.update(overrides)
@@ -66,32 +70,37 @@ def dpo_config(output_dir: str, params: DPOParams, seed: int, show_progress: boo
 
 def dpo_update(policy, tokenizer, dataset: Dataset, params: DPOParams, *, seed: int = 0,
                trainer_cls=None, trainer_kwargs: dict | None = None, show_progress: bool = False) -> dict:
-    """Train the LoRA ``policy`` (a peft model) in place on ``dataset``; returns the final metrics.
+    """Train ``policy`` in place on ``dataset``; returns the final metrics.
 
-    An empty dataset is a no-op (every pair was identical, say) and returns ``{"skipped": True}``.
+    A peft model trains its LoRA adapter; a plain model is fully fine-tuned against a frozen copy of
+    itself (see the module docstring). An empty dataset is a no-op (every pair was identical, say) and
+    returns ``{"skipped": True}``.
     """
     from trl import DPOTrainer
 
     if len(dataset) == 0:
         return {"skipped": True}
-    if not hasattr(policy, "peft_config"):
-        raise TypeError("dpo_update trains a LoRA policy: wrap the model with mfnb.models.attach_lora first")
+    is_peft = hasattr(policy, "peft_config")
+    trainer_kwargs = dict(trainer_kwargs or {})
+    if not is_peft and trainer_kwargs.get("ref_model") is None:
+        trainer_kwargs["ref_model"] = _frozen_copy(policy)
     pad_side = tokenizer.padding_side
     with tempfile.TemporaryDirectory(prefix="mfnb-dpo-") as out, quiet_datasets():
         config = dpo_config(out, params, seed, show_progress=show_progress)
         trainer = (trainer_cls or DPOTrainer)(model=policy, args=config, train_dataset=dataset,
-                                              processing_class=tokenizer, **(trainer_kwargs or {}))
+                                              processing_class=tokenizer, **trainer_kwargs)
         trainer.remove_callback(PrinterCallback)
-        if params.reference == "base" and "ref" in policy.peft_config:
+        if is_peft and params.reference == "base" and "ref" in policy.peft_config:
             # TRL copied the adapter into a frozen "ref" adapter; without it the reference log-probs are
             # computed with adapters disabled, i.e. by the base model.
             policy.delete_adapter("ref")
         try:
             result = trainer.train()
         finally:
-            if "ref" in policy.peft_config:
-                policy.delete_adapter("ref")
-            policy.set_adapter("default")
+            if is_peft:
+                if "ref" in policy.peft_config:
+                    policy.delete_adapter("ref")
+                policy.set_adapter("default")
             tokenizer.padding_side = pad_side
     policy.eval()
     history = [h for h in trainer.state.log_history if "loss" in h]
@@ -99,3 +108,16 @@ def dpo_update(policy, tokenizer, dataset: Dataset, params: DPOParams, *, seed: 
     if history:
         metrics.update({k: v for k, v in history[-1].items() if k.startswith(("rewards/", "logps/", "loss"))})
     return metrics
+
+
+def _frozen_copy(model):
+    """An eval-mode, gradient-free deep copy (the full fine-tuning reference policy)."""
+    import copy
+
+    ref = copy.deepcopy(model)
+    for module in ref.modules():
+        # an earlier trainer may have patched ``forward`` on the instance (TRL's fused LM head); the copied
+        # patch would still call the original model's forward, so drop it and let TRL patch the copy itself
+        module.__dict__.pop("forward", None)
+    ref.requires_grad_(False)
+    return ref.eval()

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Sequence
+from typing import Literal, Sequence
 
-from mfnb import paths, stats
+import pandas as pd
+from pydantic import Field
+
+from mfnb import paths, reference, stats
 from mfnb.atomic import write_json
 from mfnb.models import SamplingParams, generate
+from mfnb.params import Params
 
 
 def _responses_file(world, role: str, prompts: Sequence[str], sampling: SamplingParams, seed: int):
@@ -54,3 +58,78 @@ def mean_quality(world, prompts: Sequence[str], responses: Sequence[str]) -> flo
     """Mean known quality of responses (only worlds with a known quality function have one)."""
     scores = [world.quality(p, r) for p, r in zip(prompts, responses)]
     return sum(scores) / len(scores) if scores else float("nan")
+
+
+def world_judge(world, spec: dict):
+    """A judge from params; the oracle judges by the world's known quality and is named after the world,
+    so verdicts cached for one world are never reused for another."""
+    from mfnb.judges import make_judge
+
+    spec = dict(spec)
+    if spec.get("kind") == "oracle":
+        if not hasattr(world, "quality"):
+            raise ValueError("judge.kind 'oracle' needs a world with a known quality function (the tiny world)")
+        spec.setdefault("name", world.key)
+        return make_judge(spec, quality_fn=world.quality)
+    return make_judge(spec)
+
+
+class FidelityWinratesParams(Params):
+    """Notebook 01: the paper's Table 1 (win rate of each adjacent pair of the fidelity ladder)."""
+
+    profile: str
+    world: dict
+    judge: dict
+    sampling: SamplingParams
+    chain: list[str] = Field(min_length=2)
+    split: Literal["validation", "test"] = "validation"
+    sampling_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    delta: float = Field(default=0.05, gt=0, lt=1)
+
+
+def ladder_table(world, judge, chain: Sequence[str], split: str, sampling: SamplingParams,
+                 seeds: Sequence[int] = (0,), delta: float = 0.05) -> pd.DataFrame:
+    """Table 1: WinRate(chain[i+1] over chain[i]) on ``split``, pooled over sampling seeds, with
+    Lemma 1's radius, an exact interval and the paper's number for the same step (labelled)."""
+    prompts = world.prompts[split]
+    answers = {role: {s: role_responses(world, role, prompts, sampling, seed=s) for s in seeds} for role in chain}
+    paper = reference.load("mf_table1")["win_rate"].tolist()
+    rows = []
+    for i, (baseline, candidate) in enumerate(zip(chain, chain[1:])):
+        row = win_rate_row(judge, list(prompts) * len(seeds),
+                           [r for s in seeds for r in answers[candidate][s]],
+                           [r for s in seeds for r in answers[baseline][s]], delta)
+        rows.append({"baseline": baseline, "candidate": candidate, **row,
+                     "paper_win_rate": paper[i] if i < len(paper) else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def role_table(world, roles: Sequence[str], split: str, sampling: SamplingParams, seed: int = 0) -> pd.DataFrame:
+    """Per role: cost per response, size, known mean quality on ``split`` (where the world knows it)."""
+    from mfnb.models import count_parameters
+
+    rows = []
+    for role in roles:
+        model, _ = world.load(role)
+        prompts = world.prompts[split]
+        row = {"role": role, "cost_per_response": world.costs.get(role, float("nan")),
+               "parameters": count_parameters(model)}
+        if hasattr(world, "quality"):
+            row["mean_quality"] = mean_quality(world, prompts, role_responses(world, role, prompts, sampling, seed))
+        if hasattr(world, "habits"):
+            row["habits"] = ", ".join(world.habits(role)) or "-"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def example_table(world, roles: Sequence[str], split: str, sampling: SamplingParams, n: int = 6,
+                  seed: int = 0) -> pd.DataFrame:
+    """A few prompts with every role's response side by side (and its quality, where known)."""
+    prompts = world.prompts[split][:n]
+    table = {"prompt": prompts}
+    for role in roles:
+        responses = role_responses(world, role, world.prompts[split], sampling, seed)[:n]
+        table[role] = responses
+        if hasattr(world, "quality"):
+            table[f"q({role})"] = [round(world.quality(p, r), 2) for p, r in zip(prompts, responses)]
+    return pd.DataFrame(table)

@@ -3,15 +3,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import seaborn as sns
 
-matplotlib.use("Agg") if not matplotlib.get_backend().lower().startswith(("module://", "nbagg", "ipympl")) else None
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import seaborn as sns  # noqa: E402
-
-from mfnb import paths  # noqa: E402
-from mfnb.atomic import atomic_path  # noqa: E402
+from mfnb import paths
+from mfnb.atomic import atomic_path
 
 sns.set_theme(context="notebook", style="whitegrid")
 

@@ -35,7 +35,7 @@ def sft_config(output_dir: str, *, lr: float, batch_size: int, seed: int, steps:
     kwargs = dict(output_dir=output_dir, learning_rate=lr, per_device_train_batch_size=batch_size,
                   num_train_epochs=epochs, max_steps=steps or -1, warmup_steps=warmup_ratio,
                   lr_scheduler_type=scheduler, seed=seed, data_seed=seed, max_length=max_length,
-                  bf16=gpu and torch.cuda.is_bf16_supported(), gradient_checkpointing=False,
+                  bf16=gpu and torch.cuda.is_bf16_supported(), activation_checkpointing=False,
                   report_to="none", save_strategy="no", logging_steps=50, disable_tqdm=not show_progress,
                   dataloader_pin_memory=gpu, completion_only_loss=True)
     kwargs.update(overrides)

@@ -189,6 +189,9 @@ class TinyWorld:
         """Identifies this world's prompts and models (for caches of responses and verdicts)."""
         return f"tiny-{self.params.key()}"
 
+    def habits(self, role: str) -> list[str]:
+        return list(self.params.roles[role].habits)
+
     def model_path(self, role: str) -> Path:
         if role == "base":
             return self.root / "base"
