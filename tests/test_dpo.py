@@ -55,3 +55,18 @@ def test_empty_dataset_is_a_no_op():
     tokenizer = build_tokenizer()
     policy = attach_lora(_new_model(TinyWorldParams(), tokenizer), LoraParams())
     assert dpo_update(policy, tokenizer, preference_dataset([], [], []), DPOParams()) == {"skipped": True}
+
+
+@pytest.mark.parametrize("reference, expect_zero", [("previous", True), ("base", False)])
+def test_reference_policy_is_base_or_previous_adapter(reference, expect_zero):
+    """After a first update the adapter is non-zero. With lr ~ 0 a second update leaves the policy as it
+    is, so its logged implicit rewards are ~0 exactly when the reference is the previous adapter, and
+    non-zero when the reference is the adapter-disabled base model."""
+    torch.manual_seed(0)
+    tokenizer = build_tokenizer()
+    policy = attach_lora(_new_model(TinyWorldParams(), tokenizer), LoraParams())
+    data = preference_dataset([PROMPT] * 16, ["cat fox owl"] * 16, ["fox cat owl"] * 16)
+    dpo_update(policy, tokenizer, data, DPOParams(lr=5e-3, batch_size=8, epochs=2), seed=0)
+    metrics = dpo_update(policy, tokenizer, data, DPOParams(lr=1e-12, batch_size=8, reference=reference,
+                                                             warmup_ratio=0.0), seed=1)
+    assert (abs(metrics["rewards/chosen"]) < 1e-4) == expect_zero, metrics["rewards/chosen"]
