@@ -19,6 +19,7 @@ start = time.perf_counter()
 import pandas as pd  # noqa: E402
 
 from mfnb import multifidelity as mf  # noqa: E402
+from mfnb.evaluation import world_judge  # noqa: E402
 from mfnb.paths import project_root  # noqa: E402
 from mfnb.worlds.tiny import TinyWorld  # noqa: E402
 
@@ -40,7 +41,7 @@ def main() -> None:
     backend = mf.TinyBackend(world, params.student)
     loaded = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="mfnb-bench-") as tmp:
-        judge = mf.make_world_judge({**params.judge, "cache": True}, world, cache_path=Path(tmp) / "judge.sqlite")
+        judge = world_judge(world, {**params.judge, "cache": True}, cache_path=Path(tmp) / "judge.sqlite")
         t0 = time.perf_counter()
         with mf.torch_threads(threads):
             result = mf.run_multifidelity(config, backend, judge, backend.prompts, tmp, progress=True)

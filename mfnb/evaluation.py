@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Literal, Sequence
 
 import pandas as pd
@@ -60,12 +61,15 @@ def mean_quality(world, prompts: Sequence[str], responses: Sequence[str]) -> flo
     return sum(scores) / len(scores) if scores else float("nan")
 
 
-def world_judge(world, spec: dict):
+def world_judge(world, spec: dict, cache_path: str | Path | None = None):
     """A judge from params; the oracle judges by the world's known quality and is named after the world,
-    so verdicts cached for one world are never reused for another."""
+    so verdicts cached for one world are never reused for another. ``cache_path`` redirects a cached
+    judge's SQLite file (a run keeps its own verdicts beside its state)."""
     from mfnb.judges import make_judge
 
     spec = dict(spec)
+    if cache_path is not None and spec.get("cache"):
+        spec["cache"] = str(cache_path)
     if spec.get("kind") == "oracle":
         if not hasattr(world, "quality"):
             raise ValueError("judge.kind 'oracle' needs a world with a known quality function (the tiny world)")

@@ -301,19 +301,6 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def make_world_judge(spec: dict, world, cache_path: str | Path | None = None):
-    """``mfnb.judges.make_judge`` for a world: the oracle gets the world's quality function and a name
-    that includes the world key (so cached verdicts of another world are never reused)."""
-    from mfnb.judges import make_judge
-
-    spec = dict(spec)
-    if spec.get("kind") == "oracle" and not spec.get("name"):
-        spec["name"] = f"tiny-{world.params.key()}"
-    if cache_path is not None and spec.get("cache"):
-        spec["cache"] = str(cache_path)
-    return make_judge(spec, quality_fn=world.quality)
-
-
 # ----------------------------------------------------------------------------------------------
 # Ledger
 # ----------------------------------------------------------------------------------------------
@@ -392,8 +379,7 @@ def _counts(outcomes: Sequence[str]) -> dict:
 
 
 def _win_freq(c: dict) -> float:
-    n = c["wins"] + c["ties"] + c["losses"]
-    return (c["wins"] + 0.5 * c["ties"]) / n if n else math.nan
+    return stats.WinSummary(c["wins"], c["ties"], c["losses"]).win_freq
 
 
 # ----------------------------------------------------------------------------------------------

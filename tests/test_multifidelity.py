@@ -314,6 +314,7 @@ SUBPROCESS_RUN = textwrap.dedent("""
     import json, os, sys, time
     from pathlib import Path
     from mfnb import multifidelity as mf
+    from mfnb.evaluation import world_judge
     from mfnb.worlds.tiny import TinyWorld
 
     folder, mode, log = sys.argv[1], sys.argv[2], Path(sys.argv[3])
@@ -333,7 +334,7 @@ SUBPROCESS_RUN = textwrap.dedent("""
             time.sleep(600)
         return out
     backend.generate_expert, backend.update = expert, update
-    judge = mf.make_world_judge({"kind": "oracle", "cache": True}, world, cache_path=Path(folder) / "judge.sqlite")
+    judge = world_judge(world, {"kind": "oracle", "cache": True}, cache_path=Path(folder) / "judge.sqlite")
     cfg = mf.RunConfig(fidelities=[{"role": "g1", "cost": 1.0}, {"role": "g2", "cost": 4.0}], batch_size=32,
                        n_validation=40, max_iters_per_fidelity=2, gamma=0.45, seed=7, dpo={"lr": 1e-3})
     with mf.torch_threads(1):
