@@ -12,12 +12,17 @@ model's values (exactly, in every dtype).
 * When the aligned model is the SFT model plus a LoRA adapter, ``theta - theta_w = B A * scaling`` and ExPO
   is the same adapter scaled by ``1 + alpha``: :func:`scale_lora_adapter` writes such an adapter and
   :func:`lora_extrapolation` sweeps alpha on a loaded ``PeftModel`` without merged copies.
+* Notebook 03 (the paper's Section 3): :class:`ExpoParams`, DPO adapters per data fraction cached by config
+  (:func:`train_dpo_adapter`), :func:`alpha_sweep` on the LoRA fast path, :func:`optimal_alpha_table`,
+  :func:`length_controlled_win_rate`, :func:`less_data_table` (Table 1) and :func:`plot_alpha_curves` (Figure 5).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import random
 import shutil
 import struct
 import sys
@@ -27,8 +32,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from tqdm.auto import tqdm
@@ -578,3 +584,461 @@ def lora_extrapolation(model, alpha: float) -> Iterator[Any]:
     finally:
         for module, adapter, scaling in saved:
             module.scaling[adapter] = scaling
+
+
+# ================================================================================================
+# Notebook 03: ExPO on DPO models trained with less preference data (the paper's Section 3)
+# ================================================================================================
+#
+# The SFT model is one of the world's roles (the tiny world's habit-ridden student); the aligned models
+# are LoRA DPO adapters on it trained on nested fractions of one preference set, so every ExPO model is
+# the SFT model plus a scaled adapter and the whole alpha sweep runs on one loaded PeftModel.
+
+EXPO_VERSION = 1  # bump when the data recipe or training changes meaning, so cached adapters are not reused
+_SCHEMAS = ("ExpoParams", "PreferenceDataParams")
+
+
+def __getattr__(name: str):
+    """``ExpoParams`` and ``PreferenceDataParams`` are defined on first use: their fields are DPO, LoRA and
+    sampling settings, whose modules import TRL and transformers (~5 s), which the weight arithmetic above
+    never needs."""
+    if name in _SCHEMAS:
+        _define_schemas()
+        return globals()[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _define_schemas() -> None:
+    from typing import Annotated, Literal
+
+    from pydantic import Field, field_validator
+
+    from mfnb.dpo import DPOParams
+    from mfnb.models import LoraParams, SamplingParams
+    from mfnb.params import Params
+
+    FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+    Fraction = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+    PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+    class PreferenceDataParams(Params):
+        """The full ("100%") preference set; each data fraction trains on a nested prefix of it.
+
+        ``correct_vs_habit``: for a training prompt of the world, chosen = the correct answer and rejected =
+        the answer with the task's habit (the student's systematic mistake), both known to the world.
+        """
+
+        source: Literal["correct_vs_habit"] = "correct_vs_habit"
+        n_pairs: int = Field(default=4096, ge=1)
+        seed: int = 0
+
+    class ExpoParams(Params):
+        """Notebook 03: reward, quality and length vs alpha per data fraction (Figure 5) and Table 1."""
+
+        profile: str
+        world: dict
+        sft_role: str = "student"
+        preference: PreferenceDataParams = PreferenceDataParams()
+        fractions: list[Fraction] = Field(min_length=1)
+        dpo: DPOParams
+        lora: LoraParams = LoraParams()
+        lr_probe: list[PositiveFloat] = Field(default_factory=list)
+        alphas: list[FiniteFloat] = Field(min_length=1)
+        reward_model: dict
+        sampling: SamplingParams
+        sweep_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+        n_select: int | None = Field(default=None, ge=1)
+        n_report: int | None = Field(default=None, ge=1)
+        judge: dict
+        baseline_role: str = "g2"
+        report_seed: int = 0
+        train_seed: int = 0
+        torch_threads: int | None = Field(default=None, ge=1)
+        delta: float = Field(default=0.05, gt=0, lt=1)
+
+        @field_validator("fractions", "alphas")
+        @classmethod
+        def _distinct(cls, value: list[float], info) -> list[float]:
+            if len(set(value)) != len(value):
+                raise ValueError(f"{info.field_name} must be distinct, got {value}")
+            return value
+
+    for cls in (PreferenceDataParams, ExpoParams):
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__
+    globals().update(PreferenceDataParams=PreferenceDataParams, ExpoParams=ExpoParams)
+
+
+def paper_alpha_grid() -> list[float]:
+    """Every alpha the paper searched (Table 3), sorted."""
+    from mfnb import reference
+
+    ranges = reference.load("expo_table3")["search_range"]
+    return sorted({float(a) for r in ranges for a in str(r).split(",")})
+
+
+# ------------------------------------------------------------------------------- preference data
+
+
+def preference_rows(world, data: PreferenceDataParams) -> list[dict]:
+    """The full preference set, in a seeded order: fraction f trains on the first ``ceil(f * n)`` rows,
+    so a larger fraction contains every pair of a smaller one (as subsampling one dataset does)."""
+    from mfnb.worlds import tasks
+
+    prompts = list(world.prompts["train"])
+    if data.n_pairs > len(prompts):
+        raise ValueError(f"preference.n_pairs={data.n_pairs} exceeds the world's {len(prompts)} training prompts")
+    random.Random(f"expo-preference-{data.seed}").shuffle(prompts)
+    rows = []
+    for prompt in prompts[: data.n_pairs]:
+        example = tasks.parse_prompt(prompt)
+        rows.append({"prompt": prompt, "chosen": example.answer(), "rejected": example.answer(habit=True)})
+    return rows
+
+
+def fraction_rows(rows: Sequence[dict], fraction: float) -> list[dict]:
+    return list(rows[: max(1, math.ceil(fraction * len(rows) - 1e-9))])
+
+
+def fraction_label(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+# ----------------------------------------------------------------------------------- DPO adapters
+
+
+def adapter_key(world, params: ExpoParams, fraction: float, lr: float | None = None) -> str:
+    """Everything that changes the adapter: world, SFT role, data, fraction, DPO and LoRA settings, seed."""
+    dpo = params.dpo.model_dump()
+    if lr is not None:
+        dpo["lr"] = lr
+    blob = json.dumps({"version": EXPO_VERSION, "world": world.key, "sft": params.sft_role,
+                       "data": params.preference.model_dump(), "fraction": fraction, "dpo": dpo,
+                       "lora": params.lora.model_dump(), "seed": params.train_seed}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def adapter_path(world, params: ExpoParams, fraction: float, lr: float | None = None,
+                 cache_root: str | Path | None = None) -> Path:
+    from mfnb import paths
+
+    root = Path(cache_root or paths.cache_dir("expo_adapters"))
+    return root / f"{world.key}-{params.sft_role}-{fraction:g}-{adapter_key(world, params, fraction, lr)}"
+
+
+def train_dpo_adapter(world, params: ExpoParams, fraction: float, *, lr: float | None = None,
+                      cache_root: str | Path | None = None, rows: Sequence[dict] | None = None) -> Path:
+    """The LoRA DPO adapter for one data fraction, trained only when not cached.
+
+    The adapter and its ``dpo.json`` (metrics, seconds) are written in one atomic rename, so a killed run
+    leaves nothing that looks finished and a rerun trains exactly the adapters that are missing.
+    """
+    import time
+
+    from mfnb.atomic import write_json
+    from mfnb.dpo import dpo_update, preference_dataset
+    from mfnb.models import attach_lora
+
+    target = adapter_path(world, params, fraction, lr, cache_root)
+    if (target / "dpo.json").is_file():
+        return target
+    start = time.perf_counter()
+    rows = fraction_rows(rows if rows is not None else preference_rows(world, params.preference), fraction)
+    model, tokenizer = world.load(params.sft_role)
+    torch.manual_seed(params.train_seed)
+    policy = attach_lora(model, params.lora)
+    dpo = params.dpo if lr is None else params.dpo.model_copy(update={"lr": lr})
+    data = preference_dataset([r["prompt"] for r in rows], [r["chosen"] for r in rows],
+                              [r["rejected"] for r in rows], drop_identical=dpo.drop_identical)
+    metrics = dpo_update(policy, tokenizer, data, dpo, seed=params.train_seed)
+    info = {"fraction": fraction, "pairs": len(rows), "lr": dpo.lr, "world": world.key, "sft_role": params.sft_role,
+            "seconds": round(time.perf_counter() - start, 1),
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    with atomic_dir(target) as tmp:
+        policy.save_pretrained(tmp)
+        write_json(tmp / "dpo.json", info)
+    return target
+
+
+def adapter_info(path: str | Path) -> dict:
+    file = Path(path) / "dpo.json"
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def load_aligned(world, sft_role: str, adapter: str | Path):
+    """(PeftModel = SFT model + DPO adapter, tokenizer), frozen, in eval mode."""
+    from mfnb.models import load_adapter
+
+    model, tokenizer = world.load(sft_role)
+    return load_adapter(model, adapter, trainable=False).eval(), tokenizer
+
+
+def lora_delta_norm(model) -> float:
+    """Frobenius norm of the adapter's weight change ``sum ||B A * scaling||`` (how far DPO moved)."""
+    from peft.tuners.lora import LoraLayer
+
+    total = 0.0
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, LoraLayer):
+                for name in module.active_adapters:
+                    if name in module.lora_A:
+                        delta = module.lora_B[name].weight @ module.lora_A[name].weight * module.scaling[name]
+                        total += float(delta.float().pow(2).sum())
+    return math.sqrt(total)
+
+
+# ----------------------------------------------------------------------------------------- sweeps
+
+
+def _responses_cache(folder: Path, alpha: float, prompts: Sequence[str], sampling: SamplingParams, seed: int) -> Path:
+    blob = json.dumps({"alpha": alpha, "sampling": sampling.model_dump(), "seed": seed,
+                       "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}, sort_keys=True)
+    return folder / f"alpha{alpha:g}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.json"
+
+
+def sweep_responses(model, tokenizer, prompts: Sequence[str], alphas: Sequence[float], sampling: SamplingParams,
+                    *, seed: int = 0, cache: str | Path | None = None, progress: bool = True,
+                    desc: str = "alpha sweep") -> dict[float, list[str]]:
+    """Responses of the ExPO model for each alpha (``model``: SFT model + LoRA adapter, scaled in place
+    by :func:`lora_extrapolation`; no merged copies).  Same seed for every alpha (common random numbers:
+    differences between alphas are not sampling noise).  ``cache``: a folder (e.g. the adapter's) where
+    each alpha's responses are saved atomically, so a killed sweep resumes where it stopped."""
+    from mfnb.atomic import write_json
+    from mfnb.models import generate
+
+    out: dict[float, list[str]] = {}
+    for alpha in tqdm(list(alphas), desc=desc, disable=not progress, leave=False):
+        alpha = _check_alpha(alpha)
+        file = _responses_cache(Path(cache), alpha, prompts, sampling, seed) if cache else None
+        if file is not None and file.is_file():
+            out[alpha] = json.loads(file.read_text())["responses"]
+            continue
+        with lora_extrapolation(model, alpha):
+            out[alpha] = generate(model, tokenizer, list(prompts), sampling, seed=seed, show_progress=False)
+        if file is not None:
+            write_json(file, {"alpha": alpha, "seed": seed, "responses": out[alpha]})
+    return out
+
+
+def response_metrics(prompts: Sequence[str], responses: Sequence[str], *, reward_fn: Callable | None = None,
+                     quality_fn: Callable | None = None, tokenizer=None) -> dict:
+    """Mean reward (reward model), mean known quality, mean length in words (and tokens) of responses."""
+    row = {"n": len(responses), "length_words": float(np.mean([len(r.split()) for r in responses]))}
+    if tokenizer is not None:
+        row["length_tokens"] = float(np.mean([len(tokenizer(r, add_special_tokens=False)["input_ids"])
+                                              for r in responses]))
+    if reward_fn is not None:
+        row["reward"] = float(np.mean(reward_fn(list(prompts), list(responses))))
+    if quality_fn is not None:
+        row["quality"] = float(np.mean([quality_fn(p, r) for p, r in zip(prompts, responses)]))
+    return row
+
+
+def alpha_sweep(model, tokenizer, prompts: Sequence[str], alphas: Sequence[float], sampling: SamplingParams, *,
+                seeds: Sequence[int] = (0,), reward_fn: Callable | None = None, quality_fn: Callable | None = None,
+                cache: str | Path | None = None, progress: bool = True, desc: str = "alpha sweep"):
+    """One row per alpha: mean reward / quality / length over ``prompts`` x ``seeds`` (a DataFrame)."""
+    import pandas as pd
+
+    answers = [sweep_responses(model, tokenizer, prompts, alphas, sampling, seed=s, cache=cache,
+                               progress=progress, desc=f"{desc} (seed {s})") for s in seeds]
+    rows = []
+    for alpha in alphas:
+        alpha = float(alpha)
+        responses = [r for per_seed in answers for r in per_seed[alpha]]
+        rows.append({"alpha": alpha, **response_metrics(list(prompts) * len(seeds), responses, reward_fn=reward_fn,
+                                                        quality_fn=quality_fn, tokenizer=tokenizer)})
+    return pd.DataFrame(rows)
+
+
+def optimal_alpha(sweep, metric: str = "reward") -> float:
+    """The alpha with the highest mean ``metric`` (the smallest such alpha on a tie), as the paper picks it."""
+    best = sweep[metric].max()
+    return float(sweep.loc[sweep[metric] == best, "alpha"].min())
+
+
+def is_non_increasing(values: Sequence[float]) -> bool:
+    return all(b <= a for a, b in zip(values, values[1:]))
+
+
+# The paper's optimal alpha for its less-data models (Table 3; "full data" is zephyr-7b-dpo-full).
+PAPER_OPTIMAL_ALPHA = {"10%": 8.0, "20%": 2.5, "100%": 0.3}
+
+
+def optimal_alpha_table(sweeps):
+    """Per data fraction (``sweeps``: alpha_sweep frames with a ``data`` label column, in fraction order):
+    the alpha the reward model picks, the alpha that is best by known quality (where known), the values
+    at alpha = 0 (the DPO model) and at both picks, and the paper's optimal alpha where it has one."""
+    import pandas as pd
+
+    rows = []
+    for label, sw in sweeps.groupby("data", sort=False):
+        def at(alpha, col):
+            return float(sw.loc[sw["alpha"] == alpha, col].iloc[0]) if col in sw else math.nan
+
+        chosen = optimal_alpha(sw, "reward")
+        row = {"data": label, "alpha_by_reward": chosen,
+               "at_grid_edge": chosen == sw["alpha"].max() and len(sw) > 1,
+               "reward_at_0": at(0.0, "reward") if (sw["alpha"] == 0).any() else math.nan,
+               "reward_at_chosen": at(chosen, "reward")}
+        if "quality" in sw:
+            best = optimal_alpha(sw, "quality")
+            row.update(alpha_by_quality=best,
+                       quality_at_0=at(0.0, "quality") if (sw["alpha"] == 0).any() else math.nan,
+                       quality_at_chosen=at(chosen, "quality"), quality_at_best=at(best, "quality"))
+        row.update(length_at_0=at(0.0, "length_words") if (sw["alpha"] == 0).any() else math.nan,
+                   length_at_chosen=at(chosen, "length_words"),
+                   paper_optimal_alpha=PAPER_OPTIMAL_ALPHA.get(label, math.nan))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# -------------------------------------------------------------------------- length-controlled win rate
+
+_OUTCOME_VALUE = {"win": 1.0, "tie": 0.5, "lose": 0.0}
+
+
+def _outcome_number(item) -> float | None:
+    if item is None:
+        return None
+    if isinstance(item, str):
+        return _OUTCOME_VALUE.get(str(item).lower())  # "failed" -> None
+    value = float(item)
+    return None if math.isnan(value) or value < 0 else value
+
+
+def length_controlled_win_rate(outcomes: Sequence, candidate_lengths: Sequence[float],
+                               baseline_lengths: Sequence[float], *, l2: float = 1e-3,
+                               max_iter: int = 100) -> dict:
+    """Win rate with the effect of the length difference regressed out, in the spirit of AlpacaEval 2's LC.
+
+    Fits ``P(win) = sigmoid(b0 + b1 * tanh((len_c - len_b) / sd))`` to the outcomes (win 1, tie 1/2, lose 0;
+    failed ones dropped; sd = standard deviation of the length differences) by Newton's method on the
+    log-likelihood with fractional targets and a tiny ridge ``l2`` (keeps the fit finite when the outcome is
+    constant or separable).  The LC win rate is the model's prediction at zero length difference,
+    ``sigmoid(b0)``: how often the candidate would win were it as long as the baseline.  With no length
+    differences it equals the raw win rate; wins explained only by being longer are removed.  AlpacaEval's
+    version also has an instruction-difficulty term fitted across many models; with one candidate and one
+    baseline per table row that term is not identifiable, so it is left out.
+    """
+    rows = [(v, float(c), float(b)) for o, c, b in zip(outcomes, candidate_lengths, baseline_lengths)
+            if (v := _outcome_number(o)) is not None]
+    if len(candidate_lengths) != len(baseline_lengths) or len(outcomes) != len(candidate_lengths):
+        raise ValueError(f"outcomes, candidate_lengths and baseline_lengths differ in length: {len(outcomes)}, "
+                         f"{len(candidate_lengths)}, {len(baseline_lengths)}")
+    if not rows:
+        return {"n": 0, "win_rate": math.nan, "lc_win_rate": math.nan, "length_coef": math.nan}
+    y = np.array([r[0] for r in rows])
+    diff = np.array([r[1] - r[2] for r in rows])
+    sd = float(diff.std())
+    x = np.tanh(diff / sd) if sd > 0 else np.zeros_like(diff)
+    design = np.stack([np.ones_like(x), x], axis=1)
+    beta = np.zeros(2)
+    for _ in range(max_iter):
+        p = 1.0 / (1.0 + np.exp(-(design @ beta)))
+        grad = design.T @ (y - p) - l2 * beta
+        hess = (design * (p * (1 - p))[:, None]).T @ design + l2 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        beta += step
+        if np.abs(step).max() < 1e-10:
+            break
+    return {"n": len(y), "win_rate": float(y.mean()), "lc_win_rate": float(1.0 / (1.0 + math.exp(-beta[0]))),
+            "length_coef": float(beta[1]), "mean_length_diff": float(diff.mean())}
+
+
+def report_row(judge, prompts: Sequence[str], candidate: Sequence[str], baseline: Sequence[str], *,
+               reward_fn: Callable | None = None, quality_fn: Callable | None = None, delta: float = 0.05) -> dict:
+    """Table 1 columns for one model: reward, known quality, length, win rate against the baseline
+    (ties 1/2, with an exact interval) and the length-controlled win rate."""
+    from mfnb import stats
+
+    outcomes = judge.compare(list(prompts), list(candidate), list(baseline))
+    summary = stats.summarize(outcomes)
+    lc = length_controlled_win_rate(outcomes, [len(r.split()) for r in candidate], [len(r.split()) for r in baseline])
+    row = response_metrics(prompts, candidate, reward_fn=reward_fn, quality_fn=quality_fn)
+    row.update(win_rate=summary.win_freq, wins=summary.wins, ties=summary.ties, losses=summary.losses,
+               failed=summary.failed, lc_win_rate=lc["lc_win_rate"], length_coef=lc["length_coef"])
+    if summary.n:
+        row["exact_low"], row["exact_high"] = summary.interval(delta, "exact_ties")
+    return row
+
+
+def paper_table1() -> dict[str, dict]:
+    """The paper's Table 1 by row name, as fractions (win rates in [0, 1]); "full data" is our 100%."""
+    from mfnb import reference
+
+    table = reference.load("expo_table1")
+    out = {}
+    for row in table.itertuples():
+        name = row.model.replace("full data", "100% data")
+        out[name] = {"paper_reward": row.reward, "paper_win_rate": row.win_rate_pct / 100,
+                     "paper_lc_win_rate": row.lc_win_rate_pct / 100}
+    return out
+
+
+def less_data_table(judge, prompts: Sequence[str], baseline: Sequence[str], models: Mapping[str, Sequence[str]], *,
+                    alphas: Mapping[str, float] | None = None, reward_fn: Callable | None = None,
+                    quality_fn: Callable | None = None, delta: float = 0.05):
+    """The paper's Table 1 for our models (name -> responses on ``prompts``), each row beside the paper's
+    numbers for the same name where the paper has one (labelled ``paper_*``; NaN elsewhere)."""
+    import pandas as pd
+
+    paper = paper_table1()
+    empty = {"paper_reward": math.nan, "paper_win_rate": math.nan, "paper_lc_win_rate": math.nan}
+    rows = []
+    for name, responses in tqdm(models.items(), desc="Table 1", leave=False):
+        row = {"model": name, "alpha": (alphas or {}).get(name, math.nan)}
+        row.update(report_row(judge, prompts, responses, baseline, reward_fn=reward_fn, quality_fn=quality_fn,
+                              delta=delta))
+        row.update(paper.get(name, empty))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------------------- figure
+
+
+def plot_alpha_curves(sweeps, chosen: Mapping[str, float], oracle_best: Mapping[str, float] | None = None,
+                      sft: Mapping[str, float] | None = None, title: str | None = None):
+    """Figure 5 of the paper: reward vs alpha (left) and length vs alpha (right), one line per data
+    fraction, the reward-chosen alpha as a dashed vertical line; plus the known quality vs alpha (middle)
+    with the reward-chosen (dashed) and quality-best (dotted) alphas.  ``sweeps``: a frame with columns
+    data, alpha, reward, quality, length_words; ``sft``: the SFT model's value per column (grey line).
+    Symlog x axis: the paper's grids span 0.1 to 10."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    panels = [("reward", "reward-model score"), ("quality", "known quality (oracle)"),
+              ("length_words", "response length (words)")]
+    panels = [p for p in panels if p[0] in sweeps]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2))
+    axes = np.atleast_1d(axes)
+    labels = list(dict.fromkeys(sweeps["data"]))
+    palette = dict(zip(labels, sns.color_palette("colorblind", n_colors=len(labels))))
+    low, high = float(sweeps["alpha"].min()), float(sweeps["alpha"].max())
+    for ax, (col, ylabel) in zip(axes, panels):
+        for label in labels:
+            sub = sweeps[sweeps["data"] == label].sort_values("alpha")
+            ax.plot(sub["alpha"], sub[col], marker="o", ms=3, color=palette[label], label=label)
+            if label in chosen:
+                ax.axvline(chosen[label], color=palette[label], ls="--", lw=1)
+            if col == "quality" and oracle_best and label in oracle_best:
+                ax.axvline(oracle_best[label], color=palette[label], ls=":", lw=1.5)
+        if sft and col in sft:
+            ax.axhline(sft[col], color="grey", lw=1, label="SFT model")
+        ax.set_xscale("symlog", linthresh=1.0)
+        span = max(high - low, 1e-3)
+        ax.set_xlim(low - 0.02 * min(span, 1.0), high * 1.15 if high > 0 else high + 0.1)  # alpha = 0 stays visible
+        ticks = [t for t in (-1, 0, 0.3, 1, 3, 10, 30, 100, 300, 1000) if low <= t <= high]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xlabel("alpha (ExPO)")
+        ax.set_ylabel(ylabel)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, title="DPO data", fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    if "quality" in sweeps and len(axes) > 1:
+        axes[1].set_title("dashed: alpha chosen by reward; dotted: best by quality", fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
