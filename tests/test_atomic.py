@@ -40,3 +40,14 @@ def test_atomic_dir_replaces_whole_folder_or_nothing(tmp_path):
         (tmp / "weights").write_text("v2")
     assert (target / "weights").read_text() == "v2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_kill_between_the_two_renames_is_recovered(tmp_path):
+    target = tmp_path / "model"
+    with atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("v1")
+    os.replace(target, tmp_path / ".model.old")  # what a kill after the first rename leaves
+    with pytest.raises(RuntimeError):
+        with atomic_dir(target):
+            raise RuntimeError("killed again")
+    assert (target / "weights").read_text() == "v1"
