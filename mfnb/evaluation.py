@@ -89,6 +89,7 @@ class FidelityWinratesParams(Params):
     split: Literal["validation", "test"] = "validation"
     sampling_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     delta: float = Field(default=0.05, gt=0, lt=1)
+    torch_threads: int | None = Field(default=1, ge=1)
 
 
 def ladder_table(world, judge, chain: Sequence[str], split: str, sampling: SamplingParams,

@@ -6,7 +6,9 @@ parameters change.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from pydantic import Field
@@ -170,3 +172,22 @@ def generate(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], samp
 
 def count_parameters(model, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` intra-op torch threads (None: torch's default), restoring the count after.
+
+    Tiny models do so little work per op that on 2 shared CPU cores two threads ran SFT, DPO and
+    generation 5-20x slower than one (measured: benchmarks and notebooks print their timings); the
+    numbers computed are the same. Real LLMs on many cores want the default.
+    """
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -50,7 +50,7 @@ from pydantic import Field, field_validator, model_validator
 from mfnb import stats
 from mfnb.atomic import write_json
 from mfnb.dpo import DPOParams
-from mfnb.models import LoraParams, SamplingParams
+from mfnb.models import LoraParams, SamplingParams, torch_threads
 from mfnb.params import Params, ParamsError
 
 STATE_VERSION = 1
@@ -282,23 +282,6 @@ class TinyBackend:
             metrics = dpo_update(self.policy, self.tokenizer, data, dpo, seed=seed)
         metrics["pairs_used"] = len(data)
         return metrics
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Limit torch's intra-op threads.  The tiny models' ops are so small that on 2 shared cores two
-    threads ran DPO ~10-20x slower than one (same numbers either way)."""
-    if n is None:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------------------------

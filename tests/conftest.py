@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from mfnb.worlds.tiny import TinyWorld
+
+# The tests use tiny models, which run many times faster on one intra-op thread on a small shared CPU.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,9 @@ ROOT = paths.project_root()
 # notebook -> its schema ("module:Class")
 SCHEMAS = {
     "01_fidelity_winrates": "mfnb.evaluation:FidelityWinratesParams",
-    "02_multifidelity_traces": "mfnb.multifidelity:MultiFidelityParams",
+    "02_multifidelity_traces": "mfnb.multifidelity:TracesParams",
     "03_expo_alpha_curves": "mfnb.expo:ExpoParams",
-    "04_hbat_ablations": "mfnb.hbat:HbatParams",
+    "04_hbat_ablations": "mfnb.worlds.hbat_conflict:HbatNotebookParams",
     "05_hoeffding_bounds": "mfnb.stats:HoeffdingParams",
 }
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9]*.ipynb"))

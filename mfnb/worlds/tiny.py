@@ -60,6 +60,7 @@ class TinyWorldParams(Params):
     n_train: int = Field(default=20000, ge=1)
     min_words: int = Field(default=3, ge=2)
     max_words: int = Field(default=5, ge=2)
+    torch_threads: int | None = Field(default=1, ge=1)  # tiny models train fastest on one thread
     arch: ArchParams = ArchParams()
     base: TrainRecipe = TrainRecipe(steps=1000, lr=3e-3)
     finetune: TrainRecipe = TrainRecipe(steps=300, lr=1e-3)
@@ -81,7 +82,7 @@ class TinyWorldParams(Params):
         return self
 
     def key(self) -> str:
-        blob = json.dumps({"version": WORLD_VERSION, **self.model_dump(exclude={"roles", "kind"})}, sort_keys=True)
+        blob = json.dumps({"version": WORLD_VERSION, **self.model_dump(exclude={"roles", "kind", "torch_threads"})}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -204,6 +205,12 @@ class TinyWorld:
 
     def build(self, show_progress: bool = True) -> dict[str, float]:
         """Train whatever is not cached yet; returns seconds spent per model (0 for cached ones)."""
+        from mfnb.models import torch_threads
+
+        with torch_threads(self.params.torch_threads):
+            return self._build(show_progress)
+
+    def _build(self, show_progress: bool) -> dict[str, float]:
         from mfnb.models import load_model
 
         tokenizer = build_tokenizer()
