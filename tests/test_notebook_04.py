@@ -1,0 +1,67 @@
+"""Notebook 04 (HbAT ablations) runs end to end through papermill with small parameters and writes its
+tables and figures (about a minute on 2 cores once the tiny world is built)."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from mfnb import paths
+
+pm = pytest.importorskip("papermill")
+
+NOTEBOOK = "04_hbat_ablations"
+
+
+def test_notebook_04_runs_and_writes_tables(tmp_path, monkeypatch):
+    root = paths.project_root()
+    params = yaml.safe_load((root / "params" / "tiny" / f"{NOTEBOOK}.yaml").read_text())
+    params["conflict"].update(n_sft=200, n_pref=200)
+    params.update(profile="pytest", seeds=[0], grid_seeds=[0], n_grid=[1, 2], fmax_grid=[1.0, 100.0],
+                  n_validation=50, n_test=100, efficiency_repeats=1)
+    # results (and the run store under results/<profile>/runs) go to tmp_path, never over committed results
+    monkeypatch.setenv("MFNB_RESULTS", str(tmp_path / "results"))
+    out = tmp_path / f"{NOTEBOOK}.ipynb"
+    pm.execute_notebook(str(root / "notebooks" / f"{NOTEBOOK}.ipynb"), str(out), parameters=params,
+                        kernel_name="python3", cwd=str(root / "notebooks"), progress_bar=False)
+
+    tables = tmp_path / "results" / "pytest" / "tables"
+    table4 = pd.read_csv(tables / "04_table4.csv")
+    assert list(table4["method"]) == ["SFT", "DPO", "HbAT", "w/o EWC", "w/o alternating", "HbAT-Freeze"]
+    assert table4[["quality", "reward", "win_rate"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert (table4["seeds"] == 1).all()
+    assert table4.set_index("method").loc["SFT", "reward"] == 0.0       # demonstrations never carry the style
+    assert table4.set_index("method").loc["HbAT", "paper_gpt4_win"] == pytest.approx(60.10)
+    runs = pd.read_csv(tables / "04_table4_runs.csv")
+    assert runs.set_index("method").loc["HbAT", "n_stages"] == 4       # sft, dpo, sft, dpo
+    order = pd.read_csv(tables / "04_orderings.csv")
+    assert len(order) == 36 and set(order["metric"]) == {"quality", "reward", "win_rate"}
+    grid = pd.read_csv(tables / "04_figure2_runs.csv")
+    assert set(grid["axis"]) == {"N", "Fmax", "DPO"}
+    table7 = pd.read_csv(tables / "04_table7.csv").set_index("method")
+    assert table7.loc["DPO", "relative_time"] == 1.0 and table7.loc["HbAT", "relative_time"] > 0
+    imp = pd.read_csv(tables / "04_importance.csv")
+    assert imp["F_ours"].sum() == pytest.approx(100.0)
+    figures = tmp_path / "results" / "pytest" / "figures"
+    for name in ("04_table4_tradeoff", "04_table4_winrate", "04_figure2"):
+        assert (figures / f"{name}.png").is_file() and (figures / f"{name}.pdf").is_file()
+    assert not (root / "results" / "pytest").exists()
+
+
+def test_notebook_04_parameters_cell_matches_yaml_and_schema():
+    import ast
+
+    import nbformat
+
+    from mfnb.worlds.hbat_conflict import HbatNotebookParams
+
+    root = paths.project_root()
+    nb = nbformat.read(root / "notebooks" / f"{NOTEBOOK}.ipynb", as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    cell = {t.id: ast.literal_eval(node.value) for node in ast.parse(tagged[0].source).body for t in node.targets}
+    params = yaml.safe_load((root / "params" / "tiny" / f"{NOTEBOOK}.yaml").read_text())
+    assert cell == params
+    assert set(cell) == set(HbatNotebookParams.model_fields)
+    HbatNotebookParams.from_yaml(root / "params" / "tiny" / f"{NOTEBOOK}.yaml")
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
