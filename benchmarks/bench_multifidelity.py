@@ -20,6 +20,7 @@ import pandas as pd  # noqa: E402
 
 from mfnb import multifidelity as mf  # noqa: E402
 from mfnb.evaluation import world_judge  # noqa: E402
+from mfnb.models import torch_threads  # noqa: E402
 from mfnb.paths import project_root  # noqa: E402
 from mfnb.worlds.tiny import TinyWorld  # noqa: E402
 
@@ -43,7 +44,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="mfnb-bench-") as tmp:
         judge = world_judge(world, {**params.judge, "cache": True}, cache_path=Path(tmp) / "judge.sqlite")
         t0 = time.perf_counter()
-        with mf.torch_threads(threads):
+        with torch_threads(threads):
             result = mf.run_multifidelity(config, backend, judge, backend.prompts, tmp, progress=True)
         wall = time.perf_counter() - t0
 

@@ -50,7 +50,7 @@ from pydantic import Field, field_validator, model_validator
 from mfnb import stats
 from mfnb.atomic import write_json
 from mfnb.dpo import DPOParams
-from mfnb.models import LoraParams, SamplingParams, torch_threads
+from mfnb.models import LoraParams, SamplingParams
 from mfnb.params import Params, ParamsError
 
 STATE_VERSION = 1

@@ -315,6 +315,7 @@ SUBPROCESS_RUN = textwrap.dedent("""
     from pathlib import Path
     from mfnb import multifidelity as mf
     from mfnb.evaluation import world_judge
+    from mfnb.models import torch_threads
     from mfnb.worlds.tiny import TinyWorld
 
     folder, mode, log = sys.argv[1], sys.argv[2], Path(sys.argv[3])
@@ -337,7 +338,7 @@ SUBPROCESS_RUN = textwrap.dedent("""
     judge = world_judge(world, {"kind": "oracle", "cache": True}, cache_path=Path(folder) / "judge.sqlite")
     cfg = mf.RunConfig(fidelities=[{"role": "g1", "cost": 1.0}, {"role": "g2", "cost": 4.0}], batch_size=32,
                        n_validation=40, max_iters_per_fidelity=2, gamma=0.45, seed=7, dpo={"lr": 1e-3})
-    with mf.torch_threads(1):
+    with torch_threads(1):
         result = mf.run_multifidelity(cfg, backend, judge, backend.prompts, Path(folder) / "runs", progress=False)
     Path(folder, "result.json").write_text(json.dumps({"history": result.state["history"],
         "ledger": result.state["ledger"], "iterations": result.state["iterations"], "best": result.best}))

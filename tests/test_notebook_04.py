@@ -53,7 +53,7 @@ def test_notebook_04_parameters_cell_matches_yaml_and_schema():
 
     import nbformat
 
-    from mfnb.worlds.hbat_conflict import HbatNotebookParams
+    from mfnb.hbat_ablations import HbatNotebookParams
 
     root = paths.project_root()
     nb = nbformat.read(root / "notebooks" / f"{NOTEBOOK}.ipynb", as_version=4)
