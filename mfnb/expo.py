@@ -390,16 +390,18 @@ def _copy_small_files(strong: Path, dest: Path, written: set[str]) -> list[str]:
 
 
 def extrapolate(weak: str | Path, strong: str | Path, alpha: float, out: str | Path, *,
-                overwrite: bool = False, progress: bool = True, durable: bool = True) -> Path:
+                overwrite: bool = False, progress: bool = True, durable: bool = False) -> Path:
     """Write ``strong + alpha * (strong - weak)`` as a model folder ``out``; returns ``out``.
 
     ``out`` gets strong's shard names and index and copies of its config, generation config, tokenizer and
     other small files.  ``weak`` may be sharded differently (tensors are looked up through its index).
     Streams: tensors are read and written in chunks of CHUNK_ELEMENTS elements, so peak memory is a few
     chunk buffers (tens of MB) whatever the model or tensor size; inputs are only read.  Everything is
-    written into a hidden folder beside ``out`` and renamed at the end, so a killed run leaves no ``out``;
-    ``durable`` fsyncs every file first so that a power loss cannot leave a finished-looking folder either
-    (it costs the time to flush the output to disk).  ``overwrite`` replaces an existing ``out`` atomically.
+    written into a hidden folder beside ``out`` and renamed at the end, so a killed process leaves no
+    ``out`` (its written pages still reach the disk).  ``durable=True`` also fsyncs every file before the
+    rename, so that a power loss or kernel crash cannot leave a finished-looking folder either; it is off by
+    default, like ``save_pretrained``, because flushing gigabytes costs about 3x the extrapolation itself
+    (benchmarks/bench_expo.py measures both).  ``overwrite`` replaces an existing ``out`` atomically.
     """
     alpha = _check_alpha(alpha)
     weak, strong, out = Path(weak), Path(strong), Path(out)
