@@ -111,3 +111,33 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_from_namespace_reports_missing_parameters():
     with pytest.raises(ParamsError, match=r"missing parameter\(s\) \['world'"):
         FidelityWinratesParams.from_namespace({"profile": "tiny"})
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_no_cell_rebinds_a_parameter_before_it_is_read(notebook):
+    """Between the parameters cell and ``from_namespace(globals())`` an import or assignment would silently
+    replace a parameter's value (e.g. ``from mfnb.models import torch_threads`` shadowing the
+    ``torch_threads`` parameter). Afterwards the notebook reads ``P`` and may reuse the names."""
+    nb = nbformat.read(ROOT / "notebooks" / f"{notebook}.ipynb", as_version=4)
+    params = set(_parameters_cell(notebook))
+    cells = [c for c in nb.cells if c.cell_type == "code"]
+    start = next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))
+    statements = []
+    for cell in cells[start + 1:]:
+        for stmt in ast.parse(cell.source).body:
+            if "from_namespace" in ast.unparse(stmt):
+                break
+            statements.append(stmt)
+        else:
+            continue
+        break
+    else:
+        pytest.fail(f"{notebook}: no cell reads the parameters with from_namespace(globals())")
+    for stmt in statements:
+        for node in ast.walk(stmt):
+            bound = set()
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                bound = {(a.asname or a.name).split(".")[0] for a in node.names}
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                bound = {node.id}
+            assert not bound & params, f"{notebook}: a cell rebinds parameter(s) {sorted(bound & params)}"
