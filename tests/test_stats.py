@@ -296,3 +296,15 @@ def test_plot_winrates_with_reference_column():
     labels = fig.axes[0].get_legend_handles_labels()[1]
     assert "paper (reference)" in labels and "x" in labels
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == ["a", "b"]
+
+
+def test_exact_ties_interval_is_clopper_pearson_without_ties_and_covers_with_ties():
+    from scipy.stats import binomtest
+
+    low, high = stats.interval_from_counts(30, 0, 70, 0.05, "exact_ties")
+    ci = binomtest(30, 100).proportion_ci(0.95, "exact")
+    assert (low, high) == pytest.approx((ci.low, ci.high))
+    rng = np.random.default_rng(3)
+    mu, tie, n = 0.3, 0.2, 200
+    w, t, l = stats.simulate_counts(mu, tie, n, N_REPS, rng)
+    assert coverage_ok(_covered(*stats.interval_from_counts(w, t, l, 0.05, "exact_ties"), mu), 0.05)
