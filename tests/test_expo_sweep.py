@@ -20,12 +20,6 @@ PROMPTS = ["sort these words: fox cat owl . answer:", "repeat twice: red fig . a
 SAMPLING = SamplingParams(max_new_tokens=8, temperature=1.0, top_p=1.0, top_k=0, batch_size=2)
 
 
-@pytest.fixture
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def lora_model(seed: int = 0):
@@ -44,7 +38,7 @@ def lora_model(seed: int = 0):
 # ------------------------------------------------------------------------------------------- sweeps
 
 
-def test_sweep_ends_are_the_aligned_and_the_sft_model(one_thread):
+def test_sweep_ends_are_the_aligned_and_the_sft_model():
     model, tokenizer = lora_model()
     answers = expo.sweep_responses(model, tokenizer, PROMPTS, [-1.0, 0.0, 3.0], SAMPLING, seed=5, progress=False)
     assert answers[0.0] == generate(model, tokenizer, PROMPTS, SAMPLING, seed=5, show_progress=False)
@@ -56,7 +50,7 @@ def test_sweep_ends_are_the_aligned_and_the_sft_model(one_thread):
     assert expo.sweep_responses(model, tokenizer, PROMPTS, [0.0], SAMPLING, seed=5, progress=False)[0.0] == answers[0.0]
 
 
-def test_alpha_sweep_table_and_cache(tmp_path, monkeypatch, one_thread):
+def test_alpha_sweep_table_and_cache(tmp_path, monkeypatch):
     model, tokenizer = lora_model(1)
     reward_fn = lambda prompts, responses: [float(len(r.split())) for r in responses]  # noqa: E731
     table = expo.alpha_sweep(model, tokenizer, PROMPTS, [0.0, 2.0], SAMPLING, seeds=[0, 1], reward_fn=reward_fn,
@@ -205,7 +199,7 @@ def test_preference_rows_are_nested_correct_vs_habit(tiny_world):
         expo.preference_rows(tiny_world, expo.PreferenceDataParams(n_pairs=10**6))
 
 
-def test_adapters_are_cached_by_config(tiny_world, tmp_path, monkeypatch, one_thread):
+def test_adapters_are_cached_by_config(tiny_world, tmp_path, monkeypatch):
     params = expo.ExpoParams.validate_mapping(_tiny03(preference={"n_pairs": 64, "seed": 0},
                                                       dpo={**_tiny03()["dpo"], "batch_size": 16}))
     path = expo.train_dpo_adapter(tiny_world, params, 0.5, cache_root=tmp_path)

@@ -1,7 +1,6 @@
 """Notebook 02 runs end to end through papermill with small parameters and writes its tables/figures."""
 from __future__ import annotations
 
-import ast
 
 import pandas as pd
 import pytest
@@ -50,19 +49,3 @@ def test_notebook_02_runs_and_writes_tables(tmp_path, monkeypatch):
     for name in ("02_traces", "02_cost_quality"):
         assert (figures / f"{name}.png").is_file() and (figures / f"{name}.pdf").is_file()
     assert not (root / "results" / "pytest").exists()
-
-
-def test_notebook_02_parameters_cell_matches_yaml():
-    import nbformat
-
-    from mfnb.multifidelity import TracesParams
-
-    root = paths.project_root()
-    nb = nbformat.read(root / "notebooks" / f"{NOTEBOOK}.ipynb", as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1
-    names = {t.id for node in ast.parse(tagged[0].source).body for t in node.targets}
-    params = yaml.safe_load((root / "params" / "tiny" / f"{NOTEBOOK}.yaml").read_text())
-    assert names == set(params) == set(TracesParams.model_fields)
-    TracesParams.validate_mapping(params)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")

@@ -46,22 +46,3 @@ def test_notebook_04_runs_and_writes_tables(tmp_path, monkeypatch):
     for name in ("04_table4_tradeoff", "04_table4_winrate", "04_figure2"):
         assert (figures / f"{name}.png").is_file() and (figures / f"{name}.pdf").is_file()
     assert not (root / "results" / "pytest").exists()
-
-
-def test_notebook_04_parameters_cell_matches_yaml_and_schema():
-    import ast
-
-    import nbformat
-
-    from mfnb.hbat_ablations import HbatNotebookParams
-
-    root = paths.project_root()
-    nb = nbformat.read(root / "notebooks" / f"{NOTEBOOK}.ipynb", as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1
-    cell = {t.id: ast.literal_eval(node.value) for node in ast.parse(tagged[0].source).body for t in node.targets}
-    params = yaml.safe_load((root / "params" / "tiny" / f"{NOTEBOOK}.yaml").read_text())
-    assert cell == params
-    assert set(cell) == set(HbatNotebookParams.model_fields)
-    HbatNotebookParams.from_yaml(root / "params" / "tiny" / f"{NOTEBOOK}.yaml")
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")

@@ -41,20 +41,3 @@ def test_notebook_05_runs_and_writes_tables(tmp_path, monkeypatch):
                  "05_label_noise", "05_theorem5_region"):
         assert (figures / f"{name}.png").is_file() and (figures / f"{name}.pdf").is_file()
     assert not (root / "results" / "pytest").exists()
-
-
-def test_notebook_05_parameters_cell_matches_yaml():
-    import ast
-
-    import nbformat
-
-    root = paths.project_root()
-    nb = nbformat.read(root / "notebooks" / f"{NOTEBOOK}.ipynb", as_version=4)
-    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
-    assert len(tagged) == 1
-    names = {t.id for node in ast.parse(tagged[0].source).body for t in node.targets}
-    params = yaml.safe_load((root / "params" / "tiny" / f"{NOTEBOOK}.yaml").read_text())
-    assert names == set(params)
-    from mfnb.stats import HoeffdingParams
-    assert names == set(HoeffdingParams.model_fields)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")

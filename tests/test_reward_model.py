@@ -2,19 +2,11 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from mfnb.worlds import reward, tasks
 from mfnb.worlds.reward import RewardModelParams
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models train many times faster on one thread (see ExpoParams.torch_threads)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def test_ranked_pairs_prefer_the_better_answer(tiny_world):
@@ -43,7 +35,7 @@ def test_pairwise_accuracy_by_hand():
     assert reward.pairwise_accuracy([1.0], [0.0], [0.5], [0.5])["pairs"] == 0
 
 
-def test_build_is_cached_and_beats_chance(tiny_world, tmp_path, monkeypatch, one_thread):
+def test_build_is_cached_and_beats_chance(tiny_world, tmp_path, monkeypatch):
     params = RewardModelParams(n_pairs=1536, epochs=2.0, batch_size=64, lr=2e-3)
     path = reward.build_reward_model(tiny_world, params, cache_root=tmp_path, show_progress=False)
     assert (path / "reward.json").is_file() and (path / "config.json").is_file()
