@@ -236,3 +236,7 @@ def test_paper_table1_names():
     assert paper["DPO(100% data)+ExPO"]["paper_lc_win_rate"] == pytest.approx(0.202)
     assert paper["DPO(20% data)"]["paper_reward"] == pytest.approx(4.70)
     assert set(paper) >= {"SFT", "DPO(10% data)+ExPO"}
+
+
+def test_paper_optimal_alpha_is_read_from_the_reference_table():
+    assert expo.paper_optimal_alpha() == {"10%": 8.0, "20%": 2.5, "100%": 0.3}
