@@ -1412,3 +1412,21 @@ def fidelity_gaps(traces: Sequence[TraceResult]) -> pd.DataFrame:
     out["paper_pair (reference)"] = (names + [""] * pad)[: len(out)]
     out["paper_win_rate (reference)"] = (list(ref["win_rate"]) + [math.nan] * pad)[: len(out)]
     return out
+
+
+def theorem5_lines(t5: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
+    """Plain statements of the Theorem 5 check: estimated alpha and beta, which fidelity dominates the
+    measured cost and the bound, Eq. 2 vs Eq. 3, and measured cost over the bound's term per fidelity."""
+    lines = []
+    for r in summary.itertuples():
+        text = f"{r.label}: alpha ~ {r.alpha_hat:.3g}, beta ~ {r.beta_hat:.3g}; measured cost is dominated by {r.measured_dominant}"
+        if isinstance(getattr(r, "bound_dominant", None), str):
+            text += (f", Eq. 2's terms by {r.bound_dominant}; Eq. 2 summed {r.mf_bound:.4g} "
+                     f"{'<' if r.mf_bound_below_hf_bound else '>='} Eq. 3 (HF only) {r.hf_bound:.4g}")
+        lines.append("- " + text)
+    per_fid = t5.groupby("fidelity")["measured_over_term"].mean() if "measured_over_term" in t5 else pd.Series(dtype=float)
+    lines.append("- measured cost / bound term, mean over traces by fidelity: "
+                 + ", ".join(f"m={m}: {v:.2f}" for m, v in per_fid.items())
+                 + " (the bound adds B once per fidelity; the algorithm pays B per iteration, so this ratio tracks the "
+                 "number of iterations spent there)")
+    return lines
