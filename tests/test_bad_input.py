@@ -152,3 +152,113 @@ def test_alpha_overflow_names_alpha():
     with pytest.raises(ExpoError, match=r"^alpha=1e\+30 overflows 'w': .* leaves the range of float32"):
         extrapolate_state_dict(WEAK, big, 1e30)
     assert torch.equal(big["w"], torch.tensor([1e10, 0.0]))  # inputs untouched
+
+
+# ----------------------------------------------------------------------------------------- parameters
+
+from mfnb import paths  # noqa: E402
+from mfnb.multifidelity import TracesParams  # noqa: E402
+from mfnb.params import ParamsError, load_yaml, parse_value  # noqa: E402
+from mfnb.stats import HoeffdingParams  # noqa: E402
+
+TINY02 = paths.project_root() / "params" / "tiny" / "02_multifidelity_traces.yaml"
+
+
+def _write(tmp_path, text, name="02_multifidelity_traces.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_scientific_notation_without_dot_is_a_number(tmp_path):
+    text = TINY02.read_text()
+    assert "epsilon: 0.0001" in text
+    path = _write(tmp_path, text.replace("epsilon: 0.0001", "epsilon: 1e-4").replace("lr: 0.0005", "lr: 5E-4"))
+    params = TracesParams.from_yaml(path)
+    assert params.epsilon == 1e-4 and params.dpo.lr == 5e-4
+    assert [parse_value(v) for v in ("1e-4", "5E3", "1.5e3", "-2e-1", "0.5", "true", "null", "[a, 1]", "tiny", "1e")] \
+        == [1e-4, 5e3, 1.5e3, -0.2, 0.5, True, None, ["a", 1], "tiny", "1e"]
+
+
+def test_number_as_string_says_how_to_write_it():
+    """Plain papermill reads -f files with PyYAML, where 1e-4 is a string: the schema says how to write it."""
+    values = load_yaml(TINY02)
+    with pytest.raises(ParamsError, match=r"f.yaml: parameter 'epsilon': .*\(got '1e-4'\); YAML reads 1e-4 as a "
+                                          r"string: write 1.0e-4"):
+        TracesParams.validate_mapping({**values, "epsilon": "1e-4"}, "f.yaml")
+    with pytest.raises(ParamsError, match=r"parameter 'dpo.lr': .*write 5.0e\+3"):
+        TracesParams.validate_mapping({**values, "dpo": {**values["dpo"], "lr": "5e3"}}, "f.yaml")
+    with pytest.raises(ParamsError, match=r"parameter 'gamma': .*write 0.5 without quotes"):
+        TracesParams.validate_mapping({**values, "gamma": "0.5"}, "f.yaml")
+
+
+def test_unknown_keys_suggest_the_field_also_nested():
+    values = load_yaml(TINY02)
+    with pytest.raises(ParamsError, match=r"^f.yaml: unknown parameter 'gama' \(did you mean 'gamma'\?\)$"):
+        TracesParams.validate_mapping({**values, "gama": 0.5}, "f.yaml")
+    with pytest.raises(ParamsError, match=r"^f.yaml: unknown parameter 'dpo.betta' \(did you mean 'beta'\?\)$"):
+        TracesParams.validate_mapping({**values, "dpo": {**values["dpo"], "betta": 0.5}}, "f.yaml")
+
+
+def test_profile_must_be_known(tmp_path):
+    path = _write(tmp_path, TINY02.read_text().replace("profile: tiny", "profile: tinyy"))
+    with pytest.raises(ParamsError, match=rf"{path}: parameter 'profile': .*must be one of tiny, smol, paper "
+                                          r"\(did you mean 'tiny'\?\) \(got 'tinyy'\)"):
+        TracesParams.from_yaml(path)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "the params file is empty"),
+    ("# only a comment\n", "the params file is empty"),
+    ("gamma: [0.3\nprofile: tiny\n", r"not valid YAML at line 2, column 8: while parsing a flow sequence"),
+    ("gamma: 0.3\n  delta: 0.1\n", "not valid YAML at line 2, column 8: mapping values are not allowed here"),
+    ("gamma: 0.3\ndelta: 0.1\ngamma: 0.5\n", r"not valid YAML at line 3, column 1: key 'gamma' is given twice "
+                                             r"\(first on line 1\)"),
+    ("- gamma\n- delta\n", "expected a mapping of parameter names to values, got a list"),
+])
+def test_bad_files_name_the_file(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(ParamsError, match=rf"^{path}: {message}"):
+        TracesParams.from_yaml(path)
+
+
+def _notebook_globals(values, cells, **extra):
+    """What a Jupyter kernel's globals look like at the from_namespace call: values, imports, history."""
+    import numpy
+
+    return {**values, **extra, "np": numpy, "In": ["", *cells], "Out": {}, "_ih": cells, "get_ipython": print}
+
+
+def test_from_namespace_refuses_injected_unknown_names():
+    values = load_yaml(paths.project_root() / "params" / "tiny" / "05_hoeffding_bounds.yaml")
+    own = "# Parameters (papermill overrides these)\n" + "\n".join(f"{k} = {v!r}" for k, v in values.items())
+    current = "import numpy as np\nP = stats.HoeffdingParams.from_namespace(globals())"
+    ns = _notebook_globals(values, [own, "# Parameters\ngama = 0.5\nn_reps = 10\n", current],
+                           gama=0.5, START=1.0)
+    with pytest.raises(ParamsError, match=r"^parameters injected by papermill \(-p / -f\): unknown parameter 'gama' "
+                                          r"\(did you mean 'gamma'\?\)\n\(this notebook's parameters: profile, seed"):
+        HoeffdingParams.from_namespace(ns)
+    # a typo typed into the notebook's own parameters cell is refused too, naming the cell
+    ns = _notebook_globals(values, [own + "\nseeed = 1", current], seeed=1)
+    with pytest.raises(ParamsError, match=r"^parameters cell: unknown parameter 'seeed' \(did you mean 'seed'\?\)"):
+        HoeffdingParams.from_namespace(ns)
+
+
+def test_from_namespace_ignores_other_variables_of_an_interactive_session():
+    """Variables of the same cell (START = ...), of later cells run before a rerun, of scratch cells, and of an
+    earlier version of the parameters cell are not parameters."""
+    values = load_yaml(paths.project_root() / "params" / "tiny" / "05_hoeffding_bounds.yaml")
+    own = "# Parameters\n" + "\n".join(f"{k} = {v!r}" for k, v in values.items())
+    cells = [own + "\nseeed = 1", own, "radii = [0.1, 0.05]\nns = np.unique([1, 2])", "x = 1",
+             "START = time.perf_counter()\nP = stats.HoeffdingParams.from_namespace(globals())"]
+    ns = _notebook_globals(values, cells, seeed=1, radii=[0.1], x=1, START=2.0, _private=3)
+    assert HoeffdingParams.from_namespace(ns).seed == values["seed"]
+
+
+def test_from_namespace_on_a_plain_mapping_checks_every_data_value():
+    values = load_yaml(paths.project_root() / "params" / "tiny" / "05_hoeffding_bounds.yaml")
+    import numpy
+
+    assert HoeffdingParams.from_namespace({**values, "np": numpy, "HoeffdingParams": HoeffdingParams}).gamma == 0.3
+    with pytest.raises(ParamsError, match=r"^parameters cell: unknown parameter 'n_rep' \(did you mean 'n_reps'\?\)"):
+        HoeffdingParams.from_namespace({**values, "n_rep": 5})
