@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from mfnb import paths
-from mfnb.params import PROFILES, Params, ParamsError, _did_you_mean, load_yaml, parse_value
+from mfnb.params import PROFILES, Params, ParamsError, did_you_mean, load_yaml, parse_value
 from mfnb.secrets import redact
 
 # Each notebook's parameter schema, "module:Class", imported only when that notebook is run.
@@ -59,7 +59,7 @@ def notebook_name(arg: str) -> str:
     matches = [n for n in SCHEMAS if n.startswith(name)] if name else []
     if len(matches) == 1:
         return matches[0]
-    raise UsageError(f"unknown notebook {arg!r}{_did_you_mean(name, set(SCHEMAS))}; one of: {', '.join(SCHEMAS)}")
+    raise UsageError(f"unknown notebook {arg!r}{did_you_mean(name, set(SCHEMAS))}; one of: {', '.join(SCHEMAS)}")
 
 
 def schema_for(name: str) -> type[Params]:
@@ -162,10 +162,11 @@ def execute(notebook: Path, out: Path, parameters: dict[str, Any], *, cwd: Path,
             papermill.execute_notebook(str(notebook), str(running), parameters=parameters, kernel_name="python3",
                                        cwd=str(cwd), progress_bar=progress)
     except BaseException as err:  # an error, Ctrl-C or SIGTERM: keep the partial run, never the good one
-        if running.exists():
+        kept = running.exists()
+        if kept:
             os.replace(running, failed)
         lines = [_what_failed(notebook.stem, err),
-                 f"  partial notebook: {failed}" if failed.exists() else "  no partial notebook was written",
+                 f"  partial notebook: {failed}" if kept else "  the run wrote no partial notebook",
                  f"  last good run, unchanged: {out}" if out.exists() else f"  no earlier successful run at {out}"]
         updated = [p for p, state in _file_state(watch).items() if before.get(p) != state]
         if updated:

@@ -33,7 +33,7 @@ class ParamsError(ValueError):
 
 # PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent: ``1e-4`` would be the string
 # "1e-4".  Parameter files are read with this loader, which also takes 1e-4, 5E3 and 1.5e3 as floats.
-_SCIENTIFIC = re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+_SCIENTIFIC = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
 _YAML11_FLOAT = re.compile(r"^([-+]?)([0-9]+)(?:\.([0-9]*))?[eE]([-+]?)([0-9]+)$")
 
 
@@ -44,6 +44,8 @@ class ParamsLoader(yaml.SafeLoader):
         seen: dict[Any, Any] = {}
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, typing.Hashable):
+                continue  # SafeLoader reports unhashable keys itself
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} is given twice (first on line {seen[key].line + 1})", key_node.start_mark)
@@ -102,7 +104,8 @@ class Params(BaseModel):
     def _known_profile(cls, value: Any) -> Any:
         if value not in PROFILES:
             hint = difflib.get_close_matches(str(value), PROFILES, n=1)
-            raise ValueError(f"must be one of {', '.join(PROFILES)}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(f"must be one of {', '.join(PROFILES)}{suggestion}")
         return value
 
     @classmethod
@@ -130,7 +133,7 @@ class Params(BaseModel):
         unknown, injected = _unknown_names(namespace, fields)
         if unknown:
             where = "parameters injected by papermill (-p / -f)" if injected else source
-            lines = [f"{where}: unknown parameter {name!r}{_did_you_mean(name, fields)}" for name in unknown]
+            lines = [f"{where}: unknown parameter {name!r}{did_you_mean(name, fields)}" for name in unknown]
             lines.append(f"(this notebook's parameters: {', '.join(cls.model_fields)})")
             raise ParamsError("\n".join(lines))
         missing = [name for name in cls.model_fields if name not in namespace]
@@ -149,14 +152,14 @@ def _describe(err: ValidationError, source: str, schema: type[BaseModel]) -> str
         field = ".".join(str(p) for p in item["loc"]) or "<root>"
         if item["type"] == "extra_forbidden":
             known = _fields_at(schema, item["loc"][:-1])
-            lines.append(f"{source}: unknown parameter {field!r}{_did_you_mean(str(item['loc'][-1]), known)}")
+            lines.append(f"{source}: unknown parameter {field!r}{did_you_mean(str(item['loc'][-1]), known)}")
         else:
             lines.append(f"{source}: parameter {field!r}: {item['msg']} (got {item.get('input')!r})"
                          f"{_number_hint(item)}")
     return "\n".join(lines)
 
 
-def _did_you_mean(name: str, known: set[str]) -> str:
+def did_you_mean(name: str, known: set[str]) -> str:
     """`` (did you mean 'gamma'?)`` for a near miss among ``known``, else ''."""
     close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""

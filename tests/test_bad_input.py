@@ -97,7 +97,8 @@ def test_corrupt_config_json(folders, tmp_path):
         load_model(bad, show_progress=False)
 
 
-@pytest.mark.parametrize("text, detail", [('{"r": 4, ', "Expecting property name"), ("[1, 2]", "expected a JSON object")])
+@pytest.mark.parametrize("text, detail", [('{"r": 4, ', "Expecting property name"),
+                                          ("[1, 2]", "expected a JSON object")])
 def test_corrupt_adapter_config(folders, tmp_path, text, detail):
     bad = _copy(folders, "adapter", tmp_path)
     (bad / "adapter_config.json").write_text(text)
