@@ -24,11 +24,10 @@ reproduce: $(STAMP)
 	  $(MAKE) --no-print-directory notebook NB=$$(basename $$nb .ipynb) PROFILE=$(PROFILE) || exit 1; \
 	done
 
-# One notebook: make notebook NB=01_fidelity_winrates PROFILE=tiny
+# One notebook: make notebook NB=01_fidelity_winrates PROFILE=tiny [ARGS="-p gamma 0.5"]
+# (python -m mfnb run: checks the parameters first; replaces the executed notebook only on success)
 notebook: $(STAMP)
-	@mkdir -p results/$(PROFILE)/notebooks
-	$(VENV)/bin/papermill notebooks/$(NB).ipynb results/$(PROFILE)/notebooks/$(NB).ipynb \
-	  -f params/$(PROFILE)/$(NB).yaml -k python3 --cwd notebooks --progress-bar
+	$(PY) -m mfnb run $(NB) --profile $(PROFILE) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest

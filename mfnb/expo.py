@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 import random
 import shutil
@@ -65,13 +66,19 @@ class ExpoError(ValueError):
 # ----------------------------------------------------------------------------------------------- arithmetic
 
 
+_FLOAT32_MAX = float(torch.finfo(torch.float32).max)
+
+
 def _check_alpha(alpha: Any, what: str = "alpha") -> float:
-    try:
-        value = float(alpha)
-    except (TypeError, ValueError):
-        raise ExpoError(f"{what} must be a finite number, got {alpha!r}") from None
+    """A real number (not a bool or a string such as '0.5') whose 1 + alpha fits the float32 arithmetic."""
+    if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real):
+        raise ExpoError(f"{what} must be a finite number (int or float), got {alpha!r} ({type(alpha).__name__})")
+    value = float(alpha)
     if not math.isfinite(value):
         raise ExpoError(f"{what} must be a finite number, got {alpha!r}")
+    if abs(1.0 + value) > _FLOAT32_MAX:
+        raise ExpoError(f"{what}={value:g} overflows: ExPO computes in float32, where 1 + {what} must stay "
+                        f"within +-{_FLOAT32_MAX:.3g}")
     return value
 
 
@@ -114,6 +121,10 @@ def extrapolate_state_dict(weak_sd: Mapping[str, torch.Tensor], strong_sd: Mappi
             result = s.detach().clone()
         else:
             result = _combine(s.detach(), weak_sd[name].detach(), alpha)
+            if s.numel() and not bool(result.abs().max() <= torch.finfo(result.dtype).max) \
+                    and bool(s.isfinite().all()):
+                raise ExpoError(f"alpha={alpha:g} overflows {name!r}: strong + alpha * (strong - weak) leaves "
+                                f"the range of {str(result.dtype).removeprefix('torch.')}")
         if s.numel():
             tied[key] = result
         out[name] = result

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from mfnb import paths
+from mfnb.secrets import redact, register_variable
 
 __all__ = [
     "Outcome", "JudgeStats", "JudgeError", "JudgeUnavailableError", "PairwiseJudge", "OracleJudge",
@@ -560,13 +561,16 @@ class OpenAIJudge(PairwiseJudge):
     """An LLM judge behind any OpenAI-compatible chat-completions endpoint.
 
     Each pair is asked in both orders (a as "A", then b as "A"): agreeing answers give win/lose,
-    disagreeing ones a tie, an unparseable answer FAILED (never a loss).  API/connection errors and
-    5xx/429 answers are retried ``max_retries`` times, waiting ``backoff * 2**attempt`` seconds; then
-    :class:`JudgeUnavailableError` names the endpoint and model (cached verdicts of earlier batches are
-    kept).  The API key is read from ``$api_key_env`` when the first request is sent, and is never part
-    of the judge's repr, identity, cache or results.  ``prompt_template``: a key of :data:`TEMPLATES`
-    or a custom string with ``{prompt}``, ``{response_a}`` and ``{response_b}``.  ``cost_per_call`` is
-    per request (two per pair).
+    disagreeing ones a tie, an unparseable answer FAILED (never a loss).  API/connection errors, timeouts,
+    5xx/429 answers and bodies that are not JSON are retried ``max_retries`` times, waiting
+    ``backoff * 2**attempt`` seconds; then :class:`JudgeUnavailableError` names the endpoint and model
+    (cached verdicts of earlier batches are kept).  One request waits at most ``max_wait_s`` in total over
+    all its attempts and pauses (each attempt at most ``timeout``), so a hung endpoint fails in bounded
+    time.  The API key is read from ``$api_key_env`` when the first request is sent, and is never part
+    of the judge's repr, identity, cache or results; every message the judge raises passes through
+    :func:`mfnb.secrets.redact`, so an endpoint that echoes the key cannot put it into an error.
+    ``prompt_template``: a key of :data:`TEMPLATES` or a custom string with ``{prompt}``, ``{response_a}``
+    and ``{response_b}``.  ``cost_per_call`` is per request (two per pair).
     """
 
     batch_size = 16
@@ -576,7 +580,7 @@ class OpenAIJudge(PairwiseJudge):
                  prompt_template: str = "dpo", max_retries: int = 5, backoff: float = 1.0,
                  temperature: float = 0.0, timeout: float = 60.0, cost_per_call: float = 0.0,
                  max_tokens: int | None = None, concurrency: int = 4, batch_size: int | None = None,
-                 seed: int = 0, progress: bool | None = None):
+                 seed: int = 0, progress: bool | None = None, max_wait_s: float = 120.0):
         super().__init__(seed=seed, cost_per_call=cost_per_call, batch_size=batch_size, progress=progress)
         if not isinstance(model, str) or not model:
             raise ValueError(f"OpenAIJudge: model must be a non-empty string, got {model!r}")
@@ -585,6 +589,7 @@ class OpenAIJudge(PairwiseJudge):
         if not isinstance(api_key_env, str) or not api_key_env:
             raise ValueError(f"OpenAIJudge: api_key_env must name an environment variable, got {api_key_env!r}")
         self.api_key_env = api_key_env
+        register_variable(api_key_env)
         if prompt_template in TEMPLATES:
             self.template_name, self.template = prompt_template, TEMPLATES[prompt_template]
         elif isinstance(prompt_template, str) and all(f"{{{k}}}" in prompt_template
@@ -599,6 +604,9 @@ class OpenAIJudge(PairwiseJudge):
         self.backoff = _check_nonneg("OpenAIJudge", "backoff", backoff)
         self.temperature = _check_nonneg("OpenAIJudge", "temperature", temperature)
         self.timeout = _check_nonneg("OpenAIJudge", "timeout", timeout)
+        if isinstance(max_wait_s, bool) or not isinstance(max_wait_s, (int, float)) or not max_wait_s > 0:
+            raise ValueError(f"OpenAIJudge: max_wait_s must be a number of seconds > 0, got {max_wait_s!r}")
+        self.max_wait_s = float(max_wait_s)
         if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
             raise ValueError(f"OpenAIJudge: max_tokens must be a positive int or None, got {max_tokens!r}")
         self.max_tokens = max_tokens
@@ -635,13 +643,14 @@ class OpenAIJudge(PairwiseJudge):
 
             key = os.environ.get(self.api_key_env)
             if not key:
-                raise JudgeError(f"OpenAIJudge: environment variable {self.api_key_env} is not set; the API key "
-                                 f"for {self._where()} is read from the environment only")
+                raise JudgeError(redact(f"OpenAIJudge: environment variable {self.api_key_env} is not set; the API "
+                                        f"key for {self._where()} is read from the environment only"))
             self._client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
         return self._client
 
     def _ask(self, text: str) -> str | None:
-        """One chat completion with retries; the answer text, or None when the answer was unusable."""
+        """One chat completion with retries, all within ``max_wait_s``; the answer text, or None when the
+        answer was unusable."""
         import openai
 
         client = self.client()
@@ -649,31 +658,48 @@ class OpenAIJudge(PairwiseJudge):
                                   "messages": [{"role": "user", "content": text}]}
         if self.max_tokens is not None:
             kwargs["max_tokens"] = self.max_tokens
-        last: Exception | None = None
+        deadline = time.monotonic() + self.max_wait_s
+        last: str = "no attempt made"
+        attempts = 0
         for attempt in range(self.max_retries + 1):
+            if attempt:
+                pause = min(self.backoff * 2 ** (attempt - 1), deadline - time.monotonic())
+                if pause > 0:
+                    time.sleep(pause)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
             if attempt:
                 with self._lock:
                     self.stats.retries += 1
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+            attempts += 1
             try:
-                response = client.chat.completions.create(**kwargs)
+                response = client.chat.completions.create(**kwargs, timeout=min(self.timeout, left))
             except openai.APIResponseValidationError:
                 return None  # the endpoint answered, but not with a chat completion: a failed judgement
+            except json.JSONDecodeError as err:
+                last = f"the answer is not valid JSON ({err})"
+                continue
             except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as err:
-                last = err
+                last = f"{type(err).__name__}: {err}"
                 continue
             except openai.APIStatusError as err:
                 if err.status_code in (408, 409, 429) or err.status_code >= 500:
-                    last = err
+                    last = f"{type(err).__name__}: {err}"
                     continue
-                raise JudgeError(f"OpenAIJudge: {self._where()} refused the request: HTTP {err.status_code}: "
-                                 f"{err.message}") from None
+                raise JudgeError(redact(f"OpenAIJudge: {self._where()} refused the request: HTTP {err.status_code}: "
+                                        f"{err.message}")) from None
+            if isinstance(response, (str, bytes)):  # a 200 whose body is not JSON (an HTML error page, a proxy)
+                last = f"the answer is not a chat completion: {str(response)[:200]!r}"
+                continue
             usage = getattr(response, "usage", None)
             self._count_calls(1, getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
             choices = getattr(response, "choices", None) or []
             return (choices[0].message.content if choices and choices[0].message else None) or None
-        raise JudgeUnavailableError(f"OpenAIJudge: {self._where()} still failing after {self.max_retries + 1} "
-                                    f"attempts: {type(last).__name__}: {last}")
+        raise JudgeUnavailableError(redact(
+            f"OpenAIJudge: {self._where()} gave no usable answer after {attempts} attempt(s) within "
+            f"max_wait_s={self.max_wait_s:g} s per request (timeout={self.timeout:g} s per attempt, "
+            f"max_retries={self.max_retries}); last error: {last}"))
 
     def render(self, prompt: str, response_a: str, response_b: str) -> str:
         """The judging prompt with the pair filled in (one pass: braces in the texts stay as they are)."""
@@ -686,8 +712,11 @@ class OpenAIJudge(PairwiseJudge):
             texts += [self.render(p, a, b), self.render(p, b, a)]
         self.client()  # fail fast on a missing key
         if self.concurrency > 1 and len(texts) > 1:
-            with ThreadPoolExecutor(max_workers=min(self.concurrency, len(texts))) as pool:
+            pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(texts)))
+            try:
                 answers = list(pool.map(self._ask, texts))
+            finally:  # on an error, do not keep asking a failing endpoint for the rest of the batch
+                pool.shutdown(wait=True, cancel_futures=True)
         else:
             answers = [self._ask(t) for t in texts]
         out = []

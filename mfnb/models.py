@@ -5,6 +5,7 @@ parameters change.
 """
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,17 +41,66 @@ class LoraParams(Params):
     target_modules: str | list[str] = "all-linear"
 
 
+# Namespaces the Hugging Face hub reserves for its own pages: "models/x" is never a hub model.
+_NOT_HUB_OWNERS = {"models", "datasets", "spaces", "docs", "api", "settings"}
+
+
 def _looks_local(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or os.sep in name and Path(name).exists()
+    """Whether ``name`` can only mean a folder: it starts with ".", "/" or "~", has a backslash, more than
+    one "/" or a trailing one, its first part is an existing local folder, or it is not a valid hub id."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or name.endswith("/"):
+        return True
+    owner = name.split("/")[0] if "/" in name else None
+    if owner is not None and (owner in _NOT_HUB_OWNERS or Path(owner).is_dir()):
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
 
 
 def _resolve(name_or_path: str | os.PathLike) -> str:
+    """A local folder (must exist) or a hub name; a name that can only be a folder is never tried on the hub."""
     name = str(name_or_path)
     if Path(name).expanduser().exists():
         return str(Path(name).expanduser())
-    if _looks_local(name):
-        raise ModelLoadError(f"model folder not found: {name}")
+    if isinstance(name_or_path, os.PathLike) or _looks_local(name):
+        relative = "" if Path(name).expanduser().is_absolute() else f" (relative to {Path.cwd()})"
+        raise ModelLoadError(f"model folder not found: {name}{relative}")
     return name  # a hub name
+
+
+def _where(source: str) -> str:
+    if Path(source).exists():
+        return f"folder {source}"
+    return f"hub name {source!r} (no local folder of that name under {Path.cwd()})"
+
+
+def _load_failed(what: str, source: str, err: BaseException) -> ModelLoadError:
+    """A ModelLoadError naming the folder or hub name and saying what went wrong, in one line."""
+    where = _where(source)
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if "ignore_mismatched_sizes" in detail:
+        detail = "config.json disagrees with the shapes of the weights (transformers printed which above)"
+    elif type(err).__name__ == "SafetensorError" and Path(source).is_dir():
+        detail = f"{_broken_safetensors(Path(source)) or 'a weight file'} is truncated or corrupt ({detail})"
+    return ModelLoadError(f"cannot load {what} from {where}: {type(err).__name__}: {detail}")
+
+
+def _broken_safetensors(folder: Path) -> str | None:
+    """The first ``*.safetensors`` file in ``folder`` whose header or size is wrong."""
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception:
+            return file.name
+    return None
 
 
 def load_tokenizer(name_or_path: str | os.PathLike, *, gguf_file: str | None = None,
@@ -59,8 +109,8 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, gguf_file: str | None = N
     source = _resolve(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot load tokenizer {source!r}: {err}") from err
+    except Exception as err:  # the library's many error types; the cause stays attached
+        raise _load_failed("tokenizer", source, err) from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -81,13 +131,23 @@ def load_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = None,
     if not show_progress:
         hf_logging.disable_progress_bar()
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch_dtype,
-                                                     trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise ModelLoadError(f"cannot load model {source!r}: {err}") from err
+        model, info = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch_dtype,
+                                                           trust_remote_code=trust_remote_code,
+                                                           output_loading_info=True)
+    except Exception as err:  # bad config, truncated weights, shape mismatches...; the cause stays attached
+        raise _load_failed("model", source, err) from err
     finally:
         if bar_was_on:
             hf_logging.enable_progress_bar()
+    # transformers only warns when the config asks for weights the checkpoint lacks (they would be random)
+    # or the checkpoint holds weights the config has no place for (they would be dropped)
+    for kind, meaning in (("missing_keys", "config.json asks for weights the checkpoint does not have"),
+                          ("unexpected_keys", "the checkpoint has weights config.json has no place for")):
+        keys = sorted(info.get(kind) or [])
+        if keys:
+            raise ModelLoadError(f"cannot load model from {_where(source)}: {meaning} ({len(keys)}: "
+                                 f"{', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}); config and weights "
+                                 "disagree")
     if device:
         model.to(device)
     model.eval()
@@ -129,9 +189,23 @@ def save_adapter(peft_model, path: str | os.PathLike) -> Path:
 def load_adapter(base: PreTrainedModel, path: str | os.PathLike, *, trainable: bool = True):
     from peft import PeftModel
 
-    if not (Path(path) / "adapter_config.json").is_file():
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
         raise ModelLoadError(f"no LoRA adapter at {path} (adapter_config.json missing)")
-    return PeftModel.from_pretrained(base, str(path), is_trainable=trainable)
+    try:
+        if not isinstance(json.loads(config.read_text()), dict):
+            raise ValueError("expected a JSON object")
+    except ValueError as err:
+        raise ModelLoadError(f"corrupt LoRA adapter config {config}: {err}") from err
+    try:
+        return PeftModel.from_pretrained(base, str(path), is_trainable=trainable)
+    except Exception as err:  # wrong shapes for this base, truncated weights...; the cause stays attached
+        base_name = getattr(getattr(base, "config", None), "name_or_path", "") or type(base).__name__
+        first = str(err).strip().splitlines()
+        shapes = [ln.strip() for ln in first if "size mismatch" in ln]
+        detail = shapes[0] if shapes else (first[0] if first else "")
+        raise ModelLoadError(f"cannot load LoRA adapter {path} onto base model {base_name}: "
+                             f"{type(err).__name__}: {detail}") from err
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mfnb import paths
 from mfnb.worlds.tiny import TinyWorld
 
 # The tests use tiny models, which run many times faster on one intra-op thread on a small shared CPU.
@@ -15,3 +16,18 @@ def tiny_world() -> TinyWorld:
     world = TinyWorld()
     world.build(show_progress=False)
     return world
+
+
+def _results_state(folder):
+    return {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def committed_results_untouched():
+    """Tests write results under $MFNB_RESULTS (a tmp folder), never over the project's results/."""
+    folder = paths.project_root() / "results"
+    before = _results_state(folder)
+    yield
+    after = _results_state(folder)
+    changed = sorted(str(p.relative_to(folder)) for p in set(before) | set(after) if before.get(p) != after.get(p))
+    assert not changed, f"tests changed the project's results/: {changed[:10]}"

@@ -13,22 +13,21 @@ NOTEBOOK = "01_fidelity_winrates"
 def test_notebook_01_writes_an_ordered_ladder(tiny_world, tmp_path, monkeypatch):
     root = paths.project_root()
     params = yaml.safe_load((root / "params" / "tiny" / f"{NOTEBOOK}.yaml").read_text())
-    params.update(profile="pytest", judge={**params["judge"], "cache": str(tmp_path / "verdicts.sqlite")})
+    params.update(profile="tiny", judge={**params["judge"], "cache": str(tmp_path / "verdicts.sqlite")})
     monkeypatch.setenv("MFNB_RESULTS", str(tmp_path / "results"))
     for run in range(2):
         pm.execute_notebook(str(root / "notebooks" / f"{NOTEBOOK}.ipynb"), str(tmp_path / f"run{run}.ipynb"),
                             parameters=params, kernel_name="python3", cwd=str(root / "notebooks"),
                             progress_bar=False)
-    table = pd.read_csv(tmp_path / "results" / "pytest" / "tables" / f"{NOTEBOOK}.csv")
+    table = pd.read_csv(tmp_path / "results" / "tiny" / "tables" / f"{NOTEBOOK}.csv")
     assert list(table["candidate"]) == ["g1", "g2", "g3"]
     assert (table["win_rate"] > 0.5).all() and (table["n"] == 200).all() and (table["failed"] == 0).all()
     assert table["paper_win_rate"].round(3).tolist() == [0.785, 0.520, 0.695]
-    costs = pd.read_csv(tmp_path / "results" / "pytest" / "tables" / "01_costs.csv")
+    costs = pd.read_csv(tmp_path / "results" / "tiny" / "tables" / "01_costs.csv")
     assert costs["cost_per_response"].tolist() == [1.0, 1.0, 4.0, 16.0]
     assert costs["mean_quality"].is_monotonic_increasing
     for ext in ("png", "pdf"):
-        assert (tmp_path / "results" / "pytest" / "figures" / f"{NOTEBOOK}.{ext}").is_file()
+        assert (tmp_path / "results" / "tiny" / "figures" / f"{NOTEBOOK}.{ext}").is_file()
     # the second run answered every judgement from the cache
     second = (tmp_path / "run1.ipynb").read_text()
     assert "Judge: 0 new calls" in second
-    assert not (root / "results" / "pytest").exists()

@@ -16,7 +16,7 @@ NOTEBOOK = "02_multifidelity_traces"
 def test_notebook_02_runs_and_writes_tables(tmp_path, monkeypatch):
     root = paths.project_root()
     params = yaml.safe_load((root / "params" / "tiny" / f"{NOTEBOOK}.yaml").read_text())
-    params.update(profile="pytest", batch_sizes=[32], trace_seeds=[0], n_validation=40, n_test=40,
+    params.update(profile="tiny", batch_sizes=[32], trace_seeds=[0], n_validation=40, n_test=40,
                   max_iters_per_fidelity=2, max_iters=5, runs_dir=str(tmp_path / "runs"),
                   dpo={**params["dpo"], "lr": 1e-3})
     params["judge"] = {**params["judge"], "cache": str(tmp_path / "judge.sqlite")}
@@ -26,7 +26,7 @@ def test_notebook_02_runs_and_writes_tables(tmp_path, monkeypatch):
     pm.execute_notebook(str(root / "notebooks" / f"{NOTEBOOK}.ipynb"), str(out), parameters=params,
                         kernel_name="python3", cwd=str(root / "notebooks"), progress_bar=False)
 
-    tables = tmp_path / "results" / "pytest" / "tables"
+    tables = tmp_path / "results" / "tiny" / "tables"
     traces = pd.read_csv(tables / "02_traces.csv")
     assert set(traces["batch_size"]) == {32} and set(traces["trace"]) == {1}
     assert traces["n"].le(40).all() and traces["win_rate"].between(0, 1).all()
@@ -45,7 +45,6 @@ def test_notebook_02_runs_and_writes_tables(tmp_path, monkeypatch):
     assert mf_train["cost"].sum() == mf_rows["Lambda"].max()
     for name in ("02_decisions", "02_theorem5", "02_time_shares", "02_departures", "02_iterations"):
         assert (tables / f"{name}.csv").is_file()
-    figures = tmp_path / "results" / "pytest" / "figures"
+    figures = tmp_path / "results" / "tiny" / "figures"
     for name in ("02_traces", "02_cost_quality"):
         assert (figures / f"{name}.png").is_file() and (figures / f"{name}.pdf").is_file()
-    assert not (root / "results" / "pytest").exists()

@@ -16,7 +16,7 @@ def test_notebook_03_small_run(tiny_world, tmp_path, monkeypatch):
     root = paths.project_root()
     params = yaml.safe_load((root / "params" / "tiny" / f"{NOTEBOOK}.yaml").read_text())
     params.update(
-        profile="pytest",
+        profile="tiny",
         preference={**params["preference"], "n_pairs": 256},
         fractions=[0.25, 1.0],
         dpo={**params["dpo"], "batch_size": 16},
@@ -38,7 +38,7 @@ def test_notebook_03_small_run(tiny_world, tmp_path, monkeypatch):
         pm.execute_notebook(str(root / "notebooks" / f"{NOTEBOOK}.ipynb"), str(tmp_path / f"run{run}.ipynb"),
                             parameters=params, kernel_name="python3", cwd=str(root / "notebooks"),
                             progress_bar=False)
-    tables = tmp_path / "results" / "pytest" / "tables"
+    tables = tmp_path / "results" / "tiny" / "tables"
     runs = pd.read_csv(tables / "03_dpo_runs.csv")
     assert runs["data"].tolist() == ["25%", "100%"] and runs["pairs"].tolist() == [64, 256]
     assert runs["cached"].all()  # the second run trained nothing
@@ -57,6 +57,5 @@ def test_notebook_03_small_run(tiny_world, tmp_path, monkeypatch):
     assert accuracy["pairs_from"].str.startswith(("perturbed", "samples", "ExPO")).all() and len(accuracy) == 3
     assert (accuracy["accuracy"].iloc[:2] > 0.5).all() and (accuracy["pairs"] > 0).all()
     for name in ("03_expo_alpha_curves", "03_expo_table1"):
-        assert (tmp_path / "results" / "pytest" / "figures" / f"{name}.png").is_file()
+        assert (tmp_path / "results" / "tiny" / "figures" / f"{name}.png").is_file()
     assert "Optimal alpha vs data size" in (tmp_path / "run1.ipynb").read_text()
-    assert not (root / "results" / "pytest").exists()

@@ -17,7 +17,7 @@ def test_notebook_04_runs_and_writes_tables(tmp_path, monkeypatch):
     root = paths.project_root()
     params = yaml.safe_load((root / "params" / "tiny" / f"{NOTEBOOK}.yaml").read_text())
     params["conflict"].update(n_sft=200, n_pref=200)
-    params.update(profile="pytest", seeds=[0], grid_seeds=[0], n_grid=[1, 2], fmax_grid=[1.0, 100.0],
+    params.update(profile="tiny", seeds=[0], grid_seeds=[0], n_grid=[1, 2], fmax_grid=[1.0, 100.0],
                   n_validation=50, n_test=100, efficiency_repeats=1)
     # results (and the run store under results/<profile>/runs) go to tmp_path, never over committed results
     monkeypatch.setenv("MFNB_RESULTS", str(tmp_path / "results"))
@@ -25,7 +25,7 @@ def test_notebook_04_runs_and_writes_tables(tmp_path, monkeypatch):
     pm.execute_notebook(str(root / "notebooks" / f"{NOTEBOOK}.ipynb"), str(out), parameters=params,
                         kernel_name="python3", cwd=str(root / "notebooks"), progress_bar=False)
 
-    tables = tmp_path / "results" / "pytest" / "tables"
+    tables = tmp_path / "results" / "tiny" / "tables"
     table4 = pd.read_csv(tables / "04_table4.csv")
     assert list(table4["method"]) == ["SFT", "DPO", "HbAT", "w/o EWC", "w/o alternating", "HbAT-Freeze"]
     assert table4[["quality", "reward", "win_rate"]].apply(lambda c: c.between(0, 1)).all().all()
@@ -42,7 +42,6 @@ def test_notebook_04_runs_and_writes_tables(tmp_path, monkeypatch):
     assert table7.loc["DPO", "relative_time"] == 1.0 and table7.loc["HbAT", "relative_time"] > 0
     imp = pd.read_csv(tables / "04_importance.csv")
     assert imp["F_ours"].sum() == pytest.approx(100.0)
-    figures = tmp_path / "results" / "pytest" / "figures"
+    figures = tmp_path / "results" / "tiny" / "figures"
     for name in ("04_table4_tradeoff", "04_table4_winrate", "04_figure2"):
         assert (figures / f"{name}.png").is_file() and (figures / f"{name}.pdf").is_file()
-    assert not (root / "results" / "pytest").exists()

@@ -15,7 +15,7 @@ NOTEBOOK = "05_hoeffding_bounds"
 def test_notebook_05_runs_and_writes_tables(tmp_path, monkeypatch):
     root = paths.project_root()
     params = yaml.safe_load((root / "params" / "tiny" / f"{NOTEBOOK}.yaml").read_text())
-    params.update(profile="pytest", n_reps=300, n_max=500, n_batches=8, coverage_ns=[50],
+    params.update(profile="tiny", n_reps=300, n_max=500, n_batches=8, coverage_ns=[50],
                   t5_cost_ratios=[1.0, 4.0, 16.0], t5_step_winrates=[0.6, 0.8])
     # results go to tmp_path, never over the committed results/ (the kernel inherits the environment)
     monkeypatch.setenv("MFNB_RESULTS", str(tmp_path / "results"))
@@ -23,7 +23,7 @@ def test_notebook_05_runs_and_writes_tables(tmp_path, monkeypatch):
     pm.execute_notebook(str(root / "notebooks" / f"{NOTEBOOK}.ipynb"), str(out), parameters=params,
                         kernel_name="python3", cwd=str(root / "notebooks"), progress_bar=False)
 
-    tables = tmp_path / "results" / "pytest" / "tables"
+    tables = tmp_path / "results" / "tiny" / "tables"
     decisions = pd.read_csv(tables / "05_paper_decisions.csv")
     assert len(decisions) == 29
     assert set(decisions["decision"]) == {"upgrade", "continue", "stop"}
@@ -36,8 +36,7 @@ def test_notebook_05_runs_and_writes_tables(tmp_path, monkeypatch):
     sequential = pd.read_csv(tables / "05_sequential_coverage.csv")
     assert sequential["look"].max() == 8
 
-    figures = tmp_path / "results" / "pytest" / "figures"
+    figures = tmp_path / "results" / "tiny" / "figures"
     for name in ("05_radius_vs_n", "05_coverage", "05_sequential_coverage", "05_paper_decisions",
                  "05_label_noise", "05_theorem5_region"):
         assert (figures / f"{name}.png").is_file() and (figures / f"{name}.pdf").is_file()
-    assert not (root / "results" / "pytest").exists()

@@ -9,18 +9,11 @@ import pytest
 import yaml
 
 from mfnb import paths
+from mfnb.cli import SCHEMAS  # notebook -> its schema ("module:Class"), the one registry
 from mfnb.evaluation import FidelityWinratesParams
 from mfnb.params import ParamsError
 
 ROOT = paths.project_root()
-# notebook -> its schema ("module:Class")
-SCHEMAS = {
-    "01_fidelity_winrates": "mfnb.evaluation:FidelityWinratesParams",
-    "02_multifidelity_traces": "mfnb.multifidelity:TracesParams",
-    "03_expo_alpha_curves": "mfnb.expo:ExpoParams",
-    "04_hbat_ablations": "mfnb.hbat_ablations:HbatNotebookParams",
-    "05_hoeffding_bounds": "mfnb.stats:HoeffdingParams",
-}
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9]*.ipynb"))
 PARAM_FILES = sorted((ROOT / "params").glob("*/*.yaml"))
 
