@@ -104,7 +104,7 @@ def raw_write(folder: Path, nbytes: int, repeat: int) -> float:
 
 def child(weak: str, strong: str, out: str, alpha: float, durable: bool) -> None:
     """Runs in its own process: one extrapolate call, its wall time and RSS high-water mark above baseline."""
-    from mfnb import expo
+    from mfnb.expo import extrapolation
 
     spent = {"read": 0.0, "compute": 0.0, "write": 0.0}
 
@@ -117,9 +117,9 @@ def child(weak: str, strong: str, out: str, alpha: float, durable: bool) -> None
                 spent[key] += time.perf_counter() - t
         return wrapper
 
-    expo._pread_into = timed("read", expo._pread_into)
-    expo._combine = timed("compute", expo._combine)
-    expo._ShardWriter.write = timed("write", expo._ShardWriter.write)
+    extrapolation._pread_into = timed("read", extrapolation._pread_into)
+    extrapolation._combine = timed("compute", extrapolation._combine)
+    extrapolation._ShardWriter.write = timed("write", extrapolation._ShardWriter.write)
 
     def status(key: str) -> int:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -134,7 +134,7 @@ def child(weak: str, strong: str, out: str, alpha: float, durable: bool) -> None
         reset = False
     before = status("VmRSS")
     start = time.perf_counter()
-    expo.extrapolate(weak, strong, alpha, out, progress=False, durable=durable)
+    extrapolation.extrapolate(weak, strong, alpha, out, progress=False, durable=durable)
     wall = time.perf_counter() - start
     print(json.dumps({"wall": wall, "rss_before": before, "hwm": status("VmHWM"), "hwm_reset": reset, **spent}))
 

@@ -24,7 +24,7 @@ TARGET, GOAL = 1.26, 1.10
 
 
 def pipeline(repeats: int) -> float:
-    from mfnb.hbat_ablations import HbatNotebookParams, efficiency_table, measure_efficiency
+    from mfnb.hbat import HbatNotebookParams, efficiency_table, measure_efficiency
 
     params = HbatNotebookParams.for_profile("04_hbat_ablations", "tiny")
     costs = measure_efficiency(params, repeats=repeats)
@@ -38,7 +38,7 @@ def pipeline(repeats: int) -> float:
 
 def penalty_stage(repeats: int) -> float:
     from mfnb import dpo, hbat, sft
-    from mfnb.hbat_ablations import HbatExperiment, HbatNotebookParams
+    from mfnb.hbat import HbatExperiment, HbatNotebookParams
 
     params = HbatNotebookParams.for_profile("04_hbat_ablations", "tiny")
     torch.set_num_threads(params.torch_threads or torch.get_num_threads())

@@ -22,7 +22,7 @@ from mfnb import multifidelity as mf  # noqa: E402
 from mfnb.evaluation import world_judge  # noqa: E402
 from mfnb.models import torch_threads  # noqa: E402
 from mfnb.paths import project_root  # noqa: E402
-from mfnb.worlds.tiny import TinyWorld  # noqa: E402
+from mfnb.worlds import make_world  # noqa: E402
 
 IMPORTED = time.perf_counter() - start
 
@@ -38,8 +38,8 @@ def main() -> None:
     config = params.run_config(args.batch_size or params.batch_sizes[0], args.seed)
     threads = args.threads or params.torch_threads
     t0 = time.perf_counter()
-    world = TinyWorld()
-    backend = mf.TinyBackend(world, params.student)
+    world = make_world(params.world)
+    backend = mf.PolicyBackend(world, params.student)
     loaded = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="mfnb-bench-") as tmp:
         judge = world_judge(world, {**params.judge, "cache": True}, cache_path=Path(tmp) / "judge.sqlite")

@@ -31,7 +31,7 @@ SCHEMAS = {
     "01_fidelity_winrates": "mfnb.evaluation:FidelityWinratesParams",
     "02_multifidelity_traces": "mfnb.multifidelity:TracesParams",
     "03_expo_alpha_curves": "mfnb.expo:ExpoParams",
-    "04_hbat_ablations": "mfnb.hbat_ablations:HbatNotebookParams",
+    "04_hbat_ablations": "mfnb.hbat:HbatNotebookParams",
     "05_hoeffding_bounds": "mfnb.stats:HoeffdingParams",
 }
 

@@ -1,8 +1,9 @@
 """Evaluate models against each other: sample responses (cached on disk), judge pairs, summarise.
 
 The same three steps serve Table 1 (fidelity ladder), the validation checks of Algorithm 2 and every
-test-set comparison; responses are cached by world, role, prompts, sampling and seed, verdicts by the
-judge's own cache, so rerunning a notebook regenerates nothing it already has.
+test-set comparison; responses come from ``world.respond`` (any world, see :mod:`mfnb.worlds`) and are
+cached by world, role, prompts, sampling and seed, verdicts by the judge's own cache, so rerunning a
+notebook regenerates nothing it already has.
 """
 from __future__ import annotations
 
@@ -16,8 +17,9 @@ from pydantic import Field
 
 from mfnb import paths, reference, stats
 from mfnb.atomic import write_json
-from mfnb.models import SamplingParams, generate
+from mfnb.models import SamplingParams
 from mfnb.params import Params
+from mfnb.worlds import has, require
 
 
 def _responses_file(world, role: str, prompts: Sequence[str], sampling: SamplingParams, seed: int):
@@ -26,15 +28,12 @@ def _responses_file(world, role: str, prompts: Sequence[str], sampling: Sampling
     return paths.cache_dir("responses") / f"{role}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.json"
 
 
-def role_responses(world, role: str, prompts: Sequence[str], sampling: SamplingParams, seed: int = 0,
-                   model=None, tokenizer=None) -> list[str]:
-    """One sampled response per prompt from one of the world's roles, cached on disk."""
+def role_responses(world, role: str, prompts: Sequence[str], sampling: SamplingParams, seed: int = 0) -> list[str]:
+    """One response per prompt from one of the world's roles (``world.respond``), cached on disk."""
     target = _responses_file(world, role, prompts, sampling, seed)
     if target.is_file():
         return json.loads(target.read_text())["responses"]
-    if model is None:
-        model, tokenizer = world.load(role)
-    responses = generate(model, tokenizer, list(prompts), sampling, seed=seed, desc=f"sampling {role}")
+    responses = world.respond(role, list(prompts), sampling, seed, show_progress=True)
     write_json(target, {"role": role, "seed": seed, "responses": responses})
     return responses
 
@@ -57,24 +56,25 @@ def win_rate_row(judge, prompts: Sequence[str], candidate: Sequence[str], baseli
 
 def mean_quality(world, prompts: Sequence[str], responses: Sequence[str]) -> float:
     """Mean known quality of responses (only worlds with a known quality function have one)."""
-    scores = [world.quality(p, r) for p, r in zip(prompts, responses)]
+    quality = require(world, "quality", field="mean_quality")
+    scores = [quality(p, r) for p, r in zip(prompts, responses)]
     return sum(scores) / len(scores) if scores else float("nan")
 
 
-def world_judge(world, spec: dict, cache_path: str | Path | None = None):
+def world_judge(world, spec: dict, cache_path: str | Path | None = None, *, notebook: str | None = None):
     """A judge from params; the oracle judges by the world's known quality and is named after the world,
-    so verdicts cached for one world are never reused for another. ``cache_path`` redirects a cached
-    judge's SQLite file (a run keeps its own verdicts beside its state)."""
+    so verdicts cached for one world are never reused for another (a world without a known quality makes
+    ``kind: oracle`` an error naming ``judge.kind``). ``cache_path`` redirects a cached judge's SQLite file
+    (a run keeps its own verdicts beside its state)."""
     from mfnb.judges import make_judge
 
     spec = dict(spec)
     if cache_path is not None and spec.get("cache"):
         spec["cache"] = str(cache_path)
     if spec.get("kind") == "oracle":
-        if not hasattr(world, "quality"):
-            raise ValueError("judge.kind 'oracle' needs a world with a known quality function (the tiny world)")
+        quality = require(world, "quality", field="judge.kind", notebook=notebook)
         spec.setdefault("name", world.key)
-        return make_judge(spec, quality_fn=world.quality)
+        return make_judge(spec, quality_fn=quality)
     return make_judge(spec)
 
 
@@ -110,19 +110,17 @@ def ladder_table(world, judge, chain: Sequence[str], split: str, sampling: Sampl
 
 
 def role_table(world, roles: Sequence[str], split: str, sampling: SamplingParams, seed: int = 0) -> pd.DataFrame:
-    """Per role: cost per response, size, known mean quality on ``split`` (where the world knows it)."""
-    from mfnb.models import count_parameters
-
+    """Per role: cost per response, size, known mean quality on ``split`` (where the world knows it) and
+    the world's one-line description of the role."""
     rows = []
     for role in roles:
-        model, _ = world.load(role)
         prompts = world.prompts[split]
+        size = world.parameters(role)
         row = {"role": role, "cost_per_response": world.costs.get(role, float("nan")),
-               "parameters": count_parameters(model)}
-        if hasattr(world, "quality"):
+               "parameters": float("nan") if size is None else size}
+        if has(world, "quality"):
             row["mean_quality"] = mean_quality(world, prompts, role_responses(world, role, prompts, sampling, seed))
-        if hasattr(world, "habits"):
-            row["habits"] = ", ".join(world.habits(role)) or "-"
+        row["description"] = world.describe(role)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -135,6 +133,6 @@ def example_table(world, roles: Sequence[str], split: str, sampling: SamplingPar
     for role in roles:
         responses = role_responses(world, role, world.prompts[split], sampling, seed)[:n]
         table[role] = responses
-        if hasattr(world, "quality"):
+        if has(world, "quality"):
             table[f"q({role})"] = [round(world.quality(p, r), 2) for p, r in zip(prompts, responses)]
     return pd.DataFrame(table)

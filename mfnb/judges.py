@@ -29,6 +29,9 @@ Design choices
   model, the LLM judge which always asks both orders, the oracle without noise or position bias) may
   answer (b, a) from a cached (a, b) by flipping win <-> lose; the others never do.  One SQLite
   transaction per batch: a kill loses at most the batch in flight.
+
+One module although it is ~860 lines: the three judges share the protocol, the presentation order and the
+cache identity defined here, and each is short.
 """
 from __future__ import annotations
 

@@ -25,6 +25,22 @@ def quiet_datasets():
             datasets.enable_progress_bars()
 
 
+@contextmanager
+def quiet_transformers():
+    """Hide transformers' per-load progress bars and load reports (tiny models load in milliseconds)."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def sft_config(output_dir: str, *, lr: float, batch_size: int, seed: int, steps: int | None = None,
                epochs: float = 1.0, warmup_ratio: float = 0.1, scheduler: str = "cosine", max_length: int = 256,
                show_progress: bool = False, **overrides):

@@ -17,6 +17,9 @@ paper's proof writes ``2 exp(-n eps^2)``: still true, but a factor sqrt(2) loose
 "separable" variant (a [-1, 1] variable) states ``sqrt(4 log(2/delta)/n)`` where Hoeffding gives
 ``sqrt(2 log(2/delta)/n)``.  ``hoeffding_radius`` returns the paper's values by default and the
 standard ones with ``tight=True``.
+
+One module although it is ~750 lines: it holds no algorithm, storage or report, only small independent
+formulas and their vectorised simulations, all under the conventions above; splitting it would scatter them.
 """
 from __future__ import annotations
 

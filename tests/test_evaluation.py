@@ -44,11 +44,12 @@ def test_every_judgement_failed_gives_nan_not_zero():
 class FakeWorld:
     key = "fake-world"
     prompts = {"validation": ["sort these words: fox cat owl . answer:"]}
-    loads = 0
+
+    def respond(self, role, prompts, sampling, seed=0, show_progress=False):
+        raise AssertionError("the cache should have answered")
 
     def load(self, role):
-        FakeWorld.loads += 1
-        raise AssertionError("the cache should have answered")
+        raise AssertionError("responses never come from load()")
 
 
 def test_role_responses_are_cached_per_world_role_sampling_and_seed(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mfnb import expo
+from mfnb.expo import extrapolation
 from mfnb.expo import ExpoError, extrapolate, extrapolate_state_dict, lora_extrapolation, scale_lora_adapter
 
 transformers = pytest.importorskip("transformers")
@@ -114,7 +115,7 @@ def test_state_dict_ties_and_int_buffers():
 
 
 def test_large_tensor_streams_in_chunks(tmp_path, monkeypatch):
-    monkeypatch.setattr(expo, "CHUNK_ELEMENTS", 16)  # force the chunked path on a tiny tensor
+    monkeypatch.setattr(extrapolation, "CHUNK_ELEMENTS", 16)  # force the chunked path on a tiny tensor
     weak_dir, strong_dir, weak, strong = mixed_pair(tmp_path)
     result = load_file(extrapolate(weak_dir, strong_dir, 0.7, tmp_path / "out", progress=False) / "model.safetensors")
     expected = extrapolate_state_dict(weak, strong, 0.7)
@@ -280,7 +281,7 @@ def test_killed_run_leaves_no_output(tmp_path, monkeypatch):
     weak_dir = save_model(sft, tmp_path / "sft", shard="25KB")
     strong_dir = save_model(perturbed(sft, 1), tmp_path / "aligned", shard="25KB")
     calls = {"n": 0}
-    real_write = expo._ShardWriter.write
+    real_write = extrapolation._ShardWriter.write
 
     def dying_write(self, chunk):
         calls["n"] += 1
@@ -288,7 +289,7 @@ def test_killed_run_leaves_no_output(tmp_path, monkeypatch):
             raise KeyboardInterrupt("killed")
         real_write(self, chunk)
 
-    monkeypatch.setattr(expo._ShardWriter, "write", dying_write)
+    monkeypatch.setattr(extrapolation._ShardWriter, "write", dying_write)
     with pytest.raises(KeyboardInterrupt):
         extrapolate(weak_dir, strong_dir, 0.5, tmp_path / "out", progress=False)
     assert calls["n"] == 15
@@ -304,4 +305,4 @@ def test_native_lerp_is_float32_arithmetic(dtype):
     strong = (weak.float() + 0.01 * torch.randn(4096)).to(dtype)
     for alpha in (-1.0, -0.7, -0.2, 0.3, 1.0, 5.0):
         reference = torch.lerp(weak.float(), strong.float(), 1 + alpha).to(dtype)
-        assert torch.equal(expo._combine(strong, weak, alpha), reference), alpha
+        assert torch.equal(extrapolation._combine(strong, weak, alpha), reference), alpha

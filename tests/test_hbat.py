@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mfnb import hbat
+from mfnb.hbat.ewc import _EWCLossMixin
 from mfnb.params import ParamsError
 
 
@@ -147,7 +148,7 @@ def test_loss_hook_adds_penalty_once_per_optimizer_step():
             loss = torch.tensor(1.0)
             return (loss, "outputs") if return_outputs else loss
 
-    class Hooked(hbat._EWCLossMixin, Base):
+    class Hooked(_EWCLossMixin, Base):
         pass
 
     p1, p2, penalty = _penalty_case()

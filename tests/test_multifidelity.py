@@ -320,7 +320,7 @@ SUBPROCESS_RUN = textwrap.dedent("""
 
     folder, mode, log = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     world = TinyWorld()
-    backend = mf.TinyBackend(world)
+    backend = mf.PolicyBackend(world)
     real_expert, real_update = backend.generate_expert, backend.update
     def expert(role, prompts, seed, sampling):
         with log.open("a") as f:

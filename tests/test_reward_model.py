@@ -1,12 +1,12 @@
-"""The tiny world's reward model: ranked pairs, a cached build that beats chance, accuracy bookkeeping."""
+"""The tiny world's reward model (built and loaded through ExPO's ``reward_judge``): ranked pairs, a cached
+build that beats chance, accuracy bookkeeping."""
 from __future__ import annotations
 
 import pytest
 
+from mfnb import expo
 from mfnb.worlds import reward, tasks
 from mfnb.worlds.reward import RewardModelParams
-
-
 
 
 def test_ranked_pairs_prefer_the_better_answer(tiny_world):
@@ -30,16 +30,16 @@ def test_fresh_prompts_are_in_no_split(tiny_world):
 
 def test_pairwise_accuracy_by_hand():
     # pair 1 agrees, pair 2 disagrees, pair 3 is a reward tie (1/2), pair 4 is a quality tie (skipped)
-    out = reward.pairwise_accuracy([2.0, 0.0, 1.0, 5.0], [1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.5], [0.0, 0.0, 1.0, 0.52])
+    out = expo.pairwise_accuracy([2.0, 0.0, 1.0, 5.0], [1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.5], [0.0, 0.0, 1.0, 0.52])
     assert out == {"pairs": 3, "accuracy": pytest.approx(1.5 / 3)}
-    assert reward.pairwise_accuracy([1.0], [0.0], [0.5], [0.5])["pairs"] == 0
+    assert expo.pairwise_accuracy([1.0], [0.0], [0.5], [0.5])["pairs"] == 0
 
 
 def test_build_is_cached_and_beats_chance(tiny_world, tmp_path, monkeypatch):
     params = RewardModelParams(n_pairs=1536, epochs=2.0, batch_size=64, lr=2e-3)
     path = reward.build_reward_model(tiny_world, params, cache_root=tmp_path, show_progress=False)
     assert (path / "reward.json").is_file() and (path / "config.json").is_file()
-    assert reward.reward_model_info(path)["n_pairs"] == 1536
+    assert expo.reward_model_info(path)["n_pairs"] == 1536
     assert not list(tmp_path.glob(".*tmp"))  # nothing half-written left beside it
 
     import trl
@@ -52,9 +52,9 @@ def test_build_is_cached_and_beats_chance(tiny_world, tmp_path, monkeypatch):
     # a different config is a different model
     assert reward.reward_model_path(tiny_world, params.model_copy(update={"seed": 1}), tmp_path) != path
 
-    judge = reward.reward_judge(tiny_world, {"path": str(path)})
+    judge = expo.reward_judge(tiny_world, {"path": str(path)})
     rows = reward.ranked_pairs(tiny_world.prompts["validation"] * 2, tiny_world.quality, seed=7)
-    result = reward.accuracy_on_pairs(judge, rows, tiny_world.quality)
+    result = expo.accuracy_on_pairs(judge, rows, tiny_world.quality)
     assert result["pairs"] == 400
     assert result["accuracy"] > 0.65  # chance is 0.5
     # it scores what RewardModelJudge scores: prompt + " " + response, a correct answer above the habit
@@ -65,6 +65,6 @@ def test_build_is_cached_and_beats_chance(tiny_world, tmp_path, monkeypatch):
 
 def test_reward_judge_rejects_mixed_spec(tiny_world):
     with pytest.raises(ValueError, match="with 'path' no other fields"):
-        reward.reward_judge(tiny_world, {"path": "/nowhere", "n_pairs": 3})
+        expo.reward_judge(tiny_world, {"path": "/nowhere", "n_pairs": 3})
     with pytest.raises(ValueError, match="reward_model: unknown parameter 'n_pair'"):
-        reward.reward_judge(tiny_world, {"n_pair": 3})
+        expo.reward_judge(tiny_world, {"n_pair": 3})

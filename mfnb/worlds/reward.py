@@ -12,6 +12,10 @@ fool.  Each pair's chosen side has the higher known quality (pairs within ``min_
 The text scored is exactly what :class:`mfnb.judges.RewardModelJudge` scores, ``prompt + " " + response``
 with no special tokens added: the dataset is tokenized here (TRL's own preprocessing would append an
 ``eos`` token the judge never appends, moving the scored position).
+
+This is the tiny world's ``reward_model`` and ``reward_pairs`` capability (:class:`mfnb.worlds.tiny.TinyWorld`);
+how notebook 03 turns a reward model into a judge and measures its agreement with the known quality is
+:mod:`mfnb.expo.reward`.
 """
 from __future__ import annotations
 
@@ -20,9 +24,8 @@ import json
 import random
 import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Sequence
+from typing import Callable, Literal, Sequence
 
 from pydantic import Field
 
@@ -147,7 +150,7 @@ def build_reward_model(world, params: RewardModelParams | None = None, *, cache_
     from transformers import LlamaConfig, LlamaForSequenceClassification, PrinterCallback
     from trl import RewardConfig, RewardTrainer
 
-    from mfnb.sft import quiet_datasets
+    from mfnb.sft import quiet_datasets, quiet_transformers
     from mfnb.worlds.tiny import build_tokenizer
 
     start = time.perf_counter()
@@ -195,92 +198,3 @@ def build_reward_model(world, params: RewardModelParams | None = None, *, cache_
         tokenizer.save_pretrained(tmp)
         write_json(tmp / "reward.json", info)
     return target
-
-
-def reward_model_info(path: str | Path) -> dict:
-    """What ``build_reward_model`` recorded about a built model (params, loss, training seconds)."""
-    file = Path(path) / "reward.json"
-    return json.loads(file.read_text()) if file.is_file() else {}
-
-
-def reward_judge(world, spec: Mapping[str, Any] | None = None, *, show_progress: bool = True, **judge_kwargs):
-    """A :class:`mfnb.judges.RewardModelJudge` from a notebook's ``reward_model`` parameter.
-
-    ``{"path": <folder>}``: any local sequence-classification reward model (other profiles);
-    otherwise the fields of :class:`RewardModelParams`, built (or loaded from the cache) for ``world``.
-    """
-    from mfnb.judges import RewardModelJudge
-
-    values = dict(spec or {})
-    path = values.pop("path", None)
-    if path is None:
-        path = build_reward_model(world, RewardModelParams.validate_mapping(values, source="reward_model"),
-                                  show_progress=show_progress)
-    elif values:
-        raise ValueError(f"reward_model: with 'path' no other fields are allowed, got {sorted(values)}")
-    judge_kwargs.setdefault("progress", False)
-    judge_kwargs.setdefault("batch_size", 256)
-    with quiet_transformers():
-        return RewardModelJudge(str(path), **judge_kwargs)
-
-
-@contextmanager
-def quiet_transformers():
-    """Hide transformers' per-load progress bars and load reports (tiny models load in milliseconds)."""
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
-# ------------------------------------------------------------------------------------------ accuracy
-
-
-def pairwise_accuracy(scores_a: Sequence[float], scores_b: Sequence[float], quality_a: Sequence[float],
-                      quality_b: Sequence[float], min_gap: float = 0.05) -> dict:
-    """How often the reward model orders a pair as the known quality does (pairs within min_gap skipped;
-    a reward tie counts 1/2)."""
-    n = hits = 0.0
-    for ra, rb, qa, qb in zip(scores_a, scores_b, quality_a, quality_b):
-        if abs(qa - qb) <= min_gap:
-            continue
-        n += 1
-        if ra == rb:
-            hits += 0.5
-        elif (ra > rb) == (qa > qb):
-            hits += 1
-    return {"pairs": int(n), "accuracy": hits / n if n else float("nan")}
-
-
-def accuracy_on_pairs(judge, rows: Sequence[Mapping[str, str]], quality: Callable[[str, str], float],
-                      min_gap: float = 0.05) -> dict:
-    """Pairwise accuracy of ``judge.score`` on (prompt, chosen, rejected) rows against the known quality."""
-    prompts = [r["prompt"] for r in rows]
-    a = judge.score(prompts, [r["chosen"] for r in rows])
-    b = judge.score(prompts, [r["rejected"] for r in rows])
-    qa = [quality(r["prompt"], r["chosen"]) for r in rows]
-    qb = [quality(r["prompt"], r["rejected"]) for r in rows]
-    return pairwise_accuracy(a, b, qa, qb, min_gap)
-
-
-def accuracy_on_responses(judge, prompts: Sequence[str], responses: Mapping[str, Sequence[str]],
-                          quality: Callable[[str, str], float], min_gap: float = 0.05) -> dict:
-    """Pairwise accuracy over every pair of sources (e.g. the world's roles) answering the same prompts."""
-    names = list(responses)
-    scores = {k: judge.score(list(prompts), list(v)) for k, v in responses.items()}
-    quals = {k: [quality(p, r) for p, r in zip(prompts, v)] for k, v in responses.items()}
-    a, b, qa, qb = [], [], [], []
-    for i, x in enumerate(names):
-        for y in names[i + 1:]:
-            a += scores[x]
-            b += scores[y]
-            qa += quals[x]
-            qb += quals[y]
-    return pairwise_accuracy(a, b, qa, qb, min_gap)

@@ -14,14 +14,14 @@ import time
 from functools import cached_property
 from pathlib import Path
 
-from typing import Literal
+from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from mfnb import paths
 from mfnb.atomic import atomic_dir, write_json
-from mfnb.params import Params
+from mfnb.params import Params, ParamsError
 from mfnb.worlds import tasks
 
 WORLD_VERSION = 1  # bump when the task or recipe changes meaning, so old caches are not reused
@@ -163,11 +163,23 @@ def _sft(model, tokenizer, rows: list[dict], recipe: TrainRecipe, seed: int, out
 
 
 class TinyWorld:
-    """Prompts, quality function, costs and the cached model folders of one tiny world."""
+    """Prompts, quality function, costs and the cached model folders of one tiny world.
+
+    Implements the :mod:`mfnb.worlds` protocol; every role is a model that samples its own responses, and
+    the world also offers ExPO's preference pairs and reward model and HbAT's conflict.
+    """
+
+    kind = "tiny"
 
     def __init__(self, params: TinyWorldParams | None = None, cache_root: Path | None = None):
         self.params = params or TinyWorldParams()
         self.root = Path(cache_root or paths.cache_dir("worlds")) / f"tiny-{self.params.key()}"
+        self._responders: dict[str, tuple] = {}  # role -> (model, tokenizer) kept for respond()
+
+    @classmethod
+    def from_spec(cls, values: Mapping[str, Any], source: str = "world") -> "TinyWorld":
+        """The world of ``world: {kind: tiny, ...}`` params (validated; errors name the field)."""
+        return cls(TinyWorldParams.validate_mapping(values, source=source))
 
     @cached_property
     def prompts(self) -> dict[str, list[str]]:
@@ -192,6 +204,19 @@ class TinyWorld:
 
     def habits(self, role: str) -> list[str]:
         return list(self.params.roles[role].habits)
+
+    def describe(self, role: str) -> str:
+        habits = self.habits(role)
+        return "habits: " + ", ".join(habits) if habits else "no habits"
+
+    def identity(self, role: str) -> dict:
+        """The world's params and the role's model folder (whose name hashes the role's recipe)."""
+        return {"world": self.params.key(), "role": self.model_path(role).name}
+
+    def parameters(self, role: str) -> int:
+        from mfnb.models import count_parameters
+
+        return count_parameters(self.load(role)[0])
 
     def model_path(self, role: str) -> Path:
         if role == "base":
@@ -239,7 +264,7 @@ class TinyWorld:
         return spent
 
     def load(self, role: str):
-        """(model, tokenizer) for a role, building the world first if needed."""
+        """A fresh (model, tokenizer) for a role, building the world first if needed."""
         from mfnb.models import load_model, load_tokenizer
 
         if not (self.model_path(role) / "config.json").is_file():
@@ -247,7 +272,51 @@ class TinyWorld:
         return (load_model(self.model_path(role), show_progress=False),
                 load_tokenizer(self.model_path(role)))
 
+    def respond(self, role: str, prompts: Sequence[str], sampling, seed: int = 0, *,
+                show_progress: bool = False) -> list[str]:
+        """One sampled response per prompt from the role's model (loaded once, kept for later calls)."""
+        from mfnb.models import generate
+
+        if role not in self._responders:
+            self._responders[role] = self.load(role)
+        model, tokenizer = self._responders[role]
+        return generate(model, tokenizer, list(prompts), sampling, seed=seed, desc=f"sampling {role}",
+                        show_progress=show_progress)
+
     def tokenizer(self):
         from mfnb.models import load_tokenizer
 
         return load_tokenizer(self.model_path("base")) if self.is_built() else build_tokenizer()
+
+    # -- capabilities used by single notebooks -----------------------------------------------------
+
+    def preference_pairs(self, prompts: Sequence[str], source: str = "correct_vs_habit") -> list[dict]:
+        """ExPO's preference data: chosen = the correct answer, rejected = the task's habit (the
+        student's systematic mistake), both known to the world."""
+        if source != "correct_vs_habit":
+            raise ParamsError(f"preference.source: the tiny world makes 'correct_vs_habit' pairs, not {source!r}")
+        rows = []
+        for prompt in prompts:
+            example = tasks.parse_prompt(prompt)
+            rows.append({"prompt": prompt, "chosen": example.answer(), "rejected": example.answer(habit=True)})
+        return rows
+
+    def reward_model(self, spec: Mapping[str, Any], show_progress: bool = True) -> Path:
+        """ExPO's reward model for this world (``mfnb.worlds.reward``), built once and cached by ``spec``."""
+        from mfnb.worlds import reward
+
+        params = reward.RewardModelParams.validate_mapping(dict(spec), source="reward_model")
+        return reward.build_reward_model(self, params, show_progress=show_progress)
+
+    def reward_pairs(self, prompts: Sequence[str], seed: int) -> list[dict]:
+        """Pairs of correct, habitual and perturbed answers ranked by the known quality (the recipe of
+        the reward model's training pairs, on prompts of the caller's choice)."""
+        from mfnb.worlds import reward
+
+        return reward.ranked_pairs(list(prompts), self.quality, seed)
+
+    def conflict(self, spec: Mapping[str, Any]):
+        """HbAT's alignment tax on this world (``mfnb.worlds.hbat_conflict``)."""
+        from mfnb.worlds.hbat_conflict import ConflictParams, ConflictWorld
+
+        return ConflictWorld(ConflictParams.validate_mapping(dict(spec), source="conflict"))

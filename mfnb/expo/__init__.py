@@ -1,0 +1,43 @@
+"""ExPO, weak-to-strong model extrapolation (Zheng et al., paper 002): ``theta_s = theta + alpha (theta -
+theta_w)``, no training, just weight arithmetic; alpha is chosen by a reward model.
+
+Files, one idea each (read them in this order beside the paper):
+
+* :mod:`~mfnb.expo.extrapolation` -- the arithmetic on model folders (streaming safetensors, any size) and on
+  in-memory state dicts: :func:`extrapolate`, :func:`extrapolate_state_dict`.
+* :mod:`~mfnb.expo.lora` -- the fast path when the aligned model is SFT + LoRA: ExPO scales the adapter by
+  ``1 + alpha`` (:func:`scale_lora_adapter`, :func:`lora_extrapolation`, :func:`lora_delta_norm`).
+* :mod:`~mfnb.expo.params` -- notebook 03's parameters (:class:`ExpoParams`).
+* :mod:`~mfnb.expo.training` -- the aligned models: LoRA DPO adapters per data fraction, cached by config.
+* :mod:`~mfnb.expo.reward` -- the reward model that picks alpha and its agreement with the known quality.
+* :mod:`~mfnb.expo.sweep` -- the alpha sweep and the alpha each criterion picks (Figure 5, Table 3).
+* :mod:`~mfnb.expo.report` -- the length-controlled win rate, Table 1 and the notebook's computed verdicts.
+* :mod:`~mfnb.expo.plots` -- Figure 5.
+
+Every public name is importable from ``mfnb.expo``. The parameter schemas (:class:`ExpoParams`,
+:class:`PreferenceDataParams`) load on first use: their DPO, LoRA and sampling fields import TRL and
+transformers (~5 s), which the weight arithmetic never needs.
+"""
+from mfnb.expo.extrapolation import (CHUNK_ELEMENTS, INDEX_FILE, SINGLE_FILE, WEIGHT_SUFFIXES, ExpoError,
+                                     extrapolate, extrapolate_state_dict)
+from mfnb.expo.lora import ADAPTER_FILE, lora_delta_norm, lora_extrapolation, scale_lora_adapter
+from mfnb.expo.plots import plot_alpha_curves
+from mfnb.expo.report import (findings, length_controlled_win_rate, less_data_table, paper_table1,
+                              report_row)
+from mfnb.expo.reward import (accuracy_on_pairs, accuracy_on_responses, pairwise_accuracy, reward_judge,
+                              reward_model_info)
+from mfnb.expo.sweep import (alpha_sweep, is_non_increasing, optimal_alpha, optimal_alpha_table,
+                             paper_alpha_grid, paper_optimal_alpha, response_metrics, sweep_responses)
+from mfnb.expo.training import (EXPO_VERSION, adapter_info, adapter_key, adapter_path, fraction_label,
+                                fraction_rows, load_aligned, preference_rows, train_dpo_adapter)
+
+_SCHEMAS = ("ExpoParams", "PreferenceDataParams")
+
+
+def __getattr__(name: str):
+    """``ExpoParams`` and ``PreferenceDataParams`` come from :mod:`mfnb.expo.params` on first use."""
+    if name in _SCHEMAS:
+        from mfnb.expo import params
+
+        return getattr(params, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,76 @@
+"""Notebook 03's parameters: the preference set, the data fractions, DPO and LoRA, the alpha grid, the
+reward model and the judge (``params/<profile>/03_expo_alpha_curves.yaml``).
+
+Imported on first use by :mod:`mfnb.expo` (DPO, LoRA and sampling settings pull in TRL and transformers,
+~5 s, which the weight arithmetic never needs).
+"""
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from mfnb.dpo import DPOParams
+from mfnb.models import LoraParams, SamplingParams
+from mfnb.params import Params, ParamsError
+from mfnb.worlds import require
+
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Fraction = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+
+class PreferenceDataParams(Params):
+    """The full ("100%") preference set; each data fraction trains on a nested prefix of it.
+
+    The world makes the pairs (its ``preference_pairs`` capability). ``correct_vs_habit`` (tiny world): for a
+    training prompt, chosen = the correct answer and rejected = the answer with the task's habit (the
+    student's systematic mistake), both known to the world.
+    """
+
+    source: Literal["correct_vs_habit"] = "correct_vs_habit"
+    n_pairs: int = Field(default=4096, ge=1)
+    seed: int = 0
+
+
+class ExpoParams(Params):
+    """Notebook 03: reward, quality and length vs alpha per data fraction (Figure 5) and Table 1."""
+
+    profile: str
+    world: dict
+    sft_role: str = "student"
+    preference: PreferenceDataParams = PreferenceDataParams()
+    fractions: list[Fraction] = Field(min_length=1)
+    dpo: DPOParams
+    lora: LoraParams = LoraParams()
+    lr_probe: list[PositiveFloat] = Field(default_factory=list)
+    alphas: list[FiniteFloat] = Field(min_length=1)
+    reward_model: dict
+    sampling: SamplingParams
+    sweep_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    n_select: int | None = Field(default=None, ge=1)
+    n_report: int | None = Field(default=None, ge=1)
+    judge: dict
+    baseline_role: str = "g2"
+    report_seed: int = 0
+    train_seed: int = 0
+    torch_threads: int | None = Field(default=None, ge=1)
+    delta: float = Field(default=0.05, gt=0, lt=1)
+
+    @field_validator("fractions", "alphas")
+    @classmethod
+    def _distinct(cls, value: list[float], info) -> list[float]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"{info.field_name} must be distinct, got {value}")
+        return value
+
+    def check_world(self, world) -> None:
+        """Fail now, naming the field, if ``world`` lacks what these parameters ask of it: preference data,
+        a reward model of its own (unless ``reward_model.path`` names one), the SFT and baseline roles (the
+        judge is checked by :func:`mfnb.evaluation.world_judge`)."""
+        require(world, "preference_pairs", field="preference.source", notebook="03")
+        if "path" not in self.reward_model:
+            require(world, "reward_model", field="reward_model", notebook="03")
+        for field, role in (("sft_role", self.sft_role), ("baseline_role", self.baseline_role)):
+            if role not in world.roles:
+                raise ParamsError(f"parameter {field!r}: {role!r} is not a role of this world (roles: {world.roles})")

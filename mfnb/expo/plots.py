@@ -1,0 +1,51 @@
+"""Notebook 03's figure: the paper's Figure 5 (reward, known quality and length against alpha)."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+
+def plot_alpha_curves(sweeps, chosen: Mapping[str, float], oracle_best: Mapping[str, float] | None = None,
+                      sft: Mapping[str, float] | None = None, title: str | None = None):
+    """Figure 5 of the paper: reward vs alpha (left) and length vs alpha (right), one line per data
+    fraction, the reward-chosen alpha as a dashed vertical line; plus the known quality vs alpha (middle)
+    with the reward-chosen (dashed) and quality-best (dotted) alphas.  ``sweeps``: a frame with columns
+    data, alpha, reward, quality, length_words; ``sft``: the SFT model's value per column (grey line).
+    Symlog x axis: the paper's grids span 0.1 to 10."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    panels = [("reward", "reward-model score"), ("quality", "known quality (oracle)"),
+              ("length_words", "response length (words)")]
+    panels = [p for p in panels if p[0] in sweeps]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2))
+    axes = np.atleast_1d(axes)
+    labels = list(dict.fromkeys(sweeps["data"]))
+    palette = dict(zip(labels, sns.color_palette("colorblind", n_colors=len(labels))))
+    low, high = float(sweeps["alpha"].min()), float(sweeps["alpha"].max())
+    for ax, (col, ylabel) in zip(axes, panels):
+        for label in labels:
+            sub = sweeps[sweeps["data"] == label].sort_values("alpha")
+            ax.plot(sub["alpha"], sub[col], marker="o", ms=3, color=palette[label], label=label)
+            if label in chosen:
+                ax.axvline(chosen[label], color=palette[label], ls="--", lw=1)
+            if col == "quality" and oracle_best and label in oracle_best:
+                ax.axvline(oracle_best[label], color=palette[label], ls=":", lw=1.5)
+        if sft and col in sft:
+            ax.axhline(sft[col], color="grey", lw=1, label="SFT model")
+        ax.set_xscale("symlog", linthresh=1.0)
+        span = max(high - low, 1e-3)
+        ax.set_xlim(low - 0.02 * min(span, 1.0), high * 1.15 if high > 0 else high + 0.1)  # alpha = 0 stays visible
+        ticks = [t for t in (-1, 0, 0.3, 1, 3, 10, 30, 100, 300, 1000) if low <= t <= high]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xlabel("alpha (ExPO)")
+        ax.set_ylabel(ylabel)
+    handles, names = axes[0].get_legend_handles_labels()
+    fig.legend(handles, names, title="DPO data", fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    if "quality" in sweeps and len(axes) > 1:
+        axes[1].set_title("dashed: alpha chosen by reward; dotted: best by quality", fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,141 @@
+"""ExPO's alpha sweep on the LoRA fast path: responses per alpha (cached), their reward, known quality and
+length, and the alpha each criterion picks (the paper's Figure 5 and Table 3).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mfnb.expo.extrapolation import _check_alpha
+from mfnb.expo.lora import lora_extrapolation
+
+if TYPE_CHECKING:
+    from mfnb.models import SamplingParams
+
+
+def _responses_cache(folder: Path, alpha: float, prompts: Sequence[str], sampling: SamplingParams, seed: int) -> Path:
+    blob = json.dumps({"alpha": alpha, "sampling": sampling.model_dump(), "seed": seed,
+                       "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}, sort_keys=True)
+    return folder / f"alpha{alpha:g}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.json"
+
+
+def sweep_responses(model, tokenizer, prompts: Sequence[str], alphas: Sequence[float], sampling: SamplingParams,
+                    *, seed: int = 0, cache: str | Path | None = None, progress: bool = True,
+                    desc: str = "alpha sweep") -> dict[float, list[str]]:
+    """Responses of the ExPO model for each alpha (``model``: SFT model + LoRA adapter, scaled in place
+    by :func:`lora_extrapolation`; no merged copies).  Same seed for every alpha (common random numbers:
+    differences between alphas are not sampling noise).  ``cache``: a folder (e.g. the adapter's) where
+    each alpha's responses are saved atomically, so a killed sweep resumes where it stopped."""
+    from mfnb.atomic import write_json
+    from mfnb.models import generate
+
+    out: dict[float, list[str]] = {}
+    for alpha in tqdm(list(alphas), desc=desc, disable=not progress, leave=False):
+        alpha = _check_alpha(alpha)
+        file = _responses_cache(Path(cache), alpha, prompts, sampling, seed) if cache else None
+        if file is not None and file.is_file():
+            out[alpha] = json.loads(file.read_text())["responses"]
+            continue
+        with lora_extrapolation(model, alpha):
+            out[alpha] = generate(model, tokenizer, list(prompts), sampling, seed=seed, show_progress=False)
+        if file is not None:
+            write_json(file, {"alpha": alpha, "seed": seed, "responses": out[alpha]})
+    return out
+
+
+def response_metrics(prompts: Sequence[str], responses: Sequence[str], *, reward_fn: Callable | None = None,
+                     quality_fn: Callable | None = None, tokenizer=None) -> dict:
+    """Mean reward (reward model), mean known quality, mean length in words (and tokens) of responses."""
+    row = {"n": len(responses), "length_words": float(np.mean([len(r.split()) for r in responses]))}
+    if tokenizer is not None:
+        row["length_tokens"] = float(np.mean([len(tokenizer(r, add_special_tokens=False)["input_ids"])
+                                              for r in responses]))
+    if reward_fn is not None:
+        row["reward"] = float(np.mean(reward_fn(list(prompts), list(responses))))
+    if quality_fn is not None:
+        row["quality"] = float(np.mean([quality_fn(p, r) for p, r in zip(prompts, responses)]))
+    return row
+
+
+def alpha_sweep(model, tokenizer, prompts: Sequence[str], alphas: Sequence[float], sampling: SamplingParams, *,
+                seeds: Sequence[int] = (0,), reward_fn: Callable | None = None, quality_fn: Callable | None = None,
+                cache: str | Path | None = None, progress: bool = True, desc: str = "alpha sweep"):
+    """One row per alpha: mean reward / quality / length over ``prompts`` x ``seeds`` (a DataFrame)."""
+    import pandas as pd
+
+    answers = [sweep_responses(model, tokenizer, prompts, alphas, sampling, seed=s, cache=cache,
+                               progress=progress, desc=f"{desc} (seed {s})") for s in seeds]
+    rows = []
+    for alpha in alphas:
+        alpha = float(alpha)
+        responses = [r for per_seed in answers for r in per_seed[alpha]]
+        rows.append({"alpha": alpha, **response_metrics(list(prompts) * len(seeds), responses, reward_fn=reward_fn,
+                                                        quality_fn=quality_fn, tokenizer=tokenizer)})
+    return pd.DataFrame(rows)
+
+
+def optimal_alpha(sweep, metric: str = "reward") -> float:
+    """The alpha with the highest mean ``metric`` (the smallest such alpha on a tie), as the paper picks it."""
+    best = sweep[metric].max()
+    return float(sweep.loc[sweep[metric] == best, "alpha"].min())
+
+
+def is_non_increasing(values: Sequence[float]) -> bool:
+    return all(b <= a for a, b in zip(values, values[1:]))
+
+
+def paper_optimal_alpha() -> dict[str, float]:
+    """The paper's optimal alpha for its zephyr less-data models by data label (Table 3; "100%" is
+    zephyr-7b-dpo-full), read from the reference tables."""
+    from mfnb import reference
+
+    t3 = reference.load("expo_table3")
+    t3 = t3[t3["sft_model"] == "zephyr-7b-sft-full"]
+    out = {}
+    for aligned, alpha in zip(t3["aligned_model"], t3["optimal_alpha"]):
+        label = "100%" if aligned == "zephyr-7b-dpo-full" else aligned.removeprefix("DPO(").split(" ")[0]
+        out[label] = float(alpha)
+    return out
+
+
+def paper_alpha_grid() -> list[float]:
+    """Every alpha the paper searched (Table 3), sorted."""
+    from mfnb import reference
+
+    ranges = reference.load("expo_table3")["search_range"]
+    return sorted({float(a) for r in ranges for a in str(r).split(",")})
+
+
+def optimal_alpha_table(sweeps):
+    """Per data fraction (``sweeps``: alpha_sweep frames with a ``data`` label column, in fraction order):
+    the alpha the reward model picks, the alpha that is best by known quality (where known), the values
+    at alpha = 0 (the DPO model) and at both picks, and the paper's optimal alpha where it has one."""
+    import pandas as pd
+
+    paper = paper_optimal_alpha()
+    rows = []
+    for label, sw in sweeps.groupby("data", sort=False):
+        def at(alpha, col):
+            return float(sw.loc[sw["alpha"] == alpha, col].iloc[0]) if col in sw else math.nan
+
+        chosen = optimal_alpha(sw, "reward")
+        row = {"data": label, "alpha_by_reward": chosen,
+               "at_grid_edge": chosen == sw["alpha"].max() and len(sw) > 1,
+               "reward_at_0": at(0.0, "reward") if (sw["alpha"] == 0).any() else math.nan,
+               "reward_at_chosen": at(chosen, "reward")}
+        if "quality" in sw:
+            best = optimal_alpha(sw, "quality")
+            row.update(alpha_by_quality=best,
+                       quality_at_0=at(0.0, "quality") if (sw["alpha"] == 0).any() else math.nan,
+                       quality_at_chosen=at(chosen, "quality"), quality_at_best=at(best, "quality"))
+        row.update(length_at_0=at(0.0, "length_words") if (sw["alpha"] == 0).any() else math.nan,
+                   length_at_chosen=at(chosen, "length_words"),
+                   paper_optimal_alpha=paper.get(label, math.nan))
+        rows.append(row)
+    return pd.DataFrame(rows)

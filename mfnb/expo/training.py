@@ -1,0 +1,111 @@
+"""ExPO's aligned models for notebook 03: LoRA DPO adapters on the SFT model, one per fraction of one
+preference set, each trained once and cached by everything that changes it.
+
+The SFT model is one of the world's roles (the tiny world's habit-ridden student); every aligned model is
+the SFT model plus an adapter, so every ExPO model is the SFT model plus a *scaled* adapter and a whole alpha
+sweep runs on one loaded PeftModel (:mod:`mfnb.expo.lora`).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+
+from mfnb.atomic import atomic_dir
+from mfnb.worlds import require
+
+if TYPE_CHECKING:
+    from mfnb.expo.params import ExpoParams, PreferenceDataParams
+
+EXPO_VERSION = 1  # bump when the data recipe or training changes meaning, so cached adapters are not reused
+
+
+def preference_rows(world, data: PreferenceDataParams) -> list[dict]:
+    """The full preference set, in a seeded order: fraction f trains on the first ``ceil(f * n)`` rows,
+    so a larger fraction contains every pair of a smaller one (as subsampling one dataset does). The
+    world makes the pairs (its ``preference_pairs`` capability)."""
+    pairs = require(world, "preference_pairs", field="preference.source", notebook="03")
+    prompts = list(world.prompts["train"])
+    if data.n_pairs > len(prompts):
+        raise ValueError(f"preference.n_pairs={data.n_pairs} exceeds the world's {len(prompts)} training prompts")
+    random.Random(f"expo-preference-{data.seed}").shuffle(prompts)
+    return pairs(prompts[: data.n_pairs], data.source)
+
+
+def fraction_rows(rows: Sequence[dict], fraction: float) -> list[dict]:
+    return list(rows[: max(1, math.ceil(fraction * len(rows) - 1e-9))])
+
+
+def fraction_label(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+def adapter_key(world, params: ExpoParams, fraction: float, lr: float | None = None) -> str:
+    """Everything that changes the adapter: world, SFT role, data, fraction, DPO and LoRA settings, seed."""
+    dpo = params.dpo.model_dump()
+    if lr is not None:
+        dpo["lr"] = lr
+    blob = json.dumps({"version": EXPO_VERSION, "world": world.key, "sft": params.sft_role,
+                       "data": params.preference.model_dump(), "fraction": fraction, "dpo": dpo,
+                       "lora": params.lora.model_dump(), "seed": params.train_seed}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def adapter_path(world, params: ExpoParams, fraction: float, lr: float | None = None,
+                 cache_root: str | Path | None = None) -> Path:
+    from mfnb import paths
+
+    root = Path(cache_root or paths.cache_dir("expo_adapters"))
+    return root / f"{world.key}-{params.sft_role}-{fraction:g}-{adapter_key(world, params, fraction, lr)}"
+
+
+def train_dpo_adapter(world, params: ExpoParams, fraction: float, *, lr: float | None = None,
+                      cache_root: str | Path | None = None, rows: Sequence[dict] | None = None) -> Path:
+    """The LoRA DPO adapter for one data fraction, trained only when not cached.
+
+    The adapter and its ``dpo.json`` (metrics, seconds) are written in one atomic rename, so a killed run
+    leaves nothing that looks finished and a rerun trains exactly the adapters that are missing.
+    """
+    import time
+
+    from mfnb.atomic import write_json
+    from mfnb.dpo import dpo_update, preference_dataset
+    from mfnb.models import attach_lora
+
+    target = adapter_path(world, params, fraction, lr, cache_root)
+    if (target / "dpo.json").is_file():
+        return target
+    start = time.perf_counter()
+    rows = fraction_rows(rows if rows is not None else preference_rows(world, params.preference), fraction)
+    model, tokenizer = world.load(params.sft_role)
+    torch.manual_seed(params.train_seed)
+    policy = attach_lora(model, params.lora)
+    dpo = params.dpo if lr is None else params.dpo.model_copy(update={"lr": lr})
+    data = preference_dataset([r["prompt"] for r in rows], [r["chosen"] for r in rows],
+                              [r["rejected"] for r in rows], drop_identical=dpo.drop_identical)
+    metrics = dpo_update(policy, tokenizer, data, dpo, seed=params.train_seed)
+    info = {"fraction": fraction, "pairs": len(rows), "lr": dpo.lr, "world": world.key, "sft_role": params.sft_role,
+            "seconds": round(time.perf_counter() - start, 1),
+            "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
+    with atomic_dir(target) as tmp:
+        policy.save_pretrained(tmp)
+        write_json(tmp / "dpo.json", info)
+    return target
+
+
+def adapter_info(path: str | Path) -> dict:
+    file = Path(path) / "dpo.json"
+    return json.loads(file.read_text()) if file.is_file() else {}
+
+
+def load_aligned(world, sft_role: str, adapter: str | Path):
+    """(PeftModel = SFT model + DPO adapter, tokenizer), frozen, in eval mode."""
+    from mfnb.models import load_adapter
+
+    model, tokenizer = world.load(sft_role)
+    return load_adapter(model, adapter, trainable=False).eval(), tokenizer

@@ -1,0 +1,230 @@
+"""Notebook 04's experiment: the HbAT family (the Table 4 methods, the Figure 2 sweeps over N and Fmax) on
+the world's alignment-tax conflict, every run cached by a key of everything it depends on, so a rerun or a
+killed notebook redoes nothing finished.
+
+The world supplies the conflict (its ``conflict`` capability; the tiny world's is
+:mod:`mfnb.worlds.hbat_conflict`). A conflict offers ``params`` (validated, part of every run's key),
+``split_prompts(train_prompts, seed)`` -> disjoint (SFT, preference) prompts, ``sft_rows(prompts)``,
+``preference_rows(prompts, seed)``, ``references(prompts)`` (the win rate's opponents), the scores
+``quality``, ``reward`` and ``overall(prompt, response)``, ``judge(tie_margin)`` and
+``scores(prompts, responses, judge, delta)``; its ``params`` carry ``n_sft`` and ``n_pref``.
+Tables and verdicts are :mod:`mfnb.hbat.report`, figures :mod:`mfnb.hbat.plots`, Table 7
+:mod:`mfnb.hbat.efficiency`.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Sequence
+
+from pydantic import Field, model_validator
+
+from mfnb.hbat.algorithm import run_hbat
+from mfnb.hbat.params import METHODS, HbatParams, for_method
+from mfnb.hbat.store import clean_store, digest
+from mfnb.models import LoraParams, SamplingParams
+from mfnb.params import Params, ParamsError
+from mfnb.worlds import make_world, require
+
+
+class HbatNotebookParams(Params):
+    """Parameters of notebook 04 (``params/<profile>/04_hbat_ablations.yaml``).
+
+    ``hbat`` defaults to the paper's setting (:class:`mfnb.hbat.HbatParams`); a profile's YAML states
+    its departures as overrides. ``world`` names the world and ``conflict`` its alignment-tax recipe
+    (validated by the world's ``conflict`` capability)."""
+
+    profile: str = "tiny"
+    world: dict
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)       # Table 4
+    grid_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)  # Figure 2
+    torch_threads: int = Field(default=1, ge=0)      # 0: torch's default
+    init_role: str = "student"                       # the "pre-trained LLM" of Algorithm 1
+    lora: LoraParams | None = None                   # None: full fine-tuning
+    conflict: dict = Field(default_factory=dict)
+    hbat: HbatParams = HbatParams()
+    methods: list[str] = Field(default_factory=lambda: list(METHODS), min_length=1)
+    n_grid: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
+    fmax_grid: list[float] = Field(default_factory=lambda: [1.0, 50.0, 100.0, 150.0, 200.0])
+    sampling: SamplingParams = SamplingParams(temperature=0.75, top_p=0.95, max_new_tokens=16)  # paper: 0.75 / 0.95
+    n_validation: int = Field(default=200, ge=1)
+    n_test: int = Field(default=500, ge=1)
+    tie_margin: float = Field(default=0.05, ge=0)
+    delta: float = Field(default=0.05, gt=0, lt=1)
+    efficiency_repeats: int = Field(default=1, ge=0)  # Table 7 measurements per method (0: skip)
+    keep_weights: bool = False                        # keep stage weights after the notebook (resume only)
+
+    @model_validator(mode="after")
+    def _check(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"methods: unknown {unknown}; known: {list(METHODS)}")
+        for name, values in (("hbat.n_splits", [self.hbat.n_splits]), ("n_grid", self.n_grid)):
+            bad = [n for n in values if n < 1]
+            if bad:
+                raise ValueError(f"{name}: N = {bad} must be >= 1")
+        bad = [f for f in self.fmax_grid if not f > 0]
+        if bad:
+            raise ValueError(f"fmax_grid: Fmax must be > 0, got {bad}")
+        return self
+
+    def check_sizes(self, n_sft: int, n_pref: int) -> None:
+        """N must fit the smaller of the conflict's data sets (each of the N parts needs an example)."""
+        smaller = min(n_sft, n_pref)
+        for name, values in (("hbat.n_splits", [self.hbat.n_splits]), ("n_grid", self.n_grid)):
+            bad = [n for n in values if n > smaller]
+            if bad:
+                raise ParamsError(f"parameter {name!r}: N = {bad} must be between 1 and the smaller data set "
+                                  f"(conflict.n_sft = {n_sft}, conflict.n_pref = {n_pref})")
+
+
+class HbatExperiment:
+    """Runs of the HbAT family on the conflict world, each cached by a key of everything it depends on."""
+
+    def __init__(self, params: HbatNotebookParams, world=None, store: str | Path | None = None):
+        from mfnb import paths
+
+        self.P = params
+        self.world = make_world(world if world is not None else params.world)
+        self.conflict = require(self.world, "conflict", field="conflict", notebook="04")(params.conflict)
+        params.check_sizes(self.conflict.params.n_sft, self.conflict.params.n_pref)
+        if params.init_role not in self.world.roles:
+            raise ParamsError(f"parameter 'init_role': {params.init_role!r} is not a role of this world "
+                              f"(roles: {self.world.roles})")
+        self.hbat = params.hbat
+        self.lora = params.lora
+        self.sampling = params.sampling
+        self.store = Path(store) if store else paths.results_dir(params.profile, "runs") / "04_hbat"
+        self.prompts = {"validation": self.world.prompts["validation"][: params.n_validation],
+                        "test": self.world.prompts["test"][: params.n_test]}
+        self.judge = self.conflict.judge(params.tie_margin)
+        self._tokenizer = None
+        self.records: list[dict] = []          # every record this experiment returned, in order
+        self.eval_key = digest({"conflict": self.conflict.params.model_dump(), "sampling": self.sampling.model_dump(),
+                                "prompts": self.prompts, "tie_margin": params.tie_margin, "delta": params.delta})
+        if params.torch_threads:
+            import torch
+
+            torch.set_num_threads(params.torch_threads)
+
+    # -- one run ----------------------------------------------------------------------------------
+
+    def data(self, seed: int) -> tuple[list[dict], list[dict]]:
+        sft_prompts, pref_prompts = self.conflict.split_prompts(self.world.prompts["train"], seed)
+        return self.conflict.sft_rows(sft_prompts), self.conflict.preference_rows(pref_prompts, seed)
+
+    def init_key(self) -> str:
+        """Identifies the initial weights (the world's ``identity`` of ``init_role``, and the LoRA setting)."""
+        lora = None if self.lora is None else self.lora.model_dump()
+        return digest({**self.world.identity(self.P.init_role), "lora": lora})
+
+    def load_initial(self):
+        """A fresh copy of the initial model (with a new LoRA adapter when ``lora`` is set)."""
+        from mfnb.models import attach_lora
+
+        model, tokenizer = self.world.load(self.P.init_role)
+        if self._tokenizer is None:  # one tokenizer for every run of the experiment
+            self._tokenizer = tokenizer
+        return attach_lora(model, self.lora) if self.lora is not None else model
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = self.world.load(self.P.init_role)[1]
+        return self._tokenizer
+
+    def evaluate(self, model, tokenizer, split: str) -> dict:
+        from mfnb.models import generate
+
+        prompts = self.prompts[split]
+        responses = generate(model, tokenizer, prompts, self.sampling, seed=0, desc=f"eval {split}", show_progress=False)
+        out = self.conflict.scores(prompts, responses, self.judge, self.P.delta)
+        if split == "test":
+            out["samples"] = [[p, r] for p, r in zip(prompts[:8], responses[:8])]
+        return out
+
+    def run(self, label: str, hbat_params, seed: int) -> dict:
+        """One run's record (test scores of the kept checkpoint, stage table, importances), cached."""
+        from mfnb.atomic import write_json
+        sft_rows, pref_rows = self.data(seed)
+        key = digest({"init": self.init_key(), "params": hbat_params.model_dump(), "seed": seed,
+                      "data": digest([sft_rows, pref_rows]), "eval": self.eval_key})
+        target = self.store / "records" / f"{key}.json"
+        if target.is_file():
+            record = json.loads(target.read_text())
+            record["label"] = label
+            self.records.append(record)
+            return record
+        model = self.load_initial()
+        run = run_hbat(model, self.tokenizer, sft_rows, pref_rows, hbat_params, seed=seed, store=self.store,
+                       init_key=self.init_key(), evaluate=self.evaluate, eval_key=self.eval_key)
+        test = dict(run.test)
+        record = {"key": key, "label": label, "seed": seed, "n_splits": hbat_params.n_splits,
+                  "constraint": hbat_params.constraint, "fmax": hbat_params.ewc.fmax, "lam": hbat_params.ewc.lam,
+                  "preference": hbat_params.preference, "selected_stage": run.selected, "n_stages": len(run.stages),
+                  "train_seconds": run.train_seconds, "samples": test.pop("samples", []), **test,
+                  "stages": run.stage_frame().to_dict(orient="records"),
+                  "importance": [{"stage": s.index, "kind": s.kind, "F": s.importance_used,
+                                  "constrained": s.constrained_tensors} for s in run.stages if s.importance_used],
+                  "change_sums": [{"stage": s.index, "kind": s.kind, "sums": s.change_sums} for s in run.stages]}
+        write_json(target, record)
+        self.records.append(record)
+        return record
+
+    # -- the notebook's sets of runs --------------------------------------------------------------
+
+    def method_params(self, method: str, **ewc_or_top):
+        params = for_method(self.hbat, method)
+        if ewc_or_top:
+            values = params.model_dump()
+            for k, v in ewc_or_top.items():
+                if k in values["ewc"]:
+                    values["ewc"][k] = v
+                else:
+                    values[k] = v
+            params = HbatParams.validate_mapping(values, source=f"{method} {ewc_or_top}")
+        return params
+
+    def table4_runs(self, progress: bool = True):
+        import pandas as pd
+        from tqdm.auto import tqdm
+
+        jobs = [(m, s) for s in self.P.seeds for m in self.P.methods]
+        rows = [self.run(m, self.method_params(m), s) for m, s in tqdm(jobs, desc="Table 4 runs", disable=not progress)]
+        return pd.DataFrame([_flat(r, method=r["label"]) for r in rows])
+
+    def grid_runs(self, progress: bool = True):
+        import pandas as pd
+        from tqdm.auto import tqdm
+
+        jobs = [("N", n, dict(n_splits=n)) for n in self.P.n_grid] + \
+               [("Fmax", f, dict(fmax=float(f))) for f in self.P.fmax_grid]
+        jobs = [(axis, value, changes, s) for axis, value, changes in jobs for s in self.P.grid_seeds]
+        rows = []
+        for axis, value, changes, seed in tqdm(jobs, desc="Figure 2 runs", disable=not progress):
+            record = self.run("HbAT", self.method_params("HbAT", **changes), seed)
+            rows.append(_flat(record, axis=axis, value=value))
+        dpo = [self.run("DPO", self.method_params("DPO"), s) for s in self.P.grid_seeds]
+        rows += [_flat(r, axis="DPO", value=math.nan) for r in dpo]
+        return pd.DataFrame(rows)
+
+    def clean(self) -> int:
+        return 0 if self.P.keep_weights else clean_store(self.store)
+
+    def samples_table(self, records: Sequence[dict], n: int = 6):
+        """The first test prompts with the conflict's reference answer and each record's response."""
+        import pandas as pd
+
+        table = {}
+        for r in records:
+            for i, (prompt, response) in enumerate(r.get("samples", [])[:n]):
+                row = table.setdefault(i, {"prompt": prompt, "reference": self.conflict.references([prompt])[0]})
+                row[r["label"]] = response
+        return pd.DataFrame(list(table.values()))
+
+
+def _flat(record: dict, **extra) -> dict:
+    keep = ("seed", "n_splits", "constraint", "fmax", "lam", "quality", "reward", "win_rate", "win_low", "win_high",
+            "n", "train_seconds", "selected_stage", "n_stages", "key")
+    return {**extra, **{k: record.get(k) for k in keep}}

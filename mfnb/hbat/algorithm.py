@@ -1,0 +1,286 @@
+"""Hybrid Alignment Training (HbAT; Wang et al. 2024), Algorithm 1: alternating SFT/DPO stages with a
+modified EWC.
+
+Split the SFT data and the preference data into N disjoint parts. SFT on part 1 (plain loss); then for
+n = 1..N: (n > 1) SFT on part n with the EWC penalty of the DPO importances, anchored at the parameters after
+the last DPO stage (Eq. 8); DPO on part n with the penalty of the SFT importances, anchored at the
+parameters after the last SFT stage (Eq. 5). The best checkpoint on validation is kept.
+
+The importances are :mod:`mfnb.hbat.importance` (Eqs. 6, 7, 9, 10), the penalty inside TRL's trainers
+:mod:`mfnb.hbat.ewc` (Eqs. 5, 8), the resumable stage store :mod:`mfnb.hbat.store`. With
+``constraint="freeze"`` (HbAT-Freeze) the top ``freeze_fraction`` most important tensors are frozen for the
+stage instead of penalised.
+"""
+from __future__ import annotations
+
+import gc
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from mfnb.atomic import write_json
+from mfnb.hbat.ewc import EWCPenalty, ewc_trainer_class
+from mfnb.hbat.importance import (accumulate_changes, importance_from_changes, snapshot, squared_change_sums,
+                                  top_fraction, trainable_tensors)
+from mfnb.hbat.params import HbatError, HbatParams
+from mfnb.hbat.store import StageRecord, digest, load_stage, save_stage, stage_key
+
+
+# --------------------------------------------------------------------------------------------------
+# Data: checks and splits
+
+
+def _prompt_kind(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return "plain text"
+    if isinstance(prompt, list) and all(isinstance(m, Mapping) and "role" in m for m in prompt):
+        return "conversational (a list of messages)"
+    return type(prompt).__name__
+
+
+def _template(texts: Sequence[str], suffix: bool) -> str | None:
+    """The words every text starts (or ends) with; None for fewer than two texts."""
+    if len(texts) < 2:
+        return None
+    words = [t.split()[::-1] if suffix else t.split() for t in texts]
+    common = []
+    for column in zip(*words):
+        if any(w != column[0] for w in column):
+            break
+        common.append(column[0])
+    return " ".join(common[::-1] if suffix else common)
+
+
+def check_inputs(sft_rows: Sequence[Mapping], preference_rows: Sequence[Mapping], n_splits: int) -> None:
+    """Clear errors for empty or malformed data, mismatched prompt formats, and a bad N."""
+    if isinstance(n_splits, bool) or not isinstance(n_splits, int) or n_splits < 1:
+        raise HbatError(f"n_splits: N must be an integer >= 1, got {n_splits!r}")
+    for what, rows, needed in (("sft_rows", sft_rows, ("prompt", "completion")),
+                               ("preference_rows", preference_rows, ("prompt", "chosen", "rejected"))):
+        if len(rows) == 0:
+            raise HbatError(f"{what}: empty")
+        for i, row in enumerate(rows):
+            missing = [k for k in needed if k not in row]
+            if missing:
+                raise HbatError(f"{what}[{i}]: missing field(s) {missing}; expected {list(needed)}")
+    smaller = min(("sft_rows", len(sft_rows)), ("preference_rows", len(preference_rows)), key=lambda x: x[1])
+    if n_splits > smaller[1]:
+        raise HbatError(f"n_splits: N = {n_splits} is larger than the smaller data set ({smaller[0]}: "
+                        f"{smaller[1]} rows); each of the N parts needs at least one example")
+    kinds = {_prompt_kind(r["prompt"]) for r in sft_rows}, {_prompt_kind(r["prompt"]) for r in preference_rows}
+    if len(kinds[0]) != 1 or kinds[0] != kinds[1]:
+        raise HbatError(f"prompt: SFT and preference data must share one prompt format; sft_rows[*].prompt is "
+                        f"{sorted(kinds[0])}, preference_rows[*].prompt is {sorted(kinds[1])}")
+    if kinds[0] == {"plain text"}:
+        # a template is the words all prompts of one data set start (end) with, e.g. "### Instruction:" or
+        # ". answer:"; the two data sets disagree when both have one and they differ
+        texts = [r["prompt"] for r in sft_rows], [r["prompt"] for r in preference_rows]
+        for suffix, where in ((False, "start"), (True, "end")):
+            mine, theirs = _template(texts[0], suffix), _template(texts[1], suffix)
+            if mine and theirs and mine != theirs:
+                raise HbatError(f"prompt: every sft_rows[*].prompt {where}s with {mine!r} but every "
+                                f"preference_rows[*].prompt {where}s with {theirs!r}: the SFT and preference data "
+                                "use different prompt formats")
+
+
+def split_parts(rows: Sequence[Any], n_splits: int, seed: int) -> list[list[Any]]:
+    """N mutually exclusive, near-equal parts of a seeded shuffle of ``rows``."""
+    if isinstance(n_splits, bool) or not isinstance(n_splits, int) or n_splits < 1:
+        raise HbatError(f"n_splits: N must be an integer >= 1, got {n_splits!r}")
+    if n_splits > len(rows):
+        raise HbatError(f"n_splits: N = {n_splits} is larger than the data set ({len(rows)} rows)")
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    bounds = [round(k * len(rows) / n_splits) for k in range(n_splits + 1)]
+    return [[rows[i] for i in order[bounds[k]:bounds[k + 1]]] for k in range(n_splits)]
+
+
+def stage_plan(n_splits: int, preference: bool = True) -> list[tuple[str, int]]:
+    """Algorithm 1's order: sft 0, dpo 0, sft 1, dpo 1, ... (parts numbered from 0)."""
+    plan = [("sft", 0)]
+    for n in range(n_splits):
+        if n > 0:
+            plan.append(("sft", n))
+        if preference:
+            plan.append(("dpo", n))
+    return plan
+
+
+# --------------------------------------------------------------------------------------------------
+# The training loop (Algorithm 1) over TRL stages
+
+
+@dataclass
+class HbatRun:
+    params: HbatParams
+    seed: int
+    stages: list[StageRecord]
+    selected: int                            # index into stages of the kept checkpoint
+    test: dict[str, Any] | None
+    accumulated: dict[str, dict[str, float]]  # objective -> AC after the last stage
+
+    @property
+    def train_seconds(self) -> float:
+        return sum(s.train_seconds for s in self.stages)
+
+    def stage_frame(self):
+        import pandas as pd
+
+        rows = []
+        for s in self.stages:
+            row = {"stage": s.index, "kind": s.kind, "part": s.part, "constraint": s.constraint,
+                   "constrained_tensors": len(s.constrained_tensors), "train_seconds": s.train_seconds,
+                   "selected": s.index == self.selected}
+            row.update({f"val_{k}": v for k, v in s.validation.items()})
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def _train_stage(model, tokenizer, kind: str, rows: list[dict], params: HbatParams, seed: int,
+                 penalty: EWCPenalty | None, show_progress: bool) -> dict:
+    from mfnb import dpo, sft
+
+    if kind == "sft":
+        s = params.sft
+        return sft.train(model, tokenizer, rows, lr=s.lr, batch_size=s.batch_size, seed=seed, epochs=s.epochs,
+                         warmup_ratio=s.warmup_ratio, max_length=s.max_length, desc="hbat sft",
+                         trainer_cls=ewc_trainer_class("sft") if penalty is not None else None,
+                         trainer_kwargs={"ewc": penalty} if penalty is not None else None,
+                         show_progress=show_progress)
+    dataset = dpo.preference_dataset([r["prompt"] for r in rows], [r["chosen"] for r in rows],
+                                     [r["rejected"] for r in rows])
+    return dpo.dpo_update(model, tokenizer, dataset, params.dpo, seed=seed,
+                          trainer_cls=ewc_trainer_class("dpo") if penalty is not None else None,
+                          trainer_kwargs={"ewc": penalty} if penalty is not None else None,
+                          show_progress=show_progress)
+
+
+def run_hbat(model, tokenizer, sft_rows: Sequence[dict], preference_rows: Sequence[dict], params: HbatParams, *,
+             seed: int = 0, store: str | Path | None = None, init_key: str | None = None,
+             evaluate: Callable[[Any, Any, str], dict] | None = None, eval_key: str | None = None,
+             show_progress: bool = False) -> HbatRun:
+    """Algorithm 1 on ``model`` (trained in place; a peft model trains its adapter).
+
+    ``evaluate(model, tokenizer, split)`` returns scores for ``"validation"`` (after every stage; the
+    ``select_by`` score picks the kept checkpoint) and ``"test"`` (once, for the kept checkpoint), and
+    ``eval_key`` identifies what it measures. With a ``store`` folder each stage is saved atomically
+    under a key chained from ``init_key`` (which must identify the initial weights) and everything that
+    produced it; an existing stage is loaded instead of retrained. On return the model holds the kept
+    checkpoint.
+    """
+    check_inputs(sft_rows, preference_rows, params.n_splits)
+    if store is not None and not init_key:
+        raise HbatError("init_key: a stage store needs a key that identifies the initial model")
+    # Every Trainer.train() runs a full gc.collect() (accelerate's free_memory); with a notebook's worth of
+    # live objects that is ~0.25 s per stage, paid 2N times here. Objects alive now are not garbage, so
+    # exclude them from collection while the stages run.
+    gc.collect()
+    gc.freeze()
+    try:
+        return _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store, init_key, evaluate,
+                           eval_key, show_progress)
+    finally:
+        gc.unfreeze()
+
+
+def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store, init_key, evaluate, eval_key,
+                show_progress) -> HbatRun:
+    store = Path(store) if store is not None else None
+    parts = {"sft": split_parts(list(sft_rows), params.n_splits, seed),
+             "dpo": split_parts(list(preference_rows), params.n_splits, seed + 1)}
+    tensors = trainable_tensors(model)
+    if not tensors:
+        raise HbatError("model: has no trainable parameters")
+    ewc = params.ewc
+    accumulated: dict[str, dict[str, float]] = {"sft": {}, "dpo": {}}
+    records: list[StageRecord] = []
+    prev = digest({"init": init_key or "in-memory", "n": params.n_splits})
+    kept_state: dict[str, dict[str, torch.Tensor]] = {}
+    plan = stage_plan(params.n_splits, params.preference)
+    for index, (kind, part) in enumerate(plan):
+        other = "dpo" if kind == "sft" else "sft"
+        constraint = params.constraint if accumulated[other] else "none"
+        stage_seed = seed * 1009 + index
+        rows = parts[kind][part]
+        key = stage_key(prev, kind, part, rows, params, stage_seed, constraint)
+        folder = store / "stages" / key if store is not None else None
+        record = load_stage(folder, model) if folder is not None else None
+        if record is not None:
+            record.reused = True
+        else:
+            importance = (importance_from_changes(accumulated[other], ewc.fmax, ewc.change_scale)
+                          if constraint != "none" else {})
+            penalty, frozen = None, []
+            if constraint == "ewc":
+                penalty = EWCPenalty.from_model(model, importance, ewc)
+                constrained = penalty.names
+            elif constraint == "freeze":
+                frozen = top_fraction({k: importance.get(k, 0.0) for k in tensors}, ewc.freeze_fraction)
+                constrained = frozen
+            else:
+                constrained = []
+            before = snapshot(tensors)
+            start = time.perf_counter()
+            for name in frozen:
+                tensors[name].requires_grad_(False)
+            try:
+                metrics = _train_stage(model, tokenizer, kind, rows, params, stage_seed, penalty, show_progress)
+            finally:
+                for name in frozen:
+                    tensors[name].requires_grad_(True)
+            sums = squared_change_sums(before, tensors)
+            seconds = time.perf_counter() - start
+            del before, penalty
+            record = StageRecord(index=index, kind=kind, part=part, key=key, rows=len(rows), constraint=constraint,
+                                 importance_used=importance, constrained_tensors=list(constrained),
+                                 change_sums={k: [s, n] for k, (s, n) in sums.items()}, train_seconds=seconds,
+                                 train_metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            if folder is not None:
+                save_stage(folder, model, record)
+        changes = record.changes(ewc.reduce)
+        accumulated[kind] = accumulate_changes(accumulated[kind], changes) if ewc.accumulate else dict(changes)
+        if evaluate is not None and (record.eval_key != eval_key or not record.validation):
+            record.validation = dict(evaluate(model, tokenizer, "validation"))
+            record.eval_key = eval_key
+            if folder is not None:
+                write_json(folder / "meta.json", {**record.__dict__, "reused": False})
+        records.append(record)
+        if (store is None and evaluate is not None and params.select_by != "last" and _is_candidate(kind, params)
+                and select_checkpoint(records, params) == index):
+            # without a store, hold a copy of the best candidate so far only (one extra copy at most); the
+            # last candidate is always the last stage, so "last" and unevaluated runs need none
+            kept_state = {key: snapshot({n: p for n, p in model.named_parameters() if p.requires_grad})}
+        prev = key
+    selected = select_checkpoint(records, params)
+    if selected != len(records) - 1:
+        _restore(model, records[selected], store, kept_state)
+    test = dict(evaluate(model, tokenizer, "test")) if evaluate is not None else None
+    return HbatRun(params=params, seed=seed, stages=records, selected=selected, test=test, accumulated=accumulated)
+
+
+def _is_candidate(kind: str, params: HbatParams) -> bool:
+    return params.select_over == "all" or not params.preference or kind == "dpo"
+
+
+def select_checkpoint(records: Sequence[StageRecord], params: HbatParams) -> int:
+    """Index of the kept checkpoint: the best ``select_by`` validation score among the candidate
+    stages (later stages win ties); the last candidate with ``select_by="last"`` or no scores."""
+    candidates = [r.index for r in records if _is_candidate(r.kind, params)]
+    if params.select_by == "last" or any(params.select_by not in records[i].validation for i in candidates):
+        return candidates[-1]
+    return max(candidates, key=lambda i: (records[i].validation[params.select_by], i))
+
+
+def _restore(model, record: StageRecord, store: Path | None, kept: Mapping[str, Mapping[str, torch.Tensor]]) -> None:
+    if store is not None:
+        if load_stage(store / "stages" / record.key, model) is None:
+            raise HbatError(f"stage {record.index} ({record.key}) is missing from the store {store}")
+        return
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in kept[record.key].items():
+            params[name].copy_(value)

@@ -1,0 +1,133 @@
+"""The modified EWC penalty (Eqs. 5 and 8) inside TRL's own trainers.
+
+``sum_i (lambda / 2) F_i ||theta_i - theta*_i||^2``, anchored at the parameters when the penalty is built. It
+is added to TRL's losses (:class:`EWCSFTTrainer`, :class:`EWCDPOTrainer` override ``compute_loss``),
+computed with fused ``torch._foreach_*`` kernels over only the tensors whose F_i is not negligible, with a
+hand-written backward (no autograd graph over thousands of small ops).
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+
+from mfnb.hbat.importance import trainable_tensors
+from mfnb.hbat.params import EWCParams, HbatError
+
+
+class _FusedPenalty(torch.autograd.Function):
+    """1/2 sum_i c_i ||p_i - a_i||^2 with foreach kernels; backward recomputes the differences."""
+
+    @staticmethod
+    def forward(ctx, penalty: "EWCPenalty", *params):
+        diffs = torch._foreach_sub(params, penalty.anchors)
+        norms = torch.stack([n.float() for n in torch._foreach_norm(diffs)])
+        ctx.penalty = penalty
+        ctx.save_for_backward(*params)
+        return 0.5 * torch.dot(penalty.coef_tensor.to(norms.device), norms * norms)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        params = ctx.saved_tensors
+        grads = torch._foreach_sub(params, ctx.penalty.anchors)
+        torch._foreach_mul_(grads, ctx.penalty.coefs)
+        torch._foreach_mul_(grads, grad_output.to(params[0].dtype))
+        return (None, *grads)
+
+
+class EWCPenalty:
+    """sum_i (lambda/2) F_i ||theta_i - theta*_i||^2, anchored at the parameters when it is built."""
+
+    def __init__(self, params: Sequence[torch.Tensor], coefs: Sequence[float], names: Sequence[str] = ()):
+        if len(params) != len(coefs):
+            raise HbatError(f"{len(params)} tensors but {len(coefs)} coefficients")
+        self.params = list(params)
+        self.names = list(names)
+        self.coefs = [float(c) for c in coefs]
+        self.anchors = [p.detach().clone() for p in self.params]
+        device = self.params[0].device if self.params else "cpu"
+        self.coef_tensor = torch.tensor(self.coefs, dtype=torch.float32, device=device)
+
+    @classmethod
+    def from_model(cls, model, importance: Mapping[str, float], ewc: EWCParams) -> "EWCPenalty":
+        """The penalty over ``model``'s trainable tensors with non-negligible importance."""
+        tensors = trainable_tensors(model)
+        threshold = ewc.min_fraction * ewc.fmax
+        names = [k for k in tensors if importance.get(k, 0.0) > threshold and ewc.coefficient(importance[k]) > 0]
+        return cls([tensors[k] for k in names], [ewc.coefficient(importance[k]) for k in names], names)
+
+    @property
+    def anchor_bytes(self) -> int:
+        return sum(a.numel() * a.element_size() for a in self.anchors)
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def __call__(self) -> torch.Tensor:
+        if not self.params:
+            return torch.zeros(())
+        return _FusedPenalty.apply(self, *self.params)
+
+    def reference_value(self) -> torch.Tensor:
+        """The same penalty with plain autograd (for tests)."""
+        total = torch.zeros(())
+        for p, a, c in zip(self.params, self.anchors, self.coefs):
+            total = total + 0.5 * c * (p - a).pow(2).sum()
+        return total
+
+
+class _EWCLossMixin:
+    """Adds ``self.ewc()`` to TRL's training loss, once per optimizer step under gradient accumulation."""
+
+    ewc: EWCPenalty | None = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        out = super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        if self.ewc is None or len(self.ewc) == 0 or not model.training:
+            return out
+        loss, rest = (out[0], out[1:]) if return_outputs else (out, ())
+        penalty = self.ewc() * self._penalty_scale(num_items_in_batch)
+        metrics = getattr(self, "_metrics", None)
+        if metrics is not None and self.state.global_step % max(int(self.args.logging_steps), 1) == 0:
+            metrics["train"]["ewc_penalty"].append(float(penalty.detach()))
+        loss = loss + penalty.to(loss.device, loss.dtype)
+        return (loss, *rest) if return_outputs else loss
+
+    def _penalty_scale(self, num_items_in_batch) -> float:
+        steps = max(int(getattr(self, "current_gradient_accumulation_steps", None) or self.args.gradient_accumulation_steps), 1)
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = (getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None) \
+                or getattr(self, "compute_loss_func", None) is not None
+        # the Trainer divides an unscaled micro-batch loss by the accumulation steps itself
+        return 1.0 / steps if scaled else 1.0
+
+
+_TRAINERS: dict[str, type] = {}
+
+
+def ewc_trainer_class(kind: str) -> type:
+    """TRL's SFTTrainer (``"sft"``) or DPOTrainer (``"dpo"``) with the EWC penalty; pass ``ewc=`` to it."""
+    if kind not in _TRAINERS:
+        from trl import DPOTrainer, SFTTrainer
+
+        base = {"sft": SFTTrainer, "dpo": DPOTrainer}.get(kind)
+        if base is None:
+            raise HbatError(f"kind: expected 'sft' or 'dpo', got {kind!r}")
+
+        def __init__(self, *args, ewc: EWCPenalty | None = None, **kwargs):
+            base.__init__(self, *args, **kwargs)
+            self.ewc = ewc
+
+        name = f"EWC{base.__name__}"
+        _TRAINERS[kind] = type(name, (_EWCLossMixin, base), {"__init__": __init__, "__module__": __name__,
+                                                            "__doc__": f"{base.__name__} + the HbAT EWC penalty."})
+    return _TRAINERS[kind]
+
+
+def __getattr__(name: str):
+    if name == "EWCSFTTrainer":
+        return ewc_trainer_class("sft")
+    if name == "EWCDPOTrainer":
+        return ewc_trainer_class("dpo")
+    raise AttributeError(name)

@@ -1,0 +1,100 @@
+"""HbAT's parameters: the modified EWC, one SFT stage, one run (Algorithm 1), and the Table 4 methods as
+presets of one run.
+
+Where our defaults and the authors' released code differ (as it was described to us; we have not read
+or copied that code) -- each is a field of :class:`EWCParams`, and ``EWCParams.released_code()`` selects
+all three at once:
+
+* ``reduce``: the code *sums* the squared changes over a tensor's elements; Eq. 7 averages (default).
+* ``change_scale``: the code multiplies the changes by 1e10 before the softmax; Eq. 6 does not (default 1).
+  With realistic changes (mean squares of 1e-10..1e-4) the unscaled softmax is practically uniform,
+  F_i ~ fmax / #tensors, i.e. a plain L2 anchor; with the 1e10 scale it is practically an argmax, all
+  of fmax on the single most-changed tensor. Neither is what Eq. 6 suggests; we report both.
+* ``lam_placement``: the code puts lambda inside the square, ``(F_i / 2) ||lambda (theta_i - theta*_i)||^2``,
+  i.e. lambda^2 where Eq. 5 has lambda. Identical at the paper's lambda = 1.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from mfnb.dpo import DPOParams
+from mfnb.params import Params
+
+OBJECTIVES = ("sft", "dpo")
+
+
+class HbatError(ValueError):
+    """Bad HbAT input; the message names the field."""
+
+
+class EWCParams(Params):
+    """The modified EWC. Defaults follow the paper's equations; see the module docstring for the code's."""
+
+    lam: float = Field(default=1.0, ge=0)          # lambda, Eqs. 5 and 8 (paper: 1)
+    fmax: float = Field(default=100.0, gt=0)       # F_max, Eq. 6 (paper: 100 dialogue, 50 summarization)
+    reduce: Literal["mean", "sum"] = "mean"        # Eq. 7: mean over a tensor's elements (code: sum)
+    change_scale: float = Field(default=1.0, gt=0)  # multiplies AC before the softmax (code: 1e10)
+    lam_placement: Literal["outside", "inside"] = "outside"  # (lam/2) F ||d||^2 vs (F/2) ||lam d||^2
+    accumulate: bool = True                        # Eq. 10: AC = sum of C over the objective's stages
+    min_fraction: float = Field(default=1e-6, ge=0, lt=1)     # skip tensors with F_i < min_fraction * fmax
+    freeze_fraction: float = Field(default=0.2, gt=0, le=1)   # HbAT-Freeze: top 20% of tensors (paper)
+
+    @classmethod
+    def released_code(cls, **overrides) -> "EWCParams":
+        """The variant of the authors' released code: summed changes, x1e10 before softmax, lambda inside."""
+        values = dict(reduce="sum", change_scale=1e10, lam_placement="inside")
+        values.update(overrides)
+        return cls.validate_mapping(values, source="EWCParams.released_code")
+
+    def coefficient(self, importance: float) -> float:
+        """Per-tensor weight c_i of the penalty 1/2 sum_i c_i ||theta_i - theta*_i||^2."""
+        lam = self.lam if self.lam_placement == "outside" else self.lam ** 2
+        return lam * importance
+
+
+class SFTStageParams(Params):
+    """One SFT stage (paper: lr 1e-5, batch 64, 3 epochs)."""
+
+    lr: float = Field(default=1e-5, gt=0)
+    batch_size: int = Field(default=64, ge=1)
+    epochs: float = Field(default=3.0, gt=0)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    max_length: int = Field(default=512, ge=8)
+
+
+def _paper_dpo() -> DPOParams:
+    # paper Appendix A: batch 64, lr 1e-6, 2 epochs; the reference is the policy at the stage's start
+    return DPOParams(lr=1e-6, batch_size=64, epochs=2.0, reference="previous")
+
+
+class HbatParams(Params):
+    """One HbAT-family run. The Table 4 methods are presets of it (:data:`METHODS`)."""
+
+    n_splits: int = Field(default=2, ge=1)         # N (paper: 2 for dialogue in Sec. 5.2; 10 in App. A)
+    preference: bool = True                        # False: SFT only (the SFT baseline)
+    constraint: Literal["ewc", "freeze", "none"] = "ewc"
+    ewc: EWCParams = EWCParams()
+    sft: SFTStageParams = SFTStageParams()
+    dpo: DPOParams = Field(default_factory=_paper_dpo)
+    select_by: Literal["reward", "win_rate", "quality", "last"] = "reward"   # paper: best Reward
+    select_over: Literal["dpo", "all"] = "dpo"     # which stage checkpoints are candidates
+
+
+# Table 4 (plus HbAT-Freeze of Table 1) as changes to one HbatParams.
+METHODS: dict[str, dict[str, Any]] = {
+    "SFT": dict(preference=False, n_splits=1, constraint="none", select_over="all"),
+    "DPO": dict(n_splits=1, constraint="none"),
+    "HbAT": {},
+    "w/o EWC": dict(constraint="none"),
+    "w/o alternating": dict(n_splits=1),
+    "HbAT-Freeze": dict(constraint="freeze"),
+}
+
+
+def for_method(params: HbatParams, method: str) -> HbatParams:
+    """``params`` turned into one of the Table 4 methods (see :data:`METHODS`)."""
+    if method not in METHODS:
+        raise HbatError(f"method: unknown method {method!r}; known: {list(METHODS)}")
+    return HbatParams.validate_mapping({**params.model_dump(), **METHODS[method]}, source=f"method {method!r}")

@@ -1,0 +1,92 @@
+"""HbAT's stage store: each stage's weights and record saved atomically under a key chained from everything
+that produced it, so a killed run resumes from its last completed stage with the same anchors and
+importances, and methods that share a prefix of stages (two-stage DPO and "w/o alternating" share the SFT
+stage) share it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from mfnb.atomic import atomic_dir, write_json
+from mfnb.hbat.params import HbatParams
+
+STORE_VERSION = 1
+
+
+def digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class StageRecord:
+    index: int
+    kind: str
+    part: int
+    key: str
+    rows: int
+    constraint: str                          # "none", "ewc" or "freeze" (as applied in this stage)
+    importance_used: dict[str, float]        # F of the other objective (empty when unconstrained)
+    constrained_tensors: list[str]           # penalised or frozen tensors
+    change_sums: dict[str, list]             # tensor -> [sum of squared changes, numel] over this stage
+    train_seconds: float
+    train_metrics: dict[str, Any]
+    validation: dict[str, Any] = field(default_factory=dict)
+    eval_key: str | None = None
+    reused: bool = False
+
+    def changes(self, reduce: str) -> dict[str, float]:
+        return {k: (s / n if reduce == "mean" else s) for k, (s, n) in self.change_sums.items()}
+
+
+def stage_key(prev: str, kind: str, part: int, rows: Sequence[Mapping], params: HbatParams, seed: int,
+               constraint: str) -> str:
+    spec = {"v": STORE_VERSION, "prev": prev, "kind": kind, "part": part, "data": digest(list(rows)),
+            "train": (params.sft if kind == "sft" else params.dpo).model_dump(), "seed": seed,
+            "constraint": constraint}
+    if constraint != "none":
+        e = params.ewc
+        spec["ewc"] = {"reduce": e.reduce, "change_scale": e.change_scale, "accumulate": e.accumulate,
+                       "fmax": e.fmax, **({"lam": e.lam, "lam_placement": e.lam_placement, "min_fraction": e.min_fraction}
+                                          if constraint == "ewc" else {"freeze_fraction": e.freeze_fraction})}
+    return digest(spec)
+
+
+def save_stage(folder: Path, model, record: StageRecord) -> None:
+    from safetensors.torch import save_file
+
+    state = {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+    with atomic_dir(folder) as tmp:
+        save_file(state, str(tmp / "state.safetensors"))
+        write_json(tmp / "meta.json", record.__dict__)
+
+
+def load_stage(folder: Path, model) -> StageRecord | None:
+    """The stored stage, loaded into ``model``; None when it is missing or incomplete."""
+    from safetensors.torch import load_file
+
+    meta, weights = folder / "meta.json", folder / "state.safetensors"
+    if not (meta.is_file() and weights.is_file()):
+        return None
+    state = load_file(str(weights))
+    params = dict(model.named_parameters())
+    if set(state) != {n for n, p in params.items() if p.requires_grad}:
+        return None
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+    return StageRecord(**json.loads(meta.read_text()))
+
+
+def clean_store(store: str | Path) -> int:
+    """Delete stored stage weights (meta.json stays); returns the number of files removed."""
+    removed = 0
+    for path in Path(store).glob("stages/*/state.safetensors"):
+        path.unlink()
+        removed += 1
+    return removed

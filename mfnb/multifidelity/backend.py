@@ -1,0 +1,123 @@
+"""Who generates and who learns in Algorithm 2: the LoRA policy (the student being aligned) and the experts.
+
+:class:`PolicyBackend` works on any world (:mod:`mfnb.worlds`): the policy is a LoRA adapter on
+``world.load(student)``, trained by TRL's DPOTrainer; expert responses come from ``world.respond(role, ...)``
+(a model, a best-of-k procedure or a served hub model, whatever the world's expert is). Tests drive the
+algorithm with scripted backends that follow the same :class:`Backend` protocol.
+"""
+from __future__ import annotations
+
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+
+from mfnb.dpo import DPOParams
+from mfnb.models import LoraParams, SamplingParams
+
+
+@dataclass(frozen=True)
+class Prompts:
+    train: list[str]
+    validation: list[str]
+    test: list[str]
+
+
+class Backend(Protocol):
+    """What the algorithm needs from models: a resettable, saveable, trainable policy and expert answers."""
+
+    roles: list[str]
+
+    def reset_policy(self, seed: int, lora: LoraParams) -> None: ...
+    def save_policy(self, path: Path) -> None: ...
+    def load_policy(self, path: Path) -> None: ...
+    def policy_vector(self, path: Path | None = None) -> np.ndarray: ...
+    def generate_student(self, prompts: list[str], seed: int, sampling: SamplingParams) -> list[str]: ...
+    def generate_expert(self, role: str, prompts: list[str], seed: int, sampling: SamplingParams) -> list[str]: ...
+    def update(self, prompts: list[str], chosen: list[str], rejected: list[str], seed: int,
+               dpo: DPOParams) -> dict: ...
+
+
+@contextmanager
+def _quiet_peft() -> Iterator[None]:
+    """peft's PeftModel reads transformers' deprecated ``is_gradient_checkpointing`` on every wrap and
+    warns each time; the warning says nothing about our runs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+class PolicyBackend:
+    """A world's student as a LoRA policy, and the world's experts' responses."""
+
+    def __init__(self, world, student: str = "student"):
+        self.world = world
+        self.student = student
+        self.roles = list(world.roles)
+        self.key = f"{world.key}-{student}"  # part of every run's identity
+        self.policy = None
+        self.tokenizer = None
+
+    @property
+    def prompts(self) -> Prompts:
+        p = self.world.prompts
+        return Prompts(p["train"], p["validation"], p["test"])
+
+    def _fresh_base(self):
+        model, tokenizer = self.world.load(self.student)
+        self.tokenizer = tokenizer
+        return model
+
+    def reset_policy(self, seed: int, lora: LoraParams) -> None:
+        import torch
+
+        from mfnb.models import attach_lora
+
+        base = self._fresh_base()
+        with torch.random.fork_rng(devices=[]), _quiet_peft():
+            torch.manual_seed(seed)  # LoRA A is random; B = 0 so the policy starts as the student
+            self.policy = attach_lora(base, lora)
+
+    def save_policy(self, path: Path) -> None:
+        from mfnb.models import save_adapter
+
+        save_adapter(self.policy, path)
+
+    def load_policy(self, path: Path) -> None:
+        from mfnb.models import load_adapter
+
+        with _quiet_peft():
+            self.policy = load_adapter(self._fresh_base(), path, trainable=True)
+        self.policy.eval()
+
+    def policy_vector(self, path: Path | None = None) -> np.ndarray:
+        """The trainable LoRA weights as one vector (sorted by name), of the live policy or a saved one."""
+        if path is None:
+            from peft import get_peft_model_state_dict
+
+            tensors = get_peft_model_state_dict(self.policy)
+        else:
+            from safetensors.torch import load_file
+
+            tensors = load_file(str(Path(path) / "adapter_model.safetensors"))
+        return np.concatenate([tensors[k].detach().float().flatten().numpy() for k in sorted(tensors)])
+
+    def generate_student(self, prompts, seed, sampling):
+        from mfnb.models import generate
+
+        return generate(self.policy, self.tokenizer, list(prompts), sampling, seed=seed, show_progress=False)
+
+    def generate_expert(self, role, prompts, seed, sampling):
+        return self.world.respond(role, list(prompts), sampling, seed)
+
+    def update(self, prompts, chosen, rejected, seed, dpo):
+        from mfnb.dpo import dpo_update, preference_dataset
+
+        data = preference_dataset(list(prompts), list(chosen), list(rejected), drop_identical=dpo.drop_identical)
+        with _quiet_peft():
+            metrics = dpo_update(self.policy, self.tokenizer, data, dpo, seed=seed)
+        metrics["pairs_used"] = len(data)
+        return metrics
