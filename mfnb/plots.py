@@ -13,14 +13,19 @@ from mfnb.atomic import atomic_path
 sns.set_theme(context="notebook", style="whitegrid")
 
 
+# No creation date or software version in the files: the same figure gives the same bytes, so an
+# unchanged rerun leaves git clean.
+_STABLE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None, "Producer": None, "Creator": None}}
+
+
 def save_figure(fig: plt.Figure, profile: str, name: str) -> list[Path]:
-    """Write ``fig`` as ``results/<profile>/figures/<name>.png`` and ``.pdf`` (atomically)."""
+    """Write ``fig`` as ``results/<profile>/figures/<name>.png`` and ``.pdf`` (atomically, byte-stable)."""
     folder = paths.results_dir(profile, "figures")
     written = []
     for ext in ("png", "pdf"):
         target = folder / f"{name}.{ext}"
         with atomic_path(target) as tmp:
-            fig.savefig(tmp, format=ext, bbox_inches="tight", dpi=150)
+            fig.savefig(tmp, format=ext, bbox_inches="tight", dpi=150, metadata=_STABLE_METADATA[ext])
         written.append(target)
     return written
 
