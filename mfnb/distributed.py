@@ -51,7 +51,7 @@ class TrainSpec(Params):
 
     step: Literal["sft", "dpo"]
     model: str                                   # base model: folder or hub name
-    data: str                                    # a `datasets` folder (save_to_disk) or a .jsonl/.json/.parquet file
+    data: str | None = None                      # a `datasets` folder (save_to_disk) or a .jsonl/.json/.parquet file
     output: str                                  # the trained adapter (or full model) goes here
     adapter: str | None = None                   # continue this LoRA adapter (e.g. the previous round's policy)
     lora: LoraParams | None = LoraParams()       # a fresh adapter when ``adapter`` is None; None: full fine-tuning
@@ -188,6 +188,8 @@ def train(spec: TrainSpec | dict, launch: LaunchParams | dict | None = None, *, 
     cpu = launch.cpu if launch.cpu is not None else gpus == 0
     processes = launch.processes if launch.processes != "all" else max(gpus, 1)
     config = read_config(launch.config)  # a config that does not parse fails here, before any work
+    if data is None and not spec.data:
+        raise DistributedError("spec.data: no training data (name a datasets folder or file, or pass data=rows)")
     workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.launch-", dir=output.parent))
     log = workdir / "launch.log"
     launched = False
@@ -249,10 +251,12 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def load_rows(data: str):
+def load_rows(data: str | None):
     """The training rows the spec names: a ``save_to_disk`` folder or a json/jsonl/parquet file."""
     import datasets
 
+    if not data:
+        raise DistributedError("spec.data: no training data given")
     path = Path(data).expanduser()
     if path.is_dir():
         return datasets.load_from_disk(str(path))

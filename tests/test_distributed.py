@@ -46,7 +46,7 @@ def setup(tmp_path_factory):
 
 def _spec(root, name: str, step: str = "dpo", **extra) -> dict:
     hyper = {"lr": 5e-3, "batch_size": 8, "epochs": 1, "max_length": 64}
-    return {"step": step, "model": str(root / "base"), "data": "rows", "output": str(root / name), step: hyper,
+    return {"step": step, "model": str(root / "base"), "output": str(root / name), step: hyper,
             "global_batch_size": GLOBAL_BATCH, "seed": 0, "torch_threads": 1, **extra}
 
 
@@ -125,6 +125,16 @@ def test_launch_commands_on_cpu():
     cmd, env = D.launch_command("s.json", "sft", LaunchParams(config="deepspeed_zero3"), processes=2, cpu=True, port=1)
     ds_file = cmd[cmd.index("--deepspeed_config_file") + 1]
     assert ds_file.endswith("configs/deepspeed/zero3.json") and "--multi_gpu" not in cmd and env == {}
+
+
+def test_data_is_required_and_read_from_files(tmp_path):
+    with pytest.raises(DistributedError, match="spec.data: no training data"):
+        D.train(TrainSpec(step="dpo", model="m", output=str(tmp_path / "out")))
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}] * 3
+    (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert D.load_rows(str(tmp_path / "rows.jsonl")).to_list() == rows
+    with pytest.raises(DistributedError, match="rows.txt is neither a datasets folder nor"):
+        D.load_rows(str(tmp_path / "rows.txt"))
 
 
 def test_global_batch_must_split_evenly(monkeypatch):
