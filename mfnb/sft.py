@@ -10,7 +10,23 @@ from contextlib import contextmanager
 import datasets
 import torch
 from datasets import Dataset
+from pydantic import Field
 from transformers import PrinterCallback
+
+from mfnb.params import Params
+
+
+class SFTParams(Params):
+    """One SFT stage (HbAT's paper setting: lr 1e-5, batch 64, 3 epochs)."""
+
+    lr: float = Field(default=1e-5, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    epochs: float = Field(default=3.0, gt=0)
+    steps: int | None = Field(default=None, ge=1)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    scheduler: str = "cosine"
+    max_length: int = Field(default=512, ge=8)
 
 
 @contextmanager

@@ -1,0 +1,384 @@
+"""Training steps (SFT, DPO) in this process or on several, through ``accelerate launch`` with DDP or DeepSpeed.
+
+A notebook calls :func:`train` with a :class:`TrainSpec` (model folder, data, hyper-parameters, output
+folder) and a :class:`LaunchParams`. One process with DDP runs the step right here; anything else writes
+the spec and the data to disk and starts ``accelerate launch ... -m mfnb.distributed <step> --spec
+spec.json``, whose processes each run :func:`run_spec`. Either way the trained LoRA adapter (or the full
+model) lands atomically in ``spec.output`` with ``mfnb_train.json`` (metrics, world size, seconds), which
+:func:`train` reads back. The training itself is :mod:`mfnb.sft` and :mod:`mfnb.dpo` (TRL's trainers),
+which run under DDP and DeepSpeed as they are; the Trainer's own ``save_model`` gathers ZeRO-3 shards.
+
+Accelerate configs ship in ``configs/accelerate/`` (``ddp``, ``deepspeed_zero2``, ``deepspeed_zero3``,
+the last two pointing at ``configs/deepspeed/*.json``). On a machine without GPUs the processes talk over
+gloo: ``accelerate launch --cpu`` would start only one process, so the launch keeps ``--multi_gpu`` (or the
+DeepSpeed launcher) and sets ``ACCELERATE_USE_CPU=true`` (DDP) or lets DeepSpeed pick its CPU accelerator.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+from pydantic import Field
+
+from mfnb import paths
+from mfnb.atomic import write_json
+from mfnb.dpo import DPOParams
+from mfnb.models import LoraParams
+from mfnb.params import Params
+from mfnb.sft import SFTParams
+
+RESULT_FILE = "mfnb_train.json"
+SHIPPED_CONFIGS = ("ddp", "deepspeed_zero2", "deepspeed_zero3")
+
+
+class DistributedError(RuntimeError):
+    """A launch that cannot start or a training process that failed; the message names the file or log."""
+
+
+class TrainSpec(Params):
+    """One training step, complete enough to run in a fresh process."""
+
+    step: Literal["sft", "dpo"]
+    model: str                                   # base model: folder or hub name
+    data: str | None = None                      # a `datasets` folder (save_to_disk) or a .jsonl/.json/.parquet file
+    output: str                                  # the trained adapter (or full model) goes here
+    adapter: str | None = None                   # continue this LoRA adapter (e.g. the previous round's policy)
+    lora: LoraParams | None = LoraParams()       # a fresh adapter when ``adapter`` is None; None: full fine-tuning
+    sft: SFTParams = SFTParams()
+    dpo: DPOParams = DPOParams()
+    global_batch_size: int | None = Field(default=None, ge=1)  # split over processes x grad_accum when set
+    seed: int = 0
+    dtype: str = "auto"
+    torch_threads: int | None = Field(default=None, ge=1)
+    trust_remote_code: bool = False
+    show_progress: bool = False
+
+
+class LaunchParams(Params):
+    """How many processes and which engine. ``config``: a shipped name (``ddp``, ``deepspeed_zero2``,
+    ``deepspeed_zero3``) or a path to an accelerate config YAML. ``processes="all"``: one per visible GPU."""
+
+    processes: int | Literal["all"] = 1
+    config: str = "ddp"
+    cpu: bool | None = None                      # None: CPU (gloo) when no GPU is visible
+    main_process_port: int | None = Field(default=None, ge=1, le=65535)  # None: a free port
+    keep_workdir: bool = False
+
+
+# --------------------------------------------------------------------------------------------- configs
+
+
+def config_path(config: str) -> Path:
+    """The accelerate config YAML for a shipped name or a path."""
+    if config in SHIPPED_CONFIGS:
+        return paths.project_root() / "configs" / "accelerate" / f"{config}.yaml"
+    return Path(config).expanduser()
+
+
+def read_config(config: str) -> dict:
+    """The accelerate config, checked: the YAML parses to a mapping and, for DeepSpeed, the DeepSpeed JSON it
+    names parses too (its path resolved to an absolute one under key ``deepspeed_config_file``)."""
+    import yaml
+
+    path = config_path(config)
+    if not path.is_file():
+        raise DistributedError(f"launch.config: accelerate config {path} not found (shipped: {list(SHIPPED_CONFIGS)})")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise DistributedError(f"launch.config: {path} is not valid YAML: {err}") from None
+    if not isinstance(values, dict) or "distributed_type" not in values:
+        raise DistributedError(f"launch.config: {path} is not an accelerate config (a mapping with distributed_type)")
+    ds = values.get("deepspeed_config") or {}
+    if values["distributed_type"] == "DEEPSPEED" and ds.get("deepspeed_config_file"):
+        ds_path = Path(ds["deepspeed_config_file"]).expanduser()
+        if not ds_path.is_absolute():
+            ds_path = (paths.project_root() / ds_path) if not (path.parent / ds_path).is_file() else path.parent / ds_path
+        read_deepspeed_json(ds_path, named_in=path)
+        values["deepspeed_config"] = {**ds, "deepspeed_config_file": str(ds_path.resolve())}
+    return values
+
+
+def read_deepspeed_json(path: Path, named_in: Path | None = None) -> dict:
+    where = f" (named in {named_in})" if named_in else ""
+    if not path.is_file():
+        raise DistributedError(f"DeepSpeed config {path}{where} not found")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DistributedError(f"DeepSpeed config {path}{where} does not parse: {err}") from None
+    if not isinstance(values, dict):
+        raise DistributedError(f"DeepSpeed config {path}{where} is not a JSON object")
+    return values
+
+
+# ---------------------------------------------------------------------------------------- launching
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(spec_file: str | Path, step: str, launch: LaunchParams, *, processes: int, cpu: bool,
+                   port: int) -> tuple[list[str], dict[str, str]]:
+    """The ``accelerate launch`` command line and the environment additions for one step."""
+    config = read_config(launch.config)
+    deepspeed = config["distributed_type"] == "DEEPSPEED"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_path(launch.config)),
+           "--num_processes", str(processes), "--num_machines", "1", "--main_process_port", str(port),
+           "--dynamo_backend", "no"]
+    env: dict[str, str] = {}
+    if deepspeed:
+        ds_file = (config.get("deepspeed_config") or {}).get("deepspeed_config_file")
+        if ds_file:
+            cmd += ["--deepspeed_config_file", ds_file]
+    else:
+        if processes > 1:
+            cmd.append("--multi_gpu")
+        if cpu:
+            cmd += ["--mixed_precision", "no"]
+            env["ACCELERATE_USE_CPU"] = "true"
+    cmd += ["-m", "mfnb.distributed", step, "--spec", str(spec_file)]
+    return cmd, env
+
+
+def _save_data(data: Any, folder: Path) -> str:
+    """Rows (list of dicts), a ``datasets.Dataset`` or a path: what the worker processes read."""
+    from datasets import Dataset
+
+    if isinstance(data, (str, os.PathLike)):
+        return str(Path(data).expanduser().resolve())
+    dataset = data if isinstance(data, Dataset) else Dataset.from_list(list(data))
+    dataset.save_to_disk(str(folder))
+    return str(folder)
+
+
+def train(spec: TrainSpec | dict, launch: LaunchParams | dict | None = None, *, data: Any = None,
+          stream: bool = True) -> dict:
+    """Run one training step and return what it wrote to ``mfnb_train.json`` (metrics, world size, seconds).
+
+    ``data``: rows, a ``datasets.Dataset`` or a path, replacing ``spec.data`` (saved to disk for the worker
+    processes). One DDP process runs here; otherwise ``accelerate launch`` runs ``processes`` workers and
+    their output is streamed (``stream``) and kept in ``<output>/launch.log``.
+    """
+    spec = spec if isinstance(spec, TrainSpec) else TrainSpec.validate_mapping(spec, source="spec")
+    launch = launch if isinstance(launch, LaunchParams) else LaunchParams.validate_mapping(launch or {}, "launch")
+    output = Path(spec.output).expanduser().resolve()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    gpus = _gpu_count()
+    cpu = launch.cpu if launch.cpu is not None else gpus == 0
+    processes = launch.processes if launch.processes != "all" else max(gpus, 1)
+    config = read_config(launch.config)  # a config that does not parse fails here, before any work
+    if data is None and not spec.data:
+        raise DistributedError("spec.data: no training data (name a datasets folder or file, or pass data=rows)")
+    workdir = Path(tempfile.mkdtemp(prefix=f".{output.name}.launch-", dir=output.parent))
+    log = workdir / "launch.log"
+    launched = False
+    try:
+        if data is not None:
+            spec = spec.model_copy(update={"data": _save_data(data, workdir / "data")})
+        spec = spec.model_copy(update={"output": str(output)})
+        if processes == 1 and config["distributed_type"] != "DEEPSPEED":
+            return run_spec(spec)
+        spec_file = workdir / "spec.json"
+        write_json(spec_file, spec.model_dump())
+        cmd, env = launch_command(spec_file, spec.step, launch, processes=processes, cpu=cpu,
+                                  port=launch.main_process_port or _free_port())
+        if spec.torch_threads:
+            env["OMP_NUM_THREADS"] = str(spec.torch_threads)
+        launched = True
+        _run_logged(cmd, {**os.environ, **env}, log, stream)
+        shutil.copy(log, output / "launch.log")
+        launched = False
+        return json.loads((output / RESULT_FILE).read_text())
+    finally:
+        # a failed launch keeps its folder (spec, data, log) for the error message to point at
+        if not (launch.keep_workdir or launched):
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+_WORKER_ERROR = re.compile(r"^(\[rank\d+\]: )?[\w.]*(Error|Exception)\b.*")
+
+
+def _run_logged(cmd: list[str], env: dict[str, str], log: Path, stream: bool) -> None:
+    tail: deque[str] = deque(maxlen=25)
+    errors: list[str] = []  # the workers' own exception lines (torchrun's summary comes after them)
+    with open(log, "w") as out, subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                                 text=True, bufsize=1) as proc:
+        out.write("$ " + " ".join(cmd) + "\n")
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.write(line)
+            tail.append(line)
+            if _WORKER_ERROR.match(line) and line not in errors and "ChildFailedError" not in line:
+                errors.append(line)
+            if stream:
+                print(line, end="", flush=True)
+        code = proc.wait()
+    if code != 0:
+        raise DistributedError(f"training processes failed (exit code {code}); full log: {log}\n"
+                               f"workers' errors:\n{''.join(errors[-4:]) or '(none found)'}\n"
+                               f"command: {' '.join(cmd)}\nlast lines:\n{''.join(tail)}")
+
+
+# ------------------------------------------------------------------------------------------- worker
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def load_rows(data: str | None):
+    """The training rows the spec names: a ``save_to_disk`` folder or a json/jsonl/parquet file."""
+    import datasets
+
+    if not data:
+        raise DistributedError("spec.data: no training data given")
+    path = Path(data).expanduser()
+    if path.is_dir():
+        return datasets.load_from_disk(str(path))
+    builder = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(path.suffix)
+    if builder is None or not path.is_file():
+        raise DistributedError(f"spec.data: {path} is neither a datasets folder nor a .json/.jsonl/.parquet file")
+    return datasets.load_dataset(builder, data_files=str(path), split="train")
+
+
+def _per_device(spec: TrainSpec, grad_accum: int, batch_size: int) -> int:
+    if spec.global_batch_size is None:
+        return batch_size
+    world = _world_size()
+    per_device, rest = divmod(spec.global_batch_size, world * grad_accum)
+    if rest or per_device == 0:
+        raise DistributedError(f"spec.global_batch_size: {spec.global_batch_size} is not a multiple of "
+                               f"{world} processes x {grad_accum} accumulation steps")
+    return per_device
+
+
+def _saving(trainer_cls, folder: Path):
+    """The trainer, saving its model at the end of ``train`` through ``save_model``, which every process must
+    call (it gathers ZeRO-3 shards) and the main process writes."""
+
+    class SavingTrainer(trainer_cls):
+        def train(self, *args, **kwargs):
+            result = super().train(*args, **kwargs)
+            self.save_model(str(folder))
+            return result
+
+    SavingTrainer.__name__ = f"Saving{trainer_cls.__name__}"
+    return SavingTrainer
+
+
+def _backend_overrides() -> dict:
+    """DeepSpeed without GPUs: accelerate finds no process-group backend for a CPU device unless one is named,
+    and then counts a single process (the trainer would size DeepSpeed's batch for one). Naming gloo in the
+    trainer's arguments makes it count every process; DeepSpeed's CPU accelerator does the rest."""
+    import torch
+
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true" and not torch.cuda.is_available():
+        return {"ddp_backend": "gloo"}
+    return {}
+
+
+def run_spec(spec: TrainSpec) -> dict:
+    """Train as the spec says and write the result to ``spec.output`` (main process). Runs in each process of
+    a launch, and directly for a single process."""
+    from mfnb.models import attach_lora, load_adapter, load_model, load_tokenizer, torch_threads
+
+    start = time.perf_counter()
+    output = Path(spec.output)
+    partial = output.with_name(f".{output.name}.partial")
+    if _rank() == 0 and partial.exists():
+        shutil.rmtree(partial)
+    with torch_threads(spec.torch_threads):
+        model = load_model(spec.model, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code, show_progress=False)
+        tokenizer = load_tokenizer(spec.model, trust_remote_code=spec.trust_remote_code)
+        if spec.adapter:
+            model = load_adapter(model, spec.adapter, trainable=True)
+        elif spec.lora is not None:
+            from transformers import set_seed
+
+            set_seed(spec.seed)  # the adapter's random init must not depend on what this process did before
+            model = attach_lora(model, spec.lora)
+        rows = load_rows(spec.data)
+        if spec.step == "dpo":
+            from trl import DPOTrainer
+
+            from mfnb.dpo import dpo_update
+
+            params = spec.dpo.model_copy(update={"batch_size": _per_device(spec, spec.dpo.grad_accum, spec.dpo.batch_size)})
+            metrics = dpo_update(model, tokenizer, rows, params, seed=spec.seed,
+                                 trainer_cls=_saving(DPOTrainer, partial), show_progress=spec.show_progress,
+                                 config_overrides=_backend_overrides())
+        else:
+            from trl import SFTTrainer
+
+            from mfnb import sft
+
+            p = spec.sft
+            metrics = sft.train(model, tokenizer, rows, lr=p.lr, seed=spec.seed, steps=p.steps, epochs=p.epochs,
+                                batch_size=_per_device(spec, p.grad_accum, p.batch_size),
+                                trainer_cls=_saving(SFTTrainer, partial), warmup_ratio=p.warmup_ratio,
+                                scheduler=p.scheduler, max_length=p.max_length, show_progress=spec.show_progress,
+                                gradient_accumulation_steps=p.grad_accum, **_backend_overrides())
+    result = {"metrics": metrics, "world_size": _world_size(), "seconds": time.perf_counter() - start,
+              "spec": spec.model_dump()}
+    if _rank() == 0:
+        if metrics.get("skipped"):  # nothing to train (an empty DPO set): the output is the model as loaded
+            model.save_pretrained(str(partial))
+        shutil.rmtree(partial / "ref", ignore_errors=True)  # TRL's frozen reference adapter is not the result
+        write_json(partial / RESULT_FILE, result)
+        _replace_dir(partial, output)
+    return result
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """``new`` takes ``target``'s place; a kill in between leaves the old folder at ``.<name>.old``."""
+    old = target.with_name(f".{target.name}.old")
+    if target.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mfnb.distributed",
+                                     description="Run one training step (usually under accelerate launch).")
+    parser.add_argument("step", choices=["sft", "dpo"])
+    parser.add_argument("--spec", required=True, help="TrainSpec as JSON (written by mfnb.distributed.train)")
+    args = parser.parse_args(argv)
+    path = Path(args.spec)
+    if not path.is_file():
+        parser.error(f"--spec: {path} not found")
+    spec = TrainSpec.validate_mapping(json.loads(path.read_text()), source=str(path))
+    if spec.step != args.step:
+        parser.error(f"step {args.step!r} does not match the spec's step {spec.step!r} ({path})")
+    run_spec(spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
