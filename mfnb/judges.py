@@ -272,8 +272,8 @@ class PairwiseJudge:
         batches = list(_batches(list(shown), self.batch_size))
         iterator: Iterable = batches
         if self.progress and len(batches) > 1:
-            from tqdm.auto import tqdm
-            iterator = tqdm(batches, desc=f"{type(self).__name__} batches", leave=False)
+            from mfnb.progress import progress as progress_bar
+            iterator = progress_bar(batches, desc=f"{type(self).__name__} batches", leave=False)
         for batch in iterator:
             verdicts = [Outcome(v) for v in self._judge_presented(batch)]
             if len(verdicts) != len(batch):
@@ -464,8 +464,8 @@ class RewardModelJudge(PairwiseJudge):
         batches = list(_batches(order, self.batch_size))
         iterator: Iterable = batches
         if self.progress and len(batches) > 1:
-            from tqdm.auto import tqdm
-            iterator = tqdm(batches, desc="reward model", leave=False)
+            from mfnb.progress import progress as progress_bar
+            iterator = progress_bar(batches, desc="reward model", leave=False)
         with torch.no_grad():
             for idx in iterator:
                 for templated in (True, False):  # templated text already carries bos/eos

@@ -13,7 +13,7 @@ from typing import Iterator
 
 import torch
 from pydantic import Field
-from tqdm.auto import tqdm
+from mfnb.progress import progress as progress_bar
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from mfnb.atomic import atomic_dir
@@ -232,7 +232,7 @@ def generate(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], samp
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for batch in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
+        for batch in progress_bar(batches, desc=desc, disable=not show_progress, leave=False):
             enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(device)
             out = model.generate(**enc, **kwargs)

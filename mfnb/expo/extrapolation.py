@@ -29,7 +29,7 @@ from typing import Any, Iterator, Mapping
 
 import torch
 from safetensors import safe_open
-from tqdm.auto import tqdm
+from mfnb.progress import progress as progress_bar
 
 from mfnb.atomic import atomic_dir
 
@@ -417,7 +417,7 @@ def extrapolate(weak: str | Path, strong: str | Path, alpha: float, out: str | P
         raise ExpoError("safetensors is little-endian; writing it from a big-endian machine is not supported")
 
     total = sum(e.nbytes for e in s_ckpt.entries.values())
-    bar = tqdm(total=total, unit="B", unit_scale=True, disable=not progress, desc=f"ExPO alpha={alpha:g}")
+    bar = progress_bar(total=total, unit="B", unit_scale=True, disable=not progress, desc=f"ExPO alpha={alpha:g}")
     with bar, _one_torch_thread(), atomic_dir(out) as tmp:
         buffers = _Buffers()
         for file in s_ckpt.files:

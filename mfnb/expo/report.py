@@ -7,7 +7,7 @@ import math
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
+from mfnb.progress import progress as progress_bar
 
 from mfnb.expo.sweep import is_non_increasing, paper_optimal_alpha, response_metrics
 from mfnb.expo.training import fraction_label
@@ -104,7 +104,7 @@ def less_data_table(judge, prompts: Sequence[str], baseline: Sequence[str], mode
     paper = paper_table1()
     empty = {"paper_reward": math.nan, "paper_win_rate": math.nan, "paper_lc_win_rate": math.nan}
     rows = []
-    for name, responses in tqdm(models.items(), desc="Table 1", leave=False):
+    for name, responses in progress_bar(models.items(), desc="Table 1", leave=False):
         row = {"model": name, "alpha": (alphas or {}).get(name, math.nan)}
         row.update(report_row(judge, prompts, responses, baseline, reward_fn=reward_fn, quality_fn=quality_fn,
                               delta=delta))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
+from mfnb.progress import progress as progress_bar
 
 from mfnb.expo.extrapolation import _check_alpha
 from mfnb.expo.lora import lora_extrapolation
@@ -36,7 +36,7 @@ def sweep_responses(model, tokenizer, prompts: Sequence[str], alphas: Sequence[f
     from mfnb.models import generate
 
     out: dict[float, list[str]] = {}
-    for alpha in tqdm(list(alphas), desc=desc, disable=not progress, leave=False):
+    for alpha in progress_bar(list(alphas), desc=desc, disable=not progress, leave=False):
         alpha = _check_alpha(alpha)
         file = _responses_cache(Path(cache), alpha, prompts, sampling, seed) if cache else None
         if file is not None and file.is_file():

@@ -188,21 +188,21 @@ class HbatExperiment:
 
     def table4_runs(self, progress: bool = True):
         import pandas as pd
-        from tqdm.auto import tqdm
+        from mfnb.progress import progress as progress_bar
 
         jobs = [(m, s) for s in self.P.seeds for m in self.P.methods]
-        rows = [self.run(m, self.method_params(m), s) for m, s in tqdm(jobs, desc="Table 4 runs", disable=not progress)]
+        rows = [self.run(m, self.method_params(m), s) for m, s in progress_bar(jobs, desc="Table 4 runs", disable=not progress)]
         return pd.DataFrame([_flat(r, method=r["label"]) for r in rows])
 
     def grid_runs(self, progress: bool = True):
         import pandas as pd
-        from tqdm.auto import tqdm
+        from mfnb.progress import progress as progress_bar
 
         jobs = [("N", n, dict(n_splits=n)) for n in self.P.n_grid] + \
                [("Fmax", f, dict(fmax=float(f))) for f in self.P.fmax_grid]
         jobs = [(axis, value, changes, s) for axis, value, changes in jobs for s in self.P.grid_seeds]
         rows = []
-        for axis, value, changes, seed in tqdm(jobs, desc="Figure 2 runs", disable=not progress):
+        for axis, value, changes, seed in progress_bar(jobs, desc="Figure 2 runs", disable=not progress):
             record = self.run("HbAT", self.method_params("HbAT", **changes), seed)
             rows.append(_flat(record, axis=axis, value=value))
         dpo = [self.run("DPO", self.method_params("DPO"), s) for s in self.P.grid_seeds]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import Field, model_validator
-from tqdm.auto import tqdm
+from mfnb.progress import progress as progress_bar
 
 from mfnb import paths
 from mfnb.atomic import atomic_dir, write_json
@@ -248,7 +248,7 @@ class TinyWorld:
             rows = _training_rows(p, None, p.base.steps * p.base.batch_size, p.seed + 1, held_out)
             _sft(_new_model(p, tokenizer), tokenizer, rows, p.base, p.seed, base_dir, "tiny world: base")
             spent["base"] = time.perf_counter() - start
-        for i, (name, role) in enumerate(tqdm(self.params.roles.items(), desc="tiny world roles",
+        for i, (name, role) in enumerate(progress_bar(self.params.roles.items(), desc="tiny world roles",
                                               disable=not show_progress, leave=False)):
             target = self.model_path(name)
             if (target / "config.json").is_file():
