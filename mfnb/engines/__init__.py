@@ -45,19 +45,25 @@ class Generation:
 class Engine(Protocol):
     name: str
 
-    def generate(self, prompts: Sequence[str], sampling, seed: int = 0, *, show_progress: bool = False) -> Generation:
-        ...
+    def generate(self, prompts: Sequence[str], sampling, seed: int = 0, *, seeds: Sequence[int] | None = None,
+                 show_progress: bool = False) -> Generation:
+        """``seeds``: one per row, replacing ``row_seeds(prompts, seed)`` (e.g. to draw only candidates j >= m)."""
+
+
+def candidate_seed(seed: int, prompt: str, j: int) -> int:
+    """The 63-bit seed of the ``j``-th sample of ``prompt`` under ``seed``."""
+    h = hashlib.blake2b(f"{seed}\x00{j}\x00{prompt}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 1
 
 
 def row_seeds(prompts: Sequence[str], seed: int) -> list[int]:
-    """One 63-bit seed per row: a hash of (seed, prompt, how many times this prompt came before)."""
+    """One seed per row: :func:`candidate_seed` with j = how many times this prompt came before in the list."""
     seen: dict[str, int] = {}
     out = []
     for prompt in prompts:
         j = seen.get(prompt, 0)
         seen[prompt] = j + 1
-        h = hashlib.blake2b(f"{seed}\x00{j}\x00{prompt}".encode(), digest_size=8).digest()
-        out.append(int.from_bytes(h, "little") >> 1)
+        out.append(candidate_seed(seed, prompt, j))
     return out
 
 

@@ -127,15 +127,17 @@ def choose_tokens(logits: torch.Tensor, temperature: float, top_p: float, top_k:
 
 
 @torch.no_grad()
-def sample(model, tokenizer, prompts: Sequence[str], sampling, seed: int = 0, *, compact: float = 0.25,
-           show_progress: bool = False, desc: str = "sample") -> Generation:
+def sample(model, tokenizer, prompts: Sequence[str], sampling, seed: int = 0, *, seeds: Sequence[int] | None = None,
+           compact: float = 0.25, show_progress: bool = False, desc: str = "sample") -> Generation:
     """One response per prompt (see the module docstring); ``sampling`` is a :class:`mfnb.models.SamplingParams`."""
     start = time.perf_counter()
     was_training = model.training
     model.eval()
     prompts = list(prompts)
     ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    seeds = row_seeds(prompts, seed)
+    seeds = list(seeds) if seeds is not None else row_seeds(prompts, seed)
+    if len(seeds) != len(prompts):
+        raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
     stops = _stop_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else next(iter(stops))
     texts: list[str] = [""] * len(prompts)
@@ -226,9 +228,9 @@ class HFEngine:
         self.model = model if next(model.parameters()).dtype == target else copy.deepcopy(model).to(target)
         self.dtype = dtype
 
-    def generate(self, prompts, sampling, seed: int = 0, *, show_progress: bool = False) -> Generation:
+    def generate(self, prompts, sampling, seed: int = 0, *, seeds=None, show_progress: bool = False) -> Generation:
         from mfnb.models import torch_threads
 
         with torch_threads(self.threads):
-            return sample(self.model, self.tokenizer, prompts, sampling, seed, compact=self.compact,
+            return sample(self.model, self.tokenizer, prompts, sampling, seed, seeds=seeds, compact=self.compact,
                           show_progress=show_progress)

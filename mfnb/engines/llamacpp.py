@@ -140,10 +140,13 @@ class LlamaCppEngine:
         self.http = server
         self.server = LlamaCppServer(gguf, parallel=parallel, threads=threads, ctx_per_sequence=ctx_per_sequence)
 
-    def generate(self, prompts: Sequence[str], sampling, seed: int = 0, *, show_progress: bool = False) -> Generation:
+    def generate(self, prompts: Sequence[str], sampling, seed: int = 0, *, seeds: Sequence[int] | None = None,
+                 show_progress: bool = False) -> Generation:
         start = time.perf_counter()
         prompts = list(prompts)
-        seeds = row_seeds(prompts, seed)
+        seeds = list(seeds) if seeds is not None else row_seeds(prompts, seed)
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
         too_long = [i for i, x in enumerate(ids) if len(x) + sampling.max_new_tokens > self.server.ctx_per_sequence]
         if too_long:
