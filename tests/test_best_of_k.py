@@ -32,7 +32,7 @@ def engine():
     torch.manual_seed(0)
     model = _new_model(TinyWorldParams(), tokenizer).eval()
     tokenizer.padding_side = "left"
-    return HFEngine(model, tokenizer, threads=1), tokenizer
+    return HFEngine(model, tokenizer, dtype="float32", threads=1), tokenizer
 
 
 def length_score(prompt, response):  # a stand-in checker: shorter is better, then fewer distinct words

@@ -94,6 +94,10 @@ def test_bf16_engine_samples_a_copy(tiny):
     out = engine.generate(PROMPTS, SamplingParams(temperature=0.0, max_new_tokens=4))
     assert len(out.texts) == 4 and next(model.parameters()).dtype == torch.float32
     assert next(engine.model.parameters()).dtype == torch.bfloat16
+    from mfnb.engines.hf import native_bf16
+
+    auto = HFEngine(model, tokenizer)
+    assert auto.dtype == ("bfloat16" if native_bf16() else "float32")
 
 
 def test_make_engine_names_what_is_missing(tiny):

@@ -34,6 +34,7 @@ def test_converted_once_into_the_cache_keyed_by_content():
     assert smollm2_path() == folder
     assert time.perf_counter() - start < 1
     model, tokenizer = load_model(folder), load_tokenizer(folder)
+    assert getattr(model, "hf_quantizer", None) is None  # plain fp32 weights: trainable (no GGUF quantization_config)
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                            tokenize=False, add_generation_prompt=True)
     assert prompt.startswith("<|im_start|>system")  # the chat template survived the conversion

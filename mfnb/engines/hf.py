@@ -14,7 +14,8 @@ What ``generate`` spends on a small model, and what this loop does instead (meas
 
 Sampling semantics are transformers' (temperature, then top-k, then top-p; ``temperature == 0`` is
 greedy), and each row draws from its own ``torch.Generator`` seeded by :func:`mfnb.engines.row_seeds`,
-so a row's response does not depend on its batch. The global torch RNG is left untouched.
+so in fp32 a row's response does not depend on its batch (in bf16 the kernels change with the batch's
+shape, and so do the draws). The global torch RNG is left untouched.
 """
 from __future__ import annotations
 
@@ -215,15 +216,30 @@ def _decode_batch(model, ids: list[list[int]], seeds: list[int], sampling, stops
     return results
 
 
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether bf16 matmuls run natively (CUDA with bf16, or a CPU with AVX512-BF16/AMX); elsewhere bf16 is
+    emulated and slower than fp32."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class HFEngine:
-    """:func:`sample` bound to a model; ``dtype='bfloat16'`` samples from a bf16 copy (the model is untouched)."""
+    """:func:`sample` bound to a model; ``dtype='bfloat16'`` samples from a bf16 copy (the model is untouched);
+    ``'auto'``: bf16 where it is native (:func:`native_bf16`), else the model's own dtype."""
 
     name = "hf"
 
-    def __init__(self, model, tokenizer, *, dtype: str = "float32", threads: int | None = None, compact: float = 0.25):
+    def __init__(self, model, tokenizer, *, dtype: str = "auto", threads: int | None = None, compact: float = 0.25):
         self.tokenizer = tokenizer
         self.threads = threads
         self.compact = compact
+        if dtype == "auto":
+            dtype = "bfloat16" if native_bf16(next(model.parameters()).device) else str(
+                next(model.parameters()).dtype).removeprefix("torch.")
         target = getattr(torch, dtype)
         self.model = model if next(model.parameters()).dtype == target else copy.deepcopy(model).to(target)
         self.dtype = dtype

@@ -123,9 +123,23 @@ def smollm2_path(gguf: str | os.PathLike | None = None, cache_root: str | os.Pat
     root = Path(cache_root) if cache_root else paths.cache_dir("models")
     stem = gguf.name.removesuffix(".gguf").lower()
     out = root / f"{stem}-{size}-{sha[:16]}"
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
-        return out
-    try:
-        return gguf_to_safetensors(gguf.parent, gguf.name, out)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise SmolLM2Error(f"cannot convert GGUF {gguf} to safetensors in {out}: {err}") from err
+    if not ((out / "config.json").is_file() and (out / "model.safetensors").is_file()):
+        try:
+            gguf_to_safetensors(gguf.parent, gguf.name, out)
+        except (OSError, ValueError, RuntimeError) as err:
+            raise SmolLM2Error(f"cannot convert GGUF {gguf} to safetensors in {out}: {err}") from err
+    _drop_gguf_quantization_config(out / "config.json")
+    return out
+
+
+def _drop_gguf_quantization_config(config_file: Path) -> None:
+    """The converted weights are plain fp32, but transformers copies the GGUF's ``quantization_config`` into
+    config.json, and the Trainer then refuses to train the model ("quantized with GGUF"): drop it (atomically)."""
+    import json
+
+    from mfnb.atomic import write_text
+
+    config = json.loads(config_file.read_text())
+    if config.get("quantization_config", {}).get("quant_method") == "gguf":
+        del config["quantization_config"]
+        write_text(config_file, json.dumps(config, indent=2, sort_keys=True) + "\n")
