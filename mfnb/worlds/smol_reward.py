@@ -120,6 +120,7 @@ def ranked_pairs(prompts: Sequence[str], responses: Sequence[Sequence[str]], sco
     rows = []
     for prompt, texts in zip(prompts, responses):
         texts = list(dict.fromkeys(t for t in texts if t.strip()))
+        real = set(texts)
         if params.perturb:
             texts += [perturb(t, rng) for t in list(texts)]
             texts = list(dict.fromkeys(texts))
@@ -130,7 +131,8 @@ def ranked_pairs(prompts: Sequence[str], responses: Sequence[Sequence[str]], sco
         for (ta, sa), (tb, sb) in candidates[: params.pairs_per_prompt]:
             chosen, rejected = ((ta, sa), (tb, sb)) if sa > sb else ((tb, sb), (ta, sa))
             rows.append({"prompt": prompt, "chosen": chosen[0], "rejected": rejected[0],
-                         "gap": chosen[1][0] - rejected[1][0]})
+                         "gap": chosen[1][0] - rejected[1][0],
+                         "perturbed": chosen[0] not in real or rejected[0] not in real})
     return rows
 
 
