@@ -144,3 +144,13 @@ def test_llamacpp_serves_smollm2_in_process_and_over_http():
         engine.close()
     with pytest.raises(LlamaCppError, match="GGUF file not found"):
         LlamaCppEngine("/nonexistent/model.gguf", tokenizer)
+
+
+def test_missing_xllamacpp_names_the_package(monkeypatch, tmp_path):
+    import sys
+
+    from mfnb.engines.llamacpp import LlamaCppError, LlamaCppServer
+
+    monkeypatch.setitem(sys.modules, "xllamacpp", None)
+    with pytest.raises(LlamaCppError, match=r"pip install xllamacpp==2026\.10\.11549"):
+        LlamaCppServer(tmp_path / "model.gguf")
