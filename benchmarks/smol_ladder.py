@@ -29,6 +29,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--ladders", default="1,4,16;2,8,32", help="k of g1,g2,g3; several ladders split by ';'")
+    ap.add_argument("--exclude", default="", help="instruction ids left out of the prompts, comma-separated")
     args = ap.parse_args()
 
     from mfnb import stats
@@ -36,13 +37,14 @@ def main() -> None:
     from mfnb.judges import OracleJudge
     from mfnb.models import SamplingParams, load_model, load_tokenizer
     from mfnb.worlds.best_of_k import BestOfK
-    from mfnb.worlds.instructions import InstructionSet
+    from mfnb.worlds.instructions import DEFAULT_IDS, InstructionParams, InstructionSet
     from mfnb.worlds.smollm2 import smollm2_path
 
     torch.set_num_threads(args.threads)
     folder = smollm2_path()
     tokenizer, model = load_tokenizer(folder), load_model(folder, show_progress=False)
-    tasks = InstructionSet()
+    excluded = [i for i in args.exclude.split(",") if i]
+    tasks = InstructionSet(InstructionParams(instruction_ids=[i for i in DEFAULT_IDS if i not in excluded]))
     prompts = tasks.prompts["validation"][: args.prompts]
     engine = HFEngine(model, tokenizer, dtype=args.dtype, threads=args.threads)
     sampling = SamplingParams(max_new_tokens=args.new_tokens, temperature=args.temperature, top_p=args.top_p,
@@ -51,7 +53,7 @@ def main() -> None:
                   model_id=folder.name)
     print(f"SmolLM2-135M-Instruct ({args.dtype}, {args.threads} thread(s)), {len(prompts)} validation prompts, "
           f"{args.k_max} samples each at temperature {args.temperature} top-p {args.top_p}, <= {args.new_tokens} "
-          f"new tokens; load average {os.getloadavg()[0]:.1f}")
+          f"new tokens; load average {os.getloadavg()[0]:.1f}; instruction ids left out: {excluded or 'none'}")
     cands = bok.candidates(prompts, args.k_max, show_progress=True)
     responses: dict[str, list[str]] = {}
     for name, temp in (("greedy", 0.0), ("student T=0.1", 0.1)):
@@ -59,7 +61,7 @@ def main() -> None:
         responses[name] = BestOfK(engine, tokenizer, lambda p, r: (0,), sp, seed=1, model_id=folder.name
                                   ).candidates(prompts, 1)
         responses[name] = [c[0].text for c in responses[name]]
-    ks = [k for k in (1, 2, 4, 8, 16, 32, 64) if k <= args.k_max]
+    ks = [k for k in (1, 2, 4, 8, 16, 32, 64, 128) if k <= args.k_max]
     for k in ks:
         responses[f"best-of-{k}"] = [c.text for c in bok.respond(prompts, k)]
 
@@ -76,7 +78,7 @@ def main() -> None:
         return f"{s.win_freq:.3f} [{low:.2f}, {high:.2f}] (W/T/L {s.wins}/{s.ties}/{s.losses})"
 
     print("\noracle win rate of the first over the second (ties 1/2; 95% exact interval)")
-    pairs = [("best-of-1", "student T=0.1"), ("best-of-1", "greedy")]
+    pairs = [("best-of-1", "student T=0.1"), ("best-of-1", "greedy"), ("best-of-2", "best-of-1")]
     for ladder in args.ladders.split(";"):
         g = [f"best-of-{k}" for k in map(int, ladder.split(",")) if k <= args.k_max]
         pairs += [(g[0], "student T=0.1"), (g[0], "greedy")] + list(zip(g[1:], g[:-1]))
