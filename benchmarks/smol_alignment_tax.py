@@ -36,12 +36,14 @@ def main() -> None:
     ap.add_argument("--conflict-rate", type=float, default=0.0)
     ap.add_argument("--eval", type=int, default=50)
     ap.add_argument("--eval-samples", type=int, default=2)
-    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=96)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--exclude", default=None, help="instruction ids left out, comma-separated (default: "
+                    "mfnb.worlds.instructions.NEVER_FOLLOWED_BY_SMOLLM2)")
     args = ap.parse_args()
 
     from datasets import Dataset
@@ -51,14 +53,15 @@ def main() -> None:
     from mfnb.engines.hf import HFEngine
     from mfnb.models import LoraParams, SamplingParams, attach_lora, load_model, load_tokenizer
     from mfnb.worlds.best_of_k import BestOfK, chat_prompt
-    from mfnb.worlds.instructions import InstructionSet
+    from mfnb.worlds.instructions import DEFAULT_IDS, NEVER_FOLLOWED_BY_SMOLLM2, InstructionParams, InstructionSet
     from mfnb.worlds.smol_conflict import SmolConflict, SmolConflictParams, sentiment
     from mfnb.worlds.smollm2 import smollm2_path
 
     torch.set_num_threads(args.threads)
     folder = smollm2_path()
     tokenizer, model = load_tokenizer(folder), load_model(folder, show_progress=False)
-    tasks = InstructionSet()
+    excluded = list(NEVER_FOLLOWED_BY_SMOLLM2) if args.exclude is None else [i for i in args.exclude.split(",") if i]
+    tasks = InstructionSet(InstructionParams(instruction_ids=[i for i in DEFAULT_IDS if i not in excluded]))
     sampling = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.7, top_p=0.9, batch_size=64)
     engine = HFEngine(model, tokenizer, dtype="bfloat16", threads=args.threads)
     sampler = BestOfK(engine, tokenizer, lambda p, r: tuple(tasks.score(p, r)[:2]), sampling, seed=0,

@@ -25,17 +25,19 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=200)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--test-prompts", type=int, default=50)
-    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=96)
     ap.add_argument("--no-perturb", action="store_true")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--exclude", default=None, help="instruction ids left out, comma-separated (default: "
+                    "mfnb.worlds.instructions.NEVER_FOLLOWED_BY_SMOLLM2)")
     args = ap.parse_args()
 
     from mfnb.engines.hf import HFEngine
     from mfnb.models import SamplingParams, load_model, load_tokenizer
     from mfnb.worlds.best_of_k import BestOfK
-    from mfnb.worlds.instructions import InstructionSet
+    from mfnb.worlds.instructions import DEFAULT_IDS, NEVER_FOLLOWED_BY_SMOLLM2, InstructionParams, InstructionSet
     from mfnb.worlds.smol_reward import (SmolRewardParams, agreement, build_smol_reward_model, ranked_pairs,
                                          reward_judge, reward_model_path, reward_rows)
     from mfnb.worlds.smollm2 import smollm2_path
@@ -43,7 +45,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     folder = smollm2_path()
     tokenizer, model = load_tokenizer(folder), load_model(folder, show_progress=False)
-    tasks = InstructionSet()
+    excluded = list(NEVER_FOLLOWED_BY_SMOLLM2) if args.exclude is None else [i for i in args.exclude.split(",") if i]
+    tasks = InstructionSet(InstructionParams(instruction_ids=[i for i in DEFAULT_IDS if i not in excluded]))
     sampling = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.7, top_p=0.9, batch_size=64)
     sampler = BestOfK(HFEngine(model, tokenizer, threads=args.threads), tokenizer,
                       lambda p, r: tuple(tasks.score(p, r)[:2]), sampling, seed=0, model_id=folder.name)
