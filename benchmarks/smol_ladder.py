@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--ladders", default="1,4,16;2,8,32", help="k of g1,g2,g3; several ladders split by ';'")
     ap.add_argument("--exclude", default="", help="instruction ids left out of the prompts, comma-separated")
+    ap.add_argument("--constraints", default="1,3", help="min,max constraints per prompt")
     args = ap.parse_args()
 
     from mfnb import stats
@@ -44,7 +45,9 @@ def main() -> None:
     folder = smollm2_path()
     tokenizer, model = load_tokenizer(folder), load_model(folder, show_progress=False)
     excluded = [i for i in args.exclude.split(",") if i]
-    tasks = InstructionSet(InstructionParams(instruction_ids=[i for i in DEFAULT_IDS if i not in excluded]))
+    low, high = map(int, args.constraints.split(","))
+    tasks = InstructionSet(InstructionParams(instruction_ids=[i for i in DEFAULT_IDS if i not in excluded],
+                                             min_constraints=low, max_constraints=high))
     prompts = tasks.prompts["validation"][: args.prompts]
     engine = HFEngine(model, tokenizer, dtype=args.dtype, threads=args.threads)
     sampling = SamplingParams(max_new_tokens=args.new_tokens, temperature=args.temperature, top_p=args.top_p,
@@ -53,7 +56,7 @@ def main() -> None:
                   model_id=folder.name)
     print(f"SmolLM2-135M-Instruct ({args.dtype}, {args.threads} thread(s)), {len(prompts)} validation prompts, "
           f"{args.k_max} samples each at temperature {args.temperature} top-p {args.top_p}, <= {args.new_tokens} "
-          f"new tokens; load average {os.getloadavg()[0]:.1f}; instruction ids left out: {excluded or 'none'}")
+          f"new tokens; load average {os.getloadavg()[0]:.1f}; instruction ids left out: {excluded or 'none'}; {low}-{high} constraints per prompt")
     cands = bok.candidates(prompts, args.k_max, show_progress=True)
     responses: dict[str, list[str]] = {}
     for name, temp in (("greedy", 0.0), ("student T=0.1", 0.1)):
