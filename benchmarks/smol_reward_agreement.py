@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--exclude", default=None, help="instruction ids left out, comma-separated (default: "
                     "mfnb.worlds.instructions.NEVER_FOLLOWED_BY_SMOLLM2)")
+    ap.add_argument("--constraints", default="3,3", help="min,max constraints per prompt")
     args = ap.parse_args()
 
     from mfnb.engines.hf import HFEngine
@@ -46,7 +47,9 @@ def main() -> None:
     folder = smollm2_path()
     tokenizer, model = load_tokenizer(folder), load_model(folder, show_progress=False)
     excluded = list(NEVER_FOLLOWED_BY_SMOLLM2) if args.exclude is None else [i for i in args.exclude.split(",") if i]
-    tasks = InstructionSet(InstructionParams(instruction_ids=[i for i in DEFAULT_IDS if i not in excluded]))
+    low, high = map(int, args.constraints.split(","))
+    tasks = InstructionSet(InstructionParams(instruction_ids=[i for i in DEFAULT_IDS if i not in excluded],
+                                             min_constraints=low, max_constraints=high))
     sampling = SamplingParams(max_new_tokens=args.new_tokens, temperature=0.7, top_p=0.9, batch_size=64)
     sampler = BestOfK(HFEngine(model, tokenizer, threads=args.threads), tokenizer,
                       lambda p, r: tuple(tasks.score(p, r)[:2]), sampling, seed=0, model_id=folder.name)
