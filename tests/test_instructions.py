@@ -163,3 +163,15 @@ def ins_files():
     from mfnb.worlds.punkt_data import FILES
 
     return FILES
+
+
+def test_mean_scores_and_quality_mode():
+    params = SMALL.model_copy(update={"instruction_ids": ["punctuation:no_comma"], "max_constraints": 1})
+    strict, loose = InstructionSet(params), InstructionSet(params.model_copy(update={"quality": "loose"}))
+    prompts = strict.prompts["test"][:2]
+    out = strict.mean_scores(prompts, ["no commas here", "one, comma"])
+    assert out == {"strict": 0.5, "loose": 0.5, "prompt_strict": 0.5, "prompt_loose": 0.5, "n": 2}
+    assert strict.quality(prompts[0], "Title, with comma\nno commas here") == 0.0
+    assert loose.quality(prompts[0], "Title, with comma\nno commas here") == 1.0  # first line removed
+    with pytest.raises(ValueError, match="2 prompts but 1 responses"):
+        strict.mean_scores(prompts, ["x"])
