@@ -49,3 +49,42 @@ def plot_alpha_curves(sweeps, chosen: Mapping[str, float], oracle_best: Mapping[
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_figure6(sweeps, chosen: Mapping[str, float], title: str | None = None):
+    """The paper's Figure 6 for every control fraction: reward (and known quality) and length against alpha
+    for the default DPO model and the models trained harder on the same data, each with its reward-chosen
+    alpha dashed.  ``sweeps``: columns model (the sweep's key), fraction, alpha, reward, [quality],
+    length_words; ``chosen``: model key -> chosen alpha."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    panels = [c for c in ("reward", "quality", "length_words") if c in sweeps]
+    fractions = sorted(sweeps["fraction"].unique())
+    fig, axes = plt.subplots(len(panels), len(fractions), figsize=(4.6 * len(fractions), 3.3 * len(panels)),
+                             squeeze=False)
+    names = {"reward": "reward-model score", "quality": "known quality (oracle)",
+             "length_words": "response length (words)"}
+    for j, fraction in enumerate(fractions):
+        sub = sweeps[sweeps["fraction"] == fraction]
+        keys = list(dict.fromkeys(sub["model"]))
+        palette = dict(zip(keys, sns.color_palette("colorblind", n_colors=len(keys))))
+        for i, col in enumerate(panels):
+            ax = axes[i][j]
+            for key in keys:
+                line = sub[sub["model"] == key].sort_values("alpha")
+                ax.plot(line["alpha"], line[col], marker="o", ms=3, color=palette[key], label=key)
+                if key in chosen:
+                    ax.axvline(chosen[key], color=palette[key], ls="--", lw=1)
+            ax.set_xscale("symlog", linthresh=1.0)
+            ax.set_ylabel(names[col])
+            if i == 0:
+                ax.set_title(f"{fraction * 100:g}% data", fontsize="medium")
+            if i == len(panels) - 1:
+                ax.set_xlabel("alpha (ExPO)")
+            if i == 0:
+                ax.legend(fontsize="x-small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
