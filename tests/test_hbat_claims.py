@@ -73,6 +73,9 @@ def test_original_ewc_claims():
     faster = rows["the modified EWC trains faster than the original EWC"]
     assert faster["verdict"] == "reproduced" and ": 2.00 [" in faster["ours"]
     assert rows["the modified EWC needs less memory than the original EWC"]["verdict"] == "reproduced"
+    runs["cpu_seconds"] = runs["train_seconds"] * runs["method"].map({"HbAT": 1.0, hbat.ORIGINAL_EWC: 0.5})
+    cpu = hbat.original_ewc_claims(runs)[1]   # CPU seconds win over wall seconds when every run has them
+    assert "training CPU seconds" in cpu["ours"] and ": 1.00 [" in cpu["ours"] and cpu["verdict"] == "inconclusive"
     # a resolved difference in win rate contradicts "matches"
     apart = _runs({"HbAT": (0.5, 0.7, 0.30), hbat.ORIGINAL_EWC: (0.5, 0.7, 0.40)})
     assert hbat.original_ewc_claims(apart)[0]["verdict"] == "reversed"

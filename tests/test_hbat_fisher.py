@@ -130,11 +130,11 @@ def test_fisher_scaled_to_the_modified_ewcs_mean_weight():
     from mfnb.hbat.fisher import scaled_fisher
 
     fisher = {"a": torch.tensor([1.0, 3.0]), "b": torch.tensor([0.0, 0.0, 2.0, 2.0])}   # mean 8 / 6
-    scaled = scaled_fisher(fisher, hbat.EWCParams(importance="fisher", fmax=100.0))
+    scaled = scaled_fisher(fisher, hbat.EWCParams(importance="fisher", fisher_scale="fmax", fmax=100.0))
     factor = (100.0 / 2) / (8 / 6)                                                      # fmax / #tensors
     assert scaled["a"].tolist() == pytest.approx([factor, 3 * factor])
     assert sum(float(v.sum()) for v in scaled.values()) / 6 == pytest.approx(50.0)
-    raw = scaled_fisher(fisher, hbat.EWCParams(importance="fisher", fisher_scale="raw"))
+    raw = scaled_fisher(fisher, hbat.EWCParams(importance="fisher"))   # the paper's original EWC: as estimated
     assert raw["b"].tolist() == [0.0, 0.0, 2.0, 2.0]
 
 

@@ -6,6 +6,15 @@ from typing import Mapping
 import numpy as np
 
 
+def _alpha_axis(ax, low: float, high: float) -> None:
+    """Symlog alpha axis from the grid's smallest to its largest alpha (alpha = 0 stays visible)."""
+    ax.set_xscale("symlog", linthresh=1.0)
+    span = max(high - low, 1e-3)
+    ax.set_xlim(low - 0.02 * min(span, 1.0), high * 1.15 if high > 0 else high + 0.1)
+    ticks = [t for t in (-1, 0, 0.3, 1, 3, 10, 30, 100, 300, 1000) if low <= t <= high]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+
+
 def plot_alpha_curves(sweeps, chosen: Mapping[str, float], oracle_best: Mapping[str, float] | None = None,
                       sft: Mapping[str, float] | None = None, title: str | None = None):
     """Figure 5 of the paper: reward vs alpha (left) and length vs alpha (right), one line per data
@@ -34,11 +43,7 @@ def plot_alpha_curves(sweeps, chosen: Mapping[str, float], oracle_best: Mapping[
                 ax.axvline(oracle_best[label], color=palette[label], ls=":", lw=1.5)
         if sft and col in sft:
             ax.axhline(sft[col], color="grey", lw=1, label="SFT model")
-        ax.set_xscale("symlog", linthresh=1.0)
-        span = max(high - low, 1e-3)
-        ax.set_xlim(low - 0.02 * min(span, 1.0), high * 1.15 if high > 0 else high + 0.1)  # alpha = 0 stays visible
-        ticks = [t for t in (-1, 0, 0.3, 1, 3, 10, 30, 100, 300, 1000) if low <= t <= high]
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        _alpha_axis(ax, low, high)
         ax.set_xlabel("alpha (ExPO)")
         ax.set_ylabel(ylabel)
     handles, names = axes[0].get_legend_handles_labels()
@@ -76,7 +81,7 @@ def plot_figure6(sweeps, chosen: Mapping[str, float], title: str | None = None):
                 ax.plot(line["alpha"], line[col], marker="o", ms=3, color=palette[key], label=key)
                 if key in chosen:
                     ax.axvline(chosen[key], color=palette[key], ls="--", lw=1)
-            ax.set_xscale("symlog", linthresh=1.0)
+            _alpha_axis(ax, float(sweeps["alpha"].min()), float(sweeps["alpha"].max()))
             ax.set_ylabel(names[col])
             if i == 0:
                 ax.set_title(f"{fraction * 100:g}% data", fontsize="medium")

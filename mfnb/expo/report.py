@@ -253,3 +253,21 @@ def departures(params, n_select: int, n_report: int):
     }
     return pd.DataFrame([{"setting": name, "paper": paper, "ours": ours[field], "parameter": field}
                          for name, paper, field in PAPER_SETUP])
+
+
+def comparisons_wide(frame, metrics: Sequence[str] = ("reward", "win_rate", "lc_win_rate")):
+    """:func:`comparisons` for reading: one row per pair, one column per metric holding
+    'difference [low, high]' and '=' where the interval contains 0 (indistinguishable)."""
+    import pandas as pd
+
+    from mfnb.formatting import fmt, fmt_interval
+
+    def cell(r):
+        mark = " =" if r.reading == "indistinguishable" else ""
+        return f"{fmt(r.difference, signed=True)} {fmt_interval(r.low, r.high)}{mark}"
+
+    rows = {}
+    for r in frame.itertuples():
+        if r.metric in metrics:
+            rows.setdefault((r.a, r.b), {"a": r.a, "b": r.b})[METRIC_NAMES[r.metric]] = cell(r)
+    return pd.DataFrame(list(rows.values()))

@@ -187,6 +187,7 @@ class HbatExperiment:
                   "constraint": hbat_params.constraint, "importance_kind": hbat_params.ewc.importance,
                   "fmax": hbat_params.ewc.fmax, "lam": hbat_params.ewc.lam,
                   "importance_seconds": sum(s.importance_seconds for s in run.stages), "state_bytes": run.state_bytes,
+                  "cpu_seconds": run.cpu_seconds,
                   **{f"val_{k}": selected.get(k) for k in ("quality", "reward", "win_rate")},
                   "preference": hbat_params.preference, "selected_stage": run.selected, "n_stages": len(run.stages),
                   "train_seconds": run.train_seconds, "samples": test.pop("samples", []), **test,
@@ -265,6 +266,6 @@ class HbatExperiment:
 
 def _flat(record: dict, **extra) -> dict:
     keep = ("seed", "n_splits", "constraint", "importance_kind", "fmax", "lam", "quality", "reward", "win_rate",
-            "win_low", "win_high", "val_quality", "val_reward", "val_win_rate", "n", "train_seconds",
+            "win_low", "win_high", "val_quality", "val_reward", "val_win_rate", "n", "train_seconds", "cpu_seconds",
             "importance_seconds", "state_bytes", "selected_stage", "n_stages", "key")
     return {**extra, **{k: record.get(k) for k in keep}}

@@ -131,6 +131,12 @@ class HbatRun:
         return sum(s.train_seconds + s.importance_seconds for s in self.stages)
 
     @property
+    def cpu_seconds(self) -> float:
+        """The same in CPU seconds of this process: far less sensitive than wall time to other processes
+        on a shared machine (tiny models train single-threaded)."""
+        return sum(s.cpu_seconds + s.importance_cpu_seconds for s in self.stages)
+
+    @property
     def state_bytes(self) -> int:
         """The most memory the constraint held at once besides the model (anchors, coefficients, and the
         importances kept for later stages)."""
@@ -246,7 +252,7 @@ def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store
             if constraint != "ewc":
                 penalty_bytes = 0
             before = snapshot(tensors)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             for name in frozen:
                 tensors[name].requires_grad_(False)
             try:
@@ -255,7 +261,7 @@ def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store
                 for name in frozen:
                     tensors[name].requires_grad_(True)
             sums = squared_change_sums(before, tensors)
-            seconds = time.perf_counter() - start
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             del before, penalty
             # the record keeps one number per tensor: the mean of its raw per-element Fisher (before fisher_scale)
             used = ({k: float(v.mean()) for k, v in fishers[other].items()} if fisher and importance
@@ -263,6 +269,7 @@ def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store
             record = StageRecord(index=index, kind=kind, part=part, key=key, rows=len(rows), constraint=constraint,
                                  importance_used=used, constrained_tensors=list(constrained),
                                  change_sums={k: [s, n] for k, (s, n) in sums.items()}, train_seconds=seconds,
+                                 cpu_seconds=cpu_seconds,
                                  train_metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
                                  penalty_bytes=penalty_bytes)
             if folder is not None:
@@ -274,10 +281,11 @@ def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store
             # objective's later stages (stored beside the stage, so a resumed run does not estimate it again)
             stage_fisher = load_fisher(folder) if folder is not None else None
             if stage_fisher is None:
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 stage_fisher = empirical_fisher(model, tokenizer, rows, kind, max_length=_max_length(params, kind),
                                                 batch_size=ewc.fisher_batch)
                 record.importance_seconds = time.perf_counter() - start
+                record.importance_cpu_seconds = time.process_time() - cpu_start
                 if folder is not None:
                     save_fisher(folder, stage_fisher)
             fishers[kind] = add_fisher(fishers[kind], stage_fisher) if ewc.accumulate else stage_fisher

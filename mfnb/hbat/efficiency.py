@@ -37,6 +37,7 @@ def _cost_worker(spec_json: str) -> None:
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     print("COST " + json.dumps({"method": spec["method"], "train_seconds": run.train_seconds, "wall_seconds": wall,
+                                "cpu_seconds": run.cpu_seconds,
                                 "importance_seconds": sum(s.importance_seconds for s in run.stages),
                                 "state_mb": run.state_bytes / 2**20,
                                 "peak_rss_mb": peak / 2**20, "extra_rss_mb": max(peak - baseline, 0) / 2**20,
@@ -73,10 +74,12 @@ def efficiency_table(costs, baseline: str = "DPO"):
 
     from mfnb import reference
 
-    cols = [c for c in ("train_seconds", "importance_seconds", "peak_rss_mb", "extra_rss_mb", "state_mb") if c in costs]
+    cols = [c for c in ("train_seconds", "cpu_seconds", "importance_seconds", "peak_rss_mb", "extra_rss_mb", "state_mb")
+            if c in costs]
     med = costs.groupby("method", sort=False)[cols].median()
     base = med.loc[baseline]
     out = med.assign(relative_time=med["train_seconds"] / base["train_seconds"],
+                     **({"relative_cpu": med["cpu_seconds"] / base["cpu_seconds"]} if "cpu_seconds" in med else {}),
                      relative_peak_rss=med["peak_rss_mb"] / base["peak_rss_mb"],
                      runs=costs.groupby("method", sort=False).size()).reset_index()
     paper = reference.load("hbat_table7").rename(columns={"relative_time": "paper_relative_time",

@@ -6,6 +6,7 @@ stage) share it.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,8 @@ class StageRecord:
     eval_key: str | None = None
     reused: bool = False
     importance_seconds: float = 0.0          # the original EWC's Fisher estimation after this stage
+    cpu_seconds: float = math.nan            # CPU seconds of the training (NaN in records written before)
+    importance_cpu_seconds: float = 0.0
     penalty_bytes: int = 0                   # the penalty's anchors and coefficients in this stage
     importance_bytes: int = 0                # importances kept after this stage for later ones
 
