@@ -134,6 +134,8 @@ def test_table1_claims_read_the_papers_direction():
     rows = {(r["claim"], r["scope"]): r for r in expo.table1_claims(stats, [0.1, 1.0])}
     assert rows[("ExPO improves the DPO model", "10%")]["verdict"] == "reproduced"
     assert rows[("ExPO improves the DPO model", "100%")]["verdict"] == "inconclusive"
+    assert "chose alpha = 0" in rows[("ExPO improves the DPO model", "100%")]["ours"]
+    assert "chose alpha = 0" not in rows[("ExPO improves the DPO model", "10%")]["ours"]
     assert "LC win rate +0.029" in rows[("ExPO improves the DPO model", "100%")]["paper"]  # the paper's +2.9 LC points
     vs_full = rows[("DPO with less data + ExPO matches or beats full-data DPO", "10%")]
     assert vs_full["verdict"] == "inconclusive" and "indistinguishable" in vs_full["ours"]

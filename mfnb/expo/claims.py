@@ -169,6 +169,8 @@ def table1_claims(stats: SampleStats, fractions: Sequence[float]) -> list[dict]:
         v = Variant(f)
         a, b = v.name(expo=True), v.name()
         ours, verdicts = _metric_verdicts(stats, a, b, TABLE1_METRICS)
+        if all(stats.difference(a, b, m) == (0.0, 0.0, 0.0) for m in TABLE1_METRICS):
+            ours += " (the reward model chose alpha = 0: the ExPO model is the DPO model)"
         paper = _paper_diff(a, b, TABLE1_METRICS) or "no Table 1 row (Figure 5: development-set reward only)"
         rows.append({"claim": "ExPO improves the DPO model", "source": "Table 1", "scope": fraction_label(f),
                      "paper": paper, "ours": ours, "verdict": combine(verdicts)})
