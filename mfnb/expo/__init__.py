@@ -33,7 +33,8 @@ from mfnb.expo.claims import (VERDICTS, AlphaChoice, alpha_shift, alpha_trend_cl
 from mfnb.expo.control import Variant, control_variants
 from mfnb.expo.findings import figure6_lines, length_lines, lr_lines, reward_model_lines
 from mfnb.expo.plots import plot_alpha_curves, plot_figure6
-from mfnb.expo.report import (METRIC_NAMES, SampleStats, comparisons, comparisons_wide, departures, length_controlled_win_rate,
+from mfnb.expo.report import (METRIC_NAMES, SampleStats, comparisons, comparisons_wide, departures,
+                              length_controlled_win_rate,
                               paper_table1, reading, samples_table, judged_samples)
 from mfnb.expo.reward import (accuracy_on_pairs, accuracy_on_responses, pairwise_accuracy, reward_judge,
                               reward_model_info)

@@ -89,7 +89,8 @@ def length_lines(optimal, sweeps, length_bias: float, threshold: float = 0.25) -
         moved = sw[(sw["length_words"] - base).abs() > threshold * base]
         shifts[label] = float(moved["alpha"].iloc[0]) if len(moved) else math.inf
     change = float((optimal["length_at_chosen"] - optimal["length_at_0"]).abs().max())
-    lengths = ", ".join(f"{r.data}: {fmt(r.length_at_0, 2)} -> {fmt(r.length_at_chosen, 2)}" for r in optimal.itertuples())
+    lengths = ", ".join(f"{r.data}: {fmt(r.length_at_0, 2)} -> {fmt(r.length_at_chosen, 2)}"
+                        for r in optimal.itertuples())
     departs = ", ".join(f"{k}: {_alpha(v) if math.isfinite(v) else 'never'}" for k, v in shifts.items())
     return [f"- **Length** (words, validation, alpha 0 -> the chosen alpha): {lengths}; no chosen alpha changes the "
             f"mean length by more than {fmt(change, 2)} words. The smallest alpha at which the mean length moves by "
@@ -110,7 +111,8 @@ def lr_lines(probe, sft_metrics: Mapping[str, float], dpo_lr: float, knows_quali
         r, u = paper.iloc[0], used.iloc[0]
         lines.append(f"- **Learning rate**: with the paper's lr {r['lr']:g} the adapter barely moves (||delta theta|| "
                      f"{fmt(r['delta_norm'], 4)} against {fmt(u['delta_norm'], 2)} at lr {u['lr']:g}), and even at "
-                     f"its reward-chosen alpha {_alpha(r['alpha_by_reward'])} the reward is {fmt(r['reward_at_chosen'])} "
+                     f"its reward-chosen alpha {_alpha(r['alpha_by_reward'])} the reward is "
+                     f"{fmt(r['reward_at_chosen'])} "
                      f"(SFT model: {fmt(sft_metrics['reward'])}); hence our lr {dpo_lr:g}.")
     col = "quality" if knows_quality else "reward"
     lines.append(f"  - {'Known quality' if knows_quality else 'Reward'} at alpha 0 -> at the reward-chosen alpha, per "

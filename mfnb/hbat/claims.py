@@ -130,7 +130,8 @@ def original_ewc_claims(runs, costs=None) -> list[dict]:
     t7 = reference.load("hbat_table7").set_index("method")
     mean, low, high, n = paired(runs, "HbAT", ORIGINAL_EWC, "win_rate")
     match = "inconclusive" if math.isnan(low) or low <= 0 <= high else "reversed"
-    others = "; ".join(f"{METRIC_NAMES[m]} {_text(*paired(runs, 'HbAT', ORIGINAL_EWC, m)[:3])}" for m in ("quality", "reward"))
+    others = "; ".join(f"{METRIC_NAMES[m]} {_text(*paired(runs, 'HbAT', ORIGINAL_EWC, m)[:3])}"
+                       for m in ("quality", "reward"))
     rows = [{"claim": "the modified EWC matches the original EWC's win rate", "source": "Table 7",
              "paper": f"win rate {fmt(t7.loc['HbAT', 'gpt4_win'], 2)} vs {fmt(t7.loc[ORIGINAL_EWC, 'gpt4_win'], 2)}",
              "ours": f"HbAT minus original EWC over {n} seeds: win rate {_text(mean, low, high)} "
@@ -242,7 +243,8 @@ def lambda_choice(lam_runs, chosen: float, paper_lam: float = 1.0, by: str = "va
              f"({fmt(means[best])}); indistinguishable from it (paired t-interval over seeds contains 0): "
              f"{', '.join(f'{v:g}' for v in sorted(ties))}. The parameters use lambda = {chosen:g}, which {where}."]
     if paper_lam in set(means.index) and "DPO" in set(lam_runs["axis"]):
-        labels = [("DPO" if axis == "DPO" else f"{value:g}") for axis, value in zip(lam_runs["axis"], lam_runs["value"])]
+        labels = [("DPO" if axis == "DPO" else f"{value:g}")
+                  for axis, value in zip(lam_runs["axis"], lam_runs["value"])]
         mean, low, high, k = paired(lam_runs.assign(method=labels), f"{paper_lam:g}", "DPO", "reward")
         effect = {"lower": "it holds DPO's preference learning back (the reward stays resolved below two-stage DPO's)",
                   "higher": "its reward is resolved above two-stage DPO's",
@@ -266,7 +268,8 @@ def figure2_lines(grid, metrics: Sequence[str] = METRICS) -> list[str]:
         parts = []
         for m in metrics:
             r = sub.loc[sub[m].idxmax()]
-            parts.append(f"by {METRIC_NAMES[m]} {r['value']:g} ({fmt(r[m])} {fmt_interval(r[m + '_low'], r[m + '_high'])})")
+            interval = fmt_interval(r[m + "_low"], r[m + "_high"])
+            parts.append(f"by {METRIC_NAMES[m]} {r['value']:g} ({fmt(r[m])} {interval})")
         lines.append(f"- {axis}: best " + ", ".join(parts)
                      + f" (values tried: {', '.join(f'{v:g}' for v in sorted(sub['value']))}).")
     return lines

@@ -66,7 +66,8 @@ class EWCPenalty:
     ``coefs``: one number per tensor (the modified EWC), or one tensor per tensor, of its shape (the
     original EWC's per-element Fisher)."""
 
-    def __init__(self, params: Sequence[torch.Tensor], coefs: Sequence[float | torch.Tensor], names: Sequence[str] = ()):
+    def __init__(self, params: Sequence[torch.Tensor], coefs: Sequence[float | torch.Tensor],
+                 names: Sequence[str] = ()):
         if len(params) != len(coefs):
             raise HbatError(f"{len(params)} tensors but {len(coefs)} coefficients")
         self.params = list(params)

@@ -7,9 +7,9 @@ estimated on the data of the stage that just ended, at its final parameters, fro
 (which is what makes it expensive: the paper's Table 7 compares its time and memory with the modified EWC's
 per-tensor change statistics).  Per-example gradients are computed ``batch_size`` at a time with
 ``torch.func.vmap`` (right-padded sequences; a causal model never attends to the padding, which is masked out
-of the log-probability), or one backward pass per example with ``batch_size=1``.  ``y`` is the SFT completion, or the *chosen* response of a
-preference pair (the generative probability of the preferred answer).  The model is in eval mode (no dropout)
-while the gradients are taken; its own ``.grad`` buffers are left empty afterwards.
+of the log-probability), or one backward pass per example with ``batch_size=1``.  ``y`` is the SFT completion,
+or the *chosen* response of a preference pair (the generative probability of the preferred answer).  The model
+is in eval mode (no dropout) while the gradients are taken; its own ``.grad`` buffers are left empty afterwards.
 """
 from __future__ import annotations
 
