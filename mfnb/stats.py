@@ -534,10 +534,11 @@ def trace_decisions(traces: pd.DataFrame, gamma: float = 0.3, n_validation: int 
         for k_, is_thr in zip(out["looks_in_trace"], thr)]
     for col in ("paper", "hoeffding", "union"):
         out[f"supported_{col}"] = decision_supported(out["win_rate"], out["compared_to"], out[f"radius_{col}"])
-    # exact binomial check, only meaningful if the judge gave no ties (the paper's Section 5 counts wins / total)
+    # exact binomial check: the paper's numbers are wins / total (Section 5), a binomial proportion whatever the
+    # ties, so Clopper-Pearson on k = round(win_rate * n) wins is exact (k is approximate: the values are rounded)
     k = np.round(out["win_rate"].to_numpy() * n)
     low, high = interval_from_counts(k, 0, n - k, delta, "clopper_pearson")
-    out["supported_exact_if_no_ties"] = np.where(thr, (low > gamma) | (high < gamma), pd.NA)
+    out["supported_exact"] = np.where(thr, (low > gamma) | (high < gamma), pd.NA)
     gap = out["gap"].abs().replace(0, np.nan)
     for col, tight in (("paper", False), ("hoeffding", True)):
         needed = [n_for_radius(g, delta, separable=not is_thr, tight=tight) if g == g else pd.NA
@@ -666,27 +667,34 @@ def simulate_counts(win_rate: float, tie_rate: float, n: int, n_reps: int, rng: 
 
 
 def coverage_table(win_rates: Sequence[float], tie_rates: Sequence[float], ns: Sequence[int], delta: float,
-                   n_reps: int, seed: int = 0, methods: Sequence[str] = INTERVAL_METHODS) -> pd.DataFrame:
+                   n_reps: int, seed: int = 0, methods: Sequence[str] = INTERVAL_METHODS,
+                   convention: str = "half") -> pd.DataFrame:
     """Empirical coverage and mean width of each fixed-n interval, one look per repetition.
 
-    Binary-only methods are reported only where tie_rate == 0.
+    ``convention="half"``: the target is the WinRate (ties 1/2); binary-only methods are reported only where
+    tie_rate == 0.  ``convention="wins_over_total"``: the target is P(win) = WinRate - tie_rate/2 and every
+    interval is built on wins against everything else (binary, so Clopper-Pearson is exact with ties too).
     """
+    check_convention(convention, "convention")
     rng = np.random.default_rng(seed)
     rows = []
     for mu in win_rates:
         for tie in tie_rates:
             for n in ns:
                 w, t, l = simulate_counts(mu, tie, n, n_reps, rng)
+                target = mu if convention == "half" else mu - tie / 2
+                if convention == "wins_over_total":
+                    t, l = np.zeros_like(t), t + l
                 for method in methods:
-                    if method in BINARY_ONLY and tie > 0:
+                    if method in BINARY_ONLY and np.any(t > 0):
                         continue
                     low, high = interval_from_counts(w, t, l, delta, method)
-                    covered = (low <= mu) & (mu <= high)
+                    covered = (low <= target) & (target <= high)
                     cov = covered.mean()
-                    rows.append({"scenario": f"n={n}, ties={tie:g}", "win_rate": mu, "tie_rate": tie, "n": n,
-                                 "method": method,
+                    rows.append({"scenario": f"n={n}, ties={tie:g}", "convention": convention, "win_rate": mu,
+                                 "target": target, "tie_rate": tie, "n": n, "method": method,
                                  "coverage": cov, "coverage_se": math.sqrt(cov * (1 - cov) / n_reps),
-                                 "mean_width": float(np.mean(high - low)), "target": 1 - delta,
+                                 "mean_width": float(np.mean(high - low)), "level": 1 - delta,
                                  "n_reps": n_reps})
     return pd.DataFrame(rows)
 

@@ -263,12 +263,12 @@ def test_vanilla_spends_exactly_its_budget_and_keeps_best(tmp_path):
 
 def test_trace_runs_vanilla_at_the_mf_budget_and_compares_on_test(tmp_path):
     backend = ScriptedBackend([0.25, 0.35, 0.45, 0.40])
-    tr = mf.run_trace(config(), backend, SkillJudge(), PROMPTS, tmp_path, baselines=["vanilla(m=2)", "vanilla(m=3)"],
+    tr = mf.run_trace(config(), backend, SkillJudge(), PROMPTS, tmp_path, baselines=["vanilla-m2", "vanilla-m3"],
                       n_test=50, progress=False)
     assert tr.vanilla[2].state["identity"]["budget"] == tr.mf.expert_cost(through_fidelity=2) == 60
     assert tr.vanilla[3].state["identity"]["budget"] == tr.mf.expert_cost() == 220
     t4 = mf.table4([tr])
-    assert list(t4["baseline"]) == ["vanilla(m=2)", "vanilla(m=3)"]
+    assert list(t4["baseline"]) == ["vanilla-m2", "vanilla-m3"]
     assert list(t4["candidate"]) == ["step2-iter1", "step2-iter1"]
     # mf's model (skill 0.45) beats vanilla's best (0.35) on every test prompt: no ties, both conventions agree
     assert t4["win_rate"].tolist() == [1.0, 1.0] and t4["wins_over_total"].tolist() == [1.0, 1.0]
@@ -287,29 +287,32 @@ def test_trace_runs_vanilla_at_the_mf_budget_and_compares_on_test(tmp_path):
 
 
 def test_baselines_spend_exactly_their_budget(tmp_path):
-    """vanilla(m=1) at the full budget (one batch: 22 batches of B would exceed max_iters), the fixed ladder
-    (2 + 1 iterations, the rest at the top) and the SFT replay all charge Lambda = 220 = the mf run's."""
-    cfg = config(max_iters=12)
+    """vanilla(m=1) at the full budget (22 batches of B would exceed max_iters = 4: 4 batches of 55, each trained
+    on alone), the fixed ladder (2 + 1 iterations, the rest at the top) and the SFT replay all charge
+    Lambda = 220 = the mf run's."""
+    cfg = config(max_iters=4)
     backend = ScriptedBackend([0.25, 0.35, 0.45, 0.40])
     tr = mf.run_trace(cfg, backend, SkillJudge(), PROMPTS, tmp_path, n_test=50, progress=False,
-                      baselines=["vanilla(m=1)", "vanilla(m=2)", "vanilla(m=3)", "sft", "fixed_ladder"],
+                      baselines=["vanilla-m1", "vanilla-m2", "vanilla-m3", "sft", "fixed_ladder"],
                       ladder_iterations=[2, 1])
     assert tr.mf.expert_cost() == 220
     spent = {name: run.expert_cost() for name, run in tr.baselines.items()}
-    assert spent == {"vanilla(m=1)": 220, "vanilla(m=2)": 60, "vanilla(m=3)": 208, "sft": 220, "fixed_ladder": 220}
-    v1 = tr.baselines["vanilla(m=1)"]
-    assert list(v1.iterations["n_t"]) == [220] and v1.state["identity"]["one_batch"]
-    assert not mf.vanilla_needs_one_batch(cfg, 3, 220) and mf.vanilla_needs_one_batch(cfg, 1, 220)
+    assert spent == {"vanilla-m1": 220, "vanilla-m2": 60, "vanilla-m3": 208, "sft": 220, "fixed_ladder": 220}
+    v1 = tr.baselines["vanilla-m1"]
+    assert list(v1.iterations["n_t"]) == [55] * 4 and v1.state["identity"]["incremental_batch"] == 55
+    assert list(v1.iterations["dpo_pairs"]) == [55] * 4  # each step on its new batch only
+    assert mf.vanilla_incremental_batch(cfg, 3, 220) is None and mf.vanilla_incremental_batch(cfg, 1, 220) == 55
+    assert list(tr.baselines["vanilla-m3"].iterations["dpo_pairs"]) == [10, 13]  # all of D^(3), as Algorithm 2
     ladder = tr.baselines["fixed_ladder"]
     assert list(zip(ladder.iterations["fidelity"], ladder.iterations["n_t"])) == [(1, 10), (1, 10), (2, 10), (3, 10)]
     assert ladder.history["reason"].str.startswith("fixed schedule").sum() == 5  # looks at g1 and g2
     t4 = mf.table4([tr]).set_index("baseline")
-    assert t4.loc["vanilla(m=1)", "compared_at"] == "chosen model" and t4.loc["vanilla(m=2)", "compared_at"] == \
+    assert t4.loc["vanilla-m1", "compared_at"] == "chosen model" and t4.loc["vanilla-m2", "compared_at"] == \
         "end of fidelity 2"
     assert (t4["candidate_Lambda"] == [220, 60, 220, 220, 220]).all()
     # the multi-fidelity run looked at g1, g2, g3 (100 validation responses each): 100 x 21 on top of Lambda
-    assert t4.loc["vanilla(m=3)", "candidate_Lambda_with_validation"] == 220 + 2100
-    assert t4.loc["vanilla(m=3)", "baseline_Lambda_with_validation"] == 208 + 1600
+    assert t4.loc["vanilla-m3", "candidate_Lambda_with_validation"] == 220 + 2100
+    assert t4.loc["vanilla-m3", "baseline_Lambda_with_validation"] == 208 + 1600
 
 
 def test_sft_replays_the_purchased_responses_without_buying_again(tmp_path):
@@ -335,7 +338,7 @@ def test_spend_ratio_on_a_scripted_backend(tmp_path):
     rows = []
     for seed in (3, 4):
         backend = ScriptedBackend([0.25, 0.35, 0.45, 0.40])
-        tr = mf.run_trace(config(seed=seed), backend, SkillJudge(), PROMPTS, tmp_path, baselines=["vanilla(m=3)"],
+        tr = mf.run_trace(config(seed=seed), backend, SkillJudge(), PROMPTS, tmp_path, baselines=["vanilla-m3"],
                           n_test=50, progress=False, trace=seed - 2)
         rows.append(tr)
     its = rows[0].vs_top[rows[0].vs_top["what"] == "multi-fidelity iterate"]
@@ -423,6 +426,11 @@ def test_traces_params_from_yaml_rejects_unknown_keys(tmp_path):
         mf.TracesParams.from_yaml(bad)
 
 
+def test_baselines_per_batch_size():
+    p = _traces_params(baselines=["vanilla-m1", "sft"], baseline_batch_sizes={"vanilla-m1": [512]})
+    assert p.baselines_at(512) == ["vanilla-m1", "sft"] and p.baselines_at(1024) == ["sft"]
+
+
 def test_paper_defaults_for_the_decision_rule():
     """Unless a profile says otherwise: wins / total (the paper's Section 5) and the strict "exceeds"."""
     cfg = mf.RunConfig(fidelities=[{"role": "g1", "cost": 1.0}])
@@ -436,15 +444,18 @@ def _traces_params(**change):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"baselines": ["vanilla(m=3)", "stf"]}, r"^02.yaml: parameter 'baselines': Value error, unknown baseline 'stf' "
-                                             r"\(did you mean 'sft'\?\); known: vanilla\(m=1\)"),
-    ({"baselines": ["vanilla(m=4)"]}, r"parameter 'baselines': .*unknown baseline 'vanilla\(m=4\)'"),
+    ({"baselines": ["vanilla-m3", "stf"]}, r"^02.yaml: parameter 'baselines': Value error, unknown baseline 'stf' "
+                                             r"\(did you mean 'sft'\?\); known: vanilla-m1"),
+    ({"baselines": ["vanilla-m4"]}, r"parameter 'baselines': .*unknown baseline 'vanilla-m4'"),
     ({"baselines": ["sft", "sft"]}, r"parameter 'baselines': .*\['sft'\] listed more than once"),
     ({"trace_seeds": [0, 1, 1]}, r"parameter 'trace_seeds': .*seed\(s\) \[1\] listed more than once"),
     ({"tie_convention": "ties_half"}, r"parameter 'tie_convention': Input should be 'wins_over_total' or 'half'"),
     ({"gamma_rule": ">"}, r"parameter 'gamma_rule': Input should be 'exceeds' or 'at_least'"),
     ({"fixed_ladder_iterations": [1]}, r"parameter 'fixed_ladder_iterations': .*expected 2 iteration counts"),
     ({"batch_sizes": [512, 512]}, r"parameter 'batch_sizes': .*each batch size may appear once"),
+    ({"baseline_batch_sizes": {"vanila-m1": [512]}}, r"parameter 'baseline_batch_sizes': .*'vanila-m1' is not "
+                                                     r"in baselines \(did you mean 'vanilla-m1'\?\)"),
+    ({"baseline_batch_sizes": {"sft": [256]}}, r"parameter 'baseline_batch_sizes': .*batch sizes \[256\] are not"),
 ])
 def test_bad_notebook_02_parameters_name_the_field(change, message):
     with pytest.raises(ParamsError, match=message) as err:

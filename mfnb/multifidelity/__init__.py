@@ -22,14 +22,14 @@ Files, one idea each (read :mod:`~mfnb.multifidelity.algorithm` beside the paper
 Every public name is importable from ``mfnb.multifidelity`` (``from mfnb import multifidelity as mf``).
 """
 from mfnb.multifidelity.algorithm import (GAMMA_RULES, decide, passes_gamma, run_fixed_ladder, run_multifidelity,
-                                          run_sft_replay, run_vanilla, vanilla_needs_one_batch)
+                                          run_sft_replay, run_vanilla, vanilla_incremental_batch)
 from mfnb.multifidelity.backend import Backend, PolicyBackend, Prompts
 from mfnb.multifidelity.judging import judge_pairs
 from mfnb.multifidelity.ledger import LEDGER_COLUMNS, PHASES, ledger_frame, ledger_row, ledger_summary, paper_lambda
 from mfnb.multifidelity.params import (AlgorithmParams, Fidelity, RunConfig, TracesParams, baseline_names,
-                                       check_experts)
+                                       check_experts, vanilla_fidelity, vanilla_name)
 from mfnb.multifidelity.plots import plot_cost_quality, plot_spend_to_match, plot_traces
-from mfnb.multifidelity.report import (PAPER_FIDELITIES, convention_evidence, convention_lines, decision_summary,
+from mfnb.multifidelity.report import (PAPER_FIDELITIES, budget_table, convention_evidence, convention_lines, decision_summary,
                                        decision_table, departures, fidelity_gaps, iterations_table, paper_layout,
                                        paper_layout_with_reference, paper_reference_rows, time_shares, trace_rows)
 from mfnb.multifidelity.store import STATE_VERSION, RunResult, RunStore, derive_seed

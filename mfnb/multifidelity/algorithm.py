@@ -23,7 +23,8 @@ fidelity (no update made there yet).  A per-fidelity iteration cap, a total iter
 our additions and are labelled as such wherever they decide.
 
 The baselines are runs of the same machine (own folder, journal and ledger): ``vanilla`` (DPO against one
-expert until a budget is spent, :func:`run_vanilla`), ``ladder`` (the same fidelities with a fixed number of
+expert until a budget is spent, :func:`run_vanilla`; a budget too large for ``max_iters`` batches of B is bought in
+``max_iters`` larger batches, each trained on alone), ``ladder`` (the same fidelities with a fixed number of
 iterations at each and the rest of the budget at the top: no gamma rule, :func:`run_fixed_ladder`) and ``sft``
 (supervised fine-tuning on exactly the expert responses a multi-fidelity run bought, in its order:
 :func:`run_sft_replay`).
@@ -102,8 +103,8 @@ class _Runner:
 
     def __init__(self, *, name: str, mode: str, plan: list[int], config: RunConfig, backend: Backend, judge,
                  prompts: Prompts, folder: Path, shared: Path, budget: float | None = None,
-                 schedule: dict[int, int] | None = None, source: RunResult | None = None, one_batch: bool = False,
-                 progress: bool = True):
+                 schedule: dict[int, int] | None = None, source: RunResult | None = None,
+                 incremental_batch: int | None = None, progress: bool = True):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         check_experts(config, backend.roles)
@@ -119,7 +120,7 @@ class _Runner:
         self.budget = budget
         self.schedule = schedule or {}
         self.source = source
-        self.one_batch = one_batch
+        self.incremental_batch = incremental_batch  # a vanilla run in large batches, each trained on alone
         self.progress = progress
         self.val = list(prompts.validation[: config.n_validation])
         if mode == "sft":
@@ -134,8 +135,8 @@ class _Runner:
                  "judge": getattr(self.judge, "identity", lambda: {})()}
         if self.schedule:
             ident["schedule"] = {str(m): k for m, k in sorted(self.schedule.items())}
-        if self.one_batch:
-            ident["one_batch"] = True
+        if self.incremental_batch:
+            ident["incremental_batch"] = self.incremental_batch
         if self.source is not None:
             ident["source"] = {"folder": str(self.source.folder),
                                "iterations": [[it["t"], it["fidelity"], it["n_t"]] for it in self.replay]}
@@ -229,15 +230,15 @@ class _Runner:
         return None
 
     def _batch_size(self, state: dict, m: int) -> int:
-        """B; for a budgeted run the responses its remaining budget still buys (a last partial batch), all of
-        them at once for a one-batch vanilla run; for an SFT replay the size of the replayed batch."""
+        """B; for a budgeted run the responses its remaining budget still buys (a last partial batch), in
+        batches of ``incremental_batch`` for an incremental vanilla run; for an SFT replay the replayed batch."""
         if self.mode == "sft":
             return int(self.replay[state["t"]]["n_t"])
         if self.mode not in ("vanilla", "ladder"):
             return self.config.batch_size
         remaining = self.budget - paper_lambda(state["ledger"])
         affordable = math.floor(remaining / self._fid(m).cost + 1e-9)
-        return int(max(0, affordable if self.one_batch else min(self.config.batch_size, affordable)))
+        return int(max(0, min(self.incremental_batch or self.config.batch_size, affordable)))
 
     # -- one iteration ----------------------------------------------------------------------------
 
@@ -293,9 +294,11 @@ class _Runner:
 
     def _update(self, state: dict, t: int, m: int) -> float:
         """Line 11: DPO on all of D^(m) (expert chosen, student rejected), from theta_{t-1}; an SFT run
-        fine-tunes on all of D^(m)'s expert responses instead."""
+        fine-tunes on all of D^(m)'s expert responses instead; an incremental vanilla run trains on the new
+        batch only."""
         prompts, chosen, rejected = [], [], []
-        for s in state["data"][str(m)]:
+        batches = [t] if self.incremental_batch else state["data"][str(m)]
+        for s in batches:
             batch = self.store.read_journal(f"acquire_t{s:04d}")
             prompts += batch["prompts"]
             chosen += batch["expert"]
@@ -477,29 +480,33 @@ def _check_budget(budget: float) -> float:
     return float(budget)
 
 
-def vanilla_needs_one_batch(config: RunConfig, fidelity: int, budget: float) -> bool:
-    """Whether vanilla(m) buys its whole budget in one batch: when batches of B would take more than
-    ``max_iters`` iterations.  DPO on all of D^(m) after every batch costs a quadratic number of pair
-    passes in the iterations (vanilla(m=1) at the full budget of a 1:4:16 ladder would need dozens), so such a
-    run becomes plain offline DPO: one purchase, one pass over it."""
+def vanilla_incremental_batch(config: RunConfig, fidelity: int, budget: float) -> int | None:
+    """The batch size of vanilla(m) when its budget would need more than ``max_iters`` batches of B, else None.
+
+    DPO on all of D^(m) after every batch costs a number of pair passes quadratic in the iterations
+    (vanilla(m=1) at the full budget of a 1:4:16 ladder would need dozens of batches), so such a run buys its
+    budget in ``max_iters`` equal batches and trains each DPO step, from theta_{t-1}, on the new batch only:
+    every response is used once (linear cost) and the best of the ``max_iters`` looks is still its output."""
     if config.max_iters is None:
-        return False
-    batches = math.ceil(budget / config.fidelities[fidelity - 1].cost / config.batch_size - 1e-9)
-    return batches > config.max_iters
+        return None
+    responses = math.floor(budget / config.fidelities[fidelity - 1].cost + 1e-9)
+    if math.ceil(responses / config.batch_size) <= config.max_iters:
+        return None
+    return math.ceil(responses / config.max_iters)
 
 
 def run_vanilla(config: RunConfig, fidelity: int, budget: float, backend: Backend, judge, prompts: Prompts,
                 folder: str | Path, *, progress: bool = True) -> RunResult:
     """DPO against g^(fidelity) only, buying expert responses until ``budget`` (Lambda) is spent (the
-    last batch may be partial; one batch when :func:`vanilla_needs_one_batch`); the best trained iteration
-    on validation is its output."""
+    last batch may be partial; larger batches, each trained on alone, when :func:`vanilla_incremental_batch`
+    says so); the best trained iteration on validation is its output."""
     if not 1 <= fidelity <= len(config.fidelities):
         raise ValueError(f"fidelity must be in 1..{len(config.fidelities)}, got {fidelity}")
     budget = _check_budget(budget)
     folder = Path(folder)
     return _Runner(name=f"vanilla-m{fidelity}", mode="vanilla", plan=[fidelity], config=config, backend=backend,
                    judge=judge, prompts=prompts, folder=folder / f"vanilla-m{fidelity}", shared=folder / "shared",
-                   budget=budget, one_batch=vanilla_needs_one_batch(config, fidelity, budget),
+                   budget=budget, incremental_batch=vanilla_incremental_batch(config, fidelity, budget),
                    progress=progress).run()
 
 
@@ -513,8 +520,8 @@ def run_fixed_ladder(config: RunConfig, iterations: Sequence[int], budget: float
         raise ValueError(f"parameter 'fixed_ladder_iterations': expected {M - 1} counts >= 0, got {list(iterations)}")
     budget = _check_budget(budget)
     folder = Path(folder)
-    return _Runner(name="ladder", mode="ladder", plan=list(range(1, M + 1)), config=config, backend=backend,
-                   judge=judge, prompts=prompts, folder=folder / "ladder", shared=folder / "shared", budget=budget,
+    return _Runner(name="fixed_ladder", mode="ladder", plan=list(range(1, M + 1)), config=config, backend=backend,
+                   judge=judge, prompts=prompts, folder=folder / "fixed_ladder", shared=folder / "shared", budget=budget,
                    schedule={m: int(k) for m, k in enumerate(iterations, 1)}, progress=progress).run()
 
 

@@ -84,9 +84,20 @@ class RunConfig(AlgorithmParams):
 FULL_BUDGET_BASELINES = ("sft", "fixed_ladder")
 
 
+def vanilla_name(m: int) -> str:
+    """The baseline (and run) name of the paper's vanilla(m = m): ``vanilla-m2``.  No "=" in it, so papermill's
+    parameter inspection can read a list of them."""
+    return f"vanilla-m{m}"
+
+
+def vanilla_fidelity(name: str) -> int | None:
+    """m of a ``vanilla-m<m>`` baseline name, None for another baseline."""
+    return int(name[len("vanilla-m"):]) if name.startswith("vanilla-m") and name[len("vanilla-m"):].isdigit() else None
+
+
 def baseline_names(n_fidelities: int) -> list[str]:
-    """Every baseline notebook 02 knows for M fidelities: vanilla(m=1..M), sft, fixed_ladder."""
-    return [f"vanilla(m={m})" for m in range(1, n_fidelities + 1)] + list(FULL_BUDGET_BASELINES)
+    """Every baseline notebook 02 knows for M fidelities: vanilla-m1..vanilla-mM, sft, fixed_ladder."""
+    return [vanilla_name(m) for m in range(1, n_fidelities + 1)] + list(FULL_BUDGET_BASELINES)
 
 
 class TracesParams(AlgorithmParams):
@@ -96,7 +107,9 @@ class TracesParams(AlgorithmParams):
     world: dict
     batch_sizes: list[int] = Field(min_length=1)
     trace_seeds: list[int] = Field(min_length=1)
-    baselines: list[str] = Field(default_factory=lambda: ["vanilla(m=2)", "vanilla(m=3)"])
+    baselines: list[str] = Field(default_factory=lambda: [vanilla_name(2), vanilla_name(3)])
+    # a baseline run only at some batch sizes (default: at every one); e.g. {"vanilla-m1": [512]}
+    baseline_batch_sizes: dict[str, list[int]] = Field(default_factory=dict)
     fixed_ladder_iterations: list[int] | None = None   # per fidelity below the top; null = mean of the adaptive runs
     n_test: int = Field(default=500, ge=1)
     test_sampling: SamplingParams = SamplingParams(top_p=0.95, top_k=50)
@@ -137,6 +150,19 @@ class TracesParams(AlgorithmParams):
             raise ValueError(f"{twice} listed more than once")
         return values
 
+    @field_validator("baseline_batch_sizes")
+    @classmethod
+    def _restricted_baselines(cls, values: dict[str, list[int]], info: ValidationInfo) -> dict[str, list[int]]:
+        baselines, batches = info.data.get("baselines"), info.data.get("batch_sizes")
+        for name, sizes in values.items():
+            if baselines is not None and name not in baselines:
+                raise ValueError(f"{name!r} is not in baselines{did_you_mean(name, set(baselines))} "
+                                 f"(baselines: {', '.join(baselines)})")
+            if batches is not None and not set(sizes) <= set(batches):
+                raise ValueError(f"{name!r}: batch sizes {sorted(set(sizes) - set(batches))} are not in batch_sizes "
+                                 f"{batches}")
+        return values
+
     @field_validator("fixed_ladder_iterations")
     @classmethod
     def _ladder_counts(cls, values: list[int] | None, info: ValidationInfo) -> list[int] | None:
@@ -147,9 +173,13 @@ class TracesParams(AlgorithmParams):
                              f"top), got {values}")
         return values
 
+    def baselines_at(self, batch_size: int) -> list[str]:
+        """The baselines run at this batch size (``baseline_batch_sizes`` restricts some)."""
+        return [b for b in self.baselines if batch_size in self.baseline_batch_sizes.get(b, [batch_size])]
+
     @property
     def vanilla_fidelities(self) -> list[int]:
-        return [int(b.split("=")[1].rstrip(")")) for b in self.baselines if b.startswith("vanilla(")]
+        return [m for m in map(vanilla_fidelity, self.baselines) if m is not None]
 
     def run_config(self, batch_size: int, seed: int) -> RunConfig:
         fields = {k: v for k, v in self.model_dump().items() if k in AlgorithmParams.model_fields}

@@ -318,11 +318,33 @@ def departures(P, n_student_parameters: float | None, world_costs: dict) -> pd.D
          f"Lambda counts training responses only, for every run; the validation responses behind each run's "
          f"decisions ({P.n_validation} per expert looked at) are added in the 'with validation' columns"),
         ("judge cost", "not priced", f"{P.judge_cost:g} per judgement, separate ledger column, never in Lambda"),
-        ("baselines at equal Lambda", "vanilla(m=2), vanilla(m=3)", ", ".join(P.baselines)),
+        ("baselines at equal Lambda", "vanilla(m=2), vanilla(m=3)",
+         ", ".join(f"{b} (only at B = {', '.join(map(str, P.baseline_batch_sizes[b]))})" if b in P.baseline_batch_sizes
+                   else b for b in P.baselines)),
         ("vanilla(m) selection", "best model under the same budget",
          "spends exactly the budget (last batch partial), keeps its best validation look; a budget that would need "
-         f"more than max_iters = {P.max_iters} batches of B is bought in one batch and trained with one DPO pass "
-         "(DPO on all of D^(m) after every batch costs quadratically many passes: vanilla(m=1) at the full budget)"),
+         f"more than max_iters = {P.max_iters} batches of B is bought in max_iters larger batches and each DPO step "
+         "trains on the new batch only (DPO on all of D^(m) after every batch costs quadratically many passes: "
+         "vanilla(m=1) at the full budget)"),
         ("torch threads", "-", f"{P.torch_threads} (tiny ops: threading overhead dominates on 2 shared cores)"),
     ]
     return pd.DataFrame(rows, columns=["what", "paper", "here"])
+
+
+def budget_table(traces: Sequence[TraceResult]) -> pd.DataFrame:
+    """Per trace and run: Lambda (expert responses bought for training, the paper's), the expert validation
+    responses behind the run's decisions, and Lambda with them; student and judge costs beside."""
+    from mfnb.multifidelity.trace import validation_cost
+
+    rows = []
+    for tr in traces:
+        for run in tr.runs:
+            led = run.ledger
+            val = validation_cost(run, tr.config.n_validation)
+            rows.append({"label": tr.label, "batch_size": tr.batch_size, "trace": tr.trace, "seed": tr.seed,
+                         "run": run.name, "iterations": len(run.iterations), "Lambda": run.expert_cost(),
+                         "validation_expert_cost": val, "Lambda_with_validation": run.expert_cost() + val,
+                         "student_cost": float(led.loc[led["payer"] == "student", "cost"].sum()),
+                         "judge_cost": float(led.loc[led["payer"] == "judge", "cost"].sum()),
+                         "incremental_batch": run.state["identity"].get("incremental_batch")})
+    return pd.DataFrame(rows)

@@ -3,9 +3,9 @@ experts' own gaps on validation, and the test-set comparisons.
 
 Baselines (``baselines`` parameter; each a run of the same machine with its own folder and ledger):
 
-* ``vanilla(m=k)``: DPO against g^(k) only.  For k >= 2 its budget is what the multi-fidelity run spent through
+* ``vanilla-mk`` (the paper's vanilla(m = k)): DPO against g^(k) only.  For k >= 2 its budget is what the multi-fidelity run spent through
   fidelity k and it is compared with the multi-fidelity model at the end of fidelity k (the paper's Table 4);
-  ``vanilla(m=1)`` gets the full budget (through fidelity 1 it would be step 1 itself).
+  ``vanilla-m1`` gets the full budget (through fidelity 1 it would be step 1 itself).
 * ``sft``: SFT on exactly the expert responses the multi-fidelity run bought (same data, same Lambda).
 * ``fixed_ladder``: the same fidelities with a fixed number of iterations at each, the rest of the budget at the
   top (no gamma rule): does the adaptive rule itself matter?
@@ -34,7 +34,7 @@ from mfnb.multifidelity.algorithm import run_fixed_ladder, run_multifidelity, ru
 from mfnb.multifidelity.backend import Backend, Prompts
 from mfnb.multifidelity.judging import counts, judge_pairs, win_freq
 from mfnb.multifidelity.ledger import ledger_frame, ledger_row, paper_lambda
-from mfnb.multifidelity.params import RunConfig, baseline_names
+from mfnb.multifidelity.params import RunConfig, baseline_names, vanilla_fidelity, vanilla_name
 from mfnb.multifidelity.store import RunResult, RunStore, derive_seed
 
 
@@ -62,8 +62,7 @@ class TraceResult:
     @property
     def vanilla(self) -> dict[int, RunResult]:
         """The vanilla baselines by fidelity (the paper's vanilla(m))."""
-        return {int(name.split("=")[1].rstrip(")")): run for name, run in self.baselines.items()
-                if name.startswith("vanilla(")}
+        return {vanilla_fidelity(name): run for name, run in self.baselines.items() if vanilla_fidelity(name)}
 
     @property
     def runs(self) -> list[RunResult]:
@@ -110,8 +109,8 @@ def _cached_responses(path: Path, make) -> list[str]:
 def baseline_budget(name: str, mf: RunResult) -> tuple[float, int | None]:
     """(Lambda, fidelity m whose end the multi-fidelity model is compared at, None for the chosen model)."""
     M = len(mf.config.fidelities)
-    if name.startswith("vanilla("):
-        m = int(name.split("=")[1].rstrip(")"))
+    m = vanilla_fidelity(name)
+    if m is not None:
         if 1 < m < M:
             return mf.expert_cost(through_fidelity=m), m
     return mf.expert_cost(), None
@@ -133,8 +132,8 @@ def run_baseline(name: str, config: RunConfig, mf: RunResult, backend: Backend, 
     budget, m_end = baseline_budget(name, mf)
     if m_end is not None and m_end not in mf.exits:
         return None, f"{name} skipped: the multi-fidelity run ended before finishing fidelity {m_end}"
-    if name.startswith("vanilla("):
-        m = int(name.split("=")[1].rstrip(")"))
+    m = vanilla_fidelity(name)
+    if m is not None:
         if budget < config.fidelities[m - 1].cost:
             return None, (f"{name} skipped: the multi-fidelity run spent Lambda = {budget:g}, less than one "
                           f"g^({m}) response")
@@ -155,7 +154,7 @@ def run_baseline(name: str, config: RunConfig, mf: RunResult, backend: Backend, 
 
 
 def run_trace(config: RunConfig, backend: Backend, judge, prompts: Prompts, root: str | Path, *,
-              baselines: Sequence[str] = ("vanilla(m=2)", "vanilla(m=3)"),
+              baselines: Sequence[str] = (vanilla_name(2), vanilla_name(3)),
               ladder_iterations: Sequence[int] | None = None, n_test: int = 500,
               test_sampling: SamplingParams | None = None, label: str | None = None, trace: int = 1,
               progress: bool = True) -> TraceResult:
@@ -305,7 +304,7 @@ class _Tester:
                    "candidate_Lambda_with_validation": mf.expert_cost(through_fidelity=m_end)
                    + validation_cost(mf, self.config.n_validation, m_end),
                    "baseline_Lambda_with_validation": run.expert_cost() + validation_cost(run, self.config.n_validation),
-                   "baseline_one_batch": bool(run.state["identity"].get("one_batch", False)),
+                   "baseline_incremental_batch": run.state["identity"].get("incremental_batch"),
                    "mf_skipped": ", ".join(f"g^({m})" for m in upto),
                    **judged}
             top_rows.append(self.vs_top(run, base_t, f"{name} (chosen)"))

@@ -16,9 +16,10 @@ import pandas as pd
 
 from mfnb import stats
 from mfnb.formatting import fmt, fmt_interval, round_half_up
+from mfnb.multifidelity.params import vanilla_name
 from mfnb.multifidelity.trace import TraceResult
 
-PAPER_BASELINES = ("vanilla(m=2)", "vanilla(m=3)")
+PAPER_BASELINES = (vanilla_name(2), vanilla_name(3))  # the paper's vanilla(m=2), vanilla(m=3)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -37,7 +38,8 @@ def table4(traces: Sequence[TraceResult]) -> pd.DataFrame:
         return pd.DataFrame()
     out = pd.concat(frames, ignore_index=True)
     ref = reference.load("mf_table4")
-    ref_map = {(str(r.sample_size), r.baseline): r.win_rate for r in ref.itertuples()}
+    ref_map = {(str(r.sample_size), vanilla_name(int(r.baseline.split("=")[1].rstrip(")")))): r.win_rate
+               for r in ref.itertuples()}  # the paper's "vanilla(m=2)" is our vanilla-m2
     out["paper_sample_size"] = [f"{b}" if k == 1 else f"{b}-{k}" for b, k in zip(out["batch_size"], out["trace"])]
     out["paper_wins_over_total (reference)"] = [ref_map.get((s, b), math.nan)
                                                 for s, b in zip(out["paper_sample_size"], out["baseline"])]
@@ -49,7 +51,7 @@ def table4(traces: Sequence[TraceResult]) -> pd.DataFrame:
             "win_rate", "win_rate_exact_low", "win_rate_exact_high", "win_rate_bernstein_low",
             "win_rate_bernstein_high", "radius",
             "wins_over_total", "wins_over_total_exact_low", "wins_over_total_exact_high",
-            "paper_wins_over_total (reference)", "candidate_vs_top", "baseline_vs_top", "baseline_one_batch",
+            "paper_wins_over_total (reference)", "candidate_vs_top", "baseline_vs_top", "baseline_incremental_batch",
             "mf_skipped", "flag"]
     return out[cols]
 
@@ -160,7 +162,7 @@ def spend_ratio_table(traces: Sequence[TraceResult]) -> pd.DataFrame:
     rows = []
     for tr in traces:
         M = len(tr.config.fidelities)
-        name = f"vanilla(m={M})"
+        name = vanilla_name(M)
         top = tr.vs_top
         if name not in tr.baselines or not len(top):
             continue
