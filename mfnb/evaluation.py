@@ -127,8 +127,8 @@ def ladder_statement(table: pd.DataFrame, delta: float) -> list[str]:
     level = fmt(1 - delta, 0, percent=True)
     lines = []
     for r in table.itertuples():
-        verdict = ("clearly better (exact interval above 0.5)" if r.exact_low > 0.5 else
-                   "better on average, but not resolved at this n" if r.win_rate > 0.5 else
+        verdict = ("Clearly better (exact interval above 0.5)" if r.exact_low > 0.5 else
+                   "Better on average, but not resolved at this n" if r.win_rate > 0.5 else
                    "NOT better (exact interval below 0.5)" if r.exact_high < 0.5 else "NOT better on average")
         ref = table.loc[r.Index, "paper_wins_over_total (reference)"]
         lines.append(f"- **{r.candidate} over {r.baseline}**: WinFreq {fmt(r.win_rate)} ({level} exact interval "

@@ -76,8 +76,8 @@ def plot_winrates(df, label: str = "label", value: str = "win_rate", low: str | 
     ax.set_ylabel("")
     if title:
         ax.set_title(title)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize="small")
+    if ax.get_legend_handles_labels()[0]:  # beside the axes: never over a point
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", frameon=False)
     return fig
 
 

@@ -95,9 +95,9 @@ def paper_decision_lines(decisions: pd.DataFrame, n: int, delta: float) -> list[
 
 def convention_threshold_line(gamma: float, tie_rates) -> str:
     """gamma on WinFreq against gamma on wins / total: with tie rate t, WinFreq = P(win) + t/2."""
-    parts = [f"tie rate {fmt(t, 2)}: P(win) {fmt(gamma - t / 2)}" for t in sorted(set(tie_rates)) if t > 0]
+    parts = [f"P(win) = {fmt(gamma - t / 2, 2)} at tie rate {fmt(t, 2)}" for t in sorted(set(tie_rates)) if t > 0]
     return ("- The two conventions put gamma in different places: WinFreq = P(win) + ties/2, so WinFreq = "
-            f"{fmt(gamma, 2)} means " + (", ".join(parts) if parts else "the same P(win) without ties")
+            f"{fmt(gamma, 2)} is reached with " + (" and ".join(parts) if parts else "the same P(win) without ties")
             + f", while wins / total = {fmt(gamma, 2)} needs P(win) = {fmt(gamma, 2)} whatever the ties.")
 
 

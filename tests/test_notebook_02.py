@@ -98,3 +98,18 @@ def test_plain_papermill_with_bad_input_stops_at_the_parameter_check(tmp_path, m
     assert err.value.ename == "ParamsError" and message in err.value.evalue
     assert "from_namespace" in err.value.source  # the first cell after the imports: nothing ran
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("baselines", "[vanilla-m3, stf]", "parameter 'baselines': Value error, unknown baseline 'stf' (did you mean 'sft'?)"),
+    ("trace_seeds", "[0, 1, 1]", "parameter 'trace_seeds': Value error, seed(s) [1] listed more than once"),
+    ("tie_convention", "wins", "parameter 'tie_convention': Input should be 'wins_over_total' or 'half'"),
+])
+def test_python_m_mfnb_run_refuses_bad_input_naming_the_field(tmp_path, monkeypatch, capsys, key, value, message):
+    from mfnb import cli
+
+    monkeypatch.setenv("MFNB_RESULTS", str(tmp_path / "results"))
+    status = cli.main(["run", "02", "-p", key, value])
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and "nothing was run." in err and "Traceback" not in err
+    assert not (tmp_path / "results").exists()
