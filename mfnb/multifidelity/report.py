@@ -167,13 +167,13 @@ def decision_table(traces: Sequence[TraceResult]) -> pd.DataFrame:
             delta_norm = r["delta_norm"] if r["kind"] == "train" else None
             if delta_norm is not None and isinstance(delta_norm, float) and math.isnan(delta_norm):
                 delta_norm = None
+            if r["kind"] == "train":  # the runner counts the iteration before its look
+                iters[m] = iters.get(m, 0) + 1
             other_action, other_reason = decide(other_value, prev=prev_other.get(m), final=final, gamma=c.gamma,
                                                 delta_norm=delta_norm, epsilon=c.epsilon,
                                                 iters_here=iters.get(m, 0), cap_here=c.max_iters_per_fidelity,
                                                 gamma_rule=c.gamma_rule)
             prev_other[m] = other_value
-            if r["kind"] == "train":
-                iters[m] = iters.get(m, 0) + 1
             flag = ("" if supported is pd.NA else "supported" if supported else
                     "NOT statistically supported (gamma inside the exact interval)" if test != "value vs previous look"
                     else "NOT statistically supported (within the radius)")

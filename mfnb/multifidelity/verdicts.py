@@ -90,6 +90,7 @@ def table4_summary(traces: Sequence[TraceResult], t4: pd.DataFrame, delta: float
             if conv == "half":
                 row.update(interval=iv["method"], df=iv["df"])
         row["verdict"] = stats.verdict(row["win_rate_low"], row["win_rate_high"])
+        row["identical_models"] = bool((sub["ties"] == sub["n"]).all())  # every test pair a tie: same responses
         row["seed_verdicts"] = ", ".join(stats.verdict(lo, hi).replace("multi-fidelity ", "")
                                          for lo, hi in zip(sub["win_rate_exact_low"], sub["win_rate_exact_high"]))
         row["seeds_mf_skipped"] = int((sub["mf_skipped"].astype(str).str.len() > 0).sum())
@@ -139,7 +140,10 @@ def verdict_lines(summary: pd.DataFrame, delta: float) -> list[str]:
                      f"prompts ({level}); wins / total {fmt(r['wins_over_total'])} "
                      f"{fmt_interval(r['wins_over_total_low'], r['wins_over_total_high'])}"
                      + (f", paper {fmt(paper)} (reference, wins / total)" if pd.notna(paper) else "")
-                     + f" -> **{r['verdict']}**{skip}.")
+                     + f" -> **{r['verdict']}**{skip}."
+                     + (" Every test pair was a tie in every seed: the two runs ended with the same model (with the "
+                        "same seeds, the fixed schedule made exactly the adaptive run's choices)."
+                        if r["identical_models"] else ""))
     o = overall_verdict(summary)
     lines.append("")
     lines.append(f"**Overall:** of {o['comparisons']} comparisons at equal Lambda, multi-fidelity is better in "
@@ -179,7 +183,8 @@ def spend_ratio_table(traces: Sequence[TraceResult]) -> pd.DataFrame:
                      "mf_first_reaching": hit["candidate"].iloc[0] if len(hit) else "not reached",
                      "mf_first_reaching_win_rate_vs_top": float(hit["win_rate"].iloc[0]) if len(hit) else math.nan,
                      "mf_spend_to_match": spend, "spend_ratio": spend / van_spend if van_spend > 0 else math.nan,
-                     "mf_final_win_rate_vs_top": float(tr.test["candidate_vs_top"].iloc[0]) if len(tr.test) else math.nan})
+                     "mf_final_win_rate_vs_top": float(its.loc[its["t"] == tr.mf.best["t"], "win_rate"].iloc[0])
+                     if tr.mf.best is not None and (its["t"] == tr.mf.best["t"]).any() else math.nan})
     return pd.DataFrame(rows)
 
 
@@ -214,6 +219,9 @@ def spend_ratio_lines(summary: pd.DataFrame, delta: float) -> list[str]:
                             if r.low <= 1 else " (entirely above 1)") + ".")
         else:
             lines.append(f"- {where}: ratio {fmt(r.mean)} from one seed (no interval).")
+    lines.append("- Caution: the first crossing compares point estimates, each with its own test noise, and takes the "
+                 "earliest of several iterates, so it leans early; the interval covers the spread over seeds, not that "
+                 "selection. Table 4's head-to-head comparison of the final models carries no such selection.")
     return lines
 
 
@@ -232,3 +240,28 @@ def ladder_schedule(mf_runs: Sequence, fixed: Sequence[int] | None = None) -> li
         counts = [int(((run.history["fidelity"] == m) & (run.history["kind"] == "train")).sum()) for run in mf_runs]
         per.append(int(round_half_up(float(np.mean(counts)), 0)))
     return per
+
+
+def final_vs_top(traces: Sequence[TraceResult]) -> pd.DataFrame:
+    """Every run's output model on one scale: test WinFreq (and wins / total) against the top expert, mean,
+    seed spread and range over the seeds at each B."""
+    rows = []
+    for tr in traces:
+        top = tr.vs_top
+        if not len(top):
+            continue
+        best = tr.mf.best["t"] if tr.mf.best is not None else None
+        mine = top[(top["what"] == "multi-fidelity iterate") & (top["t"] == best)]
+        for what, sub in [("multi-fidelity (chosen)", mine),
+                          *[(w, top[top["what"] == w]) for w in top["what"].unique() if w.endswith("(chosen)")]]:
+            if len(sub):
+                rows.append({"batch_size": tr.batch_size, "seed": tr.seed, "run": what.replace(" (chosen)", ""),
+                             "Lambda_at_model": float(sub["Lambda"].iloc[0]), "win_rate": float(sub["win_rate"].iloc[0]),
+                             "wins_over_total": float(sub["wins_over_total"].iloc[0])})
+    frame = pd.DataFrame(rows)
+    if not len(frame):
+        return frame
+    return frame.groupby(["batch_size", "run"], sort=False).agg(
+        seeds=("seed", "size"), Lambda_at_model=("Lambda_at_model", "mean"), win_rate=("win_rate", "mean"),
+        win_rate_seed_sd=("win_rate", "std"), win_rate_min=("win_rate", "min"), win_rate_max=("win_rate", "max"),
+        wins_over_total=("wins_over_total", "mean")).reset_index()
