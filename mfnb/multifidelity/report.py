@@ -295,8 +295,12 @@ def departures(P, n_student_parameters: float | None, world_costs: dict) -> pd.D
     ref = {"base": "the initial student (adapter disabled), fixed for every update",
            "previous": "theta_{t-1}, the policy as each update starts"}[P.dpo.reference]
     rows = [
-        ("win rate compared with gamma", "wins / total pairs (Section 5: how its reported win rates are computed)",
-         f"{conv} (`tie_convention: {P.tie_convention}`)"),
+        ("win rate compared with gamma", "wins / total pairs (Section 5: how its reported win rates are computed; "
+         "Section 2 defines WinFreq with ties 1/2)",
+         f"{conv} (`tie_convention: {P.tie_convention}`)" + (
+             ": where ties dominate and the top expert is never beaten outright, wins / total could not pass gamma at "
+             "the last fidelity; the measured tie share and best wins / total are printed with the decisions below"
+             if P.tie_convention == "half" else "")),
         ("gamma rule", "move on when the win rate exceeds gamma (strict)",
          {"exceeds": "exceeds (strict, as the paper)", "at_least": "reaches or exceeds (>=)"}[P.gamma_rule]
          + f" (`gamma_rule: {P.gamma_rule}`)"),
