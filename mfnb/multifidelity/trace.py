@@ -182,10 +182,21 @@ def run_trace(config: RunConfig, backend: Backend, judge, prompts: Prompts, root
                      extra)
     test, outcomes, vs_top = tester.compare(mf, runs)
     timings["test"] = time.perf_counter() - start
+    # the first computation's timings are kept: a rerun that only re-reads cached responses reports them again
+    timings = _recorded(folder / "trace_timings.json", baselines, timings)
     tag = {"label": label, "batch_size": config.batch_size, "trace": trace, "seed": config.seed}
     test, outcomes, vs_top = (f.assign(**tag) if len(f) else f for f in (test, outcomes, vs_top))
     return TraceResult(label, config.batch_size, trace, config, folder, mf, runs, test, outcomes, vs_top,
                        expert_pairs, extra, notes, timings)
+
+
+def _recorded(path: Path, baselines: Sequence[str], timings: dict[str, float]) -> dict[str, float]:
+    key = ",".join(sorted(baselines))
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    if key not in saved:
+        saved[key] = timings
+        write_json(path, saved)
+    return dict(saved[key])
 
 
 def _expert_pairs(config, backend, judge, prompts, folder, mf: RunResult, ledger: list[dict]) -> pd.DataFrame:
