@@ -1,4 +1,5 @@
-"""Win-rate statistics: WinFreq, confidence intervals and sequences, sample-size planning, Theorem 5.
+"""Win-rate statistics: WinFreq and wins / total, confidence intervals and sequences, intervals over seeds and
+prompts, sample-size planning, Theorem 5.
 
 The multi-fidelity paper decides "upgrade to the next fidelity" by comparing WinFreq (Section 2, ties
 count 1/2) with a threshold gamma on n = 200 validation prompts, and justifies it with Lemma 1: with
@@ -9,7 +10,9 @@ needs, the closed-form bias of a noisy judge and the O(.) content of Theorem 5 (
 
 Conventions: outcomes are judgements of "first model vs second model" valued 1 (win), 0.5 (tie),
 0 (lose); failed judgements (``None``, ``-1``, NaN, "failed") are dropped and counted, never scored
-as losses.  Every interval is for the mean of a [0, 1]-valued outcome and is clipped to [0, 1].
+as losses.  Every interval is for the mean of a [0, 1]-valued outcome and is clipped to [0, 1].  The paper's
+Section 5 reports wins / total instead (a tie counts 0): ``win_rate_from_counts`` and ``convention_interval``
+compute either convention from counts, with each one's exact interval.
 
 A note on constants.  Hoeffding's inequality for n i.i.d. variables in [0, 1] gives
 ``P(|mean - mu| >= eps) <= 2 exp(-2 n eps^2)``, i.e. radius ``sqrt(log(2/delta) / (2 n))``.  The
@@ -18,7 +21,7 @@ paper's proof writes ``2 exp(-n eps^2)``: still true, but a factor sqrt(2) loose
 ``sqrt(2 log(2/delta)/n)``.  ``hoeffding_radius`` returns the paper's values by default and the
 standard ones with ``tight=True``.
 
-One module although it is ~750 lines: it holds no algorithm, storage or report, only small independent
+One module although it is ~900 lines: it holds no algorithm, storage or report, only small independent
 formulas and their vectorised simulations, all under the conventions above; splitting it would scatter them.
 """
 from __future__ import annotations
