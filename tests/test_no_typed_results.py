@@ -32,7 +32,7 @@ _CODE = re.compile(r"`[^`\n]+`")
 _HEADING = re.compile(r"^(#+\s+)[0-9]+[a-z]?(?:\.[0-9]+)*\b", re.M)
 _LIST = re.compile(r"^(\s*)[0-9]+\.(?=\s)", re.M)
 _CITATION = re.compile(r"\b(?:Tables?|Figures?|Fig\.|Eqs?\.|Equations?|Sections?|Lemmas?|Theorems?|Algorithms?|"
-                       r"Assumptions?|Appendix)\s+[0-9A-Z]+(?:\s*(?:[-–,]|and)\s*[0-9]+)*"
+                       r"Assumptions?|Appendix)\s+[0-9A-Z]+(?:\s*(?:[-–,/]|and)\s*[0-9]+)*"
                        r"|\b[A-Z][A-Za-z-]+(?:\s+et al\.)?,?\s+(?:19|20)[0-9]{2}\b")
 _TOKEN = re.compile(r"[^\s=()\[\]{},;:!?/<>*\"'’“”|+~^&]+")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*[A-Za-z0-9]?$|^[0-9]+(?:\.[0-9]+)?[A-Za-z]{1,2}$")
@@ -54,7 +54,7 @@ def typed_numbers(markdown: str) -> list[str]:
 
 
 def test_the_check_itself():
-    allowed = ("## 2b · Repeated checks\n1. radius of Lemma 1 ($\\sqrt{\\log(2/\\delta)/n}$), Tables 2-3, Eqs. 2-3\n"
+    allowed = ("## 2b · Repeated checks\n1. radius of Lemma 1 ($\\sqrt{\\log(2/\\delta)/n}$), Tables 2-3, Eqs. 2-3, Eqs. 6/9\n"
                "`n_reps = 4000` judged by GPT-4o on Llama3-8B and Qwen2-7B (7B models), g1 < g2, Table 4, Section 5, "
                "Maurer & Pontil 2009, Howard et al. 2021")
     assert typed_numbers(allowed) == []
