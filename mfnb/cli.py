@@ -176,9 +176,38 @@ def execute(notebook: Path, out: Path, parameters: dict[str, Any], *, cwd: Path,
             raise  # SystemExit and the like: not a failed run
         status = 130 if isinstance(err, KeyboardInterrupt) else 1
         raise RunFailed(redact("\n".join(lines)), status) from None
+    tidy_executed(running, root=cwd.parent)
     os.replace(running, out)
     failed.unlink(missing_ok=True)
     return out
+
+
+RUN_TIMES = ("start_time", "end_time", "duration")
+
+
+def tidy_executed(path: Path, root: Path) -> None:
+    """Drop what changes on every run although the results do not: the kernel's and papermill's
+    timestamps and durations, and absolute paths (written relative to ``root``). A rerun with unchanged
+    numbers then rewrites the executed notebook byte for byte (the run's time is printed by the CLI)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    meta = nb.metadata.get("papermill", {})
+    for key in RUN_TIMES:
+        meta.pop(key, None)
+    for key in ("input_path", "output_path"):
+        if meta.get(key) and Path(meta[key]).is_absolute():
+            try:
+                meta[key] = Path(meta[key]).resolve().relative_to(root.resolve()).as_posix()
+            except ValueError:
+                meta[key] = Path(meta[key]).name
+    if meta.get("output_path", "").endswith(".running.ipynb"):
+        meta["output_path"] = meta["output_path"].removesuffix(".running.ipynb") + ".ipynb"
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        for key in RUN_TIMES:
+            cell.metadata.get("papermill", {}).pop(key, None)
+    nbformat.write(nb, path)
 
 
 def _what_failed(name: str, err: BaseException) -> str:

@@ -303,3 +303,28 @@ def test_an_api_key_echoed_by_the_endpoint_never_reaches_the_notebook(tmp_path, 
     executed = (tmp_path / "out.failed.ipynb").read_text()
     assert "Incorrect API key provided: Bearer ***" in executed and KEY not in executed
     assert KEY not in json.dumps(nbformat.read(tmp_path / "out.failed.ipynb", as_version=4))
+
+
+def test_executed_notebooks_carry_no_run_times_or_absolute_paths(tmp_path):
+    import nbformat
+
+    from mfnb.cli import tidy_executed
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("1 + 1")
+    cell.metadata.update(execution={"iopub.status.busy": "2026-12-02T14:50:52Z"},
+                         papermill={"duration": 0.9, "start_time": "x", "end_time": "y", "status": "completed"})
+    nb.cells.append(cell)
+    nb.metadata["papermill"] = {"duration": 10.9, "start_time": "a", "end_time": "b", "parameters": {"gamma": 0.3},
+                                "input_path": str(tmp_path / "notebooks" / "05.ipynb"),
+                                "output_path": str(tmp_path / "results" / "tiny" / "notebooks" / "05.running.ipynb")}
+    path = tmp_path / "run.ipynb"
+    nbformat.write(nb, path)
+    tidy_executed(path, root=tmp_path)
+    first = path.read_bytes()
+    tidy = nbformat.read(path, as_version=4)
+    assert tidy.metadata.papermill == {"parameters": {"gamma": 0.3}, "input_path": "notebooks/05.ipynb",
+                                       "output_path": "results/tiny/notebooks/05.ipynb"}
+    assert dict(tidy.cells[0].metadata) == {"papermill": {"status": "completed"}}
+    tidy_executed(path, root=tmp_path)
+    assert path.read_bytes() == first
