@@ -10,15 +10,17 @@ rejected sequences, padding not counted. The yardstick is a plain fp32 ``torch.m
 model's matmul shapes at this batch's token count, and a square 2048^3) timed in the same process with the
 same threads. Printed, all from one run:
 
-* seconds per step (median over ``--steps`` after a warm-up step), effective FLOP/s, the ratio to the matmul;
+* seconds per step (median over ``--steps`` after a warm-up step), effective FLOP/s, the ratio to the matmul,
+  each by wall time and by this process's CPU time (on a CPU shared with other jobs the wall-time ratio moves
+  with their load; with one thread the CPU-time ratio does not);
 * where a step's wall time goes, from one profiled step (torch.profiler, self CPU time of each op, grouped:
   matmul / linear, attention, optimizer (grad clipping, AdamW, zero_grad), data (batch fetch, collation),
   other torch ops, and the rest outside any torch op: Python in the Trainer, TRL, peft), and the top ops;
 * peak RSS during the DPO update (trainer setup and TRL's tokenisation included) and RSS before it;
 * with ``--world-build [CMD]``: the peak RSS of a world build in a fresh process (default: the smol world).
 
-    python benchmarks/bench_smol_dpo.py                       # batch 4, 3 timed steps (~2-4 min on 2 shared cores)
-    python benchmarks/bench_smol_dpo.py --threads 1 --bf16    # levers: threads, bf16 autocast (native bf16 only)
+    python benchmarks/bench_smol_dpo.py                       # batch 4, 3 timed steps, 1 thread (~5 min, 2 shared cores)
+    python benchmarks/bench_smol_dpo.py --threads 2 --bf16    # levers: threads, bf16 autocast (native bf16 only)
     python benchmarks/bench_smol_dpo.py --steps 0 --world-build   # only the world build's peak memory
 """
 from __future__ import annotations
@@ -39,22 +41,24 @@ from peak_memory import current_peak, current_rss, peak_rss_of_command, reset_pe
 
 GOAL = 0.5
 WORLD_BUILD = "from mfnb.worlds import make_world; make_world({'kind': 'smol'}).build()"
-GROUPS = ("matmul / linear", "attention", "optimizer", "data (fetch, collation)", "other torch ops",
+LM_HEAD = "LM-head log-probs, non-matmul"
+GROUPS = ("matmul / linear", "attention", LM_HEAD, "optimizer", "data (fetch, collation)", "other torch ops",
           "outside torch ops (Python)")
 
 
-def matmul_flops(m: int, k: int, n: int, dtype=torch.float32, seconds: float = 1.0) -> float:
-    """Best FLOP/s of ``(m x k) @ (k x n)`` over repeats filling about ``seconds`` (after a warm-up call)."""
+def matmul_flops(m: int, k: int, n: int, dtype=torch.float32, seconds: float = 1.0) -> tuple[float, float]:
+    """Best FLOP/s of ``(m x k) @ (k x n)`` over repeats filling about ``seconds`` (after a warm-up call), by wall
+    time and by this process's CPU time."""
     a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
     out = torch.empty(m, n, dtype=dtype)
     torch.mm(a, b, out=out)
-    best, spent = float("inf"), 0.0
+    best, best_cpu, spent = float("inf"), float("inf"), 0.0
     while spent < seconds:
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         torch.mm(a, b, out=out)
-        took = time.perf_counter() - start
-        best, spent = min(best, took), spent + took
-    return 2 * m * k * n / best
+        took, took_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        best, best_cpu, spent = min(best, took), min(best_cpu, max(took_cpu, 1e-9)), spent + took
+    return 2 * m * k * n / best, 2 * m * k * n / best_cpu
 
 
 def preference_rows(model, tokenizer, n_pairs: int, response_tokens: int, seed: int):
@@ -93,7 +97,7 @@ def make_callback(record: dict, profiler=None):
     class Timing(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             record["train_begin"] = time.perf_counter()
-            record["last_end"] = record["train_begin"]
+            record["last_end"], record["last_end_cpu"] = record["train_begin"], time.process_time()
 
         def on_step_begin(self, args, state, control, **kwargs):
             record["step_begin"] = time.perf_counter()
@@ -102,11 +106,12 @@ def make_callback(record: dict, profiler=None):
             record["pre_opt"] = time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            now = time.perf_counter()
-            record["steps"].append({"total": now - record["last_end"], "data": record["step_begin"] - record["last_end"],
+            now, now_cpu = time.perf_counter(), time.process_time()
+            record["steps"].append({"total": now - record["last_end"], "cpu": now_cpu - record["last_end_cpu"],
+                                    "data": record["step_begin"] - record["last_end"],
                                     "forward_backward": record["pre_opt"] - record["step_begin"],
                                     "optimizer": now - record["pre_opt"]})
-            record["last_end"] = now
+            record["last_end"], record["last_end_cpu"] = now, now_cpu
             if profiler is not None:
                 profiler.step()
 
@@ -125,25 +130,30 @@ def run_dpo(model, tokenizer, rows, batch: int, steps: int, *, bf16: bool, profi
     dpo_update(model, tokenizer, data, DPOParams(batch_size=batch, epochs=1, lr=1e-5), seed=0,
                trainer_cls=make_trainer_cls(record),
                trainer_kwargs={"callbacks": [make_callback(record, profiler)]},
-               config_overrides={"bf16": True} if bf16 else None)
+               config_overrides={"bf16": True, "use_cpu": not torch.cuda.is_available()} if bf16 else None)
     record["setup"] = record["train_begin"] - start
     record["wall"] = time.perf_counter() - start
     return record
 
 
 def group_of(event) -> str:
-    """The group an op's self time belongs to: by what encloses it (optimizer, data loading), else by its name."""
+    """The group an op's self time belongs to: by what encloses it (optimizer, data loading, TRL's fused LM head,
+    whose CPU fallback folds full-vocabulary tiles with elementwise torch ops), else by its name."""
     if event.name.startswith("ProfilerStep"):  # the step's own span: its self time is Python outside any op
         return "outside torch ops (Python)"
+    in_lm_head = False
     parent = event
     while parent is not None:
         name = parent.name
+        in_lm_head = in_lm_head or name.startswith("ChunkedLogProbFunction")
         if name.startswith(("Optimizer.step", "Optimizer.zero_grad")):
             return "optimizer"
         if name.startswith("enumerate(DataLoader)"):
             return "data (fetch, collation)"
         parent = parent.cpu_parent
     name = event.name.lower()
+    if in_lm_head and not name.startswith(("aten::mm", "aten::addmm")):
+        return LM_HEAD
     if name.startswith("aten::_foreach") or "clip_grad" in name:
         return "optimizer"
     if any(k in name for k in ("attention", "sdpa", "_flash", "softmax_backward", "aten::_softmax", "aten::softmax")):
@@ -181,7 +191,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="preference pairs per step (2x sequences)")
     ap.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step); 0: no DPO run")
     ap.add_argument("--response-tokens", type=int, default=96, help="at most this many tokens per sampled response")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a busy CPU; 0: torch's default)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast in the trainer (DPOConfig bf16=True)")
     ap.add_argument("--no-profile", action="store_true", help="skip the profiled step")
     ap.add_argument("--world-build", nargs="?", const=f"{shlex.quote(sys.executable)} -c {shlex.quote(WORLD_BUILD)}",
@@ -241,33 +251,39 @@ def dpo_benchmark(args) -> None:
 
     timed = record["steps"][1:]
     tokens, padded = record["tokens"][1:], record["padded"][1:]
-    shape = record["shape"]
     m = int(statistics.mean(padded))
     shapes[0] = (m, cfg.hidden_size, cfg.intermediate_size)
     peak_after = {s: matmul_flops(*s) for s in shapes}
-    mm = {s: max(peak_before.get(s, 0), peak_after[s]) for s in shapes}
-    yard_shape = max(mm, key=mm.get)
-    yard = mm[yard_shape]
-    per_step = statistics.median(s["total"] for s in timed)
-    rates = [6 * n_params * t / s["total"] for t, s in zip(tokens, timed)]
-    effective = statistics.median(rates)
-    ratio = effective / yard
+    # the yardstick: the best matmul rate seen (before or after the steps), by wall and by CPU time
+    mm = {s: tuple(max(x) for x in zip(peak_before.get(s, (0.0, 0.0)), peak_after[s])) for s in shapes}
+    yard_shape = max(mm, key=lambda s: mm[s][0])
+    yard_wall, yard_cpu = mm[yard_shape][0], max(v[1] for v in mm.values())
+    effective = statistics.median(6 * n_params * t / s["total"] for t, s in zip(tokens, timed))
+    effective_cpu = statistics.median(6 * n_params * t / s["cpu"] for t, s in zip(tokens, timed))
+    ratio, ratio_cpu = effective / yard_wall, effective_cpu / yard_cpu
+    share = statistics.median(s["cpu"] / s["total"] for s in timed)
 
-    print(f"\nDPO step: {args.batch} pairs = {2 * args.batch} sequences, last batch padded to {shape[1]} tokens; "
-          f"{statistics.mean(tokens):.0f} real tokens per step on average ({statistics.mean(tokens) / statistics.mean(padded):.0%} of "
+    print(f"\nDPO step: {args.batch} pairs = {2 * args.batch} sequences, padded to {m / (2 * args.batch):.0f} tokens "
+          f"on average; {statistics.mean(tokens):.0f} real tokens per step ({statistics.mean(tokens) / m:.0%} of "
           f"the padded batch)")
-    print(f"  seconds per step (median of {len(timed)} after a warm-up step): {per_step:.2f} s "
+    print(f"  seconds per step (median of {len(timed)} after a warm-up step): "
+          f"{statistics.median(s['total'] for s in timed):.2f} s wall "
           f"[data {statistics.median(s['data'] for s in timed):.2f}, forward+backward "
           f"{statistics.median(s['forward_backward'] for s in timed):.2f}, optimizer "
-          f"{statistics.median(s['optimizer'] for s in timed):.2f}]; warm-up step {record['steps'][0]['total']:.2f} s; "
-          f"trainer setup (TRL tokenisation included) {record['setup']:.1f} s")
-    print(f"  effective FLOP/s (6N x real tokens / step time): {effective / 1e9:.1f} GFLOP/s")
+          f"{statistics.median(s['optimizer'] for s in timed):.2f}], {statistics.median(s['cpu'] for s in timed):.2f} s "
+          f"CPU ({share:.0%} of wall x 1 core); warm-up step {record['steps'][0]['total']:.2f} s; trainer setup "
+          f"(TRL tokenisation included) {record['setup']:.1f} s")
     for s in shapes:
-        print(f"  fp32 matmul {s[0]}x{s[1]} @ {s[1]}x{s[2]}, {threads} thread(s): {mm[s] / 1e9:.1f} GFLOP/s")
-    print(f"  RATIO effective / fp32 matmul ({yard_shape[0]}x{yard_shape[1]}x{yard_shape[2]}): {ratio:.2f} "
-          f"(goal >= {GOAL}){'' if ratio >= GOAL else '  BELOW GOAL'}")
-    print(f"  counting padding tokens too: {6 * n_params * statistics.mean(padded) / per_step / 1e9:.1f} GFLOP/s "
-          f"(ratio {6 * n_params * statistics.mean(padded) / per_step / yard:.2f}; the gap is what padding costs)")
+        print(f"  fp32 matmul {s[0]}x{s[1]} @ {s[1]}x{s[2]}, {threads} thread(s): {mm[s][0] / 1e9:.1f} GFLOP/s by wall, "
+              f"{mm[s][1] / 1e9:.1f} by CPU time")
+    print(f"  effective FLOP/s (6N x real tokens / step time): {effective / 1e9:.1f} GFLOP/s by wall, "
+          f"{effective_cpu / 1e9:.1f} by CPU time")
+    print(f"  RATIO effective / fp32 matmul: {ratio:.2f} by wall, {ratio_cpu:.2f} by CPU time (goal >= {GOAL}; "
+          f"on a shared CPU the CPU-time ratio is the steadier one{'' if threads == 1 else ', for 1 thread'})"
+          f"{'' if max(ratio, ratio_cpu) >= GOAL else '  BELOW GOAL'}")
+    print(f"  counting padding tokens too: ratio {ratio * m / statistics.mean(tokens):.2f} by wall, "
+          f"{ratio_cpu * m / statistics.mean(tokens):.2f} by CPU time (the gap is what padding costs)")
+    yard = yard_wall
     print(f"\npeak memory: RSS {rss_before / 2**20:.0f} MiB before the DPO update (model loaded, responses sampled), "
           f"{peak_dpo / 2**20:.0f} MiB peak during it (+{(peak_dpo - rss_before) / 2**20:.0f} MiB)"
           + ("" if exact_peak else " [high-water mark since process start: /proc/self/clear_refs not writable]"))
