@@ -2,7 +2,9 @@
 
 A fresh process, so that nothing this process already holds (an imported torch, a loaded model) is counted
 and nothing it frees is hidden: the child's peak is read by the kernel (``wait4``'s ``ru_maxrss``, which
-covers the child and the descendants it waited for, each counted alone, not summed) when it exits.
+covers the child and the descendants it waited for, each counted alone, not summed) when it exits. Linux
+folds the RSS peak of the process that forked into that figure (``exec`` keeps the old memory's high-water
+mark), so a command is started by a small stdlib-only launcher (this file), never straight from a big process.
 
     python benchmarks/peak_memory.py -- python -c "from mfnb.worlds import make_world; make_world({'kind': 'smol'}).build()"
     MFNB_CACHE=$(mktemp -d) python benchmarks/peak_memory.py -- ...   # a cold build: nothing cached yet
@@ -14,12 +16,14 @@ inside this process (Linux: ``/proc/self/clear_refs``).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import resource
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -41,10 +45,8 @@ class PeakMemory:
         return self.peak_bytes / 2**20
 
 
-def peak_rss_of_command(command: Sequence[str] | str, *, env: dict | None = None, cwd: str | None = None) -> PeakMemory:
-    """Run ``command`` (a list, or a string split like a shell would) to its end; its peak RSS and wall time.
-    Its output goes where this process's goes."""
-    args = shlex.split(command) if isinstance(command, str) else list(command)
+def _run_and_wait(args: list[str], env: dict | None = None, cwd: str | None = None) -> PeakMemory:
+    """The peak as wait4 reports it: right only when this process is small (see the module docstring)."""
     start = time.perf_counter()
     proc = subprocess.Popen(args, env=env, cwd=cwd)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -52,10 +54,24 @@ def peak_rss_of_command(command: Sequence[str] | str, *, env: dict | None = None
     return PeakMemory(usage.ru_maxrss * 1024, time.perf_counter() - start, proc.returncode)  # Linux: KiB
 
 
+def peak_rss_of_command(command: Sequence[str] | str, *, env: dict | None = None, cwd: str | None = None) -> PeakMemory:
+    """Run ``command`` (a list, or a string split like a shell would) to its end through the small launcher;
+    its peak RSS and wall time. Its output goes where this process's goes."""
+    args = shlex.split(command) if isinstance(command, str) else list(command)
+    with tempfile.NamedTemporaryFile("r", suffix=".json", prefix="peak-memory-") as report:
+        launcher = subprocess.run([sys.executable, os.path.abspath(__file__), "--report", report.name, "--", *args],
+                                  env=env, cwd=cwd)
+        text = report.read()
+        if not text:
+            raise RuntimeError(f"the peak-memory launcher failed (exit status {launcher.returncode}) on {shlex.join(args)}")
+        run = json.loads(text)
+    return PeakMemory(run["peak_bytes"], run["seconds"], run["returncode"])
+
+
 def _call_and_measure(fn: Callable, args: tuple, kwargs: dict) -> tuple[Any, int]:
     result = fn(*args, **kwargs)
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-    return result, peak * 1024
+    # VmHWM: this process's own memory since its exec (ru_maxrss would include the spawning parent's peak)
+    return result, max(current_peak(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024)
 
 
 def peak_rss_of_callable(fn: Callable, *args, **kwargs) -> PeakMemory:
@@ -99,12 +115,17 @@ def current_peak() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--report", help=argparse.SUPPRESS)  # launcher mode: write the result as JSON here
     ap.add_argument("command", nargs=argparse.REMAINDER, help="the command to run (after --)")
     args = ap.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         ap.error("no command given: python benchmarks/peak_memory.py -- <command> [args...]")
-    run = peak_rss_of_command(command)
+    run = _run_and_wait(command)  # this process is small: wait4's figure is the command's own
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump({"peak_bytes": run.peak_bytes, "seconds": run.seconds, "returncode": run.returncode}, f)
+        return 0
     print(f"peak RSS {run.peak_mib:.0f} MiB, {run.seconds:.1f} s wall, exit status {run.returncode}: "
           f"{shlex.join(command)}", file=sys.stderr)
     return run.returncode
