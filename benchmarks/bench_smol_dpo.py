@@ -19,7 +19,7 @@ same threads. Printed, all from one run:
 * peak RSS during the DPO update (trainer setup and TRL's tokenisation included) and RSS before it;
 * with ``--world-build [CMD]``: the peak RSS of a world build in a fresh process (default: the smol world).
 
-    python benchmarks/bench_smol_dpo.py                       # batch 4, 3 timed steps, 1 thread (~5 min, 2 shared cores)
+    python benchmarks/bench_smol_dpo.py                       # batch 4, 3 timed steps, 1 thread (~5 min, shared)
     python benchmarks/bench_smol_dpo.py --threads 2 --bf16    # levers: threads, bf16 autocast (native bf16 only)
     python benchmarks/bench_smol_dpo.py --steps 0 --world-build   # only the world build's peak memory
 """
@@ -270,12 +270,13 @@ def dpo_benchmark(args) -> None:
           f"{statistics.median(s['total'] for s in timed):.2f} s wall "
           f"[data {statistics.median(s['data'] for s in timed):.2f}, forward+backward "
           f"{statistics.median(s['forward_backward'] for s in timed):.2f}, optimizer "
-          f"{statistics.median(s['optimizer'] for s in timed):.2f}], {statistics.median(s['cpu'] for s in timed):.2f} s "
+          f"{statistics.median(s['optimizer'] for s in timed):.2f}], "
+          f"{statistics.median(s['cpu'] for s in timed):.2f} s "
           f"CPU ({share:.0%} of wall x 1 core); warm-up step {record['steps'][0]['total']:.2f} s; trainer setup "
           f"(TRL tokenisation included) {record['setup']:.1f} s")
     for s in shapes:
-        print(f"  fp32 matmul {s[0]}x{s[1]} @ {s[1]}x{s[2]}, {threads} thread(s): {mm[s][0] / 1e9:.1f} GFLOP/s by wall, "
-              f"{mm[s][1] / 1e9:.1f} by CPU time")
+        print(f"  fp32 matmul {s[0]}x{s[1]} @ {s[1]}x{s[2]}, {threads} thread(s): {mm[s][0] / 1e9:.1f} GFLOP/s "
+              f"by wall, {mm[s][1] / 1e9:.1f} by CPU time")
     print(f"  effective FLOP/s (6N x real tokens / step time): {effective / 1e9:.1f} GFLOP/s by wall, "
           f"{effective_cpu / 1e9:.1f} by CPU time")
     print(f"  RATIO effective / fp32 matmul: {ratio:.2f} by wall, {ratio_cpu:.2f} by CPU time (goal >= {GOAL}; "

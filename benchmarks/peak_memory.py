@@ -6,7 +6,8 @@ covers the child and the descendants it waited for, each counted alone, not summ
 folds the RSS peak of the process that forked into that figure (``exec`` keeps the old memory's high-water
 mark), so a command is started by a small stdlib-only launcher (this file), never straight from a big process.
 
-    python benchmarks/peak_memory.py -- python -c "from mfnb.worlds import make_world; make_world({'kind': 'smol'}).build()"
+    python benchmarks/peak_memory.py -- python -c \
+        "from mfnb.worlds import make_world; make_world({'kind': 'smol'}).build()"
     MFNB_CACHE=$(mktemp -d) python benchmarks/peak_memory.py -- ...   # a cold build: nothing cached yet
 
 From Python: ``peak_rss_of_command([...])`` or ``peak_rss_of_callable(fn, *args)`` (``fn`` must be importable
@@ -63,7 +64,8 @@ def peak_rss_of_command(command: Sequence[str] | str, *, env: dict | None = None
                                   env=env, cwd=cwd)
         text = report.read()
         if not text:
-            raise RuntimeError(f"the peak-memory launcher failed (exit status {launcher.returncode}) on {shlex.join(args)}")
+            raise RuntimeError(f"the peak-memory launcher failed (exit status {launcher.returncode}) on "
+                               f"{shlex.join(args)}")
         run = json.loads(text)
     return PeakMemory(run["peak_bytes"], run["seconds"], run["returncode"])
 
