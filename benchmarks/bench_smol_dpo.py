@@ -301,7 +301,7 @@ def dpo_benchmark(args) -> None:
         print(f"\nwhere a step goes (one profiled step, {step_wall:.2f} s wall with the profiler on: self time of the "
               f"torch ops in each group and the step's Python time outside any op, as shares of that wall):")
         for g in GROUPS:
-            print(f"  {g:28s} {groups.get(g, 0.0):6.2f} s  {groups.get(g, 0.0) / step_wall:6.1%}")
+            print(f"  {g:30s} {groups.get(g, 0.0):6.2f} s  {groups.get(g, 0.0) / step_wall:6.1%}")
         print(f"  matmuls inside the step ran at {mm_rate / 1e9:.1f} GFLOP/s "
               f"({mm_rate / yard:.2f} of the plain matmul)")
         print("\ntop ops by self CPU time:")
