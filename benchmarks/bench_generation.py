@@ -10,6 +10,8 @@ prefill (our loop: one prefill per distinct prompt; llama.cpp: its prompt cache)
 
     python benchmarks/bench_generation.py                   # 64 prompts x 128 tokens, 2 rounds (~30 min loaded)
     python benchmarks/bench_generation.py --quick           # 16 prompts x 32 tokens, 1 round
+    python benchmarks/bench_generation.py --prompts 64 --new-tokens 48 --batch-sizes 16,32,64 --parallel 1,8,16
+                                                            # ~13 min on 2 loaded cores
     python benchmarks/bench_generation.py --threads 2
 """
 from __future__ import annotations

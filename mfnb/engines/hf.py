@@ -24,10 +24,10 @@ import time
 from typing import Sequence
 
 import torch
-from tqdm.auto import tqdm
 from transformers.cache_utils import Cache, DynamicLayer
 
 from mfnb.engines import Generation, row_seeds
+from mfnb.progress import progress as progress_bar
 
 TOP_P_CANDIDATES = 256
 
@@ -145,7 +145,7 @@ def sample(model, tokenizer, prompts: Sequence[str], sampling, seed: int = 0, *,
     counts: list[int] = [0] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: (len(ids[i]), prompts[i]))  # duplicates side by side
     batches = [order[i:i + sampling.batch_size] for i in range(0, len(order), sampling.batch_size)]
-    for batch in tqdm(batches, desc=desc, disable=not show_progress, leave=False):
+    for batch in progress_bar(batches, desc=desc, disable=not show_progress, leave=False):
         for i, (tokens, n) in zip(batch, _decode_batch(model, [ids[i] for i in batch], [seeds[i] for i in batch],
                                                          sampling, stops, pad, compact)):
             texts[i] = tokenizer.decode(tokens, skip_special_tokens=True).strip()

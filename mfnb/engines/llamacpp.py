@@ -20,9 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from tqdm.auto import tqdm
-
 from mfnb.engines import Generation, row_seeds
+from mfnb.progress import progress as progress_bar
 
 PACKAGE_PIN = "xllamacpp==2026.10.11549"
 
@@ -155,8 +154,8 @@ class LlamaCppEngine:
         call = self.server.complete_http if self.http else self.server.complete
         requests = [completion_request(x, sampling, s) for x, s in zip(ids, seeds)]
         with ThreadPoolExecutor(max_workers=self.server.parallel) as pool:
-            results = list(tqdm(pool.map(call, requests), total=len(requests), desc="llama.cpp",
-                                disable=not show_progress, leave=False))
+            results = list(progress_bar(pool.map(call, requests), total=len(requests), desc="llama.cpp",
+                                         disable=not show_progress, leave=False))
         texts = [r["choices"][0]["text"].strip() for r in results]
         tokens = [int(r["usage"]["completion_tokens"]) for r in results]
         return Generation(texts, tokens, time.perf_counter() - start)

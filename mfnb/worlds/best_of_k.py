@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from tqdm.auto import tqdm
-
 from mfnb import paths
 from mfnb.engines import candidate_seed
+from mfnb.progress import progress as progress_bar
 
 STORE_VERSION = 1
 
@@ -129,8 +128,8 @@ class BestOfK:
         """The first ``k`` samples of each prompt, generating only those not stored yet."""
         have = self.store.get(prompts, k)
         missing = [(p, j) for p in dict.fromkeys(prompts) for j in range(k) if j not in have[p]]
-        bar = tqdm(total=len(missing), desc=f"best-of-{k} samples", disable=not show_progress or not missing,
-                   leave=False)
+        bar = progress_bar(total=len(missing), desc=f"best-of-{k} samples",
+                           disable=not show_progress or not missing, leave=False)
         for i in range(0, len(missing), self.chunk):
             part = missing[i:i + self.chunk]
             texts = [chat_prompt(self.tokenizer, p) if self.use_chat_template else p for p, _ in part]

@@ -1,0 +1,313 @@
+"""One LoRA DPO step on SmolLM2-135M-Instruct: effective FLOP/s against a plain fp32 matmul, where the time
+goes, and peak memory.
+
+The step is :func:`mfnb.dpo.dpo_update` (TRL's DPOTrainer) on a LoRA-wrapped SmolLM2 with the project's
+default :class:`mfnb.models.LoraParams`, on chat-templated verifiable-instruction prompts with two sampled
+responses each (chosen, rejected), ``--batch`` pairs per step. Its useful work is counted as 6N FLOPs per
+token: a policy forward and the backward to the activations (2N + 2N; LoRA needs no gradient of the frozen
+weights) and a reference forward (2N), N the base model's parameters and the tokens those of the chosen and
+rejected sequences, padding not counted. The yardstick is a plain fp32 ``torch.mm`` (the largest of the
+model's matmul shapes at this batch's token count, and a square 2048^3) timed in the same process with the
+same threads. Printed, all from one run:
+
+* seconds per step (median over ``--steps`` after a warm-up step), effective FLOP/s, the ratio to the matmul,
+  each by wall time and by this process's CPU time (on a CPU shared with other jobs the wall-time ratio moves
+  with their load; with one thread the CPU-time ratio does not);
+* where a step's wall time goes, from one profiled step (torch.profiler, self CPU time of each op, grouped:
+  matmul / linear, attention, optimizer (grad clipping, AdamW, zero_grad), data (batch fetch, collation),
+  other torch ops, and the rest outside any torch op: Python in the Trainer, TRL, peft), and the top ops;
+* peak RSS during the DPO update (trainer setup and TRL's tokenisation included) and RSS before it;
+* with ``--world-build [CMD]``: the peak RSS of a world build in a fresh process (default: the smol world).
+
+    python benchmarks/bench_smol_dpo.py                       # batch 4, 3 timed steps, 1 thread (~5 min, shared)
+    python benchmarks/bench_smol_dpo.py --threads 2 --bf16    # levers: threads, bf16 autocast (native bf16 only)
+    python benchmarks/bench_smol_dpo.py --steps 0 --world-build   # only the world build's peak memory
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+import shlex
+import statistics
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from peak_memory import current_peak, current_rss, peak_rss_of_command, reset_peak  # noqa: E402
+
+GOAL = 0.5
+WORLD_BUILD = "from mfnb.worlds import make_world; make_world({'kind': 'smol'}).build()"
+LM_HEAD = "LM-head log-probs, non-matmul"
+GROUPS = ("matmul / linear", "attention", LM_HEAD, "optimizer", "data (fetch, collation)", "other torch ops",
+          "outside torch ops (Python)")
+
+
+def matmul_flops(m: int, k: int, n: int, dtype=torch.float32, seconds: float = 1.0) -> tuple[float, float]:
+    """Best FLOP/s of ``(m x k) @ (k x n)`` over repeats filling about ``seconds`` (after a warm-up call), by wall
+    time and by this process's CPU time."""
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    out = torch.empty(m, n, dtype=dtype)
+    torch.mm(a, b, out=out)
+    best, best_cpu, spent = float("inf"), float("inf"), 0.0
+    while spent < seconds:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        torch.mm(a, b, out=out)
+        took, took_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+        best, best_cpu, spent = min(best, took), min(best_cpu, max(took_cpu, 1e-9)), spent + took
+    return 2 * m * k * n / best, 2 * m * k * n / best_cpu
+
+
+def preference_rows(model, tokenizer, n_pairs: int, response_tokens: int, seed: int):
+    """``n_pairs`` chat-templated verifiable-instruction prompts, each with two responses SmolLM2 sampled."""
+    from mfnb.engines.hf import HFEngine
+    from mfnb.models import SamplingParams
+    from mfnb.worlds.best_of_k import chat_prompt
+    from mfnb.worlds.instructions import InstructionParams, InstructionSet
+
+    tasks = InstructionSet(InstructionParams(n_train=n_pairs, n_validation=0, n_test=0, seed=seed))
+    prompts = [chat_prompt(tokenizer, p) for p in tasks.prompts["train"]]
+    sampling = SamplingParams(max_new_tokens=response_tokens, temperature=0.7, top_p=0.9, batch_size=64)
+    out = HFEngine(model, tokenizer, dtype="float32").generate(prompts + prompts, sampling, seed=seed)
+    return prompts, out.texts[:n_pairs], out.texts[n_pairs:]
+
+
+def make_trainer_cls(record: dict):
+    """DPOTrainer recording each batch's real and padded token counts (the collated [chosen; rejected] batch)."""
+    from trl import DPOTrainer
+
+    class CountingDPOTrainer(DPOTrainer):
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            if model.training:
+                record["tokens"].append(int(inputs["attention_mask"].sum()))
+                record["padded"].append(int(inputs["attention_mask"].numel()))
+                record["shape"] = tuple(inputs["input_ids"].shape)
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+    return CountingDPOTrainer
+
+
+def make_callback(record: dict, profiler=None):
+    """Wall time of each step, end to end (batch fetch included), and of its optimizer part."""
+    from transformers import TrainerCallback
+
+    class Timing(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            record["train_begin"] = time.perf_counter()
+            record["last_end"], record["last_end_cpu"] = record["train_begin"], time.process_time()
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            record["step_begin"] = time.perf_counter()
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            record["pre_opt"] = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now, now_cpu = time.perf_counter(), time.process_time()
+            record["steps"].append({"total": now - record["last_end"], "cpu": now_cpu - record["last_end_cpu"],
+                                    "data": record["step_begin"] - record["last_end"],
+                                    "forward_backward": record["pre_opt"] - record["step_begin"],
+                                    "optimizer": now - record["pre_opt"]})
+            record["last_end"], record["last_end_cpu"] = now, now_cpu
+            if profiler is not None:
+                profiler.step()
+
+    return Timing()
+
+
+def run_dpo(model, tokenizer, rows, batch: int, steps: int, *, bf16: bool, profiler=None) -> dict:
+    """``steps`` DPO steps of ``batch`` pairs through :func:`mfnb.dpo.dpo_update`; timings and token counts."""
+    from mfnb.dpo import DPOParams, dpo_update, preference_dataset
+
+    prompts, chosen, rejected = rows
+    n = batch * steps
+    data = preference_dataset(prompts[:n], chosen[:n], rejected[:n])
+    record = {"tokens": [], "padded": [], "steps": []}
+    start = time.perf_counter()
+    dpo_update(model, tokenizer, data, DPOParams(batch_size=batch, epochs=1, lr=1e-5), seed=0,
+               trainer_cls=make_trainer_cls(record),
+               trainer_kwargs={"callbacks": [make_callback(record, profiler)]},
+               config_overrides={"bf16": True, "use_cpu": not torch.cuda.is_available()} if bf16 else None)
+    record["setup"] = record["train_begin"] - start
+    record["wall"] = time.perf_counter() - start
+    return record
+
+
+def group_of(event) -> str:
+    """The group an op's self time belongs to: by what encloses it (optimizer, data loading, TRL's fused LM head,
+    whose CPU fallback folds full-vocabulary tiles with elementwise torch ops), else by its name."""
+    if event.name.startswith("ProfilerStep"):  # the step's own span: its self time is Python outside any op
+        return "outside torch ops (Python)"
+    in_lm_head = False
+    parent = event
+    while parent is not None:
+        name = parent.name
+        in_lm_head = in_lm_head or name.startswith("ChunkedLogProbFunction")
+        if name.startswith(("Optimizer.step", "Optimizer.zero_grad")):
+            return "optimizer"
+        if name.startswith("enumerate(DataLoader)"):
+            return "data (fetch, collation)"
+        parent = parent.cpu_parent
+    name = event.name.lower()
+    if in_lm_head and not name.startswith(("aten::mm", "aten::addmm")):
+        return LM_HEAD
+    if name.startswith("aten::_foreach") or "clip_grad" in name:
+        return "optimizer"
+    if any(k in name for k in ("attention", "sdpa", "_flash", "softmax_backward", "aten::_softmax", "aten::softmax")):
+        return "attention"
+    if any(k in name for k in ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "aten::baddbmm",
+                               "mkldnn_linear", "mkldnn_matmul")):
+        return "matmul / linear"
+    return "other torch ops"
+
+
+def breakdown(prof) -> tuple[dict[str, float], list[tuple[str, str, float, int]], float]:
+    """Self CPU seconds per group over the profiled step, the top ops, and the matmuls' achieved FLOP/s."""
+    groups: dict[str, float] = defaultdict(float)
+    ops: dict[tuple[str, str], list] = defaultdict(lambda: [0.0, 0])
+    mm_flops, mm_seconds = 0.0, 0.0
+    for e in prof.events():
+        if e.device_type != torch.autograd.DeviceType.CPU:
+            continue
+        seconds = e.self_cpu_time_total / 1e6
+        if seconds <= 0:
+            continue
+        group = group_of(e)
+        groups[group] += seconds
+        ops[e.name, group][0] += seconds
+        ops[e.name, group][1] += 1
+        if group == "matmul / linear" and getattr(e, "flops", 0):
+            mm_flops += e.flops
+            mm_seconds += seconds
+    top = sorted(((name, group, s, c) for (name, group), (s, c) in ops.items()), key=lambda x: -x[2])[:15]
+    return dict(groups), top, (mm_flops / mm_seconds if mm_seconds else float("nan"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=4, help="preference pairs per step (2x sequences)")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps (after one warm-up step); 0: no DPO run")
+    ap.add_argument("--response-tokens", type=int, default=96, help="at most this many tokens per sampled response")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a busy CPU; 0: torch's default)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast in the trainer (DPOConfig bf16=True)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the profiled step")
+    ap.add_argument("--world-build", nargs="?", const=f"{shlex.quote(sys.executable)} -c {shlex.quote(WORLD_BUILD)}",
+                    default=None, metavar="CMD", help="also the peak RSS of a world build in a fresh process "
+                                                     "(default command: build the smol world)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.steps > 0:
+        dpo_benchmark(args)
+    if args.world_build:
+        print(f"\nworld build in a fresh process: {args.world_build}", flush=True)
+        run = peak_rss_of_command(args.world_build)
+        status = "ok" if run.returncode == 0 else f"FAILED (exit status {run.returncode})"
+        print(f"world build: peak RSS {run.peak_mib:.0f} MiB, {run.seconds:.1f} s wall, {status}")
+
+
+def dpo_benchmark(args) -> None:
+    import transformers
+    import trl
+
+    from mfnb.engines.hf import native_bf16
+    from mfnb.models import LoraParams, attach_lora, load_model, load_tokenizer
+    from mfnb.worlds.smollm2 import smollm2_path
+
+    transformers.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    if args.bf16 and not native_bf16():
+        print("note: bf16 is emulated on this CPU (no AVX512-BF16/AMX): expect it slower than fp32")
+    folder = smollm2_path()
+    tokenizer, model = load_tokenizer(folder), load_model(folder, show_progress=False)
+    n_params = sum(p.numel() for p in model.parameters())
+    cfg = model.config
+    threads = torch.get_num_threads()
+    steps = 1 + args.steps
+    t0 = time.perf_counter()
+    rows = preference_rows(model, tokenizer, args.batch * max(steps, 3), args.response_tokens, args.seed)
+    sampled = time.perf_counter() - t0
+    policy = attach_lora(model, LoraParams())
+    lora = sum(p.numel() for p in policy.parameters() if p.requires_grad)
+    print(f"SmolLM2-135M-Instruct: N = {n_params / 1e6:.1f}M parameters, LoRA {LoraParams().model_dump()} "
+          f"({lora / 1e6:.2f}M trainable); trl {trl.__version__}, torch {torch.__version__}, {threads} thread(s), "
+          f"{'bf16 autocast' if args.bf16 else 'fp32'}; load average {os.getloadavg()[0]:.1f}; "
+          f"{2 * len(rows[0])} responses sampled in {sampled:.0f} s", flush=True)
+
+    # the yardstick first, then the step, then the yardstick again: the better of the two is the peak
+    tokens_guess = 2 * args.batch * 170
+    shapes = [(tokens_guess, cfg.hidden_size, cfg.intermediate_size), (2048, 2048, 2048)]
+    peak_before = {s: matmul_flops(*s) for s in shapes}
+
+    rss_before = current_rss()
+    exact_peak = reset_peak()
+    record = run_dpo(policy, tokenizer, rows, args.batch, steps, bf16=args.bf16)
+    peak_dpo = current_peak()
+
+    timed = record["steps"][1:]
+    tokens, padded = record["tokens"][1:], record["padded"][1:]
+    m = int(statistics.mean(padded))
+    shapes[0] = (m, cfg.hidden_size, cfg.intermediate_size)
+    peak_after = {s: matmul_flops(*s) for s in shapes}
+    # the yardstick: the best matmul rate seen (before or after the steps), by wall and by CPU time
+    mm = {s: tuple(max(x) for x in zip(peak_before.get(s, (0.0, 0.0)), peak_after[s])) for s in shapes}
+    yard_shape = max(mm, key=lambda s: mm[s][0])
+    yard_wall, yard_cpu = mm[yard_shape][0], max(v[1] for v in mm.values())
+    effective = statistics.median(6 * n_params * t / s["total"] for t, s in zip(tokens, timed))
+    effective_cpu = statistics.median(6 * n_params * t / s["cpu"] for t, s in zip(tokens, timed))
+    ratio, ratio_cpu = effective / yard_wall, effective_cpu / yard_cpu
+    share = statistics.median(s["cpu"] / s["total"] for s in timed)
+
+    print(f"\nDPO step: {args.batch} pairs = {2 * args.batch} sequences, padded to {m / (2 * args.batch):.0f} tokens "
+          f"on average; {statistics.mean(tokens):.0f} real tokens per step ({statistics.mean(tokens) / m:.0%} of "
+          f"the padded batch)")
+    print(f"  seconds per step (median of {len(timed)} after a warm-up step): "
+          f"{statistics.median(s['total'] for s in timed):.2f} s wall "
+          f"[data {statistics.median(s['data'] for s in timed):.2f}, forward+backward "
+          f"{statistics.median(s['forward_backward'] for s in timed):.2f}, optimizer "
+          f"{statistics.median(s['optimizer'] for s in timed):.2f}], "
+          f"{statistics.median(s['cpu'] for s in timed):.2f} s "
+          f"CPU ({share:.0%} of wall x 1 core); warm-up step {record['steps'][0]['total']:.2f} s; trainer setup "
+          f"(TRL tokenisation included) {record['setup']:.1f} s")
+    for s in shapes:
+        print(f"  fp32 matmul {s[0]}x{s[1]} @ {s[1]}x{s[2]}, {threads} thread(s): {mm[s][0] / 1e9:.1f} GFLOP/s "
+              f"by wall, {mm[s][1] / 1e9:.1f} by CPU time")
+    print(f"  effective FLOP/s (6N x real tokens / step time): {effective / 1e9:.1f} GFLOP/s by wall, "
+          f"{effective_cpu / 1e9:.1f} by CPU time")
+    print(f"  RATIO effective / fp32 matmul: {ratio:.2f} by wall, {ratio_cpu:.2f} by CPU time (goal >= {GOAL}; "
+          f"on a shared CPU the CPU-time ratio is the steadier one{'' if threads == 1 else ', for 1 thread'})"
+          f"{'' if max(ratio, ratio_cpu) >= GOAL else '  BELOW GOAL'}")
+    print(f"  counting padding tokens too: ratio {ratio * m / statistics.mean(tokens):.2f} by wall, "
+          f"{ratio_cpu * m / statistics.mean(tokens):.2f} by CPU time (the gap is what padding costs)")
+    yard = yard_wall
+    print(f"\npeak memory: RSS {rss_before / 2**20:.0f} MiB before the DPO update (model loaded, responses sampled), "
+          f"{peak_dpo / 2**20:.0f} MiB peak during it (+{(peak_dpo - rss_before) / 2**20:.0f} MiB)"
+          + ("" if exact_peak else " [high-water mark since process start: /proc/self/clear_refs not writable]"))
+
+    if not args.no_profile:
+        from torch.profiler import ProfilerActivity, profile, schedule
+
+        # step 1: warm-up (not recorded), step 2: profiler warm-up, step 3: recorded
+        with profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=1, warmup=1, active=1),
+                     with_flops=True, record_shapes=False) as prof:
+            prof_record = run_dpo(policy, tokenizer, rows, args.batch, 3, bf16=args.bf16, profiler=prof)
+        step_wall = prof_record["steps"][2]["total"]
+        groups, top, mm_rate = breakdown(prof)
+        print(f"\nwhere a step goes (one profiled step, {step_wall:.2f} s wall with the profiler on: self time of the "
+              f"torch ops in each group and the step's Python time outside any op, as shares of that wall):")
+        for g in GROUPS:
+            print(f"  {g:30s} {groups.get(g, 0.0):6.2f} s  {groups.get(g, 0.0) / step_wall:6.1%}")
+        print(f"  matmuls inside the step ran at {mm_rate / 1e9:.1f} GFLOP/s "
+              f"({mm_rate / yard:.2f} of the plain matmul)")
+        print("\ntop ops by self CPU time:")
+        for name, group, seconds, calls in top:
+            print(f"  {name[:60]:60s} {seconds:7.3f} s  {calls:6d} calls  [{group}]")
+
+
+if __name__ == "__main__":
+    main()
