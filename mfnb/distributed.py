@@ -26,8 +26,10 @@ import sys
 import tempfile
 import time
 from collections import deque
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Iterator, Literal, Sequence
 
 from pydantic import Field
 
@@ -69,7 +71,7 @@ class LaunchParams(Params):
     """How many processes and which engine. ``config``: a shipped name (``ddp``, ``deepspeed_zero2``,
     ``deepspeed_zero3``) or a path to an accelerate config YAML. ``processes="all"``: one per visible GPU."""
 
-    processes: int | Literal["all"] = 1
+    processes: Annotated[int, Field(ge=1)] | Literal["all"] = 1
     config: str = "ddp"
     cpu: bool | None = None                      # None: CPU (gloo) when no GPU is visible
     main_process_port: int | None = Field(default=None, ge=1, le=65535)  # None: a free port
@@ -238,6 +240,97 @@ def _run_logged(cmd: list[str], env: dict[str, str], log: Path, stream: bool) ->
         raise DistributedError(f"training processes failed (exit code {code}); full log: {log}\n"
                                f"workers' errors:\n{''.join(errors[-4:]) or '(none found)'}\n"
                                f"command: {' '.join(cmd)}\nlast lines:\n{''.join(tail)}")
+
+
+# -------------------------------------------------------------------- dispatch from mfnb.dpo / mfnb.sft
+
+_ACTIVE: ContextVar[LaunchParams | None] = ContextVar("mfnb_launch", default=None)
+
+
+def as_launch(launch: LaunchParams | dict | None, source: str = "launch") -> LaunchParams | None:
+    if launch is None or isinstance(launch, LaunchParams):
+        return launch
+    return LaunchParams.validate_mapping(dict(launch), source=source)
+
+
+@contextmanager
+def launching(launch: LaunchParams | dict | None) -> Iterator[LaunchParams | None]:
+    """Within the block, every :func:`mfnb.dpo.dpo_update` and :func:`mfnb.sft.train` without an explicit
+    ``launch`` runs under ``launch`` (e.g. ``{processes: all, config: deepspeed_zero3}``); None: in-process.
+    A notebook or ``python -m mfnb steps`` wraps the method calls in it, so the method packages need no change."""
+    token = _ACTIVE.set(as_launch(launch))
+    try:
+        yield _ACTIVE.get()
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active_launch(explicit: LaunchParams | dict | None = None) -> LaunchParams | None:
+    """The launch a training step should use (the explicit one, else the active :func:`launching` block), or None
+    when that is one process without DeepSpeed (the step then runs in the caller's process, on its model)."""
+    launch = as_launch(explicit) if explicit is not None else _ACTIVE.get()
+    if launch is None:
+        return None
+    processes = launch.processes if launch.processes != "all" else max(_gpu_count(), 1)
+    if processes == 1 and read_config(launch.config)["distributed_type"] != "DEEPSPEED":
+        return None
+    return launch
+
+
+def _base_source(model) -> str:
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    if not name or not (Path(name).is_dir() or not Path(name).is_absolute()):
+        raise DistributedError(f"launch: the policy's base model has no folder or hub name to load in the training "
+                               f"processes (config._name_or_path = {name!r}); load it with mfnb.models.load_model")
+    return name
+
+
+def train_in_place(model, tokenizer, data, step: str, hyper, launch: LaunchParams, *, seed: int = 0,
+                   show_progress: bool = False) -> dict:
+    """One SFT or DPO step of ``model`` through :func:`train` under ``launch``, loaded back into ``model``.
+
+    A LoRA-wrapped model sends its adapter (its base is loaded from its folder or hub name in each process); a
+    plain model is saved whole (full fine-tuning). ``hyper`` (:class:`SFTParams` / :class:`DPOParams`) describes
+    the step as one process would run it: its ``batch_size x grad_accum`` is kept as the global batch, split over
+    the processes, so the result does not depend on how many there are (up to summation order)."""
+    import torch
+    from safetensors.torch import load_file
+
+    is_peft = hasattr(model, "peft_config")
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    root = paths.cache_dir("launch")
+    with tempfile.TemporaryDirectory(prefix=f"{step}-", dir=root) as tmp:
+        tmp = Path(tmp)
+        if is_peft:
+            model.save_pretrained(tmp / "adapter", selected_adapters=["default"])
+            source, adapter = _base_source(model.get_base_model()), str(tmp / "adapter")
+        else:
+            model.save_pretrained(tmp / "model", safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "model")
+            source, adapter = str(tmp / "model"), None
+        spec = TrainSpec(step=step, model=source, adapter=adapter, lora=None, output=str(tmp / "out"), seed=seed,
+                         dtype=dtype, global_batch_size=hyper.batch_size * hyper.grad_accum,
+                         show_progress=show_progress, **{step: hyper})
+        result = train(spec, launch, data=data, stream=show_progress)
+        out = tmp / "out"
+        if is_peft:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, load_file(str(out / "adapter_model.safetensors")))
+        else:
+            state = {}
+            for file in sorted(out.glob("*.safetensors")):
+                state.update(load_file(str(file)))
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            tied = {k for k in missing if "lm_head" in k} if getattr(model.config, "tie_word_embeddings", False) else set()
+            if unexpected or set(missing) - tied:
+                raise DistributedError(f"launch: the trained weights in {out} do not match the model (missing "
+                                       f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+            if tied:
+                model.tie_weights()
+        with torch.no_grad():
+            model.eval()
+    return {**result.get("metrics", {}), "world_size": result.get("world_size"), "launch_seconds": result.get("seconds")}
 
 
 # ------------------------------------------------------------------------------------------- worker

@@ -958,7 +958,7 @@ class CachedJudge(PairwiseJudge):
                           stacklevel=2)
         self.path = Path(path) if path is not None else paths.cache_dir("judges") / "verdicts.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(self.path), timeout=60.0)
+        self._conn = sqlite3.connect(str(self.path), timeout=60.0, check_same_thread=False)  # sqlite serializes
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         with self._conn:

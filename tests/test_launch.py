@@ -1,0 +1,74 @@
+"""mfnb.dpo / mfnb.sft dispatch to several processes (accelerate launch over gloo) when a launch is active, so
+that the method packages only pass the setting through (or a `launching` block wraps them): the LoRA policy
+trained in 2 processes with the same global batch equals the one trained in this process, loaded back in place."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from mfnb import distributed as D
+from mfnb.dpo import DPOParams, dpo_update, preference_dataset
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    from mfnb.worlds import tasks
+    from mfnb.worlds.tiny import TinyWorldParams, _new_model, build_tokenizer
+
+    root = tmp_path_factory.mktemp("launch")
+    tokenizer = build_tokenizer()
+    _new_model(TinyWorldParams(), tokenizer).save_pretrained(root / "base")
+    tokenizer.save_pretrained(root / "base")
+    rng = random.Random(0)
+    examples = [tasks.sample_example(rng, min_words=3, max_words=5) for _ in range(16)]
+    data = preference_dataset([e.prompt for e in examples], [e.answer() for e in examples],
+                              [e.answer(habit=True) for e in examples])
+    return root / "base", data
+
+
+def _policy(folder):
+    from transformers import set_seed
+
+    from mfnb.models import LoraParams, attach_lora, load_model, load_tokenizer
+
+    set_seed(0)
+    return attach_lora(load_model(folder, show_progress=False), LoraParams()), load_tokenizer(folder)
+
+
+def _lora(policy) -> torch.Tensor:
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(policy)
+    return torch.cat([state[k].flatten() for k in sorted(state)])
+
+
+def test_dpo_update_under_a_launch_equals_one_process(base, monkeypatch):
+    monkeypatch.setenv("MFNB_CACHE", str(base[0].parent / "cache"))
+    folder, data = base
+    params = DPOParams(lr=5e-3, batch_size=8, epochs=1, max_length=64)
+    here, tokenizer = _policy(folder)
+    initial = _lora(here).clone()
+    with torch.random.fork_rng():
+        dpo_update(here, tokenizer, data, params, seed=0)
+    there, tokenizer2 = _policy(folder)
+    with D.launching({"processes": 2, "config": "ddp"}):
+        metrics = dpo_update(there, tokenizer2, data, params, seed=0)
+    assert metrics["world_size"] == 2
+    a, b = _lora(here), _lora(there)
+    update = (a - initial).norm()
+    assert update > 0.1 and ((a - b).norm() / update).item() < 1e-4
+    assert there.training is False and "ref" not in there.peft_config
+
+
+def test_no_launch_or_one_process_stays_in_process_and_custom_trainers_refuse(base):
+    assert D.active_launch() is None and D.active_launch({"processes": 1}) is None
+    with D.launching({"processes": 2}):
+        assert D.active_launch().processes == 2
+        policy, tokenizer = _policy(base[0])
+        with pytest.raises(D.DistributedError, match="own trainer class .* run it without a launch"):
+            dpo_update(policy, tokenizer, base[1], DPOParams(), trainer_kwargs={"ewc": object()})
+    assert D.active_launch() is None
+    with pytest.raises(Exception, match="launch: parameter 'processes.*greater than or equal to 1"):
+        D.as_launch({"processes": 0})
