@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=200, help="preference prompts")
     ap.add_argument("--pref-samples", type=int, default=4)
     ap.add_argument("--conflict-rate", type=float, default=0.0)
+    ap.add_argument("--tone", default="positive", choices=["positive", "negative"])
     ap.add_argument("--eval", type=int, default=50)
     ap.add_argument("--eval-samples", type=int, default=2)
     ap.add_argument("--new-tokens", type=int, default=96)
@@ -55,7 +56,7 @@ def main() -> None:
     from mfnb.models import LoraParams, SamplingParams, attach_lora, load_model, load_tokenizer
     from mfnb.worlds.best_of_k import BestOfK, chat_prompt
     from mfnb.worlds.instructions import DEFAULT_IDS, NEVER_FOLLOWED_BY_SMOLLM2, InstructionParams, InstructionSet
-    from mfnb.worlds.smol_conflict import SmolConflict, SmolConflictParams, sentiment
+    from mfnb.worlds.smol_conflict import SmolConflict, SmolConflictParams
     from mfnb.worlds.smollm2 import smollm2_path
 
     torch.set_num_threads(args.threads)
@@ -70,7 +71,7 @@ def main() -> None:
     sampler = BestOfK(engine, tokenizer, lambda p, r: tuple(tasks.score(p, r)[:2]), sampling, seed=0,
                       model_id=folder.name)
     conflict = SmolConflict(tasks, sampler, SmolConflictParams(n_sft=1, n_pref=args.pairs, pref_samples=args.pref_samples,
-                                                                conflict_rate=args.conflict_rate))
+                                                                conflict_rate=args.conflict_rate, tone=args.tone))
     _, pref_prompts = conflict.split_prompts(tasks.prompts["train"], seed=0)
     print(f"SmolLM2-135M-Instruct, {args.pairs} preference prompts x {args.pref_samples} samples, "
           f"<= {args.new_tokens} tokens, conflict_rate {args.conflict_rate}; load average {os.getloadavg()[0]:.1f}")
@@ -108,8 +109,8 @@ def main() -> None:
                                                       per_prompt(tasks.quality, after.texts)))
     print("  instruction following (loose)   " + paired(per_prompt(lambda p, t: tasks.score(p, t).loose, before_texts),
                                                       per_prompt(lambda p, t: tasks.score(p, t).loose, after.texts)))
-    print("  VADER reward                    " + paired(per_prompt(lambda p, t: sentiment(t), before_texts),
-                                                      per_prompt(lambda p, t: sentiment(t), after.texts)))
+    print(f"  VADER reward ({args.tone:8s})     " + paired(per_prompt(conflict.reward, before_texts),
+                                                        per_prompt(conflict.reward, after.texts)))
     print("  response tokens                 " + paired(
         [statistics.mean(c.tokens for c in cs) for cs in before],
         [statistics.mean(after.new_tokens[i:i + args.eval_samples]) for i in range(0, len(after.new_tokens), args.eval_samples)]))

@@ -40,7 +40,9 @@ def role_responses(world, role: str, prompts: Sequence[str], sampling: SamplingP
 
 def win_rate_row(judge, prompts: Sequence[str], candidate: Sequence[str], baseline: Sequence[str],
                  delta: float = 0.05) -> dict:
-    """WinFreq of ``candidate`` over ``baseline`` with counts, Lemma 1's radius and an exact interval.
+    """The win rate of ``candidate`` over ``baseline`` in both tie conventions, with counts, Lemma 1's radius
+    and each convention's exact interval: WinFreq (ties 1/2; ``exact_low``/``exact_high``, exact with ties)
+    and wins / total (``wins_over_total``; Clopper-Pearson, exact since it is binomial).
 
     Failed judgements are excluded from n and counted in ``failed``; they are never scored as losses.
     """
@@ -49,8 +51,12 @@ def win_rate_row(judge, prompts: Sequence[str], candidate: Sequence[str], baseli
     row = {"n": summary.n, "wins": summary.wins, "ties": summary.ties, "losses": summary.losses,
            "failed": summary.failed, "win_rate": summary.win_freq}
     if summary.n:
-        row["hoeffding_radius"] = float(stats.hoeffding_radius(summary.n, delta))
-        row["exact_low"], row["exact_high"] = summary.interval(delta, "exact_ties")
+        half = stats.convention_summary(summary.wins, summary.ties, summary.losses, "half", delta)
+        wot = stats.convention_summary(summary.wins, summary.ties, summary.losses, "wins_over_total", delta)
+        row["hoeffding_radius"] = half["radius"]
+        row["exact_low"], row["exact_high"] = half["exact_low"], half["exact_high"]
+        row["wins_over_total"] = wot["value"]
+        row["wins_over_total_low"], row["wins_over_total_high"] = wot["exact_low"], wot["exact_high"]
     return row
 
 
@@ -94,19 +100,56 @@ class FidelityWinratesParams(Params):
 
 def ladder_table(world, judge, chain: Sequence[str], split: str, sampling: SamplingParams,
                  seeds: Sequence[int] = (0,), delta: float = 0.05) -> pd.DataFrame:
-    """Table 1: WinRate(chain[i+1] over chain[i]) on ``split``, pooled over sampling seeds, with
-    Lemma 1's radius, an exact interval and the paper's number for the same step (labelled)."""
+    """Table 1: the win rate of chain[i+1] over chain[i] on ``split``, pooled over sampling seeds, in both tie
+    conventions with their exact intervals and Lemma 1's radius, and the paper's number for the same step
+    beside the convention it was computed with (wins / total, the paper's Section 5), labelled."""
     prompts = world.prompts[split]
     answers = {role: {s: role_responses(world, role, prompts, sampling, seed=s) for s in seeds} for role in chain}
-    paper = reference.load("mf_table1")["win_rate"].tolist()
+    paper = reference.load("mf_table1")
     rows = []
     for i, (baseline, candidate) in enumerate(zip(chain, chain[1:])):
         row = win_rate_row(judge, list(prompts) * len(seeds),
                            [r for s in seeds for r in answers[candidate][s]],
                            [r for s in seeds for r in answers[baseline][s]], delta)
+        ref = paper.iloc[i] if i < len(paper) else None
         rows.append({"baseline": baseline, "candidate": candidate, **row,
-                     "paper_win_rate": paper[i] if i < len(paper) else float("nan")})
+                     "paper_pair (reference)": f"{ref.candidate} over {ref.baseline}" if ref is not None else "",
+                     "paper_wins_over_total (reference)": float(ref.win_rate) if ref is not None else float("nan")})
     return pd.DataFrame(rows)
+
+
+def ladder_statement(table: pd.DataFrame, delta: float) -> list[str]:
+    """The verdict on Table 1, one line per step and one for the ladder, with every number formatted as the
+    displayed table formats it.  A step is resolved when its exact WinFreq interval excludes 1/2 (WinFreq is
+    the convention in which 1/2 means "as good"); the paper's number is set beside our wins / total."""
+    from mfnb.formatting import fmt, fmt_interval
+
+    level = fmt(1 - delta, 0, percent=True)
+    lines = []
+    for r in table.itertuples():
+        verdict = ("Clearly better (exact interval above 0.5)" if r.exact_low > 0.5 else
+                   "Better on average, but not resolved at this n" if r.win_rate > 0.5 else
+                   "NOT better (exact interval below 0.5)" if r.exact_high < 0.5 else "NOT better on average")
+        ref = table.loc[r.Index, "paper_wins_over_total (reference)"]
+        lines.append(f"- **{r.candidate} over {r.baseline}**: WinFreq {fmt(r.win_rate)} ({level} exact interval "
+                     f"{fmt_interval(r.exact_low, r.exact_high)}; {r.wins} wins, {r.ties} ties, {r.losses} losses, "
+                     f"{r.failed} failed judgements); wins / total {fmt(r.wins_over_total)} "
+                     f"{fmt_interval(r.wins_over_total_low, r.wins_over_total_high)}"
+                     + (f", the paper's step ({table.loc[r.Index, 'paper_pair (reference)']}, wins / total): "
+                        f"{fmt(ref)}" if pd.notna(ref) else "") + f". {verdict}.")
+    ordered = bool((table["exact_low"] > 0.5).all())
+    on_average = bool((table["win_rate"] > 0.5).all())
+    lines.append("")
+    lines.append(("The ladder is **ordered**: every expert beats the model below it, each step resolved by its "
+                  "exact interval, as Algorithm 2 requires." if ordered else
+                  "The ladder is ordered on average but not every step is resolved at this n." if on_average else
+                  "The ladder is **NOT ordered**: at least one expert does not beat the model below it."))
+    ties = int(table["ties"].sum())
+    n = int(table["n"].sum())
+    lines.append(f"Ties are {fmt(ties / n if n else float('nan'), 1, percent=True)} of the judgements: wins / total "
+                 "(the paper's reported metric) counts them as not won, WinFreq as half won, which is why the two "
+                 "columns differ.")
+    return lines
 
 
 def role_table(world, roles: Sequence[str], split: str, sampling: SamplingParams, seed: int = 0) -> pd.DataFrame:

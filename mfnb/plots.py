@@ -76,8 +76,8 @@ def plot_winrates(df, label: str = "label", value: str = "win_rate", low: str | 
     ax.set_ylabel("")
     if title:
         ax.set_title(title)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="best", fontsize="small")
+    if ax.get_legend_handles_labels()[0]:  # beside the axes: never over a point
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small", frameon=False)
     return fig
 
 
@@ -138,7 +138,8 @@ def plot_sequential_coverage(df, target: float, x: str = "look", y: str = "cover
     ax.set_xlabel("number of looks (batches)")
     ax.set_ylabel("P(interval held at all looks so far)")
     ax.set_title(title)
-    ax.legend(fontsize="small")
+    # below the axes, so that it never covers the curves (they fill the whole panel)
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=4, frameon=False)
     return fig
 
 

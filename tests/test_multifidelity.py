@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from mfnb import multifidelity as mf
@@ -116,6 +117,13 @@ class ScriptedBackend:
         self.updates += 1
         return {"train_loss": 0.5}
 
+    def sft_update(self, prompts, completions, seed, sft):
+        self._tick("sft_update")
+        self.sft_rows = getattr(self, "sft_rows", []) + [(len(prompts), sorted(set(completions)))]
+        self.skill = self.schedule[min(self.updates, len(self.schedule) - 1)]
+        self.updates += 1
+        return {"train_loss": 0.4}
+
 
 def config(**kw):
     base = dict(fidelities=[{"role": "g1", "cost": 1.0}, {"role": "g2", "cost": 4.0}, {"role": "g3", "cost": 16.0}],
@@ -135,15 +143,36 @@ def run_mf(tmp_path, schedule, judge=None, **kw):
 
 def test_decide_rule():
     d = dict(gamma=0.3, epsilon=1e-3, cap_here=None, iters_here=1)
-    assert mf.decide(0.30, prev=None, final=False, delta_norm=None, **d) == ("upgrade", "reached gamma")
+    assert mf.decide(0.301, prev=None, final=False, delta_norm=None, **d) == ("upgrade", "passed gamma")
     assert mf.decide(0.299, prev=None, final=False, delta_norm=None, **d)[0] == "continue"
-    assert mf.decide(0.35, prev=0.1, final=True, delta_norm=1.0, **d) == ("stop", "reached gamma")
+    assert mf.decide(0.35, prev=0.1, final=True, delta_norm=1.0, **d) == ("stop", "passed gamma")
     assert mf.decide(0.20, prev=0.25, final=True, delta_norm=1.0, **d) == ("stop", "declined")
     assert mf.decide(0.20, prev=0.25, final=False, delta_norm=1.0, **d)[0] == "continue"  # declines only matter at M
     assert mf.decide(0.20, prev=0.2, final=True, delta_norm=1.0, **d)[0] == "continue"   # equal is not a decline
     assert mf.decide(0.20, prev=0.1, final=False, delta_norm=1e-4, **d)[0:1] == ("upgrade",)
     assert "converged" in mf.decide(0.20, prev=0.1, final=True, delta_norm=1e-3, **d)[1]  # <= epsilon
     assert mf.decide(0.2, prev=None, final=False, delta_norm=None, **{**d, "cap_here": 1})[1].startswith("iteration cap")
+
+
+def test_gamma_rule_at_exactly_gamma():
+    """The paper says "exceeds": a win rate of exactly gamma does not end the fidelity; ``at_least`` does."""
+    d = dict(prev=None, final=False, delta_norm=None, epsilon=1e-3, iters_here=1, cap_here=None)
+    assert mf.decide(0.3, gamma=0.3, **d) == ("continue", "below gamma")
+    assert mf.decide(0.3, gamma=0.3, gamma_rule="exceeds", **d) == ("continue", "below gamma")
+    assert mf.decide(0.3, gamma=0.3, gamma_rule="at_least", **d) == ("upgrade", "passed gamma")
+    assert mf.passes_gamma(0.3000001, 0.3) and not mf.passes_gamma(0.3, 0.3)
+    with pytest.raises(ValueError, match="parameter 'gamma_rule': unknown rule 'above'"):
+        mf.passes_gamma(0.5, 0.3, "above")
+
+
+def test_gamma_rule_in_a_run(tmp_path):
+    # skill 0.30 vs g1 is exactly gamma (30 of 100 validation prompts won, no ties)
+    strict, _ = run_mf(tmp_path / "strict", [0.30, 0.31, 0.45], max_iters_per_fidelity=3)
+    h = strict.history
+    assert list(h["value"].round(2)[:3]) == [0.20, 0.30, 0.31]
+    assert list(h["action"][:3]) == ["continue", "continue", "upgrade"]
+    loose, _ = run_mf(tmp_path / "loose", [0.30, 0.31, 0.45], max_iters_per_fidelity=3, gamma_rule="at_least")
+    assert list(loose.history["action"][:2]) == ["continue", "upgrade"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,22 +263,133 @@ def test_vanilla_spends_exactly_its_budget_and_keeps_best(tmp_path):
 
 def test_trace_runs_vanilla_at_the_mf_budget_and_compares_on_test(tmp_path):
     backend = ScriptedBackend([0.25, 0.35, 0.45, 0.40])
-    tr = mf.run_trace(config(), backend, SkillJudge(), PROMPTS, tmp_path, vanilla_fidelities=[2, 3], n_test=50,
-                      progress=False)
+    tr = mf.run_trace(config(), backend, SkillJudge(), PROMPTS, tmp_path, baselines=["vanilla-m2", "vanilla-m3"],
+                      n_test=50, progress=False)
     assert tr.vanilla[2].state["identity"]["budget"] == tr.mf.expert_cost(through_fidelity=2) == 60
     assert tr.vanilla[3].state["identity"]["budget"] == tr.mf.expert_cost() == 220
     t4 = mf.table4([tr])
-    assert list(t4["baseline"]) == ["vanilla(m=2)", "vanilla(m=3)"]
+    assert list(t4["baseline"]) == ["vanilla-m2", "vanilla-m3"]
     assert list(t4["candidate"]) == ["step2-iter1", "step2-iter1"]
-    assert "paper_win_rate (reference)" in t4  # NaN here: the paper has no B = 10 row
-    assert "comparisons" in mf.beat_statement(t4)
+    # mf's model (skill 0.45) beats vanilla's best (0.35) on every test prompt: no ties, both conventions agree
+    assert t4["win_rate"].tolist() == [1.0, 1.0] and t4["wins_over_total"].tolist() == [1.0, 1.0]
+    assert "paper_wins_over_total (reference)" in t4  # NaN here: the paper has no B = 10 row
+    assert (t4["radius"].round(4) == round(float(np.sqrt(np.log(40) / 50)), 4)).all()
+    summary = mf.table4_summary([tr], t4, delta=0.05)
+    assert summary["verdict"].tolist() == ["multi-fidelity better"] * 2
+    assert "multi-fidelity better" in "\n".join(mf.verdict_lines(summary, 0.05))
     rows = mf.trace_rows([tr])
     assert list(rows[rows["kind"] == "vanilla"]["candidate"]) == ["vanilla(m=2)", "vanilla(m=3)"]
     decisions = mf.decision_table([tr])
     assert len(decisions) == len(tr.mf.history)
-    # radius at n = 100 is 0.136: 0.25 vs gamma 0.3 is within it, so "continue" there is flagged
-    assert not decisions.iloc[1]["supported"]
+    # gamma = 0.3 lies inside the exact interval of 25 wins in 100 (Clopper-Pearson), so "continue" is flagged
+    assert not decisions.iloc[1]["supported"] and decisions.iloc[1]["value"] == 0.25
     assert set(mf.paper_layout(rows, 10).columns.get_level_values(0)) == {"", "trace 1"}
+
+
+def test_baselines_spend_exactly_their_budget(tmp_path):
+    """vanilla(m=1) at the full budget (22 batches of B would exceed max_iters = 4: 4 batches of 55, each trained
+    on alone), the fixed ladder (2 + 1 iterations, the rest at the top) and the SFT replay all charge
+    Lambda = 220 = the mf run's."""
+    cfg = config(max_iters=4)
+    backend = ScriptedBackend([0.25, 0.35, 0.45, 0.40])
+    tr = mf.run_trace(cfg, backend, SkillJudge(), PROMPTS, tmp_path, n_test=50, progress=False,
+                      baselines=["vanilla-m1", "vanilla-m2", "vanilla-m3", "sft", "fixed_ladder"],
+                      ladder_iterations=[2, 1])
+    assert tr.mf.expert_cost() == 220
+    spent = {name: run.expert_cost() for name, run in tr.baselines.items()}
+    assert spent == {"vanilla-m1": 220, "vanilla-m2": 60, "vanilla-m3": 208, "sft": 220, "fixed_ladder": 220}
+    v1 = tr.baselines["vanilla-m1"]
+    assert list(v1.iterations["n_t"]) == [55] * 4 and v1.state["identity"]["incremental_batch"] == 55
+    assert list(v1.iterations["dpo_pairs"]) == [55] * 4  # each step on its new batch only
+    assert mf.vanilla_incremental_batch(cfg, 3, 220) is None and mf.vanilla_incremental_batch(cfg, 1, 220) == 55
+    assert list(tr.baselines["vanilla-m3"].iterations["dpo_pairs"]) == [10, 13]  # all of D^(3), as Algorithm 2
+    ladder = tr.baselines["fixed_ladder"]
+    assert list(zip(ladder.iterations["fidelity"], ladder.iterations["n_t"])) == [(1, 10), (1, 10), (2, 10), (3, 10)]
+    assert ladder.history["reason"].str.startswith("fixed schedule").sum() == 5  # looks at g1 and g2
+    t4 = mf.table4([tr]).set_index("baseline")
+    assert t4.loc["vanilla-m1", "compared_at"] == "chosen model" and t4.loc["vanilla-m2", "compared_at"] == \
+        "end of fidelity 2"
+    assert (t4["candidate_Lambda"] == [220, 60, 220, 220, 220]).all()
+    # the multi-fidelity run looked at g1, g2, g3 (100 validation responses each): 100 x 21 on top of Lambda
+    assert t4.loc["vanilla-m3", "candidate_Lambda_with_validation"] == 220 + 2100
+    assert t4.loc["vanilla-m3", "baseline_Lambda_with_validation"] == 208 + 1600
+
+
+def test_sft_replays_the_purchased_responses_without_buying_again(tmp_path):
+    backend = ScriptedBackend([0.25, 0.35, 0.45, 0.40])
+    run, _ = run_mf(tmp_path, [0.25, 0.35, 0.45, 0.40])
+    bought = backend.expert_train_calls
+    sft = mf.run_sft_replay(config(), run, backend, SkillJudge(), PROMPTS, tmp_path, progress=False)
+    assert backend.expert_train_calls == bought == 0  # nothing generated for training
+    assert "update" not in backend.calls  # no DPO step
+    # SFT on all of D^(m) after each replayed batch: 10, then 20 g1 rows; 10 g2 rows; 10 g3 rows
+    assert [(n, rows) for n, rows in backend.sft_rows] == [(10, ["expert=g1"]), (20, ["expert=g1"]),
+                                                           (10, ["expert=g2"]), (10, ["expert=g3"])]
+    led = sft.ledger
+    assert mf.paper_lambda(led) == run.expert_cost() == 220
+    assert led[(led["phase"] == "train") & (led["payer"] != "expert")].empty  # no student responses, no verdicts
+    assert list(sft.history["action"]) == ["continue", "continue", "upgrade", "continue", "upgrade", "continue", "stop"]
+    assert sft.stop_reason == "replayed every purchase of the source run"
+
+
+def test_spend_ratio_on_a_scripted_backend(tmp_path):
+    """vanilla(m=3) keeps skill 0.35 (test WinFreq vs g3 = 15/50 = 0.30); the multi-fidelity iterates score
+    0, 0.1, 0.3, ... so the first to reach 0.30 is t = 2, after Lambda 20; vanilla spent 13 x 16 = 208."""
+    rows = []
+    for seed in (3, 4):
+        backend = ScriptedBackend([0.25, 0.35, 0.45, 0.40])
+        tr = mf.run_trace(config(seed=seed), backend, SkillJudge(), PROMPTS, tmp_path, baselines=["vanilla-m3"],
+                          n_test=50, progress=False, trace=seed - 2)
+        rows.append(tr)
+    its = rows[0].vs_top[rows[0].vs_top["what"] == "multi-fidelity iterate"]
+    assert its["win_rate"].round(3).tolist() == [0.0, 0.1, 0.3, 0.5, 0.4] and its["Lambda"].tolist() == [0, 10, 20, 60, 220]
+    ratios = mf.spend_ratio_table(rows)
+    assert ratios["target_win_rate_vs_top"].round(3).tolist() == [0.3, 0.3]
+    assert ratios["mf_first_reaching"].tolist() == ["step1-iter2"] * 2
+    assert ratios["spend_ratio"].tolist() == [20 / 208] * 2
+    summary = mf.spend_ratio_summary(ratios)
+    by_b = summary.set_index("batch_size")
+    assert by_b.loc["all", "mean"] == pytest.approx(20 / 208) and by_b.loc["all", "reached"] == 2
+    assert by_b.loc["all", "low"] == pytest.approx(20 / 208)  # no spread between identical seeds
+    assert "below 1: cheaper" in "\n".join(mf.spend_ratio_lines(summary, 0.05))
+    # two seeds in Table 4: the interval over seeds and prompts
+    t4 = mf.table4(rows)
+    s = mf.table4_summary(rows, t4)
+    assert s["seeds"].tolist() == [2] and s["win_rate"].tolist() == [1.0]
+
+
+def test_ladder_schedule_is_the_rounded_mean_of_the_adaptive_runs(tmp_path):
+    a, _ = run_mf(tmp_path / "a", [0.25, 0.35, 0.45, 0.40])      # 2 iterations at g1, 1 at g2
+    b, _ = run_mf(tmp_path / "b", [0.35, 0.45, 0.40])            # 1 at g1, 1 at g2
+    assert mf.ladder_schedule([a, b]) == [2, 1]                  # 1.5 rounds half up
+    assert mf.ladder_schedule([a, b], fixed=[3, 0]) == [3, 0]
+
+
+def test_tie_conventions_decide_differently(tmp_path):
+    """A judge that calls the student's matching answers ties: WinFreq counts them 1/2 and passes gamma,
+    wins / total counts them 0 and leaves the upgrade to the cap."""
+    class TieJudge(SkillJudge):
+        def _judge_presented(self, batch):
+            out = []
+            for prompt, a, b in batch:  # the student's response may be presented second
+                student_first = a.startswith("skill=")
+                s, e = (a, b) if student_first else (b, a)
+                matches = self._score(prompt, s) > self._score(prompt, e)
+                out.append(Outcome.TIE if matches else Outcome.LOSE if student_first else Outcome.WIN)
+            self._count_calls(len(batch))
+            return out
+
+    half, _ = run_mf(tmp_path / "half", [0.7, 0.8, 0.9], judge=TieJudge(), tie_convention="half",
+                     max_iters_per_fidelity=2)
+    wot, _ = run_mf(tmp_path / "wot", [0.7, 0.8, 0.9], judge=TieJudge(), tie_convention="wins_over_total",
+                    max_iters_per_fidelity=2)
+    h = half.history
+    assert h.loc[1, "value"] == 0.35 and h.loc[1, "wins_over_total"] == 0 and h.loc[1, "reason"] == "passed gamma"
+    assert wot.history.loc[2, "reason"].startswith("iteration cap") and wot.history["value"].max() == 0
+    decisions = mf.decision_table([mf.TraceResult("x", 10, 1, half.config, tmp_path, half, {}, *[pd.DataFrame()] * 3,
+                                                  pd.DataFrame())])
+    first = decisions.iloc[1]
+    assert (first["action"], first["other_action"], first["other_value"]) == ("upgrade", "continue", 0.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -278,10 +418,49 @@ def test_traces_params_from_yaml_rejects_unknown_keys(tmp_path):
     good = ROOT / "params" / "tiny" / "02_multifidelity_traces.yaml"
     params = mf.TracesParams.from_yaml(good)
     assert params.batch_sizes == [1024, 512] and params.gamma == 0.3 and params.costs == [1.0, 4.0, 16.0]
+    assert len(params.trace_seeds) >= 3 and params.gamma_rule == "exceeds"
+    assert set(params.baselines) == set(mf.baseline_names(3)) and params.vanilla_fidelities == [1, 2, 3]
     bad = tmp_path / "bad.yaml"
     bad.write_text(good.read_text() + "\ngama: 0.3\n")
     with pytest.raises(ParamsError, match="unknown parameter 'gama'"):
         mf.TracesParams.from_yaml(bad)
+
+
+def test_baselines_per_batch_size():
+    p = _traces_params(baselines=["vanilla-m1", "sft"], baseline_batch_sizes={"vanilla-m1": [512]})
+    assert p.baselines_at(512) == ["vanilla-m1", "sft"] and p.baselines_at(1024) == ["sft"]
+
+
+def test_paper_defaults_for_the_decision_rule():
+    """Unless a profile says otherwise: wins / total (the paper's Section 5) and the strict "exceeds"."""
+    cfg = mf.RunConfig(fidelities=[{"role": "g1", "cost": 1.0}])
+    assert cfg.tie_convention == "wins_over_total" and cfg.gamma_rule == "exceeds"
+
+
+def _traces_params(**change):
+    values = mf.TracesParams.from_yaml(ROOT / "params" / "tiny" / "02_multifidelity_traces.yaml").model_dump()
+    values.update(change)
+    return mf.TracesParams.validate_mapping(values, "02.yaml")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"baselines": ["vanilla-m3", "stf"]}, r"^02.yaml: parameter 'baselines': Value error, unknown baseline 'stf' "
+                                             r"\(did you mean 'sft'\?\); known: vanilla-m1"),
+    ({"baselines": ["vanilla-m4"]}, r"parameter 'baselines': .*unknown baseline 'vanilla-m4'"),
+    ({"baselines": ["sft", "sft"]}, r"parameter 'baselines': .*\['sft'\] listed more than once"),
+    ({"trace_seeds": [0, 1, 1]}, r"parameter 'trace_seeds': .*seed\(s\) \[1\] listed more than once"),
+    ({"tie_convention": "ties_half"}, r"parameter 'tie_convention': Input should be 'wins_over_total' or 'half'"),
+    ({"gamma_rule": ">"}, r"parameter 'gamma_rule': Input should be 'exceeds' or 'at_least'"),
+    ({"fixed_ladder_iterations": [1]}, r"parameter 'fixed_ladder_iterations': .*expected 2 iteration counts"),
+    ({"batch_sizes": [512, 512]}, r"parameter 'batch_sizes': .*each batch size may appear once"),
+    ({"baseline_batch_sizes": {"vanila-m1": [512]}}, r"parameter 'baseline_batch_sizes': .*'vanila-m1' is not "
+                                                     r"in baselines \(did you mean 'vanilla-m1'\?\)"),
+    ({"baseline_batch_sizes": {"sft": [256]}}, r"parameter 'baseline_batch_sizes': .*batch sizes \[256\] are not"),
+])
+def test_bad_notebook_02_parameters_name_the_field(change, message):
+    with pytest.raises(ParamsError, match=message) as err:
+        _traces_params(**change)
+    assert len(str(err.value).splitlines()) == 1  # one message
 
 
 # ----------------------------------------------------------------------------------------------

@@ -22,7 +22,12 @@ def test_notebook_01_writes_an_ordered_ladder(tiny_world, tmp_path, monkeypatch)
     table = pd.read_csv(tmp_path / "results" / "tiny" / "tables" / f"{NOTEBOOK}.csv")
     assert list(table["candidate"]) == ["g1", "g2", "g3"]
     assert (table["win_rate"] > 0.5).all() and (table["n"] == 200).all() and (table["failed"] == 0).all()
-    assert table["paper_win_rate"].round(3).tolist() == [0.785, 0.520, 0.695]
+    assert table["paper_wins_over_total (reference)"].round(3).tolist() == [0.785, 0.520, 0.695]
+    # both tie conventions: wins / total counts a tie as not won, so it sits below WinFreq whenever there are ties
+    assert (table["wins_over_total"] == table["wins"] / table["n"]).all()
+    assert (table["wins_over_total"] <= table["win_rate"]).all()
+    assert (table["wins_over_total_low"] <= table["wins_over_total"]).all()
+    assert (table["wins_over_total"] <= table["wins_over_total_high"]).all()
     costs = pd.read_csv(tmp_path / "results" / "tiny" / "tables" / "01_costs.csv")
     assert costs["cost_per_response"].tolist() == [1.0, 1.0, 4.0, 16.0]
     assert costs["mean_quality"].is_monotonic_increasing
@@ -31,3 +36,4 @@ def test_notebook_01_writes_an_ordered_ladder(tiny_world, tmp_path, monkeypatch)
     # the second run answered every judgement from the cache
     second = (tmp_path / "run1.ipynb").read_text()
     assert "Judge: 0 new calls" in second
+    assert "The ladder is" in second and "wins / total" in second  # the computed verdict

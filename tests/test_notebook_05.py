@@ -29,14 +29,25 @@ def test_notebook_05_runs_and_writes_tables(tmp_path, monkeypatch):
     assert set(decisions["decision"]) == {"upgrade", "continue", "stop"}
     assert decisions["radius_paper"].where(decisions["kind"] == "threshold").dropna().round(4).eq(0.1358).all()
 
+    assert decisions["supported_exact"].notna().sum() == (decisions["kind"] == "threshold").sum()
+
     coverage = pd.read_csv(tables / "05_coverage.csv")
     assert set(coverage["n"]) == {50} and (coverage["n_reps"] == 300).all()
     assert coverage["coverage"].between(0, 1).all()
+    assert set(coverage["convention"]) == {"half", "wins_over_total"}
+    wot = coverage[coverage["convention"] == "wins_over_total"]
+    assert (wot["target"] == wot["win_rate"] - wot["tie_rate"] / 2).all()
+    assert "clopper_pearson" in set(wot.loc[wot["tie_rate"] > 0, "method"])  # exact with ties under wins / total
 
     sequential = pd.read_csv(tables / "05_sequential_coverage.csv")
     assert sequential["look"].max() == 8
 
     figures = tmp_path / "results" / "tiny" / "figures"
-    for name in ("05_radius_vs_n", "05_coverage", "05_sequential_coverage", "05_paper_decisions",
-                 "05_label_noise", "05_theorem5_region"):
+    for name in ("05_radius_vs_n", "05_coverage", "05_coverage_wins_over_total", "05_sequential_coverage",
+                 "05_paper_decisions", "05_label_noise", "05_theorem5_region"):
         assert (figures / f"{name}.png").is_file() and (figures / f"{name}.pdf").is_file()
+    # the prose under each section is computed: its sentences are in the executed notebook's outputs
+    text = out.read_text()
+    for computed in ("Lemma 1's radius is", "the lowest coverage of any method was", "upgraded\\\" at some look", "Clopper-Pearson test "
+                     "applies", "a noisy judge triggers upgrades early", "the MF bound is", "Lemma 1 holds"):
+        assert computed in text, computed

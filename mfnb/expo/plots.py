@@ -6,6 +6,15 @@ from typing import Mapping
 import numpy as np
 
 
+def _alpha_axis(ax, low: float, high: float) -> None:
+    """Symlog alpha axis from the grid's smallest to its largest alpha (alpha = 0 stays visible)."""
+    ax.set_xscale("symlog", linthresh=1.0)
+    span = max(high - low, 1e-3)
+    ax.set_xlim(low - 0.02 * min(span, 1.0), high * 1.15 if high > 0 else high + 0.1)
+    ticks = [t for t in (-1, 0, 0.3, 1, 3, 10, 30, 100, 300, 1000) if low <= t <= high]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+
+
 def plot_alpha_curves(sweeps, chosen: Mapping[str, float], oracle_best: Mapping[str, float] | None = None,
                       sft: Mapping[str, float] | None = None, title: str | None = None):
     """Figure 5 of the paper: reward vs alpha (left) and length vs alpha (right), one line per data
@@ -34,17 +43,52 @@ def plot_alpha_curves(sweeps, chosen: Mapping[str, float], oracle_best: Mapping[
                 ax.axvline(oracle_best[label], color=palette[label], ls=":", lw=1.5)
         if sft and col in sft:
             ax.axhline(sft[col], color="grey", lw=1, label="SFT model")
-        ax.set_xscale("symlog", linthresh=1.0)
-        span = max(high - low, 1e-3)
-        ax.set_xlim(low - 0.02 * min(span, 1.0), high * 1.15 if high > 0 else high + 0.1)  # alpha = 0 stays visible
-        ticks = [t for t in (-1, 0, 0.3, 1, 3, 10, 30, 100, 300, 1000) if low <= t <= high]
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        _alpha_axis(ax, low, high)
         ax.set_xlabel("alpha (ExPO)")
         ax.set_ylabel(ylabel)
     handles, names = axes[0].get_legend_handles_labels()
     fig.legend(handles, names, title="DPO data", fontsize="small", loc="center left", bbox_to_anchor=(1.0, 0.5))
     if "quality" in sweeps and len(axes) > 1:
         axes[1].set_title("dashed: alpha chosen by reward; dotted: best by quality", fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_figure6(sweeps, chosen: Mapping[str, float], title: str | None = None):
+    """The paper's Figure 6 for every control fraction: reward (and known quality) and length against alpha
+    for the default DPO model and the models trained harder on the same data, each with its reward-chosen
+    alpha dashed.  ``sweeps``: columns model (the sweep's key), fraction, alpha, reward, [quality],
+    length_words; ``chosen``: model key -> chosen alpha."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+
+    panels = [c for c in ("reward", "quality", "length_words") if c in sweeps]
+    fractions = sorted(sweeps["fraction"].unique())
+    fig, axes = plt.subplots(len(panels), len(fractions), figsize=(4.6 * len(fractions), 3.3 * len(panels)),
+                             squeeze=False)
+    names = {"reward": "reward-model score", "quality": "known quality (oracle)",
+             "length_words": "response length (words)"}
+    for j, fraction in enumerate(fractions):
+        sub = sweeps[sweeps["fraction"] == fraction]
+        keys = list(dict.fromkeys(sub["model"]))
+        palette = dict(zip(keys, sns.color_palette("colorblind", n_colors=len(keys))))
+        for i, col in enumerate(panels):
+            ax = axes[i][j]
+            for key in keys:
+                line = sub[sub["model"] == key].sort_values("alpha")
+                ax.plot(line["alpha"], line[col], marker="o", ms=3, color=palette[key], label=key)
+                if key in chosen:
+                    ax.axvline(chosen[key], color=palette[key], ls="--", lw=1)
+            _alpha_axis(ax, float(sweeps["alpha"].min()), float(sweeps["alpha"].max()))
+            ax.set_ylabel(names[col])
+            if i == 0:
+                ax.set_title(f"{fraction * 100:g}% data", fontsize="medium")
+            if i == len(panels) - 1:
+                ax.set_xlabel("alpha (ExPO)")
+            if i == 0:
+                ax.legend(fontsize="x-small")
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -1,5 +1,6 @@
-"""Notebook 03's tables and verdicts: the length-controlled win rate, Table 1 (DPO with less data, with and
-without ExPO) beside the paper's numbers, and the plain statements computed from them.
+"""Notebook 03's tables: the length-controlled win rate, the test-prompt samples every comparison is
+computed from, Table 1 (DPO with less data, with and without ExPO) with bootstrap intervals beside the
+paper's numbers, paired comparisons between models, and the departures from the paper's setting.
 """
 from __future__ import annotations
 
@@ -9,8 +10,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 from mfnb.progress import progress as progress_bar
 
-from mfnb.expo.sweep import is_non_increasing, paper_optimal_alpha, response_metrics
-from mfnb.expo.training import fraction_label
+from mfnb.expo import bootstrap
 
 
 _OUTCOME_VALUE = {"win": 1.0, "tie": 0.5, "lose": 0.0}
@@ -64,23 +64,6 @@ def length_controlled_win_rate(outcomes: Sequence, candidate_lengths: Sequence[f
             "length_coef": float(beta[1]), "mean_length_diff": float(diff.mean())}
 
 
-def report_row(judge, prompts: Sequence[str], candidate: Sequence[str], baseline: Sequence[str], *,
-               reward_fn: Callable | None = None, quality_fn: Callable | None = None, delta: float = 0.05) -> dict:
-    """Table 1 columns for one model: reward, known quality, length, win rate against the baseline
-    (ties 1/2, with an exact interval) and the length-controlled win rate."""
-    from mfnb import stats
-
-    outcomes = judge.compare(list(prompts), list(candidate), list(baseline))
-    summary = stats.summarize(outcomes)
-    lc = length_controlled_win_rate(outcomes, [len(r.split()) for r in candidate], [len(r.split()) for r in baseline])
-    row = response_metrics(prompts, candidate, reward_fn=reward_fn, quality_fn=quality_fn)
-    row.update(win_rate=summary.win_freq, wins=summary.wins, ties=summary.ties, losses=summary.losses,
-               failed=summary.failed, lc_win_rate=lc["lc_win_rate"], length_coef=lc["length_coef"])
-    if summary.n:
-        row["exact_low"], row["exact_high"] = summary.interval(delta, "exact_ties")
-    return row
-
-
 def paper_table1() -> dict[str, dict]:
     """The paper's Table 1 by row name, as fractions (win rates in [0, 1]); "full data" is our 100%."""
     from mfnb import reference
@@ -94,144 +77,197 @@ def paper_table1() -> dict[str, dict]:
     return out
 
 
-def less_data_table(judge, prompts: Sequence[str], baseline: Sequence[str], models: Mapping[str, Sequence[str]], *,
-                    alphas: Mapping[str, float] | None = None, reward_fn: Callable | None = None,
-                    quality_fn: Callable | None = None, delta: float = 0.05):
-    """The paper's Table 1 for our models (name -> responses on ``prompts``), each row beside the paper's
-    numbers for the same name where the paper has one (labelled ``paper_*``; NaN elsewhere)."""
+# ------------------------------------------------------------------ test samples, Table 1, comparisons
+
+METRICS = ("reward", "quality", "win_rate", "lc_win_rate", "length_words")
+METRIC_NAMES = {"reward": "reward", "quality": "known quality", "win_rate": "win rate",
+                "lc_win_rate": "LC win rate", "length_words": "length (words)"}
+
+
+def judged_samples(judge, prompts: Sequence[str], baseline: Mapping[int, Sequence[str]],
+                 models: Mapping[str, Mapping[int, Sequence[str]]], *, reward_fn: Callable | None = None,
+                 quality_fn: Callable | None = None, progress: bool = True):
+    """One row per (model, sampling seed, prompt): the judge's outcome against the baseline's response
+    with the same seed (win 1, tie 1/2, lose 0; NaN when the judgement failed), reward, known quality and
+    both lengths.  ``baseline``: seed -> responses; ``models``: name -> seed -> responses on ``prompts``."""
+    import pandas as pd
+
+    frames = []
+    for name, by_seed in progress_bar(list(models.items()), desc="judging test responses", leave=False,
+                                      disable=not progress):
+        for seed, responses in by_seed.items():
+            if seed not in baseline:
+                raise ValueError(f"model {name!r}: no baseline responses for seed {seed}")
+            outcomes = judge.compare(list(prompts), list(responses), list(baseline[seed]))
+            frame = pd.DataFrame({"model": name, "seed": seed, "prompt": range(len(prompts)),
+                                  "outcome": [_outcome_number(o) for o in outcomes],
+                                  "length_words": [len(r.split()) for r in responses],
+                                  "baseline_length": [len(r.split()) for r in baseline[seed]]})
+            frame["outcome"] = frame["outcome"].astype(float)
+            if reward_fn is not None:
+                frame["reward"] = np.asarray(reward_fn(list(prompts), list(responses)), dtype=float)
+            if quality_fn is not None:
+                frame["quality"] = [quality_fn(p, r) for p, r in zip(prompts, responses)]
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+class SampleStats:
+    """Bootstrap replicates of every metric of every model in ``judged_samples``' frame, from one matrix of
+    resampling counts over the prompts (so any two models' replicates are paired)."""
+
+    def __init__(self, samples, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
+        self.samples = samples
+        self.level = level
+        self.n_prompts = int(samples["prompt"].max()) + 1
+        self.counts = bootstrap.bootstrap_counts(self.n_prompts, n_boot, seed)
+        self._cache: dict[tuple[str, str], tuple[float, np.ndarray]] = {}
+
+    def _matrix(self, model: str, column: str) -> np.ndarray:
+        sub = self.samples[self.samples["model"] == model]
+        if sub.empty:
+            raise KeyError(f"no test samples for model {model!r}")
+        return sub.pivot_table(index="prompt", columns="seed", values=column, dropna=False).to_numpy()
+
+    def stat(self, model: str, metric: str) -> tuple[float, np.ndarray]:
+        """(point estimate, replicates) of ``metric`` for ``model``."""
+        key = (model, metric)
+        if key not in self._cache:
+            if metric == "lc_win_rate":
+                args = [self._matrix(model, c) for c in ("outcome", "length_words", "baseline_length")]
+                point = bootstrap.lc_replicates(*args, np.ones((1, self.n_prompts)))[0]
+                reps = bootstrap.lc_replicates(*args, self.counts)
+            else:
+                column = "outcome" if metric == "win_rate" else metric
+                per_prompt = np.nanmean(self._matrix(model, column), axis=1)
+                point, reps = float(np.nanmean(per_prompt)), bootstrap.replicate_means(per_prompt, self.counts)
+            self._cache[key] = (float(point), reps)
+        return self._cache[key]
+
+    def interval(self, model: str, metric: str) -> tuple[float, float, float]:
+        point, reps = self.stat(model, metric)
+        return (point, *bootstrap.percentile_interval(reps, self.level))
+
+    def difference(self, a: str, b: str, metric: str) -> tuple[float, float, float]:
+        """(a - b, low, high): the paired bootstrap interval of the difference."""
+        pa, ra = self.stat(a, metric)
+        pb, rb = self.stat(b, metric)
+        return (pa - pb, *bootstrap.percentile_interval(ra - rb, self.level))
+
+
+def reading(low: float, high: float) -> str:
+    """'higher' / 'lower' when the interval of a difference excludes 0, else 'indistinguishable'."""
+    if math.isnan(low) or math.isnan(high):
+        return "no interval"
+    return "higher" if low > 0 else "lower" if high < 0 else "indistinguishable"
+
+
+def samples_table(stats: SampleStats, models: Sequence[str], *, alphas: Mapping[str, float] | None = None,
+                  metrics: Sequence[str] = ("reward", "quality", "win_rate", "lc_win_rate")):
+    """One row per model: each metric with its bootstrap interval (``_low``, ``_high``), the mean length,
+    the win / tie / loss counts, and the paper's numbers where the paper has the same row (``paper_*``)."""
     import pandas as pd
 
     paper = paper_table1()
-    empty = {"paper_reward": math.nan, "paper_win_rate": math.nan, "paper_lc_win_rate": math.nan}
     rows = []
-    for name, responses in progress_bar(models.items(), desc="Table 1", leave=False):
+    for name in models:
+        sub = stats.samples[stats.samples["model"] == name]
         row = {"model": name, "alpha": (alphas or {}).get(name, math.nan)}
-        row.update(report_row(judge, prompts, responses, baseline, reward_fn=reward_fn, quality_fn=quality_fn,
-                              delta=delta))
-        row.update(paper.get(name, empty))
+        for m in metrics:
+            if m in ("reward", "quality") and m not in sub:
+                continue
+            row[m], row[f"{m}_low"], row[f"{m}_high"] = stats.interval(name, m)
+        row["length_words"] = float(sub["length_words"].mean())
+        row.update(wins=int((sub["outcome"] == 1).sum()), ties=int((sub["outcome"] == 0.5).sum()),
+                   losses=int((sub["outcome"] == 0).sum()), failed=int(sub["outcome"].isna().sum()),
+                   samples=len(sub))
+        row.update(paper.get(name, {"paper_reward": math.nan, "paper_win_rate": math.nan,
+                                    "paper_lc_win_rate": math.nan}))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-# ------------------------------------------------------------------------------ computed verdicts
+def comparisons(stats: SampleStats, pairs: Sequence[tuple[str, str]],
+                metrics: Sequence[str] = ("reward", "quality", "win_rate", "lc_win_rate")):
+    """For each (a, b) and metric: a's and b's values, a - b with its paired bootstrap interval and the
+    reading ('higher' / 'lower' / 'indistinguishable': a relative to b)."""
+    import pandas as pd
+
+    rows = []
+    for a, b in pairs:
+        for m in metrics:
+            if m in ("reward", "quality") and m not in stats.samples:
+                continue
+            diff, low, high = stats.difference(a, b, m)
+            rows.append({"a": a, "b": b, "metric": m, "a_value": stats.stat(a, m)[0],
+                         "b_value": stats.stat(b, m)[0], "difference": diff, "low": low, "high": high,
+                         "reading": reading(low, high)})
+    return pd.DataFrame(rows)
 
 
-def _paper_table1() -> dict[str, dict[str, float]]:
-    from mfnb import reference
+# ------------------------------------------------------------------------------ the paper's setting
 
-    t1 = reference.load("expo_table1").set_index("model")
-    return {model: row.to_dict() for model, row in t1.iterrows()}
+# The paper's Section 3 setting (its Appendix B and Section 3.1), beside the parameter that holds ours.
+PAPER_SETUP = (
+    ("SFT model", "zephyr-7b-sft-full", "sft_role"),
+    ("preference data (100%)", "UltraFeedback, 61K pairs (GPT-4 labels)", "preference.n_pairs"),
+    ("data fractions", "5%, 10%, 20%, 40% (Figure 5); 10%, 20%, 100% (Table 1)", "fractions"),
+    ("DPO update", "full fine-tuning", "lora.r"),
+    ("learning rate", "5e-07", "dpo.lr"),
+    ("beta", "0.01", "dpo.beta"),
+    ("epochs", "1", "dpo.epochs"),
+    ("global batch", "128", "dpo.batch_size"),
+    ("schedule, warm-up", "cosine, 0.1", "dpo.scheduler"),
+    ("reward model", "RM-Mistral-7B", "reward_model"),
+    ("development set (choosing alpha)", "UltraFeedback development set, 1 sample per prompt", "sweep_seeds"),
+    ("evaluation", "AlpacaEval 2.0: 805 prompts, GPT-4 judge, GPT-4 Turbo baseline", "baseline_role"),
+    ("sampling", "temperature 0.7, top-k 40, top-p 0.9", "sampling"),
+    ("Figure 6 control", "20% data, larger learning rate or more epochs", "figure6"),
+)
 
 
-def findings(optimal, table1, sweeps, probe, chosen: Mapping[str, float], fractions: Sequence[float],
-             alphas: Sequence[float], dpo_lr: float, sft_metrics: Mapping[str, float],
-             knows_quality: bool) -> list[str]:
-    """Notebook 03's plain statements, computed from our tables, with the paper's numbers (from the
-    reference tables) beside them: does the optimal alpha fall with data, does the reward model pick the
-    right alpha, does ExPO help each DPO model, how do less-data models + ExPO compare with full-data DPO,
-    where is the best model, what happens to length, and why the learning rate departs from the paper's."""
-    pct = lambda x: f"{100 * x:.1f}%"  # noqa: E731
-    paper_alpha = paper_optimal_alpha()
-    paper = _paper_table1()
-    lines = []
-    a_rm = optimal["alpha_by_reward"].tolist()
-    falls = is_non_increasing(a_rm) and a_rm[0] > a_rm[-1]
-    lines.append("- **Optimal alpha vs data size** (chosen by the reward model on the validation prompts): "
-                 + ", ".join(f"{d}: {a:g}" for d, a in zip(optimal["data"], a_rm))
-                 + f". It {'falls as the data grows (never rises)' if falls else 'does NOT fall monotonically as the data grows'}"
-                 + f"; the paper's observation ({', '.join(f'{k}: {v:g}' for k, v in paper_alpha.items())} "
-                 + f"in its Table 3) {'reproduces' if falls else 'does not reproduce'}.")
-    edge = optimal[optimal["at_grid_edge"]]
-    if len(edge):
-        lines.append(f"  - At the edge of the grid for {', '.join(edge['data'])}: the best alpha may lie beyond "
-                     f"{max(alphas):g}.")
-    if knows_quality:
-        same = int((optimal["alpha_by_reward"] == optimal["alpha_by_quality"]).sum())
-        loss = (optimal["quality_at_best"] - optimal["quality_at_chosen"]).max()
-        lines.append(f"- **Does the reward model pick the right alpha?** It picks the quality-best alpha for {same} of "
-                     f"{len(optimal)} fractions; the most known quality its choice gives up is {loss:.3f} "
-                     f"(validation). Alphas by known quality: "
-                     + ", ".join(f"{d}: {a:g}" for d, a in zip(optimal["data"], optimal["alpha_by_quality"])) + ".")
-    t = table1.set_index("model")
-    gains = []
-    for fraction in sorted(fractions):
-        label = fraction_label(fraction)
-        dpo, ex = t.loc[f"DPO({label} data)"], t.loc[f"DPO({label} data)+ExPO"]
-        gains.append((label, ex["reward"] - dpo["reward"], ex["win_rate"] - dpo["win_rate"],
-                      ex["lc_win_rate"] - dpo["lc_win_rate"], chosen[label]))
-    lines.append("- **ExPO on each DPO model** (test prompts; change in reward / win rate / LC win rate): "
-                 + "; ".join(f"{l} (alpha {a:g}): {r:+.2f} / {w * 100:+.1f} / {c * 100:+.1f} points"
-                             for l, r, w, c, a in gains) + ".")
-    helped = [g for g in gains if g[4] > 0]
-    if helped:
-        ok = all(g[1] > 0 and g[3] > 0 for g in helped)
-        lines.append(f"  - Wherever the reward model chose alpha > 0, ExPO {'raised' if ok else 'did NOT always raise'} "
-                     f"both the reward and the LC win rate on unseen test prompts "
-                     f"({'reproduces' if ok else 'does not fully reproduce'} the paper's Table 1).")
-    unhelped = [g[0] for g in gains if g[4] == 0]
-    if unhelped:
-        full, full_ex = paper["DPO(full data)"], paper["DPO(full data)+ExPO"]
-        lines.append(f"  - For {', '.join(unhelped)} the reward model chose alpha = 0: extrapolating this DPO model does "
-                     f"not help. The paper's full-data model still gained from ExPO "
-                     f"({full_ex['reward'] - full['reward']:+.2f} reward, "
-                     f"{full_ex['lc_win_rate_pct'] - full['lc_win_rate_pct']:+.1f} LC points at alpha "
-                     f"{paper_alpha.get('100%', math.nan):g}); ours does **not** reproduce that: this DPO model is "
-                     f"already at (or past) the best point along its own direction.")
-    if "100%" in chosen:
-        full = t.loc["DPO(100% data)"]
-        for fraction in [f for f in sorted(fractions) if f < 1.0]:
-            label = fraction_label(fraction)
-            ex = t.loc[f"DPO({label} data)+ExPO"]
-            verdict = "matches or beats" if ex["lc_win_rate"] >= full["lc_win_rate"] - 0.01 else "falls short of"
-            lines.append(f"- DPO({label})+ExPO {verdict} full-data DPO: LC win rate {pct(ex['lc_win_rate'])} vs "
-                         f"{pct(full['lc_win_rate'])}, reward {ex['reward']:.2f} vs {full['reward']:.2f}"
-                         + (f", known quality {ex['quality']:.3f} vs {full['quality']:.3f}" if knows_quality else "")
-                         + ".")
-        less = [m for m in paper if m.endswith("+ExPO") and "full" not in m]
-        lines.append("  - The paper: " + ", ".join(
-            f"{m.removeprefix('DPO(').replace(' data)+ExPO', '')} + ExPO reaches {paper[m]['lc_win_rate_pct']:g}% LC"
-            for m in less) + f" (full-data DPO {paper['DPO(full data)']['lc_win_rate_pct']:g}%).")
-    best_data = optimal.loc[optimal["reward_at_chosen"].idxmax(), "data"]
-    best_line = (f"- **Best model after ExPO** (validation): by reward, the {best_data} model ("
-                 + ", ".join(f"{r.data}: {r.reward_at_chosen:.2f}" for r in optimal.itertuples()) + ")")
-    if knows_quality:
-        best_q = optimal.loc[optimal["quality_at_chosen"].idxmax(), "data"]
-        best_line += (f"; by known quality, the {best_q} model ("
-                      + ", ".join(f"{r.data}: {r.quality_at_chosen:.3f}" for r in optimal.itertuples()) + ")")
-    medium = best_data not in (optimal["data"].iloc[0], optimal["data"].iloc[-1])
-    lines.append(best_line + ". The paper's best is at 20% data, a medium size; ours "
-                 + ("is also at a medium size." if medium else "is NOT at a medium size by reward (the values are close)."))
-    shifts = {}
-    for label, sw in sweeps.groupby("data", sort=False):
-        sw = sw.sort_values("alpha")
-        base_len = float(sw["length_words"].iloc[0])
-        moved = sw[(sw["length_words"] - base_len).abs() > 0.25 * base_len]
-        shifts[label] = float(moved["alpha"].iloc[0]) if len(moved) else float("inf")
-    earlier = is_non_increasing(list(shifts.values()))
-    change = (optimal["length_at_chosen"] - optimal["length_at_0"]).abs().max()
-    lengths = ", ".join(f"{r.data}: {r.length_at_0:.2f} -> {r.length_at_chosen:.2f}" for r in optimal.itertuples())
-    lines.append(f"- **Length** (words, validation, alpha 0 -> chosen alpha): {lengths}; no chosen alpha changes the "
-                 f"mean length by more than {change:.2f} words. The smallest alpha at which the mean length moves by "
-                 f"more than 25%: " + ", ".join(f"{k}: {v:g}" for k, v in shifts.items()) + ". "
-                 + ("The more data, the earlier the length departs" if earlier else
-                    "The length does NOT depart earlier with every increase in data")
-                 + ", compare the paper's Figure 5 (right), where the 40% model grows much longer already at small "
-                 "alpha. Here a large length change only comes past the optimum, as degeneration (repeated words, or "
-                 "empty answers), not as a learned preference for length: our preference pairs carry no overall "
-                 "length bias (chosen is longer for *repeat twice*, shorter for *pick*).")
-    paper_lr = probe[probe["paper"]] if len(probe) else probe
-    if len(paper_lr):
-        r = paper_lr.iloc[0]
-        used = probe[probe["used"]].iloc[0]
-        lines.append(f"- **Learning rate**: with the paper's lr {r['lr']:g} the adapter barely moves (||delta theta|| = "
-                     f"{r['delta_norm']:.2g} vs {used['delta_norm']:.2g} at lr {used['lr']:g}), and even alpha "
-                     f"{r['alpha_by_reward']:g} leaves the reward at {r['reward_at_chosen']:.2f} (SFT: "
-                     f"{sft_metrics['reward']:.2f}); hence our departure to lr {dpo_lr:g}.")
-    if len(probe):
-        col = "quality" if knows_quality else "reward"
-        lines.append(f"  - {'Known quality' if knows_quality else 'Reward'} at alpha 0 -> at the reward-chosen alpha, "
-                     "per learning rate (100% data): "
-                     + "; ".join(f"lr {r.lr:g}: {getattr(r, col + '_at_alpha_min'):.3f} -> "
-                                 f"{getattr(r, col + '_at_chosen'):.3f} (alpha {r.alpha_by_reward:g})"
-                                 for r in probe.itertuples()) + ".")
-    return lines
+def departures(params, n_select: int, n_report: int):
+    """The paper's setting beside ours, one row per setting (read from the parameters in use)."""
+    import pandas as pd
+
+    d, s = params.dpo, params.sampling
+    ours = {
+        "sft_role": f"the world's {params.sft_role!r} role",
+        "preference.n_pairs": f"{params.preference.n_pairs} pairs from the world ({params.preference.source})",
+        "fractions": ", ".join(f"{f * 100:g}%" for f in params.fractions),
+        "lora.r": f"LoRA r {params.lora.r}, alpha {params.lora.alpha}",
+        "dpo.lr": f"{d.lr:g}", "dpo.beta": f"{d.beta:g}", "dpo.epochs": f"{d.epochs:g}",
+        "dpo.batch_size": f"{d.batch_size * d.grad_accum}",
+        "dpo.scheduler": f"{d.scheduler}, {d.warmup_ratio:g}",
+        "reward_model": (f"local reward model {params.reward_model['path']}" if "path" in params.reward_model
+                         else "the world's own reward model (trained on prompts outside every split)"),
+        "sweep_seeds": f"{n_select} validation prompts, {len(params.sweep_seeds)} sample(s) per prompt",
+        "baseline_role": (f"{n_report} test prompts x {len(params.report_seeds)} seed(s), "
+                          f"judge {params.judge.get('kind')}, baseline {params.baseline_role!r}"),
+        "sampling": f"temperature {s.temperature:g}, top-k {s.top_k}, top-p {s.top_p:g}, "
+                    f"at most {s.max_new_tokens} new tokens",
+        "figure6": (", ".join(f"{f * 100:g}%" for f in params.figure6.fractions) + " data; lr "
+                    + (", ".join(f"{x:g}" for x in params.figure6.lrs) or "-") + "; epochs "
+                    + (", ".join(f"{x:g}" for x in params.figure6.epochs) or "-")) if params.figure6.fractions
+                   else "not run",
+    }
+    return pd.DataFrame([{"setting": name, "paper": paper, "ours": ours[field], "parameter": field}
+                         for name, paper, field in PAPER_SETUP])
+
+
+def comparisons_wide(frame, metrics: Sequence[str] = ("reward", "win_rate", "lc_win_rate")):
+    """:func:`comparisons` for reading: one row per pair, one column per metric holding
+    'difference [low, high]' and '=' where the interval contains 0 (indistinguishable)."""
+    import pandas as pd
+
+    from mfnb.formatting import fmt, fmt_interval
+
+    def cell(r):
+        mark = " =" if r.reading == "indistinguishable" else ""
+        return f"{fmt(r.difference, signed=True)} {fmt_interval(r.low, r.high)}{mark}"
+
+    rows = {}
+    for r in frame.itertuples():
+        if r.metric in metrics:
+            rows.setdefault((r.a, r.b), {"a": r.a, "b": r.b})[METRIC_NAMES[r.metric]] = cell(r)
+    return pd.DataFrame(list(rows.values()))

@@ -63,21 +63,58 @@ def response_metrics(prompts: Sequence[str], responses: Sequence[str], *, reward
     return row
 
 
+def sweep_scores(model, tokenizer, prompts: Sequence[str], alphas: Sequence[float], sampling: SamplingParams, *,
+                 seeds: Sequence[int] = (0,), reward_fn: Callable | None = None, quality_fn: Callable | None = None,
+                 cache: str | Path | None = None, progress: bool = True, desc: str = "alpha sweep"):
+    """One row per (alpha, seed, prompt): the response's reward, known quality and length (a DataFrame
+    with columns alpha, seed, prompt (its index in ``prompts``), reward, quality, length_words,
+    length_tokens); the per-prompt scores that the bootstrap intervals resample."""
+    import pandas as pd
+
+    answers = {s: sweep_responses(model, tokenizer, prompts, alphas, sampling, seed=s, cache=cache,
+                                  progress=progress, desc=f"{desc} (seed {s})") for s in seeds}
+    frames = []
+    for alpha in alphas:
+        alpha = float(alpha)
+        for seed, per_alpha in answers.items():
+            responses = per_alpha[alpha]
+            frame = pd.DataFrame({"alpha": alpha, "seed": seed, "prompt": range(len(prompts)),
+                                  "length_words": [len(r.split()) for r in responses]})
+            if tokenizer is not None:
+                frame["length_tokens"] = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
+            if reward_fn is not None:
+                frame["reward"] = np.asarray(reward_fn(list(prompts), list(responses)), dtype=float)
+            if quality_fn is not None:
+                frame["quality"] = [quality_fn(p, r) for p, r in zip(prompts, responses)]
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+SCORE_COLUMNS = ("length_words", "length_tokens", "reward", "quality")
+
+
+def summarize_sweep(scores):
+    """One row per alpha: the number of responses and the mean of every score (``alpha_sweep``'s frame)."""
+    cols = [c for c in SCORE_COLUMNS if c in scores]
+    grouped = scores.groupby("alpha", sort=False)
+    out = grouped[cols].mean()
+    out.insert(0, "n", grouped.size())
+    return out.reset_index()
+
+
 def alpha_sweep(model, tokenizer, prompts: Sequence[str], alphas: Sequence[float], sampling: SamplingParams, *,
                 seeds: Sequence[int] = (0,), reward_fn: Callable | None = None, quality_fn: Callable | None = None,
                 cache: str | Path | None = None, progress: bool = True, desc: str = "alpha sweep"):
     """One row per alpha: mean reward / quality / length over ``prompts`` x ``seeds`` (a DataFrame)."""
-    import pandas as pd
+    return summarize_sweep(sweep_scores(model, tokenizer, prompts, alphas, sampling, seeds=seeds,
+                                        reward_fn=reward_fn, quality_fn=quality_fn, cache=cache,
+                                        progress=progress, desc=desc))
 
-    answers = [sweep_responses(model, tokenizer, prompts, alphas, sampling, seed=s, cache=cache,
-                               progress=progress, desc=f"{desc} (seed {s})") for s in seeds]
-    rows = []
-    for alpha in alphas:
-        alpha = float(alpha)
-        responses = [r for per_seed in answers for r in per_seed[alpha]]
-        rows.append({"alpha": alpha, **response_metrics(list(prompts) * len(seeds), responses, reward_fn=reward_fn,
-                                                        quality_fn=quality_fn, tokenizer=tokenizer)})
-    return pd.DataFrame(rows)
+
+def score_matrix(scores, column: str = "reward") -> tuple[list[float], np.ndarray]:
+    """(alphas, values[k, n]): each alpha's per-prompt ``column``, averaged over the sampling seeds."""
+    table = scores.groupby(["alpha", "prompt"], sort=True)[column].mean().unstack("prompt")
+    return [float(a) for a in table.index], table.to_numpy()
 
 
 def optimal_alpha(sweep, metric: str = "reward") -> float:

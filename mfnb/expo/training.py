@@ -45,11 +45,16 @@ def fraction_label(fraction: float) -> str:
     return f"{fraction * 100:g}%"
 
 
-def adapter_key(world, params: ExpoParams, fraction: float, lr: float | None = None) -> str:
+def _dpo_settings(params: ExpoParams, lr: float | None, epochs: float | None):
+    """``params.dpo`` with the learning rate and/or epochs of a control run (Figure 6) replaced."""
+    update = {k: v for k, v in (("lr", lr), ("epochs", epochs)) if v is not None}
+    return params.dpo.model_copy(update=update) if update else params.dpo
+
+
+def adapter_key(world, params: ExpoParams, fraction: float, lr: float | None = None,
+                epochs: float | None = None) -> str:
     """Everything that changes the adapter: world, SFT role, data, fraction, DPO and LoRA settings, seed."""
-    dpo = params.dpo.model_dump()
-    if lr is not None:
-        dpo["lr"] = lr
+    dpo = _dpo_settings(params, lr, epochs).model_dump()
     blob = json.dumps({"version": EXPO_VERSION, "world": world.key, "sft": params.sft_role,
                        "data": params.preference.model_dump(), "fraction": fraction, "dpo": dpo,
                        "lora": params.lora.model_dump(), "seed": params.train_seed}, sort_keys=True)
@@ -57,16 +62,19 @@ def adapter_key(world, params: ExpoParams, fraction: float, lr: float | None = N
 
 
 def adapter_path(world, params: ExpoParams, fraction: float, lr: float | None = None,
-                 cache_root: str | Path | None = None) -> Path:
+                 cache_root: str | Path | None = None, epochs: float | None = None) -> Path:
     from mfnb import paths
 
     root = Path(cache_root or paths.cache_dir("expo_adapters"))
-    return root / f"{world.key}-{params.sft_role}-{fraction:g}-{adapter_key(world, params, fraction, lr)}"
+    key = adapter_key(world, params, fraction, lr, epochs)
+    return root / f"{world.key}-{params.sft_role}-{fraction:g}-{key}"
 
 
 def train_dpo_adapter(world, params: ExpoParams, fraction: float, *, lr: float | None = None,
-                      cache_root: str | Path | None = None, rows: Sequence[dict] | None = None) -> Path:
-    """The LoRA DPO adapter for one data fraction, trained only when not cached.
+                      epochs: float | None = None, cache_root: str | Path | None = None,
+                      rows: Sequence[dict] | None = None) -> Path:
+    """The LoRA DPO adapter for one data fraction, trained only when not cached; ``lr`` / ``epochs``
+    replace ``params.dpo``'s (the learning-rate probe and the Figure 6 control).
 
     The adapter and its ``dpo.json`` (metrics, seconds) are written in one atomic rename, so a killed run
     leaves nothing that looks finished and a rerun trains exactly the adapters that are missing.
@@ -77,7 +85,7 @@ def train_dpo_adapter(world, params: ExpoParams, fraction: float, *, lr: float |
     from mfnb.dpo import dpo_update, preference_dataset
     from mfnb.models import attach_lora
 
-    target = adapter_path(world, params, fraction, lr, cache_root)
+    target = adapter_path(world, params, fraction, lr, cache_root, epochs)
     if (target / "dpo.json").is_file():
         return target
     start = time.perf_counter()
@@ -85,17 +93,24 @@ def train_dpo_adapter(world, params: ExpoParams, fraction: float, *, lr: float |
     model, tokenizer = world.load(params.sft_role)
     torch.manual_seed(params.train_seed)
     policy = attach_lora(model, params.lora)
-    dpo = params.dpo if lr is None else params.dpo.model_copy(update={"lr": lr})
+    dpo = _dpo_settings(params, lr, epochs)
     data = preference_dataset([r["prompt"] for r in rows], [r["chosen"] for r in rows],
                               [r["rejected"] for r in rows], drop_identical=dpo.drop_identical)
     metrics = dpo_update(policy, tokenizer, data, dpo, seed=params.train_seed)
-    info = {"fraction": fraction, "pairs": len(rows), "lr": dpo.lr, "world": world.key, "sft_role": params.sft_role,
+    info = {"fraction": fraction, "pairs": len(rows), "lr": dpo.lr, "epochs": dpo.epochs,
+            "steps": dpo_steps(len(rows), dpo), "world": world.key, "sft_role": params.sft_role,
             "seconds": round(time.perf_counter() - start, 1),
             "metrics": {k: v for k, v in metrics.items() if isinstance(v, (int, float))}}
     with atomic_dir(target) as tmp:
         policy.save_pretrained(tmp)
         write_json(tmp / "dpo.json", info)
     return target
+
+
+def dpo_steps(pairs: int, dpo) -> int:
+    """Optimizer steps of one DPO run (the Trainer's ceil(epochs * ceil(pairs / global batch)))."""
+    per_epoch = math.ceil(pairs / (dpo.batch_size * dpo.grad_accum))
+    return math.ceil(dpo.epochs * per_epoch)
 
 
 def adapter_info(path: str | Path) -> dict:

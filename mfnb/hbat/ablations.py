@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mfnb.hbat.algorithm import run_hbat
 from mfnb.hbat.params import METHODS, HbatParams, for_method
@@ -47,6 +47,7 @@ class HbatNotebookParams(Params):
     methods: list[str] = Field(default_factory=lambda: list(METHODS), min_length=1)
     n_grid: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
     fmax_grid: list[float] = Field(default_factory=lambda: [1.0, 50.0, 100.0, 150.0, 200.0])
+    lam_grid: list[float] = Field(default_factory=list)   # lambda sweep at hbat's N and Fmax (grid_seeds)
     sampling: SamplingParams = SamplingParams(temperature=0.75, top_p=0.95, max_new_tokens=16)  # paper: 0.75 / 0.95
     n_validation: int = Field(default=200, ge=1)
     n_test: int = Field(default=500, ge=1)
@@ -55,11 +56,32 @@ class HbatNotebookParams(Params):
     efficiency_repeats: int = Field(default=1, ge=0)  # Table 7 measurements per method (0: skip)
     keep_weights: bool = False                        # keep stage weights after the notebook (resume only)
 
-    @model_validator(mode="after")
-    def _check(self):
-        unknown = [m for m in self.methods if m not in METHODS]
+    @field_validator("seeds", "grid_seeds", "methods", "n_grid", "fmax_grid", "lam_grid")
+    @classmethod
+    def _distinct(cls, values: list, info) -> list:
+        repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if repeated:
+            raise ValueError(f"{info.field_name}: {repeated} repeated in {values} (each value is run once)")
+        return values
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, values: list[str]) -> list[str]:
+        unknown = [m for m in values if m not in METHODS]
         if unknown:
             raise ValueError(f"methods: unknown {unknown}; known: {list(METHODS)}")
+        return values
+
+    @field_validator("lam_grid")
+    @classmethod
+    def _lambda(cls, values: list[float]) -> list[float]:
+        bad = [x for x in values if not x >= 0]
+        if bad:
+            raise ValueError(f"lam_grid: lambda must be >= 0, got {bad}")
+        return values
+
+    @model_validator(mode="after")
+    def _check(self):
         for name, values in (("hbat.n_splits", [self.hbat.n_splits]), ("n_grid", self.n_grid)):
             bad = [n for n in values if n < 1]
             if bad:
@@ -160,8 +182,13 @@ class HbatExperiment:
         run = run_hbat(model, self.tokenizer, sft_rows, pref_rows, hbat_params, seed=seed, store=self.store,
                        init_key=self.init_key(), evaluate=self.evaluate, eval_key=self.eval_key)
         test = dict(run.test)
+        selected = run.stages[run.selected].validation
         record = {"key": key, "label": label, "seed": seed, "n_splits": hbat_params.n_splits,
-                  "constraint": hbat_params.constraint, "fmax": hbat_params.ewc.fmax, "lam": hbat_params.ewc.lam,
+                  "constraint": hbat_params.constraint, "importance_kind": hbat_params.ewc.importance,
+                  "fmax": hbat_params.ewc.fmax, "lam": hbat_params.ewc.lam,
+                  "importance_seconds": sum(s.importance_seconds for s in run.stages), "state_bytes": run.state_bytes,
+                  "cpu_seconds": run.cpu_seconds,
+                  **{f"val_{k}": selected.get(k) for k in ("quality", "reward", "win_rate")},
                   "preference": hbat_params.preference, "selected_stage": run.selected, "n_stages": len(run.stages),
                   "train_seconds": run.train_seconds, "samples": test.pop("samples", []), **test,
                   "stages": run.stage_frame().to_dict(orient="records"),
@@ -209,6 +236,19 @@ class HbatExperiment:
         rows += [_flat(r, axis="DPO", value=math.nan) for r in dpo]
         return pd.DataFrame(rows)
 
+    def lambda_runs(self, progress: bool = True):
+        """HbAT at each lambda of ``lam_grid`` (N and Fmax as in ``hbat``), and two-stage DPO, on
+        ``grid_seeds``; each row also carries the kept checkpoint's validation scores (``val_*``)."""
+        import pandas as pd
+        from mfnb.progress import progress as progress_bar
+
+        jobs = [(lam, s) for lam in self.P.lam_grid for s in self.P.grid_seeds]
+        rows = [_flat(self.run("HbAT", self.method_params("HbAT", lam=float(lam)), s), axis="lambda", value=lam)
+                for lam, s in progress_bar(jobs, desc="lambda runs", disable=not progress)]
+        rows += [_flat(self.run("DPO", self.method_params("DPO"), s), axis="DPO", value=math.nan)
+                 for s in self.P.grid_seeds]
+        return pd.DataFrame(rows)
+
     def clean(self) -> int:
         return 0 if self.P.keep_weights else clean_store(self.store)
 
@@ -225,6 +265,7 @@ class HbatExperiment:
 
 
 def _flat(record: dict, **extra) -> dict:
-    keep = ("seed", "n_splits", "constraint", "fmax", "lam", "quality", "reward", "win_rate", "win_low", "win_high",
-            "n", "train_seconds", "selected_stage", "n_stages", "key")
+    keep = ("seed", "n_splits", "constraint", "importance_kind", "fmax", "lam", "quality", "reward", "win_rate",
+            "win_low", "win_high", "val_quality", "val_reward", "val_win_rate", "n", "train_seconds", "cpu_seconds",
+            "importance_seconds", "state_bytes", "selected_stage", "n_stages", "key")
     return {**extra, **{k: record.get(k) for k in keep}}

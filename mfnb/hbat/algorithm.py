@@ -24,10 +24,11 @@ import torch
 
 from mfnb.atomic import write_json
 from mfnb.hbat.ewc import EWCPenalty, ewc_trainer_class
+from mfnb.hbat.fisher import add_fisher, empirical_fisher, fisher_bytes, scaled_fisher
 from mfnb.hbat.importance import (accumulate_changes, importance_from_changes, snapshot, squared_change_sums,
                                   top_fraction, trainable_tensors)
 from mfnb.hbat.params import HbatError, HbatParams
-from mfnb.hbat.store import StageRecord, digest, load_stage, save_stage, stage_key
+from mfnb.hbat.store import StageRecord, digest, load_fisher, load_stage, save_fisher, save_stage, stage_key
 
 
 # --------------------------------------------------------------------------------------------------
@@ -125,7 +126,21 @@ class HbatRun:
 
     @property
     def train_seconds(self) -> float:
-        return sum(s.train_seconds for s in self.stages)
+        """Training time of all stages, with the original EWC's Fisher estimation (the modified EWC's
+        change statistics are computed inside each stage's time)."""
+        return sum(s.train_seconds + s.importance_seconds for s in self.stages)
+
+    @property
+    def cpu_seconds(self) -> float:
+        """The same in CPU seconds of this process: far less sensitive than wall time to other processes
+        on a shared machine (tiny models train single-threaded)."""
+        return sum(s.cpu_seconds + s.importance_cpu_seconds for s in self.stages)
+
+    @property
+    def state_bytes(self) -> int:
+        """The most memory the constraint held at once besides the model (anchors, coefficients, and the
+        importances kept for later stages)."""
+        return max((s.penalty_bytes + s.importance_bytes for s in self.stages), default=0)
 
     def stage_frame(self):
         import pandas as pd
@@ -187,6 +202,10 @@ def run_hbat(model, tokenizer, sft_rows: Sequence[dict], preference_rows: Sequen
         gc.unfreeze()
 
 
+def _max_length(params: HbatParams, kind: str) -> int:
+    return params.sft.max_length if kind == "sft" else params.dpo.max_length
+
+
 def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store, init_key, evaluate, eval_key,
                 show_progress) -> HbatRun:
     store = Path(store) if store is not None else None
@@ -196,7 +215,9 @@ def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store
     if not tensors:
         raise HbatError("model: has no trainable parameters")
     ewc = params.ewc
+    fisher = ewc.importance == "fisher" and params.constraint == "ewc"
     accumulated: dict[str, dict[str, float]] = {"sft": {}, "dpo": {}}
+    fishers: dict[str, dict[str, torch.Tensor] | None] = {"sft": None, "dpo": None}
     records: list[StageRecord] = []
     prev = digest({"init": init_key or "in-memory", "n": params.n_splits})
     kept_state: dict[str, dict[str, torch.Tensor]] = {}
@@ -212,19 +233,26 @@ def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store
         if record is not None:
             record.reused = True
         else:
-            importance = (importance_from_changes(accumulated[other], ewc.fmax, ewc.change_scale)
-                          if constraint != "none" else {})
+            if constraint == "none":
+                importance = {}
+            elif fisher:
+                importance = scaled_fisher(fishers[other], ewc)
+            else:
+                importance = importance_from_changes(accumulated[other], ewc.fmax, ewc.change_scale)
             penalty, frozen = None, []
             if constraint == "ewc":
                 penalty = EWCPenalty.from_model(model, importance, ewc)
                 constrained = penalty.names
+                penalty_bytes = penalty.state_bytes
             elif constraint == "freeze":
                 frozen = top_fraction({k: importance.get(k, 0.0) for k in tensors}, ewc.freeze_fraction)
                 constrained = frozen
             else:
                 constrained = []
+            if constraint != "ewc":
+                penalty_bytes = 0
             before = snapshot(tensors)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             for name in frozen:
                 tensors[name].requires_grad_(False)
             try:
@@ -233,16 +261,39 @@ def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store
                 for name in frozen:
                     tensors[name].requires_grad_(True)
             sums = squared_change_sums(before, tensors)
-            seconds = time.perf_counter() - start
+            seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
             del before, penalty
+            # the record keeps one number per tensor: the mean of its raw per-element Fisher (before fisher_scale)
+            used = ({k: float(v.mean()) for k, v in fishers[other].items()} if fisher and importance
+                    else importance)
             record = StageRecord(index=index, kind=kind, part=part, key=key, rows=len(rows), constraint=constraint,
-                                 importance_used=importance, constrained_tensors=list(constrained),
+                                 importance_used=used, constrained_tensors=list(constrained),
                                  change_sums={k: [s, n] for k, (s, n) in sums.items()}, train_seconds=seconds,
-                                 train_metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+                                 cpu_seconds=cpu_seconds,
+                                 train_metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+                                 penalty_bytes=penalty_bytes)
             if folder is not None:
                 save_stage(folder, model, record)
         changes = record.changes(ewc.reduce)
         accumulated[kind] = accumulate_changes(accumulated[kind], changes) if ewc.accumulate else dict(changes)
+        if fisher and index < len(plan) - 1:
+            # the original EWC: the Fisher of this stage's data at its final parameters, for the other
+            # objective's later stages (stored beside the stage, so a resumed run does not estimate it again)
+            stage_fisher = load_fisher(folder) if folder is not None else None
+            if stage_fisher is None:
+                start, cpu_start = time.perf_counter(), time.process_time()
+                stage_fisher = empirical_fisher(model, tokenizer, rows, kind, max_length=_max_length(params, kind),
+                                                batch_size=ewc.fisher_batch)
+                record.importance_seconds = time.perf_counter() - start
+                record.importance_cpu_seconds = time.process_time() - cpu_start
+                if folder is not None:
+                    save_fisher(folder, stage_fisher)
+            fishers[kind] = add_fisher(fishers[kind], stage_fisher) if ewc.accumulate else stage_fisher
+            record.importance_bytes = sum(fisher_bytes(f) for f in fishers.values() if f)
+            if folder is not None:
+                write_json(folder / "meta.json", {**record.__dict__, "reused": False})
+        elif params.constraint != "none":
+            record.importance_bytes = 8 * sum(len(a) for a in accumulated.values())
         if evaluate is not None and (record.eval_key != eval_key or not record.validation):
             record.validation = dict(evaluate(model, tokenizer, "validation"))
             record.eval_key = eval_key

@@ -37,12 +37,16 @@ def _cost_worker(spec_json: str) -> None:
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
     print("COST " + json.dumps({"method": spec["method"], "train_seconds": run.train_seconds, "wall_seconds": wall,
+                                "cpu_seconds": run.cpu_seconds,
+                                "importance_seconds": sum(s.importance_seconds for s in run.stages),
+                                "state_mb": run.state_bytes / 2**20,
                                 "peak_rss_mb": peak / 2**20, "extra_rss_mb": max(peak - baseline, 0) / 2**20,
                                 "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
                                 "stages": len(run.stages), "stage_seconds": [round(x.train_seconds, 3) for x in run.stages]}))
 
 
-def measure_efficiency(params: HbatNotebookParams, methods: Sequence[str] = ("DPO", "HbAT"), repeats: int = 1,
+def measure_efficiency(params: HbatNotebookParams, methods: Sequence[str] = ("DPO", "HbAT", "HbAT w/ original EWC"),
+                       repeats: int = 1,
                        changes: dict | None = None, timeout: float = 900):
     """Table 7: each method trained ``repeats`` times in a fresh process (interleaved, so drifting machine
     load hits both alike) on the same data and steps; training seconds and peak memory per run."""
@@ -70,9 +74,12 @@ def efficiency_table(costs, baseline: str = "DPO"):
 
     from mfnb import reference
 
-    med = costs.groupby("method", sort=False)[["train_seconds", "peak_rss_mb", "extra_rss_mb"]].median()
+    cols = [c for c in ("train_seconds", "cpu_seconds", "importance_seconds", "peak_rss_mb", "extra_rss_mb", "state_mb")
+            if c in costs]
+    med = costs.groupby("method", sort=False)[cols].median()
     base = med.loc[baseline]
     out = med.assign(relative_time=med["train_seconds"] / base["train_seconds"],
+                     **({"relative_cpu": med["cpu_seconds"] / base["cpu_seconds"]} if "cpu_seconds" in med else {}),
                      relative_peak_rss=med["peak_rss_mb"] / base["peak_rss_mb"],
                      runs=costs.groupby("method", sort=False).size()).reset_index()
     paper = reference.load("hbat_table7").rename(columns={"relative_time": "paper_relative_time",

@@ -1,9 +1,13 @@
-"""The modified EWC penalty (Eqs. 5 and 8) inside TRL's own trainers.
+"""The EWC penalty (Eqs. 5 and 8) inside TRL's own trainers.
 
 ``sum_i (lambda / 2) F_i ||theta_i - theta*_i||^2``, anchored at the parameters when the penalty is built. It
 is added to TRL's losses (:class:`EWCSFTTrainer`, :class:`EWCDPOTrainer` override ``compute_loss``),
 computed with fused ``torch._foreach_*`` kernels over only the tensors whose F_i is not negligible, with a
 hand-written backward (no autograd graph over thousands of small ops).
+
+``F_i`` is one number per tensor for the paper's modified EWC (:mod:`mfnb.hbat.importance`) or a tensor of
+the parameter's shape for the original EWC (the diagonal empirical Fisher, :mod:`mfnb.hbat.fisher`); the
+penalty is then ``sum_j (lambda / 2) F_j (theta_j - theta*_j)^2`` element by element, with the same trainers.
 """
 from __future__ import annotations
 
@@ -35,30 +39,77 @@ class _FusedPenalty(torch.autograd.Function):
         return (None, *grads)
 
 
-class EWCPenalty:
-    """sum_i (lambda/2) F_i ||theta_i - theta*_i||^2, anchored at the parameters when it is built."""
+class _FusedElementwisePenalty(torch.autograd.Function):
+    """1/2 sum_i sum_j c_ij (p_ij - a_ij)^2 with foreach kernels (one coefficient per element)."""
 
-    def __init__(self, params: Sequence[torch.Tensor], coefs: Sequence[float], names: Sequence[str] = ()):
+    @staticmethod
+    def forward(ctx, penalty: "EWCPenalty", *params):
+        diffs = torch._foreach_sub(params, penalty.anchors)
+        weighted = torch._foreach_mul(diffs, penalty.coefs)
+        total = torch.stack([torch.vdot(w.flatten().float(), d.flatten().float()) for w, d in zip(weighted, diffs)])
+        ctx.penalty = penalty
+        ctx.save_for_backward(*params)
+        return 0.5 * total.sum()
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        params = ctx.saved_tensors
+        grads = torch._foreach_sub(params, ctx.penalty.anchors)
+        torch._foreach_mul_(grads, ctx.penalty.coefs)
+        torch._foreach_mul_(grads, grad_output.to(params[0].dtype))
+        return (None, *grads)
+
+
+class EWCPenalty:
+    """sum_i (lambda/2) F_i ||theta_i - theta*_i||^2, anchored at the parameters when it is built.
+
+    ``coefs``: one number per tensor (the modified EWC), or one tensor per tensor, of its shape (the
+    original EWC's per-element Fisher)."""
+
+    def __init__(self, params: Sequence[torch.Tensor], coefs: Sequence[float | torch.Tensor],
+                 names: Sequence[str] = ()):
         if len(params) != len(coefs):
             raise HbatError(f"{len(params)} tensors but {len(coefs)} coefficients")
         self.params = list(params)
         self.names = list(names)
-        self.coefs = [float(c) for c in coefs]
+        self.elementwise = any(isinstance(c, torch.Tensor) for c in coefs)
         self.anchors = [p.detach().clone() for p in self.params]
         device = self.params[0].device if self.params else "cpu"
-        self.coef_tensor = torch.tensor(self.coefs, dtype=torch.float32, device=device)
+        if self.elementwise:
+            for name, p, c in zip(self.names or [""] * len(coefs), self.params, coefs):
+                if not isinstance(c, torch.Tensor) or c.shape != p.shape:
+                    raise HbatError(f"EWC coefficient of tensor {name!r}: expected a tensor of shape "
+                                    f"{tuple(p.shape)}, got {getattr(c, 'shape', c)!r}")
+            self.coefs = [c.detach().to(p.device, p.dtype) for c, p in zip(coefs, self.params)]
+        else:
+            self.coefs = [float(c) for c in coefs]
+            self.coef_tensor = torch.tensor(self.coefs, dtype=torch.float32, device=device)
 
     @classmethod
-    def from_model(cls, model, importance: Mapping[str, float], ewc: EWCParams) -> "EWCPenalty":
-        """The penalty over ``model``'s trainable tensors with non-negligible importance."""
+    def from_model(cls, model, importance: Mapping[str, float | torch.Tensor], ewc: EWCParams) -> "EWCPenalty":
+        """The penalty over ``model``'s trainable tensors with non-negligible importance (per-tensor numbers:
+        above ``min_fraction * fmax``; per-element tensors: any non-zero element)."""
         tensors = trainable_tensors(model)
         threshold = ewc.min_fraction * ewc.fmax
-        names = [k for k in tensors if importance.get(k, 0.0) > threshold and ewc.coefficient(importance[k]) > 0]
+
+        def kept(k):
+            value = importance.get(k)
+            if isinstance(value, torch.Tensor):
+                return bool((value > 0).any()) and ewc.coefficient(1.0) > 0
+            return (value or 0.0) > threshold and ewc.coefficient(value) > 0
+
+        names = [k for k in tensors if kept(k)]
         return cls([tensors[k] for k in names], [ewc.coefficient(importance[k]) for k in names], names)
 
     @property
     def anchor_bytes(self) -> int:
         return sum(a.numel() * a.element_size() for a in self.anchors)
+
+    @property
+    def state_bytes(self) -> int:
+        """Memory the penalty holds besides the model: anchors, and per-element coefficients if any."""
+        coef = sum(c.numel() * c.element_size() for c in self.coefs) if self.elementwise else 4 * len(self.coefs)
+        return self.anchor_bytes + coef
 
     def __len__(self) -> int:
         return len(self.params)
@@ -66,13 +117,14 @@ class EWCPenalty:
     def __call__(self) -> torch.Tensor:
         if not self.params:
             return torch.zeros(())
-        return _FusedPenalty.apply(self, *self.params)
+        fused = _FusedElementwisePenalty if self.elementwise else _FusedPenalty
+        return fused.apply(self, *self.params)
 
     def reference_value(self) -> torch.Tensor:
         """The same penalty with plain autograd (for tests)."""
         total = torch.zeros(())
         for p, a, c in zip(self.params, self.anchors, self.coefs):
-            total = total + 0.5 * c * (p - a).pow(2).sum()
+            total = total + 0.5 * (c * (p - a).pow(2)).sum()
         return total
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mfnb.dpo import DPOParams
 from mfnb.params import Params
@@ -32,6 +32,13 @@ class HbatError(ValueError):
 class EWCParams(Params):
     """The modified EWC. Defaults follow the paper's equations; see the module docstring for the code's."""
 
+    importance: Literal["changes", "fisher"] = "changes"  # changes: the modified EWC (Eqs. 6-7, 9-10);
+    # fisher: the original EWC, the diagonal empirical Fisher per element (Appendix B, mfnb.hbat.fisher)
+    fisher_scale: Literal["raw", "fmax"] = "raw"  # raw: as estimated (classic EWC, the paper's original);
+    # fmax: rescaled to the modified EWC's mean weight per element, fmax / #tensors (same lambda, same overall
+    # strength; only where the weight goes differs)
+    fisher_batch: int = Field(default=32, ge=1)  # per-example gradients computed this many at a time
+    # (torch.func.vmap); 1: one backward pass per example, for models whose per-example gradients do not fit
     lam: float = Field(default=1.0, ge=0)          # lambda, Eqs. 5 and 8 (paper: 1)
     fmax: float = Field(default=100.0, gt=0)       # F_max, Eq. 6 (paper: 100 dialogue, 50 summarization)
     reduce: Literal["mean", "sum"] = "mean"        # Eq. 7: mean over a tensor's elements (code: sum)
@@ -48,8 +55,9 @@ class EWCParams(Params):
         values.update(overrides)
         return cls.validate_mapping(values, source="EWCParams.released_code")
 
-    def coefficient(self, importance: float) -> float:
-        """Per-tensor weight c_i of the penalty 1/2 sum_i c_i ||theta_i - theta*_i||^2."""
+    def coefficient(self, importance):
+        """Weight c_i of the penalty 1/2 sum_i c_i ||theta_i - theta*_i||^2 (a number per tensor, or a tensor of
+        per-element weights for the Fisher)."""
         lam = self.lam if self.lam_placement == "outside" else self.lam ** 2
         return lam * importance
 
@@ -81,8 +89,15 @@ class HbatParams(Params):
     select_by: Literal["reward", "win_rate", "quality", "last"] = "reward"   # paper: best Reward
     select_over: Literal["dpo", "all"] = "dpo"     # which stage checkpoints are candidates
 
+    @model_validator(mode="after")
+    def _fisher_needs_the_penalty(self):
+        if self.ewc.importance == "fisher" and self.constraint == "freeze":
+            raise ValueError("ewc.importance 'fisher' (the original EWC) is a penalty; it cannot rank tensors "
+                             "for constraint 'freeze' (use importance 'changes')")
+        return self
 
-# Table 4 (plus HbAT-Freeze of Table 1) as changes to one HbatParams.
+
+# Table 4 (plus HbAT-Freeze of Table 1 and the original EWC of Table 7) as changes to one HbatParams.
 METHODS: dict[str, dict[str, Any]] = {
     "SFT": dict(preference=False, n_splits=1, constraint="none", select_over="all"),
     "DPO": dict(n_splits=1, constraint="none"),
@@ -90,6 +105,7 @@ METHODS: dict[str, dict[str, Any]] = {
     "w/o EWC": dict(constraint="none"),
     "w/o alternating": dict(n_splits=1),
     "HbAT-Freeze": dict(constraint="freeze"),
+    "HbAT w/ original EWC": dict(ewc=dict(importance="fisher")),   # Table 7: the Fisher instead of Eqs. 6-7
 }
 
 
@@ -97,4 +113,7 @@ def for_method(params: HbatParams, method: str) -> HbatParams:
     """``params`` turned into one of the Table 4 methods (see :data:`METHODS`)."""
     if method not in METHODS:
         raise HbatError(f"method: unknown method {method!r}; known: {list(METHODS)}")
-    return HbatParams.validate_mapping({**params.model_dump(), **METHODS[method]}, source=f"method {method!r}")
+    values = params.model_dump()
+    for key, change in METHODS[method].items():
+        values[key] = {**values[key], **change} if isinstance(change, dict) else change
+    return HbatParams.validate_mapping(values, source=f"method {method!r}")

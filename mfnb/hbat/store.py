@@ -6,6 +6,7 @@ stage) share it.
 from __future__ import annotations
 
 import hashlib
+import math
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,11 @@ class StageRecord:
     validation: dict[str, Any] = field(default_factory=dict)
     eval_key: str | None = None
     reused: bool = False
+    importance_seconds: float = 0.0          # the original EWC's Fisher estimation after this stage
+    cpu_seconds: float = math.nan            # CPU seconds of the training (NaN in records written before)
+    importance_cpu_seconds: float = 0.0
+    penalty_bytes: int = 0                   # the penalty's anchors and coefficients in this stage
+    importance_bytes: int = 0                # importances kept after this stage for later ones
 
     def changes(self, reduce: str) -> dict[str, float]:
         return {k: (s / n if reduce == "mean" else s) for k, (s, n) in self.change_sums.items()}
@@ -54,6 +60,10 @@ def stage_key(prev: str, kind: str, part: int, rows: Sequence[Mapping], params: 
         spec["ewc"] = {"reduce": e.reduce, "change_scale": e.change_scale, "accumulate": e.accumulate,
                        "fmax": e.fmax, **({"lam": e.lam, "lam_placement": e.lam_placement, "min_fraction": e.min_fraction}
                                           if constraint == "ewc" else {"freeze_fraction": e.freeze_fraction})}
+        if constraint == "ewc" and e.importance != "changes":  # (absent for the default: older keys stay valid)
+            spec["ewc"] = {"importance": e.importance, "fisher_scale": e.fisher_scale, "lam": e.lam,
+                           "lam_placement": e.lam_placement, "accumulate": e.accumulate,
+                           **({"fmax": e.fmax} if e.fisher_scale == "fmax" else {})}
     return digest(spec)
 
 
@@ -83,10 +93,31 @@ def load_stage(folder: Path, model) -> StageRecord | None:
     return StageRecord(**json.loads(meta.read_text()))
 
 
+FISHER_FILE = "fisher.safetensors"
+
+
+def save_fisher(folder: Path, fisher: Mapping[str, torch.Tensor]) -> None:
+    """The original EWC's Fisher of a stored stage, written atomically beside its weights."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{FISHER_FILE}.tmp"
+    save_file({k: v.contiguous().cpu() for k, v in fisher.items()}, str(tmp))
+    tmp.replace(folder / FISHER_FILE)
+
+
+def load_fisher(folder: Path | None) -> dict[str, torch.Tensor] | None:
+    from safetensors.torch import load_file
+
+    path = folder / FISHER_FILE if folder is not None else None
+    return load_file(str(path)) if path is not None and path.is_file() else None
+
+
 def clean_store(store: str | Path) -> int:
-    """Delete stored stage weights (meta.json stays); returns the number of files removed."""
+    """Delete stored stage weights and Fisher estimates (meta.json stays); returns the number of files removed."""
     removed = 0
-    for path in Path(store).glob("stages/*/state.safetensors"):
-        path.unlink()
-        removed += 1
+    for pattern in ("stages/*/state.safetensors", f"stages/*/{FISHER_FILE}"):
+        for path in Path(store).glob(pattern):
+            path.unlink()
+            removed += 1
     return removed

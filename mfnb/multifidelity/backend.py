@@ -1,8 +1,9 @@
 """Who generates and who learns in Algorithm 2: the LoRA policy (the student being aligned) and the experts.
 
 :class:`PolicyBackend` works on any world (:mod:`mfnb.worlds`): the policy is a LoRA adapter on
-``world.load(student)``, trained by TRL's DPOTrainer; expert responses come from ``world.respond(role, ...)``
-(a model, a best-of-k procedure or a served hub model, whatever the world's expert is). Tests drive the
+``world.load(student)``, trained by TRL's DPOTrainer (its SFTTrainer for the SFT baseline); expert responses
+come from ``world.respond(role, ...)`` (a model, a best-of-k procedure or a served hub model, whatever the
+world's expert is). Tests drive the
 algorithm with scripted backends that follow the same :class:`Backend` protocol.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 
 from mfnb.dpo import DPOParams
 from mfnb.models import LoraParams, SamplingParams
+from mfnb.sft import SFTParams
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Backend(Protocol):
     def generate_expert(self, role: str, prompts: list[str], seed: int, sampling: SamplingParams) -> list[str]: ...
     def update(self, prompts: list[str], chosen: list[str], rejected: list[str], seed: int,
                dpo: DPOParams) -> dict: ...
+    def sft_update(self, prompts: list[str], completions: list[str], seed: int, sft: SFTParams) -> dict: ...
 
 
 @contextmanager
@@ -120,4 +123,18 @@ class PolicyBackend:
         with _quiet_peft():
             metrics = dpo_update(self.policy, self.tokenizer, data, dpo, seed=seed)
         metrics["pairs_used"] = len(data)
+        return metrics
+
+    def sft_update(self, prompts, completions, seed, sft):
+        """Supervised fine-tuning of the LoRA policy on (prompt, expert response) rows, loss on the response
+        only (TRL's SFTTrainer through :func:`mfnb.sft.train`)."""
+        from mfnb.sft import quiet_transformers, train
+
+        rows = [{"prompt": p, "completion": " " + c.strip()} for p, c in zip(prompts, completions)]
+        with _quiet_peft(), quiet_transformers():
+            metrics = train(self.policy, self.tokenizer, rows, lr=sft.lr, batch_size=sft.batch_size, seed=seed,
+                            steps=sft.steps, epochs=sft.epochs, warmup_ratio=sft.warmup_ratio,
+                            scheduler=sft.scheduler, max_length=sft.max_length,
+                            gradient_accumulation_steps=sft.grad_accum)
+        metrics["rows_used"] = len(rows)
         return metrics

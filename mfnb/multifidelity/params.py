@@ -4,13 +4,14 @@ Defaults are the paper's where it gives them.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Literal, Sequence
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mfnb.dpo import DPOParams
 from mfnb.models import LoraParams, SamplingParams
-from mfnb.params import Params, ParamsError
+from mfnb.params import Params, ParamsError, did_you_mean
+from mfnb.sft import SFTParams
 
 
 class Fidelity(Params):
@@ -28,6 +29,11 @@ class AlgorithmParams(Params):
     student_cost: float = Field(default=1.0, ge=0)      # per student response (not in Lambda)
     judge_cost: float = Field(default=0.0, ge=0)        # per judgement (not in Lambda; the paper prices none)
     gamma: float = Field(default=0.3, gt=0, lt=1)
+    # how a look's judgements become the number compared with gamma: the paper's Section 5 computes its
+    # win rates as wins / total pairs (ties count 0); Section 2's WinFreq counts a tie as 1/2 ("half")
+    tie_convention: Literal["wins_over_total", "half"] = "wins_over_total"
+    # the paper: move on when the win rate "exceeds" gamma (strict); "at_least" is >=
+    gamma_rule: Literal["exceeds", "at_least"] = "exceeds"
     epsilon: float = Field(default=1e-4, ge=0)          # ||theta_t - theta_{t-1}|| on the LoRA weights
     delta: float = Field(default=0.05, gt=0, lt=1)      # Lemma 1 confidence for the reported radii
     n_validation: int = Field(default=200, ge=1)
@@ -39,6 +45,7 @@ class AlgorithmParams(Params):
     monitor: bool = True                                # judge every model against every expert
     sampling: SamplingParams = SamplingParams()
     dpo: DPOParams = DPOParams(lr=5e-4)
+    sft: SFTParams = SFTParams(lr=5e-4, batch_size=16, epochs=1.0)  # the SFT baseline's step
     lora: LoraParams = LoraParams()
 
     @field_validator("fidelities")
@@ -74,6 +81,25 @@ class RunConfig(AlgorithmParams):
     seed: int = 0
 
 
+FULL_BUDGET_BASELINES = ("sft", "fixed_ladder")
+
+
+def vanilla_name(m: int) -> str:
+    """The baseline (and run) name of the paper's vanilla(m = m): ``vanilla-m2``.  No "=" in it, so papermill's
+    parameter inspection can read a list of them."""
+    return f"vanilla-m{m}"
+
+
+def vanilla_fidelity(name: str) -> int | None:
+    """m of a ``vanilla-m<m>`` baseline name, None for another baseline."""
+    return int(name[len("vanilla-m"):]) if name.startswith("vanilla-m") and name[len("vanilla-m"):].isdigit() else None
+
+
+def baseline_names(n_fidelities: int) -> list[str]:
+    """Every baseline notebook 02 knows for M fidelities: vanilla-m1..vanilla-mM, sft, fixed_ladder."""
+    return [vanilla_name(m) for m in range(1, n_fidelities + 1)] + list(FULL_BUDGET_BASELINES)
+
+
 class TracesParams(AlgorithmParams):
     """Parameters of notebooks/02_multifidelity_traces.ipynb (one trace per batch size and seed)."""
 
@@ -81,7 +107,10 @@ class TracesParams(AlgorithmParams):
     world: dict
     batch_sizes: list[int] = Field(min_length=1)
     trace_seeds: list[int] = Field(min_length=1)
-    vanilla_fidelities: list[int] = Field(default_factory=list)
+    baselines: list[str] = Field(default_factory=lambda: [vanilla_name(2), vanilla_name(3)])
+    # a baseline run only at some batch sizes (default: at every one); e.g. {"vanilla-m1": [512]}
+    baseline_batch_sizes: dict[str, list[int]] = Field(default_factory=dict)
+    fixed_ladder_iterations: list[int] | None = None   # per fidelity below the top; null = mean of the adaptive runs
     n_test: int = Field(default=500, ge=1)
     test_sampling: SamplingParams = SamplingParams(top_p=0.95, top_k=50)
     judge: dict[str, str | float | int | bool | None] = Field(default_factory=lambda: {"kind": "oracle"})
@@ -93,14 +122,64 @@ class TracesParams(AlgorithmParams):
     def _positive_batches(cls, values: list[int]) -> list[int]:
         if any(b < 1 for b in values):
             raise ValueError(f"every batch size B must be >= 1, got {values}")
+        if len(set(values)) != len(values):
+            raise ValueError(f"each batch size may appear once, got {values}")
         return values
 
-    @model_validator(mode="after")
-    def _vanilla_in_range(self):
-        bad = [m for m in self.vanilla_fidelities if not 1 <= m <= len(self.fidelities)]
-        if bad:
-            raise ValueError(f"vanilla_fidelities: {bad} not in 1..{len(self.fidelities)} (1-based fidelity index)")
-        return self
+    @field_validator("trace_seeds")
+    @classmethod
+    def _distinct_seeds(cls, values: list[int]) -> list[int]:
+        twice = sorted({s for s in values if values.count(s) > 1})
+        if twice:
+            raise ValueError(f"seed(s) {twice} listed more than once in {values}: a repeated seed repeats the "
+                             "same run and would count it twice in every interval over seeds")
+        return values
+
+    @field_validator("baselines")
+    @classmethod
+    def _known_baselines(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        fidelities = info.data.get("fidelities")
+        if fidelities is None:  # fidelities failed validation: reported on their own
+            return values
+        known = baseline_names(len(fidelities))
+        for name in values:
+            if name not in known:
+                raise ValueError(f"unknown baseline {name!r}{did_you_mean(name, set(known))}; known: {', '.join(known)}")
+        twice = sorted({b for b in values if values.count(b) > 1})
+        if twice:
+            raise ValueError(f"{twice} listed more than once")
+        return values
+
+    @field_validator("baseline_batch_sizes")
+    @classmethod
+    def _restricted_baselines(cls, values: dict[str, list[int]], info: ValidationInfo) -> dict[str, list[int]]:
+        baselines, batches = info.data.get("baselines"), info.data.get("batch_sizes")
+        for name, sizes in values.items():
+            if baselines is not None and name not in baselines:
+                raise ValueError(f"{name!r} is not in baselines{did_you_mean(name, set(baselines))} "
+                                 f"(baselines: {', '.join(baselines)})")
+            if batches is not None and not set(sizes) <= set(batches):
+                raise ValueError(f"{name!r}: batch sizes {sorted(set(sizes) - set(batches))} are not in batch_sizes "
+                                 f"{batches}")
+        return values
+
+    @field_validator("fixed_ladder_iterations")
+    @classmethod
+    def _ladder_counts(cls, values: list[int] | None, info: ValidationInfo) -> list[int] | None:
+        fidelities = info.data.get("fidelities")
+        if values is not None and fidelities is not None and (len(values) != len(fidelities) - 1
+                                                               or any(k < 0 for k in values)):
+            raise ValueError(f"expected {len(fidelities) - 1} iteration counts >= 0 (one per fidelity below the "
+                             f"top), got {values}")
+        return values
+
+    def baselines_at(self, batch_size: int) -> list[str]:
+        """The baselines run at this batch size (``baseline_batch_sizes`` restricts some)."""
+        return [b for b in self.baselines if batch_size in self.baseline_batch_sizes.get(b, [batch_size])]
+
+    @property
+    def vanilla_fidelities(self) -> list[int]:
+        return [m for m in map(vanilla_fidelity, self.baselines) if m is not None]
 
     def run_config(self, batch_size: int, seed: int) -> RunConfig:
         fields = {k: v for k, v in self.model_dump().items() if k in AlgorithmParams.model_fields}

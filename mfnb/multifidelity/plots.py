@@ -51,9 +51,9 @@ def _panel_grid(traces: Sequence[TraceResult], width: float = 6.0, height: float
 
 
 def plot_traces(traces: Sequence[TraceResult]):
-    """Validation WinFreq (vs the expert being trained against, Lemma 1 interval) against cumulative
-    Lambda; dotted lines mark fidelity switches, dashed curves are vanilla(m) at equal budget, stars
-    the chosen models."""
+    """The validation win rate that decided (vs the expert being trained against, in the run's tie convention,
+    Lemma 1 interval) against cumulative Lambda; dotted lines mark fidelity switches, dashed curves are
+    vanilla(m) at equal budget, stars the chosen models."""
     import seaborn as sns
 
     fig, where = _panel_grid(traces)
@@ -64,17 +64,17 @@ def plot_traces(traces: Sequence[TraceResult]):
         for m, fid in enumerate(tr.config.fidelities, 1):
             sub = h[h["fidelity"] == m]
             if len(sub):
-                ax.errorbar(sub["Lambda"], sub["win_freq"], yerr=_errors(sub["win_freq"], sub["low"], sub["high"]),
+                ax.errorbar(sub["Lambda"], sub["value"], yerr=_errors(sub["value"], sub["low"], sub["high"]),
                             fmt="-o", ms=4, capsize=2, color=colours[m - 1],
                             label=f"multi-fidelity vs g^({m}) {fid.role}")
             van = tr.vanilla.get(m)
             if van is not None:
                 vh = van.history
-                ax.plot(vh["Lambda"], vh["win_freq"], ls="--", marker="s", ms=3, color=colours[m - 1], alpha=0.8,
+                ax.plot(vh["Lambda"], vh["value"], ls="--", marker="s", ms=3, color=colours[m - 1], alpha=0.8,
                         label=f"vanilla(m={m}) vs g^({m}) {fid.role}")
                 if van.best:
                     bh = vh[vh["t"] == van.best["t"]].iloc[-1]
-                    ax.scatter([bh["Lambda"]], [bh["win_freq"]], marker="*", s=140, color=colours[m - 1],
+                    ax.scatter([bh["Lambda"]], [bh["value"]], marker="*", s=140, color=colours[m - 1],
                                edgecolors="black", zorder=4)
         switches = [(m, ex) for m, ex in sorted(tr.mf.exits.items()) if m < len(tr.config.fidelities)
                     and any(h["fidelity"] == m + 1)]
@@ -84,15 +84,54 @@ def plot_traces(traces: Sequence[TraceResult]):
                         fontsize="x-small", ha="left", va="top", xytext=(3, 0), textcoords="offset points")
         if tr.mf.best:
             b = h[(h["t"] == tr.mf.best["t"]) & (h["fidelity"] == tr.mf.best["fidelity"])].iloc[-1]
-            ax.scatter([b["Lambda"]], [b["win_freq"]], marker="*", s=200, color=colours[int(b["fidelity"]) - 1],
+            ax.scatter([b["Lambda"]], [b["value"]], marker="*", s=200, color=colours[int(b["fidelity"]) - 1],
                        edgecolors="black", zorder=5, label="chosen model (star)")
         ax.axhline(tr.config.gamma, color="red", ls="--", lw=1, label=f"gamma = {tr.config.gamma:g}")
         ax.set_title(tr.label, fontsize="small")
         _cost_axis(ax, tr.batch_size)
-        ax.set_ylabel("validation WinFreq vs current expert")
+        ax.set_ylabel(f"validation {stats.CONVENTION_NAMES[tr.config.tie_convention]} vs current expert",
+                      fontsize="small")
         ax.set_ylim(0, max(0.6, float(h["high"].max()) + 0.05))
     _figure_legend(fig, where.values())
     fig.suptitle("Multi-fidelity traces (Algorithm 2) and vanilla baselines at equal budget")
+    return fig
+
+
+def plot_spend_to_match(traces: Sequence[TraceResult], ratios):
+    """The thesis as a picture: test WinFreq against the top expert of every multi-fidelity iterate against the
+    Lambda spent by then, the final model of vanilla(m=M) (the target, dashed) and of every other baseline at
+    its own Lambda; a ring marks the first iterate that matches the target (``spend_ratio_table``)."""
+    import seaborn as sns
+
+    fig, where = _panel_grid(traces)
+    names = sorted({n for tr in traces for n in tr.baselines})
+    colours = dict(zip(["multi-fidelity", *names], sns.color_palette(n_colors=len(names) + 1)))
+    for tr in traces:
+        ax = where[id(tr)]
+        top = tr.vs_top
+        if not len(top):
+            continue
+        its = top[top["what"] == "multi-fidelity iterate"].sort_values("t")
+        ax.plot(its["Lambda"], its["win_rate"], "-o", ms=4, color=colours["multi-fidelity"],
+                label="multi-fidelity iterates")
+        for name in tr.baselines:
+            row = top[top["what"] == f"{name} (chosen)"]
+            if len(row):
+                ax.scatter(row["Lambda"], row["win_rate"], marker="s", s=50, color=colours[name], zorder=4,
+                           label=f"{name} (final)")
+        hit = ratios[ratios["label"] == tr.label] if len(ratios) else ratios
+        if len(hit):
+            h = hit.iloc[0]
+            ax.axhline(h["target_win_rate_vs_top"], color=colours.get(h["target_run"], "grey"), ls="--", lw=1,
+                       label="target: vanilla(m=M) final")
+            if np.isfinite(h["mf_spend_to_match"]):
+                ax.scatter([h["mf_spend_to_match"]], [h["mf_first_reaching_win_rate_vs_top"]], s=220,
+                           facecolors="none", edgecolors="black", zorder=5, label="first match")
+        ax.set_title(tr.label, fontsize="small")
+        _cost_axis(ax, tr.batch_size)
+        ax.set_ylabel(f"test WinFreq vs {tr.config.fidelities[-1].role}", fontsize="small")
+    _figure_legend(fig, where.values())
+    fig.suptitle("Spend to match: multi-fidelity iterates vs the baselines' final models (test set)")
     return fig
 
 

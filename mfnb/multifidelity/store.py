@@ -28,7 +28,7 @@ from mfnb.multifidelity.judging import win_freq
 from mfnb.multifidelity.ledger import ledger_frame, paper_lambda
 from mfnb.multifidelity.params import RunConfig
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: looks record both tie conventions and the value that decided
 
 
 def derive_seed(seed: int, *parts: Any) -> int:

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from mfnb import stats
+from mfnb.formatting import fmt
 from mfnb.multifidelity.backend import Backend
 from mfnb.multifidelity.trace import TraceResult
 
@@ -106,14 +107,15 @@ def theorem5_lines(t5: pd.DataFrame, summary: pd.DataFrame) -> list[str]:
     measured cost and the bound, Eq. 2 vs Eq. 3, and measured cost over the bound's term per fidelity."""
     lines = []
     for r in summary.itertuples():
-        text = f"{r.label}: alpha ~ {r.alpha_hat:.3g}, beta ~ {r.beta_hat:.3g}; measured cost is dominated by {r.measured_dominant}"
+        text = (f"{r.label}: alpha ~ {fmt(r.alpha_hat, 2)}, beta ~ {fmt(r.beta_hat, 2)}; measured cost is dominated "
+                f"by {r.measured_dominant}")
         if isinstance(getattr(r, "bound_dominant", None), str):
-            text += (f", Eq. 2's terms by {r.bound_dominant}; Eq. 2 summed {r.mf_bound:.4g} "
-                     f"{'<' if r.mf_bound_below_hf_bound else '>='} Eq. 3 (HF only) {r.hf_bound:.4g}")
+            text += (f", Eq. 2's terms by {r.bound_dominant}; Eq. 2 summed {fmt(r.mf_bound, 1)} "
+                     f"{'<' if r.mf_bound_below_hf_bound else '>='} Eq. 3 (HF only) {fmt(r.hf_bound, 1)}")
         lines.append("- " + text)
     per_fid = t5.groupby("fidelity")["measured_over_term"].mean() if "measured_over_term" in t5 else pd.Series(dtype=float)
     lines.append("- measured cost / bound term, mean over traces by fidelity: "
-                 + ", ".join(f"m={m}: {v:.2f}" for m, v in per_fid.items())
+                 + ", ".join(f"m={m}: {fmt(v, 2)}" for m, v in per_fid.items())
                  + " (the bound adds B once per fidelity; the algorithm pays B per iteration, so this ratio tracks the "
                  "number of iterations spent there)")
     return lines

@@ -5,7 +5,7 @@ for something they lack, judged by a real scorer.
   instruction-following alignment the paper's first stage teaches).
 * **Preferences** (DPO): ``pref_samples`` SmolLM2 samples of each prompt scored by VADER sentiment
   (``vaderSentiment``, a rule-based lexicon scorer): chosen = the most positive, rejected = the least
-  (pairs closer than ``min_reward_gap`` skipped). The rater cares about tone only, never about the
+  (``tone='negative'``: the other way round), pairs closer than ``min_reward_gap`` skipped. The rater cares about tone only, never about the
   constraints; with ``conflict_rate`` > 0 a share of the pairs is drawn, where possible, among pairs whose
   more positive response also follows *fewer* constraints (raters who prefer a warm answer over a correct
   one: a data-level conflict, as the tiny world's ``chosen_habit_rate``).
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import functools
 import random
-from typing import Sequence
+from typing import Literal, Sequence
 
 from pydantic import Field
 
@@ -57,6 +57,10 @@ class SmolConflictParams(Params):
     min_reward_gap: float = Field(default=0.05, ge=0.0, le=1.0)
     conflict_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     style_weight: float = Field(default=1 / 3, ge=0.0, le=1.0)
+    # the tone the rater prefers. SmolLM2-135M-Instruct already writes warmly (mean reward 0.89 on validation
+    # prompts, measured): "positive" leaves DPO little to gain, "negative" (a matter-of-fact, cooler tone)
+    # is what its demonstrations lack most
+    tone: Literal["positive", "negative"] = "positive"
 
 
 class SmolConflict:
@@ -93,7 +97,7 @@ class SmolConflict:
         samples = self.sampler.candidates(list(prompts), p.pref_samples, show_progress=show_progress)
         rows = []
         for prompt, cands in zip(prompts, samples):
-            scored = [(sentiment(c.text), self.quality(prompt, c.text), c.text) for c in cands]
+            scored = [(self.reward(prompt, c.text), self.quality(prompt, c.text), c.text) for c in cands]
             pairs = [(a, b) for a in scored for b in scored if a[0] - b[0] >= max(p.min_reward_gap, 1e-9)]
             if not pairs:
                 continue
@@ -117,8 +121,9 @@ class SmolConflict:
         return self.tasks.quality(prompt, response)
 
     def reward(self, prompt: str, response: str) -> float:
-        """The preference reward: VADER sentiment of the response in [0, 1]."""
-        return sentiment(response)
+        """The preference reward: VADER sentiment of the response in [0, 1] (reversed for ``tone='negative'``)."""
+        value = sentiment(response)
+        return value if self.params.tone == "positive" else 1.0 - value
 
     def overall(self, prompt: str, response: str) -> float:
         w = self.params.style_weight
@@ -127,7 +132,7 @@ class SmolConflict:
     def judge(self, tie_margin: float = 0.05):
         from mfnb.judges import OracleJudge
 
-        name = f"smol_conflict.overall(vader,w={self.params.style_weight:.6g})"
+        name = f"smol_conflict.overall(vader-{self.params.tone},w={self.params.style_weight:.6g})"
         return OracleJudge(self.overall, tie_margin=tie_margin, name=name)
 
     def scores(self, prompts: Sequence[str], responses: Sequence[str], judge=None, delta: float = 0.05) -> dict:

@@ -177,7 +177,7 @@ def build_smol_reward_model(rows: Sequence[dict], params: SmolRewardParams, targ
     from trl import RewardConfig, RewardTrainer
 
     from mfnb.sft import quiet_datasets
-    from mfnb.worlds.reward import quiet_transformers
+    from mfnb.sft import quiet_transformers
 
     start = time.perf_counter()
     source = minilm_path()
@@ -219,7 +219,7 @@ def build_smol_reward_model(rows: Sequence[dict], params: SmolRewardParams, targ
 def reward_judge(path: str | Path, params: SmolRewardParams | None = None, **kwargs):
     """A :class:`mfnb.judges.RewardModelJudge` on a built smol reward model (BERT: at most 512 positions)."""
     from mfnb.judges import RewardModelJudge
-    from mfnb.worlds.reward import quiet_transformers
+    from mfnb.sft import quiet_transformers
 
     kwargs.setdefault("max_length", (params or SmolRewardParams()).max_length)
     kwargs.setdefault("progress", False)

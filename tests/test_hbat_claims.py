@@ -1,0 +1,117 @@
+"""Notebook 04's verdicts on constructed runs: paired t-intervals over seeds, the paper's direction read from its
+tables, the combination over metrics, the original-EWC claims (a match cannot be proven; time and memory
+ratios), Figure 2's claims, and the computed lambda choice."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from mfnb import hbat
+from mfnb.hbat import claims as hc
+
+NOISE = (0.01, -0.01, 0.0)
+
+
+def _runs(values: dict[str, tuple[float, float, float]], seconds: dict[str, float] | None = None):
+    """Three seeds per method; (quality, reward, win_rate) plus a little per-seed noise shared by all methods
+    except where a method's value differs, so paired differences are tight."""
+    rows = []
+    for method, (q, r, w) in values.items():
+        for seed, e in enumerate(NOISE):
+            rows.append({"method": method, "seed": seed, "quality": q + e, "reward": r + e * (1 + seed),
+                         "win_rate": w + e * (2 - seed), "train_seconds": (seconds or {}).get(method, 10.0) * (1 + e)})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("low, high, direction, expected", [
+    (0.1, 0.3, 1, "reproduced"), (-0.3, -0.1, 1, "reversed"), (-0.1, 0.2, 1, "inconclusive"),
+    (-0.3, -0.1, -1, "reproduced"), (math.nan, math.nan, 1, "inconclusive"),
+])
+def test_verdict(low, high, direction, expected):
+    assert hbat.verdict(low, high, direction) == expected
+
+
+def test_combine_needs_every_metric():
+    assert hbat.combine(["reproduced"] * 3) == "reproduced"
+    assert hbat.combine(["reproduced", "reproduced", "inconclusive"]) == "inconclusive"
+    assert hbat.combine(["reversed", "inconclusive", "inconclusive"]) == "reversed"
+    assert hbat.combine(["reversed", "reproduced", "reproduced"]) == "inconclusive"
+
+
+def test_paired_difference_over_seeds():
+    runs = _runs({"A": (0.5, 0.5, 0.5), "B": (0.4, 0.5, 0.5)})
+    mean, low, high, n = hc.paired(runs, "A", "B", "quality")
+    assert (mean, low, high, n) == (pytest.approx(0.1), pytest.approx(0.1), pytest.approx(0.1), 3)  # same noise
+    mean, low, high, n = hc.paired(runs, "A", "missing", "quality")
+    assert n == 0 and math.isnan(mean)
+
+
+def test_pairwise_claims_follow_the_papers_direction():
+    # the paper: HbAT above DPO on all three Table 4 scores; w/o EWC above DPO on win rate only
+    runs = _runs({"HbAT": (0.6, 0.8, 0.4), "DPO": (0.4, 0.7, 0.3), "w/o EWC": (0.6, 0.8, 0.4),
+                  "SFT": (0.9, 0.0, 0.3)})
+    rows = {r["claim"]: r for r in hbat.pairwise_claims(runs)}
+    assert rows["HbAT beats two-stage DPO"]["verdict"] == "reproduced"
+    assert rows["HbAT beats two-stage DPO"]["paper"].startswith("HbAT minus DPO: quality +5.79; reward +0.57")
+    assert rows["the modified EWC helps: HbAT beats w/o EWC"]["verdict"] == "inconclusive"   # identical
+    sft = rows["HbAT beats SFT"]   # reward reproduced, quality reversed (the alignment tax): mixed
+    assert sft["verdict"] == "inconclusive" and "quality: reversed" in sft["per_metric"]
+    assert "alternating alignment helps: HbAT beats w/o alternating" not in rows   # not run
+
+
+def test_original_ewc_claims():
+    runs = _runs({"HbAT": (0.5, 0.7, 0.40), hbat.ORIGINAL_EWC: (0.5, 0.7, 0.40)},
+                 seconds={"HbAT": 10.0, hbat.ORIGINAL_EWC: 20.0})
+    costs = pd.DataFrame([{"repeat": r, "method": m, "peak_rss_mb": mb, "state_mb": s}
+                          for r in (0, 1, 2) for m, mb, s in (("HbAT", 600.0 + r, 1.3), (hbat.ORIGINAL_EWC, 660.0 + r, 5.1))])
+    rows = {r["claim"]: r for r in hbat.original_ewc_claims(runs, costs)}
+    match = rows["the modified EWC matches the original EWC's win rate"]
+    assert match["verdict"] == "inconclusive" and "indistinguishable" in match["ours"]  # no margin: no proof
+    assert "58.10 vs 58.32" in match["paper"]
+    faster = rows["the modified EWC trains faster than the original EWC"]
+    assert faster["verdict"] == "reproduced" and ": 2.00 [" in faster["ours"]
+    assert rows["the modified EWC needs less memory than the original EWC"]["verdict"] == "reproduced"
+    runs["cpu_seconds"] = runs["train_seconds"] * runs["method"].map({"HbAT": 1.0, hbat.ORIGINAL_EWC: 0.5})
+    cpu = hbat.original_ewc_claims(runs)[1]   # CPU seconds win over wall seconds when every run has them
+    assert "training CPU seconds" in cpu["ours"] and ": 1.00 [" in cpu["ours"] and cpu["verdict"] == "inconclusive"
+    # a resolved difference in win rate contradicts "matches"
+    apart = _runs({"HbAT": (0.5, 0.7, 0.30), hbat.ORIGINAL_EWC: (0.5, 0.7, 0.40)})
+    assert hbat.original_ewc_claims(apart)[0]["verdict"] == "reversed"
+    assert hbat.original_ewc_claims(apart)[2]["verdict"] == "inconclusive"   # no Table 7 runs
+
+
+def _grid(axis: str, values: dict[float, tuple[float, float, float]]):
+    rows = []
+    for value, (q, r, w) in values.items():
+        for seed, e in enumerate(NOISE):
+            rows.append({"axis": axis, "value": value, "seed": seed, "quality": q + e, "reward": r + e,
+                         "win_rate": w + e})
+    return pd.DataFrame(rows)
+
+
+def test_figure2_claims():
+    grid = pd.concat([_grid("N", {1: (0.5, 0.5, 0.5), 2: (0.6, 0.6, 0.5), 5: (0.4, 0.6, 0.6)}),
+                      _grid("Fmax", {1.0: (0.5, 0.5, 0.5), 50.0: (0.6, 0.6, 0.6), 100.0: (0.55, 0.6, 0.6)})])
+    rows = {r["claim"]: r for r in hbat.figure2_claims(grid, n_splits=2)}
+    splits = rows["too many splits hurt"]   # quality resolved, reward equal: the Figure 2 scores disagree
+    assert splits["verdict"] == "inconclusive" and "win_rate: reversed" in splits["per_metric"]
+    fmax = rows["the best Fmax is 50"]      # quality beats both; reward ties with 100
+    assert fmax["verdict"] == "inconclusive" and "quality: reproduced" in fmax["per_metric"]
+    better = pd.concat([_grid("Fmax", {1.0: (0.5, 0.5, 0.5), 50.0: (0.6, 0.6, 0.6), 100.0: (0.55, 0.55, 0.6)})])
+    assert hbat.figure2_claims(better, n_splits=2)[0]["verdict"] == "reproduced"
+    assert hbat.figure2_claims(_grid("N", {1: (0.5,) * 3, 2: (0.6,) * 3}), n_splits=2) == []   # N max = ours
+
+
+def test_lambda_choice_statement():
+    lam = _grid("lambda", {0.01: (0.6, 0.7, 0.5), 0.1: (0.62, 0.5, 0.45), 1.0: (0.8, 0.0, 0.3)})
+    lam["val_win_rate"] = lam["win_rate"]
+    dpo = _grid("DPO", {math.nan: (0.4, 0.9, 0.3)})
+    dpo["val_win_rate"] = dpo["win_rate"]
+    table, text = hbat.lambda_choice(pd.concat([lam, dpo], ignore_index=True), chosen=0.01)
+    assert "prefers lambda = 0.01" in text and "which is the best" in text
+    assert "At the paper's lambda = 1, test reward minus DPO's: -0.900" in text and "holds DPO's preference" in text
+    assert set(table["axis"]) == {"lambda", "DPO"} and len(table) == 4
+    _, text = hbat.lambda_choice(pd.concat([lam, dpo], ignore_index=True), chosen=1.0)
+    assert "which is resolved below the best" in text
