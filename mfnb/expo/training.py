@@ -31,10 +31,11 @@ def preference_rows(world, data: PreferenceDataParams) -> list[dict]:
     world makes the pairs (its ``preference_pairs`` capability)."""
     pairs = require(world, "preference_pairs", field="preference.source", notebook="03")
     prompts = list(world.prompts["train"])
-    if data.n_pairs > len(prompts):
-        raise ValueError(f"preference.n_pairs={data.n_pairs} exceeds the world's {len(prompts)} training prompts")
+    n = len(prompts) if data.n_pairs is None else data.n_pairs
+    if n > len(prompts):
+        raise ValueError(f"preference.n_pairs={n} exceeds the world's {len(prompts)} training prompts")
     random.Random(f"expo-preference-{data.seed}").shuffle(prompts)
-    return pairs(prompts[: data.n_pairs], data.source)
+    return pairs(prompts[:n], data.source)
 
 
 def fraction_rows(rows: Sequence[dict], fraction: float) -> list[dict]:
