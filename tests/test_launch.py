@@ -72,3 +72,58 @@ def test_no_launch_or_one_process_stays_in_process_and_custom_trainers_refuse(ba
     assert D.active_launch() is None
     with pytest.raises(Exception, match="launch: parameter 'processes.*greater than or equal to 1"):
         D.as_launch({"processes": 0})
+
+
+def test_hbat_stage_through_a_spec_keeps_the_ewc_penalty_and_frozen_tensors(base, monkeypatch):
+    """What an HbAT stage sends to the training processes (the model, which tensors train, the EWC
+    coefficients) rebuilds the same step: run through the spec in this process (the code each process of a
+    launch runs), full fine-tuning with one frozen tensor and a strong penalty equals the in-process stage."""
+    from mfnb.hbat.algorithm import _train_stage
+    from mfnb.hbat.ewc import EWCPenalty
+    from mfnb.hbat.params import HbatParams
+    from mfnb.models import load_model, load_tokenizer
+    from mfnb.sft import SFTParams
+
+    monkeypatch.setenv("MFNB_CACHE", str(base[0].parent / "cache"))
+    folder, data = base
+    rows = [{"prompt": r["prompt"], "completion": r["chosen"]} for r in data]
+    params = HbatParams.model_validate({"sft": {"lr": 5e-2, "batch_size": 8, "epochs": 2.0, "max_length": 64}})
+
+    def stage(through_spec: bool, lam: float):
+        model, tokenizer = load_model(folder, show_progress=False), load_tokenizer(folder)
+        named = dict(model.named_parameters())
+        frozen, weighted = sorted(named)[0], sorted(named)[1:4]
+        named[frozen].requires_grad_(False)
+        penalty = EWCPenalty([named[n] for n in weighted], [lam] * len(weighted), weighted)
+        before = {n: p.detach().clone() for n, p in named.items()}
+        if through_spec:
+            s = params.sft
+            hyper = SFTParams(lr=s.lr, batch_size=s.batch_size, epochs=s.epochs, warmup_ratio=s.warmup_ratio,
+                              max_length=s.max_length)
+            D.train_in_place(model, tokenizer, rows, "sft", hyper, D.LaunchParams(processes=1), seed=3, penalty=penalty)
+        else:
+            _train_stage(model, tokenizer, "sft", rows, params, 3, penalty, False)
+        after = dict(model.named_parameters())
+        moved = {n: (after[n].detach() - before[n]).norm().item() for n in before}
+        return moved, frozen, weighted, torch.cat([p.detach().flatten() for p in after.values()])
+
+    here, frozen, weighted, a = stage(False, lam=1e3)
+    there, _, _, b = stage(True, lam=1e3)
+    free, _, _, _ = stage(False, lam=0.0)
+    assert here[frozen] == 0 and there[frozen] == 0
+    assert torch.allclose(a, b, atol=1e-6, rtol=0)
+    # the penalty held its tensors back (against the same stage without it)
+    assert all(there[n] < 0.5 * free[n] for n in weighted) and free[weighted[0]] > 0
+
+
+def test_zero3_refuses_an_ewc_penalty(base, monkeypatch):
+    from mfnb.hbat.ewc import EWCPenalty
+    from mfnb.models import load_model, load_tokenizer
+    from mfnb.sft import SFTParams
+
+    monkeypatch.setenv("MFNB_CACHE", str(base[0].parent / "cache"))
+    model, tokenizer = load_model(base[0], show_progress=False), load_tokenizer(base[0])
+    p = next(model.parameters())
+    with pytest.raises(D.DistributedError, match="ZeRO-3.*EWC penalty needs whole.*deepspeed_zero2 or ddp"):
+        D.train_in_place(model, tokenizer, [{"prompt": "a", "completion": "b"}], "sft", SFTParams(),
+                         D.LaunchParams(processes=2, config="deepspeed_zero3"), penalty=EWCPenalty([p], [1.0], ["x"]))

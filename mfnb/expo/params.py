@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
+from mfnb.distributed import LaunchParams
 from mfnb.dpo import DPOParams
 from mfnb.models import LoraParams, SamplingParams
 from mfnb.params import Params, ParamsError
@@ -78,6 +79,7 @@ class ExpoParams(Params):
     train_seed: int = 0
     torch_threads: int | None = Field(default=None, ge=1)
     delta: float = Field(default=0.05, gt=0, lt=1)
+    launch: LaunchParams | None = None   # DPO steps under accelerate launch (mfnb.distributed); None: here
 
     @field_validator("fractions", "alphas", "sweep_seeds", "report_seeds", "lr_probe")
     @classmethod

@@ -97,7 +97,7 @@ def train_dpo_adapter(world, params: ExpoParams, fraction: float, *, lr: float |
     dpo = _dpo_settings(params, lr, epochs)
     data = preference_dataset([r["prompt"] for r in rows], [r["chosen"] for r in rows],
                               [r["rejected"] for r in rows], drop_identical=dpo.drop_identical)
-    metrics = dpo_update(policy, tokenizer, data, dpo, seed=params.train_seed)
+    metrics = dpo_update(policy, tokenizer, data, dpo, seed=params.train_seed, launch=params.launch)
     info = {"fraction": fraction, "pairs": len(rows), "lr": dpo.lr, "epochs": dpo.epochs,
             "steps": dpo_steps(len(rows), dpo), "world": world.key, "sft_role": params.sft_role,
             "seconds": round(time.perf_counter() - start, 1),
