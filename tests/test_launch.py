@@ -127,3 +127,42 @@ def test_zero3_refuses_an_ewc_penalty(base, monkeypatch):
     with pytest.raises(D.DistributedError, match="ZeRO-3.*EWC penalty needs whole.*deepspeed_zero2 or ddp"):
         D.train_in_place(model, tokenizer, [{"prompt": "a", "completion": "b"}], "sft", SFTParams(),
                          D.LaunchParams(processes=2, config="deepspeed_zero3"), penalty=EWCPenalty([p], [1.0], ["x"]))
+
+
+def test_the_method_packages_pass_their_launch_to_the_training_steps(base, tiny_world, monkeypatch, tmp_path):
+    """Notebook 02's policy backend, notebook 03's ExPO adapters and notebook 04's HbAT stages hand the params'
+    ``launch`` to the step (recorded here instead of starting processes)."""
+    from mfnb import expo, multifidelity as mf
+    from mfnb.hbat.algorithm import _train_stage
+    from mfnb.hbat.params import HbatParams
+    from mfnb.models import LoraParams
+
+    calls = []
+    monkeypatch.setattr(D, "train_in_place", lambda model, tok, data, step, hyper, launch, **kw:
+                        calls.append((step, hyper, launch, kw.get("penalty"))) or {"world_size": 2})
+    launch = D.LaunchParams(processes=2, config="ddp")
+    backend = mf.PolicyBackend(tiny_world, "student", launch=launch)
+    backend.reset_policy(0, LoraParams())
+    backend.update(["p1", "p2"], [" a", " b"], [" c", " d"], 0, DPOParams())
+    backend.sft_update(["p1"], ["a"], 0, mf.params.SFTParams())
+    assert [(c[0], c[2]) for c in calls] == [("dpo", launch), ("sft", launch)]
+
+    values = {**yaml_params("03_expo_alpha_curves"), "launch": {"processes": 2}}
+    P = expo.ExpoParams.validate_mapping(values)
+    expo.train_dpo_adapter(tiny_world, P, 0.05, cache_root=tmp_path, rows=[{"prompt": "p", "chosen": " a",
+                                                                             "rejected": " b"}] * 4)
+    assert calls[-1][0] == "dpo" and calls[-1][2] == P.launch
+
+    policy, tokenizer = _policy(base[0])
+    penalty = object.__new__(__import__("mfnb.hbat.ewc", fromlist=["EWCPenalty"]).EWCPenalty)
+    _train_stage(policy, tokenizer, "dpo", [{"prompt": "p", "chosen": " a", "rejected": " b"}], HbatParams(), 0,
+                 penalty, False, {"processes": 2})
+    assert calls[-1][0] == "dpo" and calls[-1][1] == HbatParams().dpo and calls[-1][3] is penalty
+
+
+def yaml_params(notebook):
+    import yaml
+
+    from mfnb import paths
+
+    return yaml.safe_load((paths.project_root() / "params" / "tiny" / f"{notebook}.yaml").read_text())
