@@ -6,6 +6,11 @@ executes the notebook with papermill into ``results/<P>/notebooks/NOTEBOOK.ipynb
 only by a run that succeeded: a failed, interrupted or killed run leaves ``NOTEBOOK.failed.ipynb`` beside
 it, and the message says which cell failed and which tables and figures the run had already rewritten.
 
+``python -m mfnb NOTEBOOK -f params.yaml`` is short for ``run`` (a cluster batch job's form); ``--processes`` and
+``--launch-config`` set the notebook's ``launch`` parameter, which sends its training steps (SFT, DPO, HbAT
+stages) through ``accelerate launch`` (:mod:`mfnb.distributed`). ``train STEP --spec FILE`` runs one step from a
+:class:`mfnb.distributed.TrainSpec`; ``estimate 02`` scales notebook 02's ledger to another profile's sizes.
+
 Exit status: 0 success, 1 the notebook failed, 2 bad input (nothing ran), 130 interrupted.
 """
 from __future__ import annotations
@@ -349,7 +354,8 @@ def _add_launch_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mfnb", description="mfnb: run the notebooks of the suite.")
+    parser = argparse.ArgumentParser(prog="python -m mfnb", description="mfnb: run the notebooks of the suite "
+                                     "(python -m mfnb NOTEBOOK ... is short for python -m mfnb run NOTEBOOK ...).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="validate a notebook's parameters, then run it with papermill",
                               description="Validate the params file and overrides, then run the notebook into "

@@ -31,7 +31,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Iterator, Literal, Sequence
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator
 
 from mfnb import paths
 from mfnb.atomic import write_json
@@ -79,15 +79,16 @@ class LaunchParams(Params):
     main_process_port: int | None = Field(default=None, ge=1, le=65535)  # None: a free port
     keep_workdir: bool = False
 
-    @model_validator(mode="after")
-    def _config_parses(self):
+    @field_validator("config")
+    @classmethod
+    def _config_parses(cls, config: str) -> str:
         """A config that is missing or does not parse (its DeepSpeed JSON included) is refused when the params
         are read, before anything runs, naming the file."""
         try:
-            read_config(self.config)
+            read_config(config)
         except DistributedError as err:
             raise ValueError(str(err).removeprefix("launch.config: ")) from None
-        return self
+        return config
 
     @property
     def deepspeed_stage(self) -> int | None:
