@@ -26,11 +26,13 @@ class PreferenceDataParams(Params):
 
     The world makes the pairs (its ``preference_pairs`` capability). ``correct_vs_habit`` (tiny world): for a
     training prompt, chosen = the correct answer and rejected = the answer with the task's habit (the
-    student's systematic mistake), both known to the world. ``dataset`` (paper world): the dataset's own pairs
-    (UltraFeedback binarized's chosen / rejected). ``n_pairs: null``: every training prompt's pair.
+    student's systematic mistake), both known to the world. ``checker_best_vs_worst`` (smol world): the best
+    and worst of a few SmolLM2 samples under IFEval's checker. ``dataset`` (paper world): the dataset's own
+    pairs (UltraFeedback binarized's chosen / rejected). The world names what it does not make.
+    ``n_pairs: null``: every training prompt's pair.
     """
 
-    source: Literal["correct_vs_habit", "dataset"] = "correct_vs_habit"
+    source: str = "correct_vs_habit"
     n_pairs: int | None = Field(default=4096, ge=1)
     seed: int = 0
 

@@ -75,7 +75,9 @@ def theorem5_table(traces: Sequence[TraceResult], backend: Backend) -> pd.DataFr
                            bound_term=float(terms["term"].iloc[0]))
                 row["measured_over_term"] = row["measured_cost"] / row["bound_term"] if row["bound_term"] > 0 else math.nan
             rows.append(row)
-    return pd.DataFrame(rows)
+    # a fidelity whose term is undefined (alpha or beta not estimable, 1 - gamma - rad <= 0) keeps NaN there
+    return pd.DataFrame(rows).reindex(columns=[*(rows[0] if rows else []), *(
+        c for c in ("log_term", "batch_term", "bound_term", "measured_over_term") if not rows or c not in rows[0])])
 
 
 def theorem5_summary(t5: pd.DataFrame, traces: Sequence[TraceResult]) -> pd.DataFrame:

@@ -65,6 +65,7 @@ from mfnb.params import ParamsError
 KINDS: dict[str, str | Callable[..., Any]] = {
     "tiny": "mfnb.worlds.tiny:TinyWorld.from_spec",
     "paper": "mfnb.worlds.paper:PaperWorld.from_spec",
+    "smol": "mfnb.worlds.smol:SmolWorld.from_spec",
 }
 
 CAPABILITIES = {  # what each capability is, for error messages
