@@ -297,15 +297,18 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     if not measured_file.is_file():
         raise UsageError(f"--measured-params: {measured_file} not found (the params the ledger was made with)")
     measured = schema.validate_mapping({**defaults, **load_yaml(measured_file)}, source=str(measured_file))
-    template = args.judge_template_tokens
+    template, counted = args.judge_template_tokens, "given"
     if template is None:
         from mfnb.judges import LETTER_TEMPLATES, TEMPLATES
-        from mfnb.models import load_tokenizer
-        from mfnb.worlds.smollm2 import smollm2_path
 
         judge = dict(target.judge)
-        named = LETTER_TEMPLATES if judge.get("verdict") == "logprobs" else TEMPLATES
-        template = estimate.template_tokens(named[judge.get("prompt_template", "dpo")], load_tokenizer(smollm2_path()))
+        text = (LETTER_TEMPLATES if judge.get("verdict") == "logprobs" else TEMPLATES)[judge.get("prompt_template", "dpo")]
+        if args.tokenizer:
+            from mfnb.models import load_tokenizer
+
+            template, counted = estimate.template_tokens(text, load_tokenizer(args.tokenizer)), f"{args.tokenizer}'s tokenizer"
+        else:
+            template, counted = estimate.template_tokens(text), "characters / 4"
     inputs = dict(prompt_tokens=args.prompt_tokens, judge_template_tokens=template, model_params=args.model_params,
                   gpu_tflops=args.gpu_tflops, generate_utilization=args.generate_utilization,
                   train_utilization=args.train_utilization)
@@ -315,9 +318,11 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     except estimate.EstimateError as err:
         raise UsageError(str(err)) from None
     response = args.response_tokens or target.sampling.max_new_tokens
-    print(f"# counts: {tables} (made with {measured_file}), scaled to {file}")
+    root = paths.project_root().resolve()
+    shown_path = lambda p: Path(p).resolve().relative_to(root) if Path(p).resolve().is_relative_to(root) else p
+    print(f"# counts: {shown_path(tables)} (made with {shown_path(measured_file)}), scaled to {shown_path(file)}")
     print("# inputs: " + ", ".join(f"{k}={v:g}" for k, v in {**inputs, "response_tokens": response}.items())
-          + " (judge template counted with SmolLM2's tokenizer unless given; responses at the cap: an upper bound)")
+          + f" (judge template: {counted}; responses at the cap: an upper bound)")
     import pandas as pd
 
     shown = ["batch_size", "traces", "student_responses", "expert_responses", "judgements", "judge_requests",
@@ -397,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--response-tokens", type=float, default=None, help="mean response length (default: the cap, "
                      "sampling.max_new_tokens)")
     est.add_argument("--judge-template-tokens", type=int, default=None,
-                     help="fixed tokens of the judge prompt (default: counted with SmolLM2's tokenizer)")
+                     help="fixed tokens of the judge prompt (default: its characters / 4, or counted with --tokenizer)")
+    est.add_argument("--tokenizer", default=None, metavar="NAME_OR_FOLDER",
+                     help="count the judge template's tokens with this tokenizer (e.g. the judge model's)")
     est.add_argument("--judge-answer-tokens", type=float, default=None,
                      help="judge answer length (default: 1 for logprob verdicts, else judge.max_tokens)")
     est.add_argument("--model-params", type=float, required=True, help="parameters of the trained / sampled models")

@@ -15,6 +15,7 @@ FLOPs per token (the usual dense-transformer approximations, N = parameters): sa
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -82,9 +83,12 @@ def costs(counts: pd.DataFrame, *, prompt_tokens: float, response_tokens: float,
                      ignore_index=True)
 
 
-def template_tokens(template: str, tokenizer) -> int:
-    """Tokens of a judge template with its three fields empty (the fixed part of every judge request)."""
+def template_tokens(template: str, tokenizer=None) -> int:
+    """Tokens of a judge template with its three fields empty (the fixed part of every judge request), counted
+    by ``tokenizer``, or without one by OpenAI's rule of thumb of four characters of English per token."""
     empty = template.replace("{prompt}", "").replace("{response_a}", "").replace("{response_b}", "")
+    if tokenizer is None:
+        return math.ceil(len(empty) / 4)
     return len(tokenizer(empty, add_special_tokens=False)["input_ids"])
 
 
