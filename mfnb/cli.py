@@ -6,6 +6,11 @@ executes the notebook with papermill into ``results/<P>/notebooks/NOTEBOOK.ipynb
 only by a run that succeeded: a failed, interrupted or killed run leaves ``NOTEBOOK.failed.ipynb`` beside
 it, and the message says which cell failed and which tables and figures the run had already rewritten.
 
+``python -m mfnb NOTEBOOK -f params.yaml`` is short for ``run`` (a cluster batch job's form); ``--processes`` and
+``--launch-config`` set the notebook's ``launch`` parameter, which sends its training steps (SFT, DPO, HbAT
+stages) through ``accelerate launch`` (:mod:`mfnb.distributed`). ``train STEP --spec FILE`` runs one step from a
+:class:`mfnb.distributed.TrainSpec`; ``estimate 02`` scales notebook 02's ledger to another profile's sizes.
+
 Exit status: 0 success, 1 the notebook failed, 2 bad input (nothing ran), 130 interrupted.
 """
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ast
 import importlib
+import json
 import os
 import signal
 import sys
@@ -254,7 +260,15 @@ def _sigterm_raises_interrupt() -> Iterator[None]:
 
 def cmd_run(args: argparse.Namespace) -> int:
     name = notebook_name(args.notebook)
-    profile, values, file = resolve_parameters(name, args.profile, args.params, args.p)
+    overrides = list(args.p)
+    launch = _launch_flags(args)
+    if launch is not None:
+        if "launch" not in schema_for(name).model_fields:
+            trains = [n for n in SCHEMAS if "launch" in schema_for(n).model_fields]
+            raise UsageError(f"--processes / --launch-config: notebook {name} trains nothing; they apply to "
+                             f"{', '.join(trains)}")
+        overrides.append(("launch", json.dumps(launch)))  # JSON is YAML: read back like any -p value
+    profile, values, file = resolve_parameters(name, args.profile, args.params, overrides)
     if args.check:
         import yaml
 
@@ -273,8 +287,109 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from mfnb import distributed
+
+    file = Path(args.spec)
+    if not file.is_file():
+        raise UsageError(f"--spec: {file} not found")
+    try:
+        values = json.loads(file.read_text()) if file.suffix == ".json" else load_yaml(file)
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--spec: {file} is not valid JSON: {err}") from None
+    values = {"step": args.step, **values}
+    if values["step"] != args.step:
+        raise UsageError(f"step {args.step!r} does not match the spec's step {values['step']!r} ({file})")
+    spec = distributed.TrainSpec.validate_mapping(values, source=str(file))
+    launch = _launch_flags(args) or {}
+    try:
+        result = distributed.train(spec, launch, stream=not args.quiet)
+    except distributed.DistributedError as err:
+        raise RunFailed(redact(err)) from None
+    print(json.dumps({k: result[k] for k in ("metrics", "world_size", "seconds") if k in result}, indent=2, default=str))
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from mfnb import estimate
+
+    name = notebook_name(args.notebook)
+    if name != "02_multifidelity_traces":
+        raise UsageError("estimate: only notebook 02 (the multi-fidelity traces) keeps a ledger to scale")
+    defaults = notebook_defaults(paths.project_root() / "notebooks" / f"{name}.ipynb")
+    schema = schema_for(name)
+    _, values, file = resolve_parameters(name, args.profile or "paper", args.params, args.p)
+    target = schema.validate_mapping({**defaults, **values}, source=str(file))
+    tables = Path(args.ledger)
+    measured_file = Path(args.measured_params) if args.measured_params else \
+        paths.params_file(name, tables.resolve().parent.name if tables.name == "tables" else "tiny")
+    if not measured_file.is_file():
+        raise UsageError(f"--measured-params: {measured_file} not found (the params the ledger was made with)")
+    measured = schema.validate_mapping({**defaults, **load_yaml(measured_file)}, source=str(measured_file))
+    template, counted = args.judge_template_tokens, "given"
+    if template is None:
+        from mfnb.judges import LETTER_TEMPLATES, TEMPLATES
+
+        judge = dict(target.judge)
+        text = (LETTER_TEMPLATES if judge.get("verdict") == "logprobs" else TEMPLATES)[judge.get("prompt_template", "dpo")]
+        if args.tokenizer:
+            from mfnb.models import load_tokenizer
+
+            template, counted = estimate.template_tokens(text, load_tokenizer(args.tokenizer)), f"{args.tokenizer}'s tokenizer"
+        else:
+            template, counted = estimate.template_tokens(text), "characters / 4"
+    inputs = dict(prompt_tokens=args.prompt_tokens, judge_template_tokens=template, model_params=args.model_params,
+                  gpu_tflops=args.gpu_tflops, generate_utilization=args.generate_utilization,
+                  train_utilization=args.train_utilization)
+    try:
+        table = estimate.from_files(tables, measured, target, response_tokens=args.response_tokens,
+                                    judge_answer_tokens=args.judge_answer_tokens, **inputs)
+    except estimate.EstimateError as err:
+        raise UsageError(str(err)) from None
+    response = args.response_tokens or target.sampling.max_new_tokens
+    root = paths.project_root().resolve()
+    shown_path = lambda p: Path(p).resolve().relative_to(root) if Path(p).resolve().is_relative_to(root) else p
+    print(f"# counts: {shown_path(tables)} (made with {shown_path(measured_file)}), scaled to {shown_path(file)}")
+    print("# inputs: " + ", ".join(f"{k}={v:g}" for k, v in {**inputs, "response_tokens": response}.items())
+          + f" (judge template: {counted}; responses at the cap: an upper bound)")
+    import pandas as pd
+
+    shown = ["batch_size", "traces", "student_responses", "expert_responses", "judgements", "judge_requests",
+             "judge_input_tokens", "judge_output_tokens", "judge_dollars", "dpo_pairs_trained",
+             "generation_gpu_hours", "training_gpu_hours", "gpu_hours"]
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:,.1f}".format):
+        print(table[shown].to_string(index=False))
+    return 0
+
+
+def _launch_flags(args: argparse.Namespace) -> dict[str, Any] | None:
+    """``--processes`` / ``--launch-config`` as a ``launch`` mapping (None when neither is given)."""
+    if args.processes is None and args.launch_config is None:
+        return None
+    return {"processes": args.processes or "all", "config": args.launch_config or "ddp"}
+
+
+def _processes(value: str) -> int | str:
+    if value == "all":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of processes or 'all', got {value!r}") from None
+
+
+def _add_launch_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--processes", type=_processes, default=None, metavar="N|all",
+                        help="training processes under accelerate launch (a number, or all = one per GPU); sets the "
+                             "params' launch.processes")
+    parser.add_argument("--launch-config", default=None, metavar="NAME_OR_FILE",
+                        help="ddp, deepspeed_zero2, deepspeed_zero3 (configs/accelerate/) or an accelerate config "
+                             "YAML; sets the params' launch.config")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mfnb", description="mfnb: run the notebooks of the suite.")
+    parser = argparse.ArgumentParser(prog="python -m mfnb", description="mfnb: run the notebooks of the suite "
+                                     "(python -m mfnb NOTEBOOK ... is short for python -m mfnb run NOTEBOOK ...).")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = commands.add_parser("run", help="validate a notebook's parameters, then run it with papermill",
                               description="Validate the params file and overrides, then run the notebook into "
@@ -282,18 +397,60 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("notebook", help=f"notebook name, file or unique prefix: {', '.join(SCHEMAS)}")
     run.add_argument("--profile", choices=PROFILES, default=None,
                      help="parameter profile: params/<profile>/<notebook>.yaml (default: tiny)")
-    run.add_argument("--params", metavar="FILE", help="another params file (default: the profile's)")
+    run.add_argument("-f", "--params", metavar="FILE", help="another params file (default: the profile's)")
     run.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                      help="override one parameter; VALUE is read as YAML (0.5, 1e-4, true, [a, b]); "
                           "KEY may be nested: -p dpo.lr 1e-4")
     run.add_argument("--check", action="store_true", help="only validate; print the parameters it would inject")
     run.add_argument("--no-progress", action="store_true", help="no papermill progress bar")
+    _add_launch_flags(run)
     run.set_defaults(func=cmd_run)
+
+    train = commands.add_parser("train", help="one SFT or DPO step from a spec, under accelerate launch",
+                                description="Run a TrainSpec (JSON or YAML: model, data, output, sft/dpo, lora, "
+                                            "global_batch_size, ...) in this process or under accelerate launch "
+                                            "(DDP, DeepSpeed ZeRO-2/3); the adapter or model lands in spec.output.")
+    train.add_argument("step", choices=["sft", "dpo"])
+    train.add_argument("--spec", required=True, help="a TrainSpec as JSON or YAML (mfnb.distributed.TrainSpec)")
+    train.add_argument("--quiet", action="store_true", help="do not stream the workers' output (it stays in launch.log)")
+    _add_launch_flags(train)
+    train.set_defaults(func=cmd_train)
+
+    est = commands.add_parser("estimate", help="scale notebook 02's ledger to a profile's sizes: tokens, dollars, GPU hours",
+                              description="Counts from a results folder's 02_ledger.csv and 02_iterations.csv (made "
+                                          "with --measured-params), scaled to the target params (default: the paper "
+                                          "profile); token sizes, model size and GPU speed as given here.")
+    est.add_argument("notebook", help="02 (the multi-fidelity traces)")
+    est.add_argument("--ledger", default="results/tiny/tables", help="folder with 02_ledger.csv and 02_iterations.csv")
+    est.add_argument("--measured-params", metavar="FILE",
+                     help="the params the ledger was made with (default: params/<profile of the ledger>/02_...yaml)")
+    est.add_argument("--profile", choices=PROFILES, default=None, help="target params profile (default: paper)")
+    est.add_argument("-f", "--params", metavar="FILE", help="target params file")
+    est.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
+    est.add_argument("--prompt-tokens", type=float, required=True, help="mean prompt length in tokens (your data's)")
+    est.add_argument("--response-tokens", type=float, default=None, help="mean response length (default: the cap, "
+                     "sampling.max_new_tokens)")
+    est.add_argument("--judge-template-tokens", type=int, default=None,
+                     help="fixed tokens of the judge prompt (default: its characters / 4, or counted with --tokenizer)")
+    est.add_argument("--tokenizer", default=None, metavar="NAME_OR_FOLDER",
+                     help="count the judge template's tokens with this tokenizer (e.g. the judge model's)")
+    est.add_argument("--judge-answer-tokens", type=float, default=None,
+                     help="judge answer length (default: 1 for logprob verdicts, else judge.max_tokens)")
+    est.add_argument("--model-params", type=float, required=True, help="parameters of the trained / sampled models")
+    est.add_argument("--gpu-tflops", type=float, required=True, help="the GPU's peak dense bf16 TFLOP/s")
+    est.add_argument("--generate-utilization", type=float, required=True, help="fraction of peak while sampling")
+    est.add_argument("--train-utilization", type=float, required=True, help="fraction of peak while training")
+    est.set_defaults(func=cmd_estimate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    if argv and not argv[0].startswith("-") and argv[0] not in commands:
+        argv = ["run", *argv]  # python -m mfnb 02_multifidelity_traces -f params.yaml: a batch job's form of run
+    args = parser.parse_args(argv)
     try:
         return args.func(args)
     except (UsageError, ParamsError) as err:

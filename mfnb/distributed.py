@@ -26,10 +26,12 @@ import sys
 import tempfile
 import time
 from collections import deque
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Iterator, Literal, Sequence
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mfnb import paths
 from mfnb.atomic import write_json
@@ -63,17 +65,42 @@ class TrainSpec(Params):
     torch_threads: int | None = Field(default=None, ge=1)
     trust_remote_code: bool = False
     show_progress: bool = False
+    trainable: list[str] | None = None           # parameter names that train (None: as loaded); HbAT-Freeze
+    penalty: str | None = None                   # HbAT's EWC coefficients (a safetensors file, see save_penalty)
 
 
 class LaunchParams(Params):
     """How many processes and which engine. ``config``: a shipped name (``ddp``, ``deepspeed_zero2``,
     ``deepspeed_zero3``) or a path to an accelerate config YAML. ``processes="all"``: one per visible GPU."""
 
-    processes: int | Literal["all"] = 1
+    processes: Annotated[int, Field(ge=1)] | Literal["all"] = 1
     config: str = "ddp"
     cpu: bool | None = None                      # None: CPU (gloo) when no GPU is visible
     main_process_port: int | None = Field(default=None, ge=1, le=65535)  # None: a free port
     keep_workdir: bool = False
+
+    @field_validator("config")
+    @classmethod
+    def _config_parses(cls, config: str) -> str:
+        """A config that is missing or does not parse (its DeepSpeed JSON included) is refused when the params
+        are read, before anything runs, naming the file."""
+        try:
+            read_config(config)
+        except DistributedError as err:
+            raise ValueError(str(err).removeprefix("launch.config: ")) from None
+        return config
+
+    @property
+    def deepspeed_stage(self) -> int | None:
+        config = read_config(self.config)
+        if config["distributed_type"] != "DEEPSPEED":
+            return None
+        ds = config.get("deepspeed_config") or {}
+        if ds.get("deepspeed_config_file"):
+            stage = (read_deepspeed_json(Path(ds["deepspeed_config_file"])).get("zero_optimization") or {}).get("stage")
+        else:
+            stage = ds.get("zero_stage")
+        return int(stage) if stage is not None else 0
 
 
 # --------------------------------------------------------------------------------------------- configs
@@ -240,6 +267,136 @@ def _run_logged(cmd: list[str], env: dict[str, str], log: Path, stream: bool) ->
                                f"command: {' '.join(cmd)}\nlast lines:\n{''.join(tail)}")
 
 
+# -------------------------------------------------------------------- dispatch from mfnb.dpo / mfnb.sft
+
+_ACTIVE: ContextVar[LaunchParams | None] = ContextVar("mfnb_launch", default=None)
+
+
+def as_launch(launch: LaunchParams | dict | None, source: str = "launch") -> LaunchParams | None:
+    if launch is None or isinstance(launch, LaunchParams):
+        return launch
+    return LaunchParams.validate_mapping(dict(launch), source=source)
+
+
+@contextmanager
+def launching(launch: LaunchParams | dict | None) -> Iterator[LaunchParams | None]:
+    """Within the block, every :func:`mfnb.dpo.dpo_update` and :func:`mfnb.sft.train` without an explicit
+    ``launch`` runs under ``launch`` (e.g. ``{processes: all, config: deepspeed_zero3}``); None: in-process.
+    A notebook or ``python -m mfnb steps`` wraps the method calls in it, so the method packages need no change."""
+    token = _ACTIVE.set(as_launch(launch))
+    try:
+        yield _ACTIVE.get()
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active_launch(explicit: LaunchParams | dict | None = None) -> LaunchParams | None:
+    """The launch a training step should use (the explicit one, else the active :func:`launching` block), or None
+    when that is one process without DeepSpeed (the step then runs in the caller's process, on its model)."""
+    launch = as_launch(explicit) if explicit is not None else _ACTIVE.get()
+    if launch is None:
+        return None
+    processes = launch.processes if launch.processes != "all" else max(_gpu_count(), 1)
+    if processes == 1 and read_config(launch.config)["distributed_type"] != "DEEPSPEED":
+        return None
+    return launch
+
+
+def _base_source(model) -> str:
+    name = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
+    if not name or not (Path(name).is_dir() or not Path(name).is_absolute()):
+        raise DistributedError(f"launch: the policy's base model has no folder or hub name to load in the training "
+                               f"processes (config._name_or_path = {name!r}); load it with mfnb.models.load_model")
+    return name
+
+
+def save_penalty(penalty, path: Path) -> None:
+    """An EWC penalty's coefficients by parameter name (a 0-d tensor per tensor for the modified EWC, the
+    per-element Fisher for the original); its anchors are the parameters the training processes load."""
+    import torch
+    from safetensors.torch import save_file
+
+    coefs = penalty.coefs if penalty.elementwise else [torch.tensor(c, dtype=torch.float32) for c in penalty.coefs]
+    save_file({name: c.detach().cpu().contiguous() for name, c in zip(penalty.names, coefs)}, str(path))
+
+
+def load_penalty(model, path: str):
+    """The EWC penalty over ``model``'s parameters named in ``path``, anchored at their values now."""
+    from safetensors.torch import load_file
+
+    from mfnb.hbat.ewc import EWCPenalty
+
+    coefs = load_file(path)
+    params = dict(model.named_parameters())
+    unknown = sorted(set(coefs) - set(params))
+    if unknown:
+        raise DistributedError(f"spec.penalty: {path} names parameters the loaded model lacks: {unknown[:3]}")
+    names = sorted(coefs)
+    return EWCPenalty([params[n] for n in names], [coefs[n] if coefs[n].dim() else float(coefs[n]) for n in names],
+                      names)
+
+
+def train_in_place(model, tokenizer, data, step: str, hyper, launch: LaunchParams, *, seed: int = 0,
+                   show_progress: bool = False, penalty=None) -> dict:
+    """One SFT or DPO step of ``model`` through :func:`train` under ``launch``, loaded back into ``model``.
+
+    A LoRA-wrapped model sends its adapter (its base is loaded from its folder or hub name in each process); a
+    plain model is saved whole (full fine-tuning). ``hyper`` (:class:`SFTParams` / :class:`DPOParams`) describes
+    the step as one process would run it: its ``batch_size x grad_accum`` is kept as the global batch, split over
+    the processes, so the result does not depend on how many there are (up to summation order).
+
+    HbAT's stages send what makes them differ from plain TRL steps: which parameters train (HbAT-Freeze
+    freezes some) and ``penalty``, the EWC penalty (:class:`mfnb.hbat.ewc.EWCPenalty`) anchored at the
+    parameters as they are now; the processes rebuild it on the parameters they load. ZeRO-3 shards the
+    parameters, which the penalty needs whole: use ``deepspeed_zero2`` or ``ddp`` for HbAT."""
+    import torch
+    from safetensors.torch import load_file
+
+    is_peft = hasattr(model, "peft_config")
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    root = paths.cache_dir("launch")
+    with tempfile.TemporaryDirectory(prefix=f"{step}-", dir=root) as tmp:
+        tmp = Path(tmp)
+        if is_peft:
+            model.save_pretrained(tmp / "adapter", selected_adapters=["default"])
+            source, adapter = _base_source(model.get_base_model()), str(tmp / "adapter")
+        else:
+            model.save_pretrained(tmp / "model", safe_serialization=True)
+            tokenizer.save_pretrained(tmp / "model")
+            source, adapter = str(tmp / "model"), None
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+        if penalty is not None and len(penalty):
+            if launch.deepspeed_stage == 3:
+                raise DistributedError(f"launch.config: {launch.config} (ZeRO-3) shards the parameters, which HbAT's "
+                                       "EWC penalty needs whole; use deepspeed_zero2 or ddp")
+            save_penalty(penalty, tmp / "penalty.safetensors")
+        spec = TrainSpec(step=step, model=source, adapter=adapter, lora=None, output=str(tmp / "out"), seed=seed,
+                         dtype=dtype, global_batch_size=hyper.batch_size * hyper.grad_accum,
+                         show_progress=show_progress, trainable=trainable,
+                         penalty=str(tmp / "penalty.safetensors") if penalty is not None and len(penalty) else None,
+                         **{step: hyper})
+        result = train(spec, launch, data=data, stream=show_progress)
+        out = tmp / "out"
+        if is_peft:
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(model, load_file(str(out / "adapter_model.safetensors")))
+        else:
+            state = {}
+            for file in sorted(out.glob("*.safetensors")):
+                state.update(load_file(str(file)))
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            tied = {k for k in missing if "lm_head" in k} if getattr(model.config, "tie_word_embeddings", False) else set()
+            if unexpected or set(missing) - tied:
+                raise DistributedError(f"launch: the trained weights in {out} do not match the model (missing "
+                                       f"{sorted(set(missing) - tied)[:3]}, unexpected {sorted(unexpected)[:3]})")
+            if tied:
+                model.tie_weights()
+        with torch.no_grad():
+            model.eval()
+    return {**result.get("metrics", {}), "world_size": result.get("world_size"), "launch_seconds": result.get("seconds")}
+
+
 # ------------------------------------------------------------------------------------------- worker
 
 
@@ -302,6 +459,26 @@ def _backend_overrides() -> dict:
     return {}
 
 
+def _ewc_trainer(kind: str):
+    from mfnb.hbat.ewc import ewc_trainer_class
+
+    return ewc_trainer_class(kind)
+
+
+def _set_trainable(model, names: list[str] | None) -> None:
+    """Only ``names`` train (the caller's model had exactly these trainable); None leaves the model as loaded."""
+    if names is None:
+        return
+    params = dict(model.named_parameters())
+    unknown = sorted(set(names) - set(params))
+    if unknown:
+        raise DistributedError(f"spec.trainable: the loaded model has no parameters {unknown[:3]} (the caller's and the "
+                               "training processes' models differ)")
+    keep = set(names)
+    for name, p in params.items():
+        p.requires_grad_(name in keep)
+
+
 def run_spec(spec: TrainSpec) -> dict:
     """Train as the spec says and write the result to ``spec.output`` (main process). Runs in each process of
     a launch, and directly for a single process."""
@@ -322,25 +499,30 @@ def run_spec(spec: TrainSpec) -> dict:
 
             set_seed(spec.seed)  # the adapter's random init must not depend on what this process did before
             model = attach_lora(model, spec.lora)
+        _set_trainable(model, spec.trainable)
+        penalty = load_penalty(model, spec.penalty) if spec.penalty else None
+        trainer_kwargs = {"ewc": penalty} if penalty is not None else None
         rows = load_rows(spec.data)
         if spec.step == "dpo":
             from trl import DPOTrainer
 
             from mfnb.dpo import dpo_update
 
+            base = DPOTrainer if penalty is None else _ewc_trainer("dpo")
             params = spec.dpo.model_copy(update={"batch_size": _per_device(spec, spec.dpo.grad_accum, spec.dpo.batch_size)})
-            metrics = dpo_update(model, tokenizer, rows, params, seed=spec.seed,
-                                 trainer_cls=_saving(DPOTrainer, partial), show_progress=spec.show_progress,
+            metrics = dpo_update(model, tokenizer, rows, params, seed=spec.seed, trainer_kwargs=trainer_kwargs,
+                                 trainer_cls=_saving(base, partial), show_progress=spec.show_progress,
                                  config_overrides=_backend_overrides())
         else:
             from trl import SFTTrainer
 
             from mfnb import sft
 
+            base = SFTTrainer if penalty is None else _ewc_trainer("sft")
             p = spec.sft
             metrics = sft.train(model, tokenizer, rows, lr=p.lr, seed=spec.seed, steps=p.steps, epochs=p.epochs,
-                                batch_size=_per_device(spec, p.grad_accum, p.batch_size),
-                                trainer_cls=_saving(SFTTrainer, partial), warmup_ratio=p.warmup_ratio,
+                                batch_size=_per_device(spec, p.grad_accum, p.batch_size), trainer_kwargs=trainer_kwargs,
+                                trainer_cls=_saving(base, partial), warmup_ratio=p.warmup_ratio,
                                 scheduler=p.scheduler, max_length=p.max_length, show_progress=spec.show_progress,
                                 gradient_accumulation_steps=p.grad_accum, **_backend_overrides())
     result = {"metrics": metrics, "world_size": _world_size(), "seconds": time.perf_counter() - start,

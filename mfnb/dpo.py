@@ -70,17 +70,30 @@ def dpo_config(output_dir: str, params: DPOParams, seed: int, show_progress: boo
 
 def dpo_update(policy, tokenizer, dataset: Dataset, params: DPOParams, *, seed: int = 0,
                trainer_cls=None, trainer_kwargs: dict | None = None, show_progress: bool = False,
-               config_overrides: dict | None = None) -> dict:
+               config_overrides: dict | None = None, launch=None) -> dict:
     """Train ``policy`` in place on ``dataset``; returns the final metrics.
 
     A peft model trains its LoRA adapter; a plain model is fully fine-tuned against a frozen copy of
     itself (see the module docstring). An empty dataset is a no-op (every pair was identical, say) and
     returns ``{"skipped": True}``. ``config_overrides`` go to the ``DPOConfig`` (e.g. ``ddp_backend``).
+    ``launch`` (:class:`mfnb.distributed.LaunchParams`, or the active :func:`mfnb.distributed.launching`
+    block): several processes through ``accelerate launch`` (DDP, DeepSpeed ZeRO-2/3) with the same global
+    batch, the result loaded back into ``policy``.
     """
     from trl import DPOTrainer
 
     if len(dataset) == 0:
         return {"skipped": True}
+    from mfnb import distributed
+
+    launch = distributed.active_launch(launch)
+    if launch is not None:
+        if trainer_cls is not None or trainer_kwargs or config_overrides:
+            raise distributed.DistributedError(
+                "launch: this DPO step uses its own trainer class or arguments (e.g. HbAT's EWC penalty), which run "
+                "in one process only; run it without a launch (launch: null)")
+        return distributed.train_in_place(policy, tokenizer, dataset, "dpo", params, launch, seed=seed,
+                                          show_progress=show_progress)
     is_peft = hasattr(policy, "peft_config")
     trainer_kwargs = dict(trainer_kwargs or {})
     if not is_peft and trainer_kwargs.get("ref_model") is None:

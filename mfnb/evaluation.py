@@ -84,6 +84,14 @@ def world_judge(world, spec: dict, cache_path: str | Path | None = None, *, note
     return make_judge(spec)
 
 
+class AgreementParams(Params):
+    """Notebook 01's judge check: parse rate and agreement with the world's checker, per judge, on Table 1's pairs."""
+
+    judges: dict[str, dict] = Field(default_factory=dict)   # extra judges by name (specs like `judge`), beside it
+    max_pairs: int | None = Field(default=None, ge=1)        # per judge; None: every pair of Table 1
+    tie_margin: float = Field(default=0.05, ge=0)            # checker differences within it are ties (not counted)
+
+
 class FidelityWinratesParams(Params):
     """Notebook 01: the paper's Table 1 (win rate of each adjacent pair of the fidelity ladder)."""
 
@@ -96,6 +104,26 @@ class FidelityWinratesParams(Params):
     sampling_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     delta: float = Field(default=0.05, gt=0, lt=1)
     torch_threads: int | None = Field(default=1, ge=1)
+    agreement: AgreementParams = AgreementParams()
+
+
+def ladder_pairs(world, chain: Sequence[str], split: str, sampling: SamplingParams, seeds: Sequence[int] = (0,),
+                 max_pairs: int | None = None) -> tuple[list[str], list[str], list[str]]:
+    """Table 1's pairs (prompts, each step's candidate responses, the responses below it), every step and
+    seed in turn; with ``max_pairs`` an even, seeded spread over them."""
+    import random
+
+    prompts = world.prompts[split]
+    out: tuple[list[str], list[str], list[str]] = ([], [], [])
+    for baseline, candidate in zip(chain, chain[1:]):
+        for s in seeds:
+            out[0].extend(prompts)
+            out[1].extend(role_responses(world, candidate, prompts, sampling, seed=s))
+            out[2].extend(role_responses(world, baseline, prompts, sampling, seed=s))
+    if max_pairs is not None and max_pairs < len(out[0]):
+        keep = sorted(random.Random(f"ladder-pairs-{max_pairs}").sample(range(len(out[0])), max_pairs))
+        out = tuple([col[i] for i in keep] for col in out)
+    return out
 
 
 def ladder_table(world, judge, chain: Sequence[str], split: str, sampling: SamplingParams,

@@ -45,7 +45,7 @@ import sqlite3
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from pathlib import Path
@@ -56,7 +56,8 @@ from mfnb.secrets import redact, register_variable
 
 __all__ = [
     "Outcome", "JudgeStats", "JudgeError", "JudgeUnavailableError", "PairwiseJudge", "OracleJudge",
-    "RewardModelJudge", "OpenAIJudge", "CachedJudge", "make_judge", "parse_verdict", "TEMPLATES",
+    "RewardModelJudge", "OpenAIJudge", "CachedJudge", "make_judge", "parse_verdict", "TEMPLATES", "LETTER_TEMPLATES",
+    "letter_probability",
 ]
 
 
@@ -90,6 +91,7 @@ class JudgeStats:
     cost: float = 0.0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    dollars: float = 0.0  # LLM judge: tokens priced by its input_price / output_price
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -200,7 +202,23 @@ class PairwiseJudge:
         """Class name and verdict-relevant parameters: the cache key's judge part.  ``seed`` is in it
         only where it changes a presented-order verdict (the oracle's noise); elsewhere it only picks
         the shown order and tie coins, which the cache does not store."""
-        return {"judge": type(self).__name__, **self._params()}
+        identity = {"judge": type(self).__name__, **self._params()}
+        if getattr(self, "query_view_name", None):
+            identity["query_view"] = self.query_view_name
+        return identity
+
+    #: maps a prompt to the text the judge reads (e.g. a chat-templated prompt back to the dataset's query)
+    query_view: Callable[[str], str] | None = None
+    query_view_name: str | None = None
+
+    def set_query_view(self, view: Callable[[str], str] | None, name: str | None = None) -> None:
+        """Let the judge read ``view(prompt)`` instead of ``prompt`` (a world's ``query``: the dataset's text of
+        a prompt rendered in a model's chat template). ``name`` identifies the view in the cache key."""
+        self.query_view = view
+        self.query_view_name = None if view is None else (name or getattr(view, "__qualname__", repr(view)))
+
+    def query(self, prompt: str) -> str:
+        return self.query_view(prompt) if self.query_view is not None else prompt
 
     @property
     def judge_id(self) -> str:
@@ -447,6 +465,7 @@ class RewardModelJudge(PairwiseJudge):
 
     def format_text(self, prompt: str, response: str) -> tuple[str, bool]:
         """The text the model scores, and whether it already holds the special tokens."""
+        prompt = self.query(prompt)
         if self.use_chat_template and not any(t in prompt for t in self._special):
             messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
             return self.tokenizer.apply_chat_template(messages, tokenize=False), True
@@ -560,20 +579,85 @@ def parse_verdict(text: str | None) -> str | None:
     return None
 
 
+# Letter-first variants of the papers' prompts for verdicts read from log-probabilities (as alpaca_eval's
+# logprob annotators do): the same question, answered by the letter alone, so the first answer token is it.
+_LETTER_DIALOGUE = _DIALOGUE.split("FIRST provide")[0] + (
+    "Which response is more helpful? Answer with only the letter \"A\" or \"B\".")
+_LETTER_SUMMARY = _SUMMARY.split("FIRST provide")[0] + (
+    "Which summary is better? Answer with only the letter \"A\" or \"B\".")
+#: The same prompts for ``verdict="logprobs"``.
+LETTER_TEMPLATES: dict[str, str] = {
+    "dpo": _LETTER_DIALOGUE,
+    "hbat": _LETTER_DIALOGUE,
+    "dpo_summary": _LETTER_SUMMARY,
+    "hbat_summary": _LETTER_SUMMARY,
+}
+_TOKEN_JUNK = " \t\n\"'*`().:_"
+
+
+@dataclass
+class Answer:
+    """One judge request's answer: its text, the letter read from it, how, and P(letter A) when logprobs came."""
+
+    text: str | None
+    letter: str | None = None
+    source: str | None = None          # "logprobs", "text" or None (unparsed)
+    p_a: float | None = None           # P("A") / (P("A") + P("B")) of the first answer token
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def letter_probability(top: Sequence[tuple[str, float]]) -> float | None:
+    """P(A) / (P(A) + P(B)) over the first answer token's top log-probabilities (tokens "A", " A", '"A', ... count
+    for A), or None when neither letter is among them."""
+    mass = {"A": 0.0, "B": 0.0}
+    for token, logprob in top:
+        letter = token.strip(_TOKEN_JUNK)
+        if letter in mass and logprob is not None and math.isfinite(logprob):
+            mass[letter] += math.exp(logprob)
+    total = mass["A"] + mass["B"]
+    return mass["A"] / total if total > 0 else None
+
+
+class _RateLimiter:
+    """At most ``per_minute`` requests started per minute, spread evenly, across threads."""
+
+    def __init__(self, per_minute: float | None):
+        self.interval = 60.0 / per_minute if per_minute else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        if start > now:
+            time.sleep(start - now)
+
+
 class OpenAIJudge(PairwiseJudge):
     """An LLM judge behind any OpenAI-compatible chat-completions endpoint.
 
     Each pair is asked in both orders (a as "A", then b as "A"): agreeing answers give win/lose,
-    disagreeing ones a tie, an unparseable answer FAILED (never a loss).  API/connection errors, timeouts,
-    5xx/429 answers and bodies that are not JSON are retried ``max_retries`` times, waiting
-    ``backoff * 2**attempt`` seconds; then :class:`JudgeUnavailableError` names the endpoint and model
-    (cached verdicts of earlier batches are kept).  One request waits at most ``max_wait_s`` in total over
-    all its attempts and pauses (each attempt at most ``timeout``), so a hung endpoint fails in bounded
-    time.  The API key is read from ``$api_key_env`` when the first request is sent, and is never part
-    of the judge's repr, identity, cache or results; every message the judge raises passes through
-    :func:`mfnb.secrets.redact`, so an endpoint that echoes the key cannot put it into an error.
-    ``prompt_template``: a key of :data:`TEMPLATES` or a custom string with ``{prompt}``, ``{response_a}``
-    and ``{response_b}``.  ``cost_per_call`` is per request (two per pair).
+    disagreeing ones a tie, an unparseable answer FAILED (never a loss).  ``verdict="text"`` parses the
+    papers' two-line answer; ``verdict="logprobs"`` asks the same question answered by the letter alone
+    (:data:`LETTER_TEMPLATES`) and reads the first answer token's log-probabilities (P(A) vs P(B), as
+    alpaca_eval's logprob annotators do), falling back to the answer's text when the endpoint returns no
+    logprobs; :meth:`examine` reports each order's letter, how it was read and the preference probability.
+    Requests run ``concurrency`` at a time (a bounded pool), at most ``rate_limit`` per minute.
+    API/connection errors, timeouts, 5xx/429 answers and bodies that are not JSON are retried
+    ``max_retries`` times, waiting ``backoff * 2**attempt`` seconds; one request waits at most
+    ``max_wait_s`` over all its attempts.  When the endpoint stays down, the pairs whose answers arrived
+    are kept (a cached judge stores them), the rest are not invented, and :class:`JudgeUnavailableError`
+    names the endpoint and how many were kept: a rerun asks only for the missing ones.  Tokens are counted
+    from each answer's ``usage`` and priced with ``input_price`` / ``output_price`` (dollars per million
+    tokens) into ``stats.dollars``.  The API key is read from ``$api_key_env`` when the first request is
+    sent, and is never part of the judge's repr, identity, cache or results; every message the judge raises
+    passes through :func:`mfnb.secrets.redact`.  ``prompt_template``: a key of :data:`TEMPLATES` or a custom
+    string with ``{prompt}``, ``{response_a}`` and ``{response_b}``.  ``cost_per_call`` is per request.
     """
 
     batch_size = 16
@@ -583,7 +667,9 @@ class OpenAIJudge(PairwiseJudge):
                  prompt_template: str = "dpo", max_retries: int = 5, backoff: float = 1.0,
                  temperature: float = 0.0, timeout: float = 60.0, cost_per_call: float = 0.0,
                  max_tokens: int | None = None, concurrency: int = 4, batch_size: int | None = None,
-                 seed: int = 0, progress: bool | None = None, max_wait_s: float = 120.0):
+                 seed: int = 0, progress: bool | None = None, max_wait_s: float = 120.0,
+                 verdict: str = "text", top_logprobs: int = 5, rate_limit: float | None = None,
+                 input_price: float = 0.0, output_price: float = 0.0):
         super().__init__(seed=seed, cost_per_call=cost_per_call, batch_size=batch_size, progress=progress)
         if not isinstance(model, str) or not model:
             raise ValueError(f"OpenAIJudge: model must be a non-empty string, got {model!r}")
@@ -593,8 +679,12 @@ class OpenAIJudge(PairwiseJudge):
             raise ValueError(f"OpenAIJudge: api_key_env must name an environment variable, got {api_key_env!r}")
         self.api_key_env = api_key_env
         register_variable(api_key_env)
-        if prompt_template in TEMPLATES:
-            self.template_name, self.template = prompt_template, TEMPLATES[prompt_template]
+        if verdict not in ("text", "logprobs"):
+            raise ValueError(f"OpenAIJudge: verdict must be 'text' or 'logprobs', got {verdict!r}")
+        self.verdict = verdict
+        named = LETTER_TEMPLATES if verdict == "logprobs" else TEMPLATES
+        if prompt_template in named:
+            self.template_name, self.template = prompt_template, named[prompt_template]
         elif isinstance(prompt_template, str) and all(f"{{{k}}}" in prompt_template
                                                       for k in ("prompt", "response_a", "response_b")):
             self.template_name, self.template = "custom", prompt_template
@@ -610,18 +700,33 @@ class OpenAIJudge(PairwiseJudge):
         if isinstance(max_wait_s, bool) or not isinstance(max_wait_s, (int, float)) or not max_wait_s > 0:
             raise ValueError(f"OpenAIJudge: max_wait_s must be a number of seconds > 0, got {max_wait_s!r}")
         self.max_wait_s = float(max_wait_s)
+        if max_tokens is None and verdict == "logprobs":
+            max_tokens = 1
         if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
             raise ValueError(f"OpenAIJudge: max_tokens must be a positive int or None, got {max_tokens!r}")
         self.max_tokens = max_tokens
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"OpenAIJudge: concurrency must be a positive int, got {concurrency!r}")
         self.concurrency = concurrency
+        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 1 <= top_logprobs <= 20:
+            raise ValueError(f"OpenAIJudge: top_logprobs must be an int in 1..20, got {top_logprobs!r}")
+        self.top_logprobs = top_logprobs
+        if rate_limit is not None and (isinstance(rate_limit, bool) or not isinstance(rate_limit, (int, float))
+                                       or not rate_limit > 0):
+            raise ValueError(f"OpenAIJudge: rate_limit must be requests per minute > 0 or None, got {rate_limit!r}")
+        self.rate_limit = rate_limit
+        self.input_price = _check_nonneg("OpenAIJudge", "input_price", input_price)
+        self.output_price = _check_nonneg("OpenAIJudge", "output_price", output_price)
+        self._limiter = _RateLimiter(rate_limit)
         self._client = None
 
     def _params(self) -> dict[str, Any]:
-        return {"model": self.model, "base_url": self.base_url, "template": self.template_name,
-                "template_hash": _digest(self.template, size=8).hex(), "temperature": self.temperature,
-                "max_tokens": self.max_tokens}
+        params = {"model": self.model, "base_url": self.base_url, "template": self.template_name,
+                  "template_hash": _digest(self.template, size=8).hex(), "temperature": self.temperature,
+                  "max_tokens": self.max_tokens}
+        if self.verdict != "text":  # text-mode identities stay as they were (their cached verdicts stay valid)
+            params.update(verdict=self.verdict, top_logprobs=self.top_logprobs)
+        return params
 
     @property
     def order_symmetric(self) -> bool:
@@ -631,11 +736,13 @@ class OpenAIJudge(PairwiseJudge):
         state = dict(self.__dict__)
         state["_client"] = None  # the client holds the key
         state.pop("_lock", None)
+        state.pop("_limiter", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
+        self._limiter = _RateLimiter(self.rate_limit)
 
     def _where(self) -> str:
         return f"endpoint {self.base_url} (model {self.model!r})"
@@ -651,16 +758,46 @@ class OpenAIJudge(PairwiseJudge):
             self._client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
         return self._client
 
-    def _ask(self, text: str) -> str | None:
-        """One chat completion with retries, all within ``max_wait_s``; the answer text, or None when the
-        answer was unusable."""
-        import openai
-
-        client = self.client()
+    def _request(self, text: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": self.model, "temperature": self.temperature,
                                   "messages": [{"role": "user", "content": text}]}
         if self.max_tokens is not None:
             kwargs["max_tokens"] = self.max_tokens
+        if self.verdict == "logprobs":
+            kwargs.update(logprobs=True, top_logprobs=self.top_logprobs)
+        return kwargs
+
+    def _answer(self, response) -> Answer:
+        usage = getattr(response, "usage", None)
+        prompt_tokens = getattr(usage, "prompt_tokens", 0) or 0
+        completion_tokens = getattr(usage, "completion_tokens", 0) or 0
+        choices = getattr(response, "choices", None) or []
+        message = choices[0].message if choices else None
+        text = (getattr(message, "content", None) if message else None) or None
+        answer = Answer(text, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens)
+        if self.verdict == "logprobs" and choices:
+            content = getattr(getattr(choices[0], "logprobs", None), "content", None) or []
+            for position in content:  # the first token that is not blank carries the verdict
+                if not (position.token or "").strip():
+                    continue
+                top = [(t.token, t.logprob) for t in (position.top_logprobs or [])] or [(position.token, position.logprob)]
+                answer.p_a = letter_probability(top)
+                break
+            if answer.p_a is not None:
+                answer.letter, answer.source = ("A" if answer.p_a >= 0.5 else "B"), "logprobs"
+        if answer.letter is None:
+            letter = parse_verdict(text)
+            if letter is not None:
+                answer.letter, answer.source = letter, "text"
+        return answer
+
+    def _ask(self, text: str) -> Answer | None:
+        """One chat completion with retries, all within ``max_wait_s``; the answer, or None when the endpoint
+        answered with something that is not a chat completion (a failed judgement)."""
+        import openai
+
+        client = self.client()
+        kwargs = self._request(text)
         deadline = time.monotonic() + self.max_wait_s
         last: str = "no attempt made"
         attempts = 0
@@ -676,6 +813,7 @@ class OpenAIJudge(PairwiseJudge):
                 with self._lock:
                     self.stats.retries += 1
             attempts += 1
+            self._limiter.wait()
             try:
                 response = client.chat.completions.create(**kwargs, timeout=min(self.timeout, left))
             except openai.APIResponseValidationError:
@@ -690,50 +828,110 @@ class OpenAIJudge(PairwiseJudge):
                 if err.status_code in (408, 409, 429) or err.status_code >= 500:
                     last = f"{type(err).__name__}: {err}"
                     continue
+                hint = (f"; check the key in ${self.api_key_env}" if err.status_code in (401, 403) else "")
                 raise JudgeError(redact(f"OpenAIJudge: {self._where()} refused the request: HTTP {err.status_code}: "
-                                        f"{err.message}")) from None
+                                        f"{err.message}{hint}")) from None
             if isinstance(response, (str, bytes)):  # a 200 whose body is not JSON (an HTML error page, a proxy)
                 last = f"the answer is not a chat completion: {str(response)[:200]!r}"
                 continue
-            usage = getattr(response, "usage", None)
-            self._count_calls(1, getattr(usage, "prompt_tokens", 0) or 0, getattr(usage, "completion_tokens", 0) or 0)
-            choices = getattr(response, "choices", None) or []
-            return (choices[0].message.content if choices and choices[0].message else None) or None
+            answer = self._answer(response)
+            self._count_calls(1, answer.prompt_tokens, answer.completion_tokens)
+            with self._lock:
+                self.stats.dollars += (answer.prompt_tokens * self.input_price
+                                       + answer.completion_tokens * self.output_price) / 1e6
+            return answer
         raise JudgeUnavailableError(redact(
             f"OpenAIJudge: {self._where()} gave no usable answer after {attempts} attempt(s) within "
             f"max_wait_s={self.max_wait_s:g} s per request (timeout={self.timeout:g} s per attempt, "
             f"max_retries={self.max_retries}); last error: {last}"))
 
     def render(self, prompt: str, response_a: str, response_b: str) -> str:
-        """The judging prompt with the pair filled in (one pass: braces in the texts stay as they are)."""
-        values = {"prompt": prompt, "response_a": response_a, "response_b": response_b}
+        """The judging prompt with the pair filled in (one pass: braces in the texts stay as they are); the
+        prompt as the judge's query view shows it."""
+        values = {"prompt": self.query(prompt), "response_a": response_a, "response_b": response_b}
         return _FIELD.sub(lambda m: values[m.group(1)], self.template)
+
+    def _answers(self, texts: Sequence[str]) -> tuple[list[Answer | None], str | None]:
+        """Answers in order (None: unusable or never asked) and the outage that stopped the rest, if any."""
+        self.client()  # fail fast on a missing key
+        answers: list[Answer | None] = [None] * len(texts)
+        outage: str | None = None
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(texts))))
+        try:
+            futures = {pool.submit(self._ask, t): i for i, t in enumerate(texts)}
+            for future in as_completed(futures):
+                try:
+                    answers[futures[future]] = future.result()
+                except JudgeUnavailableError as err:
+                    if outage is None:
+                        outage = str(err)
+                        for other in futures:  # stop asking a dead endpoint; answers in flight are still kept
+                            other.cancel()
+                except CancelledError:
+                    pass
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        return answers, outage
+
+    @staticmethod
+    def _combine(ab: Answer | None, ba: Answer | None) -> Outcome:
+        la, lb = (ab.letter if ab else None), (ba.letter if ba else None)
+        if la is None or lb is None:
+            return Outcome.FAILED
+        if la == "A" and lb == "B":
+            return Outcome.WIN
+        if la == "B" and lb == "A":
+            return Outcome.LOSE
+        return Outcome.TIE  # the answer followed the position, not the response
 
     def _judge_presented(self, batch: Sequence[Triple]) -> list[Outcome]:
         texts = []
         for p, a, b in batch:
             texts += [self.render(p, a, b), self.render(p, b, a)]
-        self.client()  # fail fast on a missing key
-        if self.concurrency > 1 and len(texts) > 1:
-            pool = ThreadPoolExecutor(max_workers=min(self.concurrency, len(texts)))
-            try:
-                answers = list(pool.map(self._ask, texts))
-            finally:  # on an error, do not keep asking a failing endpoint for the rest of the batch
-                pool.shutdown(wait=True, cancel_futures=True)
-        else:
-            answers = [self._ask(t) for t in texts]
-        out = []
-        for i in range(len(batch)):
-            ab, ba = parse_verdict(answers[2 * i]), parse_verdict(answers[2 * i + 1])
-            if ab is None or ba is None:
-                out.append(Outcome.FAILED)
-            elif ab == "A" and ba == "B":
-                out.append(Outcome.WIN)
-            elif ab == "B" and ba == "A":
-                out.append(Outcome.LOSE)
-            else:
-                out.append(Outcome.TIE)  # the answer followed the position, not the response
+        answers, outage = self._answers(texts)
+        out = [self._combine(answers[2 * i], answers[2 * i + 1]) for i in range(len(batch))]
+        if outage is not None:
+            self._outage = (outage, sum(o is not Outcome.FAILED for o in out), len(out))
         return out
+
+    def _run(self, shown: Sequence[Triple], on_batch=None) -> list[Outcome]:
+        """As the base class; after a batch hit an outage, its finished pairs are handed to ``on_batch`` (a
+        cache keeps them) and then :class:`JudgeUnavailableError` says how many were kept."""
+        def after(batch, verdicts):
+            if on_batch is not None:
+                on_batch(batch, verdicts)
+            outage, self._outage = getattr(self, "_outage", None), None
+            if outage is not None:
+                message, kept, total = outage
+                raise JudgeUnavailableError(redact(
+                    f"{message}. Of the {total} pairs in the batch that met the outage, {kept} were judged and kept "
+                    f"(a cached judge stored them); the others were not judged, none was counted as a loss, and a "
+                    f"rerun asks only for what is missing"))
+
+        self._outage = None
+        return super()._run(shown, after)
+
+    def examine(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> list[dict[str, Any]]:
+        """Per pair, both orders as asked (no shuffling, no cache): each order's letter, whether it was read
+        from log-probabilities or text, P(A), the verdict for ``first`` and, with logprobs, P(first is
+        better) = mean of P(A | first shown first) and P(B | first shown second)."""
+        texts = []
+        for p, a, b in zip(prompts, first, second):
+            texts += [self.render(p, a, b), self.render(p, b, a)]
+        answers, outage = self._answers(texts)
+        if outage is not None:
+            raise JudgeUnavailableError(outage)
+        rows = []
+        for i in range(len(texts) // 2):
+            ab, ba = answers[2 * i], answers[2 * i + 1]
+            probs = [x for x in ((ab.p_a if ab else None), (1 - ba.p_a if ba and ba.p_a is not None else None))
+                     if x is not None]
+            rows.append({"letter_ab": ab.letter if ab else None, "source_ab": ab.source if ab else None,
+                         "letter_ba": ba.letter if ba else None, "source_ba": ba.source if ba else None,
+                         "p_first": sum(probs) / len(probs) if len(probs) == 2 else None,
+                         "verdict": self._combine(ab, ba).value,
+                         "text_ab": ab.text if ab else None, "text_ba": ba.text if ba else None})
+        return rows
 
 
 # --------------------------------------------------------------------------------------------------
@@ -760,7 +958,7 @@ class CachedJudge(PairwiseJudge):
                           stacklevel=2)
         self.path = Path(path) if path is not None else paths.cache_dir("judges") / "verdicts.sqlite"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(self.path), timeout=60.0)
+        self._conn = sqlite3.connect(str(self.path), timeout=60.0, check_same_thread=False)  # sqlite serializes
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         with self._conn:
@@ -773,6 +971,12 @@ class CachedJudge(PairwiseJudge):
     # the wrapped judge decides verdicts, order and identity
     def identity(self) -> dict[str, Any]:
         return self.inner.identity()
+
+    def set_query_view(self, view, name: str | None = None) -> None:
+        self.inner.set_query_view(view, name)
+        with self._conn:
+            self._conn.execute("INSERT OR IGNORE INTO judges VALUES (?, ?)",
+                               (self.inner.judge_id, _identity_json(self.inner.identity())))
 
     def _swap(self, prompt: str, a: str, b: str) -> bool:
         return self.inner._swap(prompt, a, b)

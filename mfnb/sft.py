@@ -74,13 +74,34 @@ def sft_config(output_dir: str, *, lr: float, batch_size: int, seed: int, steps:
     return SFTConfig(**kwargs)
 
 
+_LAUNCH_FIELDS = {"warmup_ratio": "warmup_ratio", "scheduler": "scheduler", "max_length": "max_length",
+                  "gradient_accumulation_steps": "grad_accum"}
+
+
 def train(model, tokenizer, rows: list[dict] | Dataset, *, lr: float, batch_size: int, seed: int,
           steps: int | None = None, epochs: float = 1.0, trainer_cls=None, trainer_kwargs: dict | None = None,
-          desc: str = "sft", **config_overrides) -> dict:
-    """Fine-tune ``model`` in place; returns the trainer's final metrics."""
+          desc: str = "sft", launch=None, **config_overrides) -> dict:
+    """Fine-tune ``model`` in place; returns the trainer's final metrics.
+
+    ``launch`` (:class:`mfnb.distributed.LaunchParams`, or the active :func:`mfnb.distributed.launching` block):
+    several processes through ``accelerate launch`` (DDP, DeepSpeed ZeRO-2/3) with the same global batch, the
+    result loaded back into ``model``."""
     from trl import SFTTrainer
 
+    from mfnb import distributed
+
     dataset = rows if isinstance(rows, Dataset) else Dataset.from_list(rows)
+    active = distributed.active_launch(launch)
+    if active is not None:
+        show = bool(config_overrides.pop("show_progress", False))
+        unknown = sorted(set(config_overrides) - set(_LAUNCH_FIELDS))
+        if trainer_cls is not None or trainer_kwargs or unknown:
+            raise distributed.DistributedError(
+                f"launch: this SFT step uses its own trainer class or arguments ({unknown or 'e.g. HbAT EWC penalty'}), "
+                "which run in one process only; run it without a launch (launch: null)")
+        values = {"max_length": 256, **{_LAUNCH_FIELDS[k]: v for k, v in config_overrides.items()}}  # sft_config's
+        hyper = SFTParams(lr=lr, batch_size=batch_size, epochs=epochs, steps=steps, **values)
+        return distributed.train_in_place(model, tokenizer, dataset, "sft", hyper, active, seed=seed, show_progress=show)
     with tempfile.TemporaryDirectory(prefix="mfnb-sft-") as out, quiet_datasets():
         config = sft_config(out, lr=lr, batch_size=batch_size, seed=seed, steps=steps, epochs=epochs,
                             **config_overrides)

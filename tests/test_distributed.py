@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from mfnb import distributed as D
 from mfnb.distributed import DistributedError, LaunchParams, TrainSpec
+from mfnb.params import ParamsError
 
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 needs_deepspeed = pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed is not installed (pip install mfnb[scaleout])")
@@ -99,7 +100,8 @@ def test_deepspeed_json_that_does_not_parse_names_the_file(tmp_path):
     with pytest.raises(DistributedError, match=rf"DeepSpeed config {bad} \(named in {config}\) does not parse: "
                                                r"Expecting property name"):
         D.read_config(str(config))
-    with pytest.raises(DistributedError, match="zero2.json"):  # before any work is started
+    # refused when the launch is read, before any work is started
+    with pytest.raises(ParamsError, match=r"launch: parameter 'config': Value error, DeepSpeed config .*zero2.json"):
         D.train(TrainSpec(step="dpo", model="m", data="d", output=str(tmp_path / "out")), {"config": str(config)})
 
 

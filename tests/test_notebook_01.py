@@ -37,3 +37,9 @@ def test_notebook_01_writes_an_ordered_ladder(tiny_world, tmp_path, monkeypatch)
     second = (tmp_path / "run1.ipynb").read_text()
     assert "Judge: 0 new calls" in second
     assert "The ladder is" in second and "wins / total" in second  # the computed verdict
+    # how far to trust the judge: the oracle reads every pair and agrees with the checker it is built on
+    agreement = pd.read_csv(tmp_path / "results" / "tiny" / "tables" / "01_judge_agreement.csv")
+    assert agreement["judge"].tolist() == ["judge (oracle)"] and agreement["kind"].tolist() == ["OracleJudge"]
+    assert agreement["pairs"].tolist() == [600] and agreement["parse_rate"].tolist() == [1.0]
+    assert agreement["agreement_n"].iloc[0] > 0 and agreement["agreement"].iloc[0] == 1.0
+    assert "judges by the checker itself" in second

@@ -58,7 +58,7 @@ def test_make_world_builds_registered_kinds_and_names_bad_fields(monkeypatch):
     assert isinstance(world, TinyWorld) and world.kind == "tiny" and world.key == TinyWorld().key
     assert isinstance(world, World) and make_world(world) is world
     assert make_world(TinyWorldParams(seed=0)).key == world.key
-    with pytest.raises(ParamsError, match=r"world\.kind: missing; known kinds: \['smol', 'tiny'\]"):
+    with pytest.raises(ParamsError, match=r"world\.kind: missing; known kinds: \['paper', 'smol', 'tiny'\]"):
         make_world({"seed": 0})
     with pytest.raises(ParamsError, match=r"world: parameter 'seed'"):
         make_world({"kind": "tiny", "seed": "zero"})
@@ -68,7 +68,7 @@ def test_make_world_builds_registered_kinds_and_names_bad_fields(monkeypatch):
         make_world("tiny")
     monkeypatch.setitem(KINDS, "bare", lambda values, source: BareWorld())
     assert isinstance(make_world({"kind": "bare"}), BareWorld)
-    with pytest.raises(ParamsError, match=r"world\.kind: unknown kind 'mars'; known kinds: \['bare', 'smol', 'tiny'\]"):
+    with pytest.raises(ParamsError, match=r"world\.kind: unknown kind 'mars'; known kinds: \['bare', 'paper', 'smol', 'tiny'\]"):
         make_world({"kind": "mars"})
 
 

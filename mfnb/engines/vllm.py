@@ -108,21 +108,25 @@ class VLLMEngine:
         return LoRARequest(f"adapter-{self._adapter_ids[key]}", self._adapter_ids[key], key)
 
     def generate(self, prompts: Sequence[str], sampling: SamplingParams, *, seed: int = 0,
-                 adapter: str | os.PathLike | None = None, desc: str = "generate",
-                 show_progress: bool = True) -> list[str]:
-        """One sampled response per prompt, in prompt order (``sampling.batch_size`` is vLLM's to choose)."""
+                 seeds: Sequence[int] | None = None, adapter: str | os.PathLike | None = None,
+                 desc: str = "generate", show_progress: bool = True) -> list[str]:
+        """One sampled response per prompt, in prompt order (``sampling.batch_size`` is vLLM's to choose).
+        ``seeds``: one per prompt (e.g. :func:`mfnb.engines.candidate_seed`), replacing ``request_seed(seed, i)``."""
         from vllm import SamplingParams as VSampling
         from vllm.inputs import TokensPrompt
 
         if not prompts:
             return []
+        if seeds is not None and len(seeds) != len(prompts):
+            raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
         lora = self._lora_request(adapter)
         greedy = sampling.temperature == 0
         inputs = [TokensPrompt(prompt_token_ids=self.tokenizer(p, add_special_tokens=False).input_ids)
                   for p in prompts]
         params = [VSampling(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                             top_p=1.0 if greedy else sampling.top_p, top_k=0 if greedy else sampling.top_k,
-                            seed=request_seed(seed, i), skip_special_tokens=True)
+                            seed=request_seed(seed, i) if seeds is None else int(seeds[i]) % (2**63),
+                            skip_special_tokens=True)
                   for i in range(len(prompts))]
         outputs = self.llm.generate(inputs, params, lora_request=lora, use_tqdm=show_progress)
         return [out.outputs[0].text.strip() for out in outputs]

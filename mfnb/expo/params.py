@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
+from mfnb.distributed import LaunchParams
 from mfnb.dpo import DPOParams
 from mfnb.models import LoraParams, SamplingParams
 from mfnb.params import Params, ParamsError
@@ -26,11 +27,13 @@ class PreferenceDataParams(Params):
     The world makes the pairs (its ``preference_pairs`` capability). ``correct_vs_habit`` (tiny world): for a
     training prompt, chosen = the correct answer and rejected = the answer with the task's habit (the
     student's systematic mistake), both known to the world. ``checker_best_vs_worst`` (smol world): the best
-    and worst of a few SmolLM2 samples under IFEval's checker. The world names what it does not make.
+    and worst of a few SmolLM2 samples under IFEval's checker. ``dataset`` (paper world): the dataset's own
+    pairs (UltraFeedback binarized's chosen / rejected). The world names what it does not make.
+    ``n_pairs: null``: every training prompt's pair.
     """
 
     source: str = "correct_vs_habit"
-    n_pairs: int = Field(default=4096, ge=1)
+    n_pairs: int | None = Field(default=4096, ge=1)
     seed: int = 0
 
 
@@ -78,6 +81,7 @@ class ExpoParams(Params):
     train_seed: int = 0
     torch_threads: int | None = Field(default=None, ge=1)
     delta: float = Field(default=0.05, gt=0, lt=1)
+    launch: LaunchParams | None = None   # DPO steps under accelerate launch (mfnb.distributed); None: here
 
     @field_validator("fractions", "alphas", "sweep_seeds", "report_seeds", "lr_probe")
     @classmethod

@@ -233,7 +233,7 @@ def departures(params, n_select: int, n_report: int):
     d, s = params.dpo, params.sampling
     ours = {
         "sft_role": f"the world's {params.sft_role!r} role",
-        "preference.n_pairs": f"{params.preference.n_pairs} pairs from the world ({params.preference.source})",
+        "preference.n_pairs": f"{params.preference.n_pairs or 'all'} pairs from the world ({params.preference.source})",
         "fractions": ", ".join(f"{f * 100:g}%" for f in params.fractions),
         "lora.r": f"LoRA r {params.lora.r}, alpha {params.lora.alpha}",
         "dpo.lr": f"{d.lr:g}", "dpo.beta": f"{d.beta:g}", "dpo.epochs": f"{d.epochs:g}",

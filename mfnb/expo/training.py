@@ -31,10 +31,11 @@ def preference_rows(world, data: PreferenceDataParams) -> list[dict]:
     world makes the pairs (its ``preference_pairs`` capability)."""
     pairs = require(world, "preference_pairs", field="preference.source", notebook="03")
     prompts = list(world.prompts["train"])
-    if data.n_pairs > len(prompts):
-        raise ValueError(f"preference.n_pairs={data.n_pairs} exceeds the world's {len(prompts)} training prompts")
+    n = len(prompts) if data.n_pairs is None else data.n_pairs
+    if n > len(prompts):
+        raise ValueError(f"preference.n_pairs={n} exceeds the world's {len(prompts)} training prompts")
     random.Random(f"expo-preference-{data.seed}").shuffle(prompts)
-    return pairs(prompts[: data.n_pairs], data.source)
+    return pairs(prompts[:n], data.source)
 
 
 def fraction_rows(rows: Sequence[dict], fraction: float) -> list[dict]:
@@ -96,7 +97,7 @@ def train_dpo_adapter(world, params: ExpoParams, fraction: float, *, lr: float |
     dpo = _dpo_settings(params, lr, epochs)
     data = preference_dataset([r["prompt"] for r in rows], [r["chosen"] for r in rows],
                               [r["rejected"] for r in rows], drop_identical=dpo.drop_identical)
-    metrics = dpo_update(policy, tokenizer, data, dpo, seed=params.train_seed)
+    metrics = dpo_update(policy, tokenizer, data, dpo, seed=params.train_seed, launch=params.launch)
     info = {"fraction": fraction, "pairs": len(rows), "lr": dpo.lr, "epochs": dpo.epochs,
             "steps": dpo_steps(len(rows), dpo), "world": world.key, "sft_role": params.sft_role,
             "seconds": round(time.perf_counter() - start, 1),

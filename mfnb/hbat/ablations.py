@@ -20,6 +20,7 @@ from typing import Sequence
 
 from pydantic import Field, field_validator, model_validator
 
+from mfnb.distributed import LaunchParams
 from mfnb.hbat.algorithm import run_hbat
 from mfnb.hbat.params import METHODS, HbatParams, for_method
 from mfnb.hbat.store import clean_store, digest
@@ -55,6 +56,7 @@ class HbatNotebookParams(Params):
     delta: float = Field(default=0.05, gt=0, lt=1)
     efficiency_repeats: int = Field(default=1, ge=0)  # Table 7 measurements per method (0: skip)
     keep_weights: bool = False                        # keep stage weights after the notebook (resume only)
+    launch: LaunchParams | None = None                # training stages under accelerate launch (mfnb.distributed)
 
     @field_validator("seeds", "grid_seeds", "methods", "n_grid", "fmax_grid", "lam_grid")
     @classmethod
@@ -180,7 +182,7 @@ class HbatExperiment:
             return record
         model = self.load_initial()
         run = run_hbat(model, self.tokenizer, sft_rows, pref_rows, hbat_params, seed=seed, store=self.store,
-                       init_key=self.init_key(), evaluate=self.evaluate, eval_key=self.eval_key)
+                       init_key=self.init_key(), evaluate=self.evaluate, eval_key=self.eval_key, launch=self.P.launch)
         test = dict(run.test)
         selected = run.stages[run.selected].validation
         record = {"key": key, "label": label, "seed": seed, "n_splits": hbat_params.n_splits,

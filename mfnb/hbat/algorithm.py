@@ -156,9 +156,22 @@ class HbatRun:
 
 
 def _train_stage(model, tokenizer, kind: str, rows: list[dict], params: HbatParams, seed: int,
-                 penalty: EWCPenalty | None, show_progress: bool) -> dict:
-    from mfnb import dpo, sft
+                 penalty: EWCPenalty | None, show_progress: bool, launch=None) -> dict:
+    from mfnb import distributed, dpo, sft
 
+    launch = distributed.active_launch(launch)
+    if launch is not None:  # several processes: the same TRL step with the penalty and frozen tensors sent along
+        if kind == "sft":
+            s = params.sft
+            hyper = sft.SFTParams(lr=s.lr, batch_size=s.batch_size, epochs=s.epochs, warmup_ratio=s.warmup_ratio,
+                                  max_length=s.max_length)
+            rows_or_data = rows
+        else:
+            hyper = params.dpo
+            rows_or_data = dpo.preference_dataset([r["prompt"] for r in rows], [r["chosen"] for r in rows],
+                                                  [r["rejected"] for r in rows])
+        return distributed.train_in_place(model, tokenizer, rows_or_data, kind, hyper, launch, seed=seed,
+                                          show_progress=show_progress, penalty=penalty)
     if kind == "sft":
         s = params.sft
         return sft.train(model, tokenizer, rows, lr=s.lr, batch_size=s.batch_size, seed=seed, epochs=s.epochs,
@@ -177,7 +190,7 @@ def _train_stage(model, tokenizer, kind: str, rows: list[dict], params: HbatPara
 def run_hbat(model, tokenizer, sft_rows: Sequence[dict], preference_rows: Sequence[dict], params: HbatParams, *,
              seed: int = 0, store: str | Path | None = None, init_key: str | None = None,
              evaluate: Callable[[Any, Any, str], dict] | None = None, eval_key: str | None = None,
-             show_progress: bool = False) -> HbatRun:
+             show_progress: bool = False, launch=None) -> HbatRun:
     """Algorithm 1 on ``model`` (trained in place; a peft model trains its adapter).
 
     ``evaluate(model, tokenizer, split)`` returns scores for ``"validation"`` (after every stage; the
@@ -185,7 +198,8 @@ def run_hbat(model, tokenizer, sft_rows: Sequence[dict], preference_rows: Sequen
     ``eval_key`` identifies what it measures. With a ``store`` folder each stage is saved atomically
     under a key chained from ``init_key`` (which must identify the initial weights) and everything that
     produced it; an existing stage is loaded instead of retrained. On return the model holds the kept
-    checkpoint.
+    checkpoint. ``launch`` (:class:`mfnb.distributed.LaunchParams`): each stage trains in several processes
+    (accelerate launch, DDP or DeepSpeed ZeRO-2) with the same global batch, EWC penalty and frozen tensors.
     """
     check_inputs(sft_rows, preference_rows, params.n_splits)
     if store is not None and not init_key:
@@ -197,7 +211,7 @@ def run_hbat(model, tokenizer, sft_rows: Sequence[dict], preference_rows: Sequen
     gc.freeze()
     try:
         return _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store, init_key, evaluate,
-                           eval_key, show_progress)
+                           eval_key, show_progress, launch)
     finally:
         gc.unfreeze()
 
@@ -207,7 +221,7 @@ def _max_length(params: HbatParams, kind: str) -> int:
 
 
 def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store, init_key, evaluate, eval_key,
-                show_progress) -> HbatRun:
+                show_progress, launch=None) -> HbatRun:
     store = Path(store) if store is not None else None
     parts = {"sft": split_parts(list(sft_rows), params.n_splits, seed),
              "dpo": split_parts(list(preference_rows), params.n_splits, seed + 1)}
@@ -256,7 +270,7 @@ def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store
             for name in frozen:
                 tensors[name].requires_grad_(False)
             try:
-                metrics = _train_stage(model, tokenizer, kind, rows, params, stage_seed, penalty, show_progress)
+                metrics = _train_stage(model, tokenizer, kind, rows, params, stage_seed, penalty, show_progress, launch)
             finally:
                 for name in frozen:
                     tensors[name].requires_grad_(True)

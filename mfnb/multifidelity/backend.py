@@ -56,8 +56,9 @@ def _quiet_peft() -> Iterator[None]:
 class PolicyBackend:
     """A world's student as a LoRA policy, and the world's experts' responses."""
 
-    def __init__(self, world, student: str = "student"):
+    def __init__(self, world, student: str = "student", launch=None):
         self.world = world
+        self.launch = launch  # mfnb.distributed.LaunchParams: DPO / SFT steps under accelerate launch; None: here
         self.student = student
         self.roles = list(world.roles)
         self.key = f"{world.key}-{student}"  # part of every run's identity
@@ -121,7 +122,7 @@ class PolicyBackend:
 
         data = preference_dataset(list(prompts), list(chosen), list(rejected), drop_identical=dpo.drop_identical)
         with _quiet_peft():
-            metrics = dpo_update(self.policy, self.tokenizer, data, dpo, seed=seed)
+            metrics = dpo_update(self.policy, self.tokenizer, data, dpo, seed=seed, launch=self.launch)
         metrics["pairs_used"] = len(data)
         return metrics
 
@@ -135,6 +136,6 @@ class PolicyBackend:
             metrics = train(self.policy, self.tokenizer, rows, lr=sft.lr, batch_size=sft.batch_size, seed=seed,
                             steps=sft.steps, epochs=sft.epochs, warmup_ratio=sft.warmup_ratio,
                             scheduler=sft.scheduler, max_length=sft.max_length,
-                            gradient_accumulation_steps=sft.grad_accum)
+                            gradient_accumulation_steps=sft.grad_accum, launch=self.launch)
         metrics["rows_used"] = len(rows)
         return metrics

@@ -8,6 +8,7 @@ from typing import Literal, Sequence
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
+from mfnb.distributed import LaunchParams
 from mfnb.dpo import DPOParams
 from mfnb.models import LoraParams, SamplingParams
 from mfnb.params import Params, ParamsError, did_you_mean
@@ -116,6 +117,7 @@ class TracesParams(AlgorithmParams):
     judge: dict[str, str | float | int | bool | None] = Field(default_factory=lambda: {"kind": "oracle"})
     torch_threads: int | None = Field(default=1, ge=1)
     runs_dir: str | None = None
+    launch: LaunchParams | None = None   # DPO / SFT steps under accelerate launch (mfnb.distributed); None: here
 
     @field_validator("batch_sizes")
     @classmethod

@@ -64,6 +64,7 @@ from mfnb.params import ParamsError
 # kind -> "module:factory"; the factory takes (values: dict, source: str) and returns a World
 KINDS: dict[str, str | Callable[..., Any]] = {
     "tiny": "mfnb.worlds.tiny:TinyWorld.from_spec",
+    "paper": "mfnb.worlds.paper:PaperWorld.from_spec",
     "smol": "mfnb.worlds.smol:SmolWorld.from_spec",
 }
 
