@@ -7,12 +7,14 @@ SmolLM2 is a weak judge: these tests check the machinery, not the verdicts' qual
 benchmarks/judge_server.py)."""
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import socket
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 
 import pytest
 
@@ -28,8 +30,19 @@ PAIRS = [("Write one sentence about rain.", "Rain falls softly on the quiet town
          ("Give one tip for sleeping well.", "Keep a regular bedtime.", "Eat a lot of sugar at midnight.")]
 
 
+SERVE = """
+import sys, time
+from mfnb.engines.llamacpp import LlamaCppServer
+server = LlamaCppServer(sys.argv[1], parallel=2, threads=2, ctx_per_sequence=1024, port=int(sys.argv[2]))
+print("ready", flush=True)
+while True:
+    time.sleep(3600)
+"""
+
+
 class Server:
-    """llama.cpp's server on a fixed port, so that it can be stopped and started again at the same URL."""
+    """llama.cpp's server in a process of its own on a fixed port: stopping it kills the process (an outage the
+    client really sees), starting it again serves the same URL."""
 
     def __init__(self):
         from mfnb.worlds.smollm2 import find_gguf
@@ -38,23 +51,34 @@ class Server:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        self.server = None
+        self.process = None
         self.start()
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> None:
-        from mfnb.engines.llamacpp import LlamaCppServer
-
-        self.server = LlamaCppServer(self.gguf, parallel=2, threads=2, ctx_per_sequence=1024, port=self.port)
+    def start(self, timeout: float = 120.0) -> None:
+        self.process = subprocess.Popen([sys.executable, "-c", SERVE, str(self.gguf), str(self.port)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the llama.cpp server process exited with status {self.process.returncode}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise RuntimeError(f"the llama.cpp server did not answer on port {self.port} within {timeout} s")
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            self.server = None
-            gc.collect()
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=30)
+            self.process = None
 
 
 @pytest.fixture(scope="module")
