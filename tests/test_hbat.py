@@ -191,6 +191,10 @@ def test_bad_inputs_give_errors_naming_the_field():
     with pytest.raises(hbat.HbatError, match="prompt format"):
         hbat.check_inputs(SFT, chat, 1)
     hbat.check_inputs(SFT, PREF, 3)   # fine
+    # one set's prompts may share more words than the template ("Write a ..."): not a different format
+    chat_sft = [{"prompt": f"<|im_start|>user\nDescribe {w}.<|im_end|>\n", "completion": " x"} for w in "ab"]
+    chat_pref = [{"prompt": f"<|im_start|>user\nWrite a {w}.<|im_end|>\n", "chosen": " a", "rejected": " b"} for w in "cd"]
+    hbat.check_inputs(chat_sft, chat_pref, 2)
 
 
 def test_params_reject_bad_values_by_field():

@@ -28,8 +28,8 @@ SMALL = {
         "alphas": [0.0, 1.0, 2.0], "n_select": 4, "n_report": 4, "sampling": SHORT, "dpo": {"batch_size": 4, "max_length": 160},
         "reward_model": {"n_prompts": 6, "samples": 2, "pairs_per_prompt": 2, "batch_size": 4, "max_length": 128}},
     "04_hbat_ablations": {
-        "conflict": {"n_sft": 8, "n_pref": 8, "demo_k": 2, "pref_samples": 2}, "seeds": [0, 1], "grid_seeds": [0],
-        "n_grid": [1, 2], "fmax_grid": [1.0, 100.0], "lam_grid": [1.0], "n_validation": 4, "n_test": 4,
+        "conflict": {"n_sft": 8, "n_pref": 8, "demo_k": 2, "pref_samples": 2}, "seeds": [0], "grid_seeds": [0],
+        "n_grid": [2], "fmax_grid": [100.0], "lam_grid": [], "n_validation": 4, "n_test": 4,
         "sampling": SHORT, "efficiency_repeats": 0, "hbat": {"sft": {"batch_size": 4}, "dpo": {"batch_size": 4}}},
     "05_hoeffding_bounds": {"n_reps": 200, "n_max": 500, "n_batches": 8, "noise_n": 50},
 }

@@ -78,11 +78,12 @@ def check_inputs(sft_rows: Sequence[Mapping], preference_rows: Sequence[Mapping]
                         f"{sorted(kinds[0])}, preference_rows[*].prompt is {sorted(kinds[1])}")
     if kinds[0] == {"plain text"}:
         # a template is the words all prompts of one data set start (end) with, e.g. "### Instruction:" or
-        # ". answer:"; the two data sets disagree when both have one and they differ
+        # ". answer:"; the two data sets disagree when both have one and the two share no word at all (a few
+        # prompts of one set may share more words than the template, e.g. all asking "Write a ...")
         texts = [r["prompt"] for r in sft_rows], [r["prompt"] for r in preference_rows]
         for suffix, where in ((False, "start"), (True, "end")):
             mine, theirs = _template(texts[0], suffix), _template(texts[1], suffix)
-            if mine and theirs and mine != theirs:
+            if mine and theirs and not _template([mine, theirs], suffix):
                 raise HbatError(f"prompt: every sft_rows[*].prompt {where}s with {mine!r} but every "
                                 f"preference_rows[*].prompt {where}s with {theirs!r}: the SFT and preference data "
                                 "use different prompt formats")
