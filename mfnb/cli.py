@@ -210,6 +210,8 @@ def tidy_executed(path: Path, root: Path) -> None:
     if meta.get("output_path", "").endswith(".running.ipynb"):
         meta["output_path"] = meta["output_path"].removesuffix(".running.ipynb") + ".ipynb"
     for cell in nb.cells:
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell["id"] = "injected-parameters"  # papermill gives the cell it inserts a random id
         cell.metadata.pop("execution", None)
         for key in RUN_TIMES:
             cell.metadata.get("papermill", {}).pop(key, None)

@@ -315,6 +315,9 @@ def test_executed_notebooks_carry_no_run_times_or_absolute_paths(tmp_path):
     cell.metadata.update(execution={"iopub.status.busy": "2026-12-02T14:50:52Z"},
                          papermill={"duration": 0.9, "start_time": "x", "end_time": "y", "status": "completed"})
     nb.cells.append(cell)
+    injected = nbformat.v4.new_code_cell("gamma = 0.3")
+    injected.metadata["tags"] = ["injected-parameters"]
+    nb.cells.append(injected)
     nb.metadata["papermill"] = {"duration": 10.9, "start_time": "a", "end_time": "b", "parameters": {"gamma": 0.3},
                                 "input_path": str(tmp_path / "notebooks" / "05.ipynb"),
                                 "output_path": str(tmp_path / "results" / "tiny" / "notebooks" / "05.running.ipynb")}
@@ -326,5 +329,6 @@ def test_executed_notebooks_carry_no_run_times_or_absolute_paths(tmp_path):
     assert tidy.metadata.papermill == {"parameters": {"gamma": 0.3}, "input_path": "notebooks/05.ipynb",
                                        "output_path": "results/tiny/notebooks/05.ipynb"}
     assert dict(tidy.cells[0].metadata) == {"papermill": {"status": "completed"}}
+    assert tidy.cells[1].id == "injected-parameters"  # papermill's random id made stable
     tidy_executed(path, root=tmp_path)
     assert path.read_bytes() == first
