@@ -43,7 +43,7 @@ def test_unknown_role_and_world_kind():
 
     with pytest.raises(KeyError, match="unknown role 'g9'"):
         TinyWorld().model_path("g9")
-    with pytest.raises(ParamsError, match=r"world\.kind: unknown kind 'mars'; known kinds: \['tiny'\]"):
+    with pytest.raises(ParamsError, match=r"world\.kind: unknown kind 'mars'; known kinds: \[.*'tiny'.*\]"):
         make_world({"kind": "mars"})
 
 
