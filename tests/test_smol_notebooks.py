@@ -6,6 +6,8 @@ results are read back from the tables the run wrote.
 """
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import papermill as pm
 import pytest
@@ -92,6 +94,8 @@ def test_03_expo_on_smollm2(run_notebook):
     assert len(list(tables.glob("03_*.csv"))) >= 3
 
 
+@pytest.mark.skipif(not os.environ.get("MFNB_SMOL_04"), reason="opt-in (MFNB_SMOL_04=1): seven HbAT methods on "
+                    "SmolLM2 took over 25 minutes even at these sizes on the 2-core machine, beyond CI's budget")
 def test_04_hbat_on_smollm2(run_notebook):
     tables, _ = run_notebook("04_hbat_ablations")
     assert len(list(tables.glob("04_*.csv"))) >= 3
