@@ -612,6 +612,28 @@ def seed_prompt_interval(scores, delta: float = 0.05) -> dict:
 
 
 VERDICTS = ("multi-fidelity better", "multi-fidelity worse", "inconclusive")
+CLAIM_VERDICTS = ("reproduced", "reversed", "inconclusive")
+
+
+def claim_verdict(low: float, high: float, direction: int = 1) -> str:
+    """The verdict on a paper's claim that a difference is > 0 (``direction`` 1) or < 0 (-1), from its
+    interval: "reproduced" when the interval excludes 0 on the claimed side, "reversed" on the other side,
+    else (or without an interval) "inconclusive"."""
+    if math.isnan(low) or math.isnan(high):
+        return "inconclusive"
+    low, high = (low, high) if direction > 0 else (-high, -low)
+    return "reproduced" if low > 0 else "reversed" if high < 0 else "inconclusive"
+
+
+def combine_verdicts(verdicts: Sequence[str]) -> str:
+    """One claim verdict from several (metrics or models): all reproduced -> reproduced; some reversed and
+    none reproduced -> reversed; anything else (mixed, or some inconclusive) -> inconclusive."""
+    verdicts = list(verdicts)
+    if verdicts and all(v == "reproduced" for v in verdicts):
+        return "reproduced"
+    if "reversed" in verdicts and "reproduced" not in verdicts:
+        return "reversed"
+    return "inconclusive"
 
 
 def verdict(low: float, high: float, null: float = 0.5) -> str:

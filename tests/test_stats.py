@@ -389,3 +389,12 @@ def test_verdicts_and_spend_ratio():
     assert (s["mean"], s["low"], s["high"]) == (pytest.approx(0.4), pytest.approx(0.4 - half), pytest.approx(0.4 + half))
     censored = stats.ratio_summary([0.2, np.inf, 0.6])
     assert censored["reached"] == 2 and np.isnan(censored["mean"]) and censored["median"] == 0.6
+
+
+def test_claim_verdicts_follow_the_interval_and_the_claimed_side():
+    assert stats.claim_verdict(0.01, 0.2) == "reproduced" and stats.claim_verdict(-0.2, -0.01) == "reversed"
+    assert stats.claim_verdict(-0.1, 0.1) == "inconclusive" and stats.claim_verdict(float("nan"), 1.0) == "inconclusive"
+    assert stats.claim_verdict(-0.2, -0.01, direction=-1) == "reproduced"
+    assert stats.combine_verdicts(["reproduced", "reproduced"]) == "reproduced"
+    assert stats.combine_verdicts(["reversed", "inconclusive"]) == "reversed"
+    assert stats.combine_verdicts(["reproduced", "reversed"]) == "inconclusive" and stats.combine_verdicts([]) == "inconclusive"

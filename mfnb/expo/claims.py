@@ -16,6 +16,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from mfnb import stats
 from mfnb.expo import bootstrap
 from mfnb.expo.control import Variant
 from mfnb.expo.report import METRIC_NAMES, SampleStats, reading
@@ -23,27 +24,11 @@ from mfnb.expo.sweep import paper_optimal_alpha, score_matrix
 from mfnb.expo.training import fraction_label
 from mfnb.formatting import fmt, fmt_interval
 
-VERDICTS = ("reproduced", "reversed", "inconclusive")
+VERDICTS = stats.CLAIM_VERDICTS
 TABLE1_METRICS = ("reward", "win_rate", "lc_win_rate")   # the paper's Table 1 columns
 
 
-def verdict(low: float, high: float, direction: int = 1) -> str:
-    """The verdict on a claim that a difference is > 0 (``direction`` 1) or < 0 (-1), from its interval."""
-    if math.isnan(low) or math.isnan(high):
-        return "inconclusive"
-    low, high = (low, high) if direction > 0 else (-high, -low)
-    return "reproduced" if low > 0 else "reversed" if high < 0 else "inconclusive"
-
-
-def combine(verdicts: Sequence[str]) -> str:
-    """One verdict from several (metrics or models): all reproduced -> reproduced; some reversed and none
-    reproduced -> reversed; anything else (mixed, or some inconclusive) -> inconclusive."""
-    verdicts = list(verdicts)
-    if verdicts and all(v == "reproduced" for v in verdicts):
-        return "reproduced"
-    if "reversed" in verdicts and "reproduced" not in verdicts:
-        return "reversed"
-    return "inconclusive"
+verdict, combine = stats.claim_verdict, stats.combine_verdicts  # one rule for every paper's claims
 
 
 def _diff_text(diff: float, low: float, high: float) -> str:

@@ -14,10 +14,11 @@ from typing import Sequence
 
 import numpy as np
 
+from mfnb import stats
 from mfnb.formatting import fmt, fmt_interval
 from mfnb.hbat.report import METRICS, PAPER_COLUMNS, PAPER_NAMES, t_interval
 
-VERDICTS = ("reproduced", "reversed", "inconclusive")
+VERDICTS = stats.CLAIM_VERDICTS
 ORIGINAL_EWC = "HbAT w/ original EWC"
 FIGURE2_METRICS = ("quality", "reward")   # the paper's Figure 2 plots PandaLM and Reward
 METRIC_NAMES = {"quality": "quality", "reward": "reward", "win_rate": "win rate"}
@@ -32,22 +33,7 @@ PAIRWISE = (
 )
 
 
-def verdict(low: float, high: float, direction: int = 1) -> str:
-    """The verdict on a claim that a difference is > 0 (``direction`` 1) or < 0 (-1), from its interval."""
-    if math.isnan(low) or math.isnan(high):
-        return "inconclusive"
-    low, high = (low, high) if direction > 0 else (-high, -low)
-    return "reproduced" if low > 0 else "reversed" if high < 0 else "inconclusive"
-
-
-def combine(verdicts: Sequence[str]) -> str:
-    """All reproduced -> reproduced; some reversed and none reproduced -> reversed; else inconclusive."""
-    verdicts = list(verdicts)
-    if verdicts and all(v == "reproduced" for v in verdicts):
-        return "reproduced"
-    if "reversed" in verdicts and "reproduced" not in verdicts:
-        return "reversed"
-    return "inconclusive"
+verdict, combine = stats.claim_verdict, stats.combine_verdicts  # one rule for every paper's claims
 
 
 def reading(low: float, high: float) -> str:
