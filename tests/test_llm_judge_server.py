@@ -152,6 +152,9 @@ def test_bounded_pool_under_a_rate_limit(server):
             state["max"] = max(state["max"], state["now"])
             starts.append(time.monotonic())
         try:
+            # hold each request longer than the 0.2 s start spacing, so a second worker must overlap it
+            # whatever the server's speed (a fast server once answered every request alone in CI)
+            time.sleep(0.5)
             return create(**kwargs)
         finally:
             with lock:
