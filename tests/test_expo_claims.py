@@ -209,3 +209,24 @@ def test_bad_control_and_seed_parameters_name_the_field():
         expo.ExpoParams.validate_mapping(_tiny03(n_boot=10))
     with pytest.raises(ParamsError, match=r"unknown parameter 'report_seed'"):
         expo.ExpoParams.validate_mapping(_tiny03(report_seed=0))
+
+
+def test_reward_model_doubt_follows_the_exact_interval_of_its_accuracy():
+    good = pd.DataFrame([{"pairs_from": "samples", "pairs": 100, "accuracy": 0.70}])
+    assert expo.reward_model_doubt(good) is None and expo.reward_model_doubt(None) is None
+    # 60 of 100 has an exact 95% lower bound of 0.497: not shown to beat chance
+    borderline = pd.DataFrame([{"pairs_from": "samples", "pairs": 100, "accuracy": 0.60}])
+    doubt = expo.reward_model_doubt(borderline)
+    assert doubt is not None and "0.600 [0.497, 0.697] on 100 pairs of samples" in doubt
+    assert expo.reward_model_doubt(borderline, delta=0.2) is None     # 80% lower bound 0.535
+
+
+def test_a_doubted_reward_model_turns_reward_verdicts_inconclusive():
+    good, bad = [1.0] * 30, [0.0] * 15 + [0.5] * 15
+    stats = expo.SampleStats(_samples({"DPO(10% data)": bad, "DPO(10% data)+ExPO": good}), n_boot=200)
+    rows = expo.table1_claims(stats, [0.1], reward_doubt="at chance")
+    assert rows[0]["verdict"] == "inconclusive" and "not counted: at chance" in rows[0]["ours"]
+    assert expo.table1_claims(stats, [0.1])[0]["verdict"] == "reproduced"
+    choice = expo.AlphaChoice({"5%": _scores(5.0), "20%": _scores(1.0), "100%": _scores(0.0)}, n_boot=200)
+    trend = expo.alpha_trend_claim(choice, [0.05, 0.2, 1.0], reward_doubt="at chance")
+    assert trend["verdict"] == "inconclusive" and trend["ours"].endswith("not counted: at chance")

@@ -29,7 +29,8 @@ from mfnb.expo.lora import ADAPTER_FILE, lora_delta_norm, lora_extrapolation, sc
 from mfnb.expo.bootstrap import (bootstrap_counts, lc_replicates, percentile_interval, rank_correlation_replicates,
                                   replicate_means)
 from mfnb.expo.claims import (VERDICTS, AlphaChoice, alpha_shift, alpha_trend_claim, claims_table, combine,
-                              figure6_claims, medium_best_claim, overall, table1_claims, verdict)
+                              figure6_claims, medium_best_claim, overall, reward_model_doubt, table1_claims,
+                              verdict)
 from mfnb.expo.control import Variant, control_variants
 from mfnb.expo.findings import figure6_lines, length_lines, lr_lines, reward_model_lines
 from mfnb.expo.plots import plot_alpha_curves, plot_figure6

@@ -8,6 +8,9 @@ tolerance on point estimates.
   the other side, *inconclusive* when it contains 0 (the two are indistinguishable).
 * :func:`combine`: a claim the paper makes on several metrics (or several models) is *reproduced* only when
   every one is, *reversed* when at least one is reversed and none reproduced, otherwise *inconclusive*.
+* :func:`reward_model_doubt`: a reward model not shown to beat chance against the world's quality picks
+  alpha at random and its reward differences say nothing; every verdict that rests on its reward (the chosen
+  alpha's trend, the best fraction, the reward columns of Table 1 and Figure 6) is then *inconclusive*.
 """
 from __future__ import annotations
 
@@ -33,6 +36,36 @@ verdict, combine = stats.claim_verdict, stats.combine_verdicts  # one rule for e
 
 def _diff_text(diff: float, low: float, high: float) -> str:
     return f"{fmt(diff, signed=True)} {fmt_interval(low, high)}"
+
+
+def reward_model_doubt(accuracy, delta: float = 0.05) -> str | None:
+    """Why the reward model's verdicts cannot count, or None when it beats chance on every kind of pair
+    measured: the exact (Clopper-Pearson) lower bound of its pairwise accuracy against the world's quality
+    lies above 1/2.  ``accuracy``: rows with ``pairs_from``, ``pairs``, ``accuracy`` (notebook 03's reward
+    model table), or None where the world knows no quality (the reward model is then taken as given)."""
+    if accuracy is None:
+        return None
+    failing = []
+    for row in accuracy.itertuples():
+        n = int(row.pairs)
+        if n == 0 or math.isnan(row.accuracy):
+            continue
+        k = round(row.accuracy * n)
+        low, high = stats.interval_from_counts(k, 0, n - k, delta, method="clopper_pearson")
+        if low <= 0.5:
+            failing.append(f"{fmt(row.accuracy)} {fmt_interval(low, high)} on {n} pairs of {row.pairs_from}")
+    if not failing:
+        return None
+    return ("the reward model is not shown to beat chance (pairwise accuracy against the world's quality, exact "
+            f"{1 - delta:.0%} interval: " + "; ".join(failing) + "), so its reward and its choice of alpha are not "
+            "counted")
+
+
+def _doubted(row: dict, doubt: str | None) -> dict:
+    """``row`` with an inconclusive verdict and the reason, when the reward model is in doubt."""
+    if doubt is None:
+        return row
+    return {**row, "ours": f"{row['ours']}; not counted: {doubt}", "verdict": "inconclusive"}
 
 
 # ---------------------------------------------------------------------------- choosing alpha (validation)
@@ -80,7 +113,7 @@ class AlphaChoice:
         return pd.DataFrame(rows)
 
 
-def alpha_trend_claim(choice: AlphaChoice, fractions: Sequence[float]) -> dict:
+def alpha_trend_claim(choice: AlphaChoice, fractions: Sequence[float], reward_doubt: str | None = None) -> dict:
     """The paper (Figure 5, Table 3): the optimal alpha falls as the data grows.  Ours: Spearman's rho
     between data fraction and the optimal alpha, with its interval (verdict: rho < 0)."""
     keys = [fraction_label(f) for f in sorted(fractions)]
@@ -90,15 +123,16 @@ def alpha_trend_claim(choice: AlphaChoice, fractions: Sequence[float]) -> dict:
                                               choice.level, discrete=True)
     paper = paper_optimal_alpha()
     alphas = "; ".join(f"{k}: {fmt(choice.point[k], 1)} {fmt_interval(*choice.interval(k), 1)}" for k in keys)
-    return {"claim": "the optimal alpha falls as the data grows", "source": "Figure 5, Table 3",
-            "scope": "all fractions",
-            "paper": "optimal alpha " + ", ".join(f"{k}: {fmt(v, 1)}" for k, v in paper.items()),
-            "ours": f"Spearman rho(fraction, optimal alpha) {fmt(point, 2)} {fmt_interval(low, high, 2)}; "
-                    f"optimal alpha {alphas}",
-            "verdict": verdict(low, high, direction=-1)}
+    return _doubted({"claim": "the optimal alpha falls as the data grows", "source": "Figure 5, Table 3",
+                     "scope": "all fractions",
+                     "paper": "optimal alpha " + ", ".join(f"{k}: {fmt(v, 1)}" for k, v in paper.items()),
+                     "ours": f"Spearman rho(fraction, optimal alpha) {fmt(point, 2)} {fmt_interval(low, high, 2)}; "
+                             f"optimal alpha {alphas}",
+                     "verdict": verdict(low, high, direction=-1)}, reward_doubt)
 
 
-def medium_best_claim(choice: AlphaChoice, fractions: Sequence[float], medium: float = 0.2) -> dict:
+def medium_best_claim(choice: AlphaChoice, fractions: Sequence[float], medium: float = 0.2,
+                      reward_doubt: str | None = None) -> dict:
     """The paper (Section 3.3): the best reward after ExPO comes from the 20% model, not from the smaller
     (5%, 10%) or larger (40%) ones of Figure 5.  Ours: that model's best validation reward minus the best
     of the other Figure 5 fractions (below 100%), alpha re-chosen in every replicate."""
@@ -113,8 +147,8 @@ def medium_best_claim(choice: AlphaChoice, fractions: Sequence[float], medium: f
     reps = choice.best[key] - np.max(np.stack([choice.best[k] for k in others], axis=1), axis=1)
     diff = choice.best_point[key] - max(choice.best_point[k] for k in others)
     low, high = bootstrap.percentile_interval(reps, choice.level)
-    return {**claim, "ours": f"{key} minus the best other fraction, reward at the optimal alpha: "
-                             f"{_diff_text(diff, low, high)}", "verdict": verdict(low, high)}
+    return _doubted({**claim, "ours": f"{key} minus the best other fraction, reward at the optimal alpha: "
+                                      f"{_diff_text(diff, low, high)}", "verdict": verdict(low, high)}, reward_doubt)
 
 
 # ------------------------------------------------------------------------------- Table 1 (test prompts)
@@ -129,12 +163,15 @@ def _paper_table1_pct() -> dict[str, dict[str, float]]:
             for r in t1.itertuples()}
 
 
-def _metric_verdicts(stats: SampleStats, a: str, b: str, metrics: Sequence[str], direction: int = 1):
+def _metric_verdicts(stats: SampleStats, a: str, b: str, metrics: Sequence[str], direction: int = 1,
+                     reward_doubt: str | None = None):
+    """Per metric: the difference a - b with its interval, and its verdict (inconclusive for the reward when
+    the reward model is in doubt)."""
     parts, verdicts = [], []
     for m in metrics:
         diff, low, high = stats.difference(a, b, m)
         parts.append(f"{METRIC_NAMES[m]} {_diff_text(diff, low, high)}")
-        verdicts.append(verdict(low, high, direction))
+        verdicts.append("inconclusive" if m == "reward" and reward_doubt else verdict(low, high, direction))
     return "; ".join(parts), verdicts
 
 
@@ -145,7 +182,7 @@ def _paper_diff(a: str, b: str, metrics: Sequence[str]) -> str | None:
     return "; ".join(f"{METRIC_NAMES[m]} {fmt(paper[a][m] - paper[b][m], signed=True)}" for m in metrics)
 
 
-def table1_claims(stats: SampleStats, fractions: Sequence[float]) -> list[dict]:
+def table1_claims(stats: SampleStats, fractions: Sequence[float], reward_doubt: str | None = None) -> list[dict]:
     """The paper's Table 1 claims on the test prompts: ExPO improves every DPO model (reward, win rate and
     LC win rate each resolved above 0), and DPO(f%)+ExPO matches or beats full-data DPO (LC win rate, the
     paper's comparison: resolved above 0 reproduces; indistinguishable is inconclusive)."""
@@ -153,9 +190,11 @@ def table1_claims(stats: SampleStats, fractions: Sequence[float]) -> list[dict]:
     for f in sorted(fractions):
         v = Variant(f)
         a, b = v.name(expo=True), v.name()
-        ours, verdicts = _metric_verdicts(stats, a, b, TABLE1_METRICS)
+        ours, verdicts = _metric_verdicts(stats, a, b, TABLE1_METRICS, reward_doubt=reward_doubt)
         if all(stats.difference(a, b, m) == (0.0, 0.0, 0.0) for m in TABLE1_METRICS):
             ours += " (the reward model chose alpha = 0: the ExPO model is the DPO model)"
+        if reward_doubt:
+            ours += "; the reward difference is not counted: " + reward_doubt
         paper = _paper_diff(a, b, TABLE1_METRICS) or "no Table 1 row (Figure 5: development-set reward only)"
         rows.append({"claim": "ExPO improves the DPO model", "source": "Table 1", "scope": fraction_label(f),
                      "paper": paper, "ours": ours, "verdict": combine(verdicts)})
@@ -180,7 +219,8 @@ def reading_words(v: str) -> str:
 # ------------------------------------------------------------------------------ Figure 6 (the control)
 
 
-def figure6_claims(stats: SampleStats, variants: Sequence[Variant], metric: str = "reward") -> list[dict]:
+def figure6_claims(stats: SampleStats, variants: Sequence[Variant], metric: str = "reward",
+                   reward_doubt: str | None = None) -> list[dict]:
     """The paper's Figure 6 (20% data): training harder (larger lr, more epochs) is inferior to the default
     model + ExPO at its best alpha, and lowers the peak that ExPO then reaches.  Tested on the test prompts
     with the paper's Figure 6 metric (the reward; the other metrics are in the comparison table)."""
@@ -190,11 +230,12 @@ def figure6_claims(stats: SampleStats, variants: Sequence[Variant], metric: str 
         for claim, other in (("training harder on the same data stays below DPO + ExPO", v.name()),
                              ("training harder lowers the peak ExPO reaches", v.name(expo=True))):
             diff, low, high = stats.difference(best, other, metric)
-            rows.append({"claim": claim, "source": "Figure 6", "scope": v.key,
-                         "paper": "below (at 20% data, reward on the development set)",
-                         "ours": f"{best} minus {other}, {METRIC_NAMES[metric]}: {_diff_text(diff, low, high)} "
-                                 f"({reading(low, high)})",
-                         "verdict": verdict(low, high)})
+            row = {"claim": claim, "source": "Figure 6", "scope": v.key,
+                   "paper": "below (at 20% data, reward on the development set)",
+                   "ours": f"{best} minus {other}, {METRIC_NAMES[metric]}: {_diff_text(diff, low, high)} "
+                           f"({reading(low, high)})",
+                   "verdict": verdict(low, high)}
+            rows.append(_doubted(row, reward_doubt if metric == "reward" else None))
     return rows
 
 
