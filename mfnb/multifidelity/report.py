@@ -330,8 +330,8 @@ def departures(P, n_student_parameters: float | None, world_costs: dict) -> pd.D
          f"more than max_iters = {P.max_iters} batches of B is bought in max_iters larger batches and each DPO step "
          "trains on the new batch only (DPO on all of D^(m) after every batch costs quadratically many passes: "
          "vanilla(m=1) at the full budget)"),
-        ("torch threads", "-", f"{P.torch_threads}" + (" (tiny ops: threading overhead dominates on 2 shared cores)"
-                                                        if P.torch_threads == 1 else " (CPU time only)")),
+        ("torch threads", "-", "torch's default" if P.torch_threads is None else f"{P.torch_threads}" + (
+            " (tiny ops: threading overhead dominates on 2 shared cores)" if P.torch_threads == 1 else "")),
     ]
     return pd.DataFrame(rows, columns=["what", "paper", "here"])
 
