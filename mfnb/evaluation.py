@@ -17,9 +17,10 @@ from pydantic import Field
 
 from mfnb import paths, reference, stats
 from mfnb.atomic import write_json
+from mfnb.judges import JudgeSpec
 from mfnb.models import SamplingParams
 from mfnb.params import Params
-from mfnb.worlds import has, require
+from mfnb.worlds import WorldSpec, has, require
 
 
 def _responses_file(world, role: str, prompts: Sequence[str], sampling: SamplingParams, seed: int):
@@ -87,7 +88,7 @@ def world_judge(world, spec: dict, cache_path: str | Path | None = None, *, note
 class AgreementParams(Params):
     """Notebook 01's judge check: parse rate and agreement with the world's checker, per judge, on Table 1's pairs."""
 
-    judges: dict[str, dict] = Field(default_factory=dict)   # extra judges by name (specs like `judge`), beside it
+    judges: dict[str, JudgeSpec] = Field(default_factory=dict)   # extra judges by name (specs like `judge`), beside it
     max_pairs: int | None = Field(default=None, ge=1)        # per judge; None: every pair of Table 1
     tie_margin: float = Field(default=0.05, ge=0)            # checker differences within it are ties (not counted)
 
@@ -96,8 +97,8 @@ class FidelityWinratesParams(Params):
     """Notebook 01: the paper's Table 1 (win rate of each adjacent pair of the fidelity ladder)."""
 
     profile: str
-    world: dict
-    judge: dict
+    world: WorldSpec
+    judge: JudgeSpec
     sampling: SamplingParams
     chain: list[str] = Field(min_length=2)
     split: Literal["validation", "test"] = "validation"

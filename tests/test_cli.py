@@ -332,3 +332,17 @@ def test_executed_notebooks_carry_no_run_times_or_absolute_paths(tmp_path):
     assert tidy.cells[1].id == "injected-parameters"  # papermill's random id made stable
     tidy_executed(path, root=tmp_path)
     assert path.read_bytes() == first
+
+
+@pytest.mark.parametrize("name, override, message", [
+    ("01_fidelity_winrates", ("judge.tie_margn", "0.05"),
+     r"parameter 'judge': .*judge spec field 'tie_margn': not a parameter of the 'oracle' judge"),
+    ("02_multifidelity_traces", ("world.sede", "1"), r"parameter 'world': .*world: unknown parameter 'sede'"),
+    ("03_expo_alpha_curves", ("world.kind", "tinyy"), r"parameter 'world': .*world.kind: unknown kind 'tinyy'"),
+    ("04_hbat_ablations", ("world.seed", "x"), r"parameter 'world': .*seed"),
+])
+def test_typos_inside_world_and_judge_specs_stop_the_check(results, capsys, name, override, message):
+    assert cli.main(["run", name, "--check", "-p", *override]) == 2
+    err = capsys.readouterr().err
+    assert _search(message, err), err
+    assert "nothing was run." in err and not results.exists()

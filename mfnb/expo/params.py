@@ -12,9 +12,10 @@ from pydantic import Field, field_validator
 
 from mfnb.distributed import LaunchParams
 from mfnb.dpo import DPOParams
+from mfnb.judges import JudgeSpec
 from mfnb.models import LoraParams, SamplingParams
 from mfnb.params import Params, ParamsError
-from mfnb.worlds import require
+from mfnb.worlds import WorldSpec, require
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 Fraction = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
@@ -59,7 +60,7 @@ class ExpoParams(Params):
     """Notebook 03: reward, quality and length vs alpha per data fraction (Figure 5) and Table 1."""
 
     profile: str
-    world: dict
+    world: WorldSpec
     sft_role: str = "student"
     preference: PreferenceDataParams = PreferenceDataParams()
     fractions: list[Fraction] = Field(min_length=1)
@@ -73,7 +74,7 @@ class ExpoParams(Params):
     sweep_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     n_select: int | None = Field(default=None, ge=1)
     n_report: int | None = Field(default=None, ge=1)
-    judge: dict
+    judge: JudgeSpec
     baseline_role: str = "g2"
     report_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     n_boot: int = Field(default=2000, ge=100)     # bootstrap replicates over prompts for every interval

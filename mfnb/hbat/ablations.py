@@ -26,7 +26,7 @@ from mfnb.hbat.params import METHODS, HbatParams, for_method
 from mfnb.hbat.store import clean_store, digest
 from mfnb.models import LoraParams, SamplingParams
 from mfnb.params import Params, ParamsError
-from mfnb.worlds import make_world, require
+from mfnb.worlds import WorldSpec, make_world, require
 
 
 class HbatNotebookParams(Params):
@@ -37,7 +37,7 @@ class HbatNotebookParams(Params):
     (validated by the world's ``conflict`` capability)."""
 
     profile: str = "tiny"
-    world: dict
+    world: WorldSpec
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)       # Table 4
     grid_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)  # Figure 2
     torch_threads: int = Field(default=1, ge=0)      # 0: torch's default

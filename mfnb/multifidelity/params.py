@@ -10,9 +10,11 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mfnb.distributed import LaunchParams
 from mfnb.dpo import DPOParams
+from mfnb.judges import JudgeSpec
 from mfnb.models import LoraParams, SamplingParams
 from mfnb.params import Params, ParamsError, did_you_mean
 from mfnb.sft import SFTParams
+from mfnb.worlds import WorldSpec
 
 
 class Fidelity(Params):
@@ -105,7 +107,7 @@ class TracesParams(AlgorithmParams):
     """Parameters of notebooks/02_multifidelity_traces.ipynb (one trace per batch size and seed)."""
 
     profile: str
-    world: dict
+    world: WorldSpec
     batch_sizes: list[int] = Field(min_length=1)
     trace_seeds: list[int] = Field(min_length=1)
     baselines: list[str] = Field(default_factory=lambda: [vanilla_name(2), vanilla_name(3)])
@@ -114,7 +116,7 @@ class TracesParams(AlgorithmParams):
     fixed_ladder_iterations: list[int] | None = None   # per fidelity below the top; null = mean of the adaptive runs
     n_test: int = Field(default=500, ge=1)
     test_sampling: SamplingParams = SamplingParams(top_p=0.95, top_k=50)
-    judge: dict[str, str | float | int | bool | None] = Field(default_factory=lambda: {"kind": "oracle"})
+    judge: JudgeSpec = Field(default_factory=lambda: {"kind": "oracle"})
     torch_threads: int | None = Field(default=1, ge=1)
     runs_dir: str | None = None
     launch: LaunchParams | None = None   # DPO / SFT steps under accelerate launch (mfnb.distributed); None: here

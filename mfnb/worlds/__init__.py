@@ -57,7 +57,9 @@ Kinds are registered by name (:data:`KINDS`, :func:`register`) and imported only
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from typing import Annotated, Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+from pydantic import AfterValidator
 
 from mfnb.params import ParamsError
 
@@ -130,6 +132,17 @@ def make_world(spec: Mapping[str, Any] | Any, field: str = "world"):
         what = "missing" if kind is None else f"unknown kind {kind!r}"
         raise ParamsError(f"{field}.kind: {what}; known kinds: {sorted(KINDS)}")
     return _factory(kind)(values, source=field)
+
+
+def check_world_spec(spec: Mapping[str, Any]) -> dict:
+    """Validate a world spec against its kind's params (the world constructors are lazy: nothing is loaded
+    or built), so a typo inside ``world:`` stops ``python -m mfnb run --check`` and the notebook's first cell."""
+    make_world(spec)
+    return dict(spec)
+
+
+# a params field holding a world spec: checked when the params are validated, before anything runs
+WorldSpec = Annotated[dict, AfterValidator(check_world_spec)]
 
 
 def has(world, capability: str) -> bool:
