@@ -7,7 +7,7 @@ from typing import Sequence
 from mfnb.hbat.report import METRICS, seed_summary
 
 
-def plot_figure2(grid, metrics: Sequence[str] = METRICS):
+def plot_figure2(grid, metrics: Sequence[str] = METRICS, world: str | None = None):
     """Figure 2: HbAT's scores against N and Fmax (mean and 95% interval over seeds), DPO dashed."""
     import matplotlib.pyplot as plt
 
@@ -28,7 +28,8 @@ def plot_figure2(grid, metrics: Sequence[str] = METRICS):
             ax.set_ylabel(m)
             if row == 0 and col == 0:
                 ax.legend(fontsize="small")
-    fig.suptitle("HbAT vs number of splits N (top, Fmax fixed) and Fmax (bottom, N fixed); tiny world")
+    fig.suptitle("HbAT vs number of splits N (top, Fmax fixed) and Fmax (bottom, N fixed)"
+                 + (f"; {world} world" if world else ""))
     fig.tight_layout()
     return fig
 
