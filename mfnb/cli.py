@@ -20,6 +20,7 @@ import ast
 import importlib
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -191,13 +192,21 @@ def execute(notebook: Path, out: Path, parameters: dict[str, Any], *, cwd: Path,
 RUN_TIMES = ("start_time", "end_time", "duration")
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+# a tqdm meter's timing: "[00:01<00:00,  5.44it/s]", "[1:02:03<?, ?it/s]", "[00:01, 3.2it/s]" (no total)
+METER_TIMING = re.compile(r" ?\[(?:\d+:)?\d+:\d+(?:<[^,\]]*)?, *[^\]\n]*\]")
+
+
 def tidy_executed(path: Path, root: Path) -> None:
     """Drop what changes on every run although the results do not: the kernel's and papermill's
-    timestamps and durations, and absolute paths (written relative to ``root``). A rerun with unchanged
-    numbers then rewrites the executed notebook byte for byte (the run's time is printed by the CLI)."""
+    timestamps and durations, absolute paths (written relative to ``root``), the progress bars' widget
+    ids and widget state (a saved notebook has no live widgets; each bar keeps its final text line) and
+    their timing and rate. A rerun with unchanged numbers then rewrites the executed notebook byte for
+    byte (the run's time is printed by the CLI)."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
+    nb.metadata.pop("widgets", None)
     meta = nb.metadata.get("papermill", {})
     for key in RUN_TIMES:
         meta.pop(key, None)
@@ -215,6 +224,12 @@ def tidy_executed(path: Path, root: Path) -> None:
         cell.metadata.pop("execution", None)
         for key in RUN_TIMES:
             cell.metadata.get("papermill", {}).pop(key, None)
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if WIDGET_VIEW in data:
+                del data[WIDGET_VIEW]
+                if "text/plain" in data:
+                    data["text/plain"] = METER_TIMING.sub("", data["text/plain"])
     nbformat.write(nb, path)
 
 

@@ -334,6 +334,35 @@ def test_executed_notebooks_carry_no_run_times_or_absolute_paths(tmp_path):
     assert path.read_bytes() == first
 
 
+def _bar_notebook(path, model_id: str, meter: str):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("for _ in progress(range(6)): pass", id="0")
+    cell.outputs = [nbformat.v4.new_output("display_data", data={
+        "application/vnd.jupyter.widget-view+json": {"model_id": model_id, "version_major": 2, "version_minor": 0},
+        "text/plain": f"runs: 100%|##########| 6/6 {meter}"})]
+    nb.cells.append(cell)
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {model_id: {}}}}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_progress_bars_tidy_to_the_same_bytes_whatever_their_widget_id_and_speed(tmp_path):
+    import nbformat
+
+    from mfnb.cli import tidy_executed
+
+    a = _bar_notebook(tmp_path / "a.ipynb", "a886533dbff34d6bb22f8c517d60fb6a", "[00:00<00:00,  5.44it/s]")
+    b = _bar_notebook(tmp_path / "b.ipynb", "fc399f6693d442f2aff8364ead486b5d", "[01:02<00:00, 10.11s/it]")
+    for path in (a, b):
+        tidy_executed(path, root=tmp_path)
+    assert a.read_bytes() == b.read_bytes()
+    tidy = nbformat.read(a, as_version=4)
+    assert "widgets" not in tidy.metadata
+    assert tidy.cells[0].outputs[0]["data"] == {"text/plain": "runs: 100%|##########| 6/6"}
+
+
 @pytest.mark.parametrize("name, override, message", [
     ("01_fidelity_winrates", ("judge.tie_margn", "0.05"),
      r"parameter 'judge': .*judge spec field 'tie_margn': not a parameter of the 'oracle' judge"),
