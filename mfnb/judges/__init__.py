@@ -33,36 +33,19 @@ Design choices
 Layout: :mod:`mfnb.judges.protocol` (outcomes, stats, errors, hashing, :class:`PairwiseJudge`),
 :mod:`mfnb.judges.oracle`, :mod:`mfnb.judges.reward_model`, :mod:`mfnb.judges.llm` (:class:`OpenAIJudge` with
 its prompts and verdict parsing), :mod:`mfnb.judges.cache` (:class:`CachedJudge`) and :mod:`mfnb.judges.spec`
-(judge specs, :func:`make_judge`).  Every name is importable from ``mfnb.judges`` itself.
+(judge specs, :func:`make_judge`).  Every public name is importable from ``mfnb.judges`` itself.
 """
 from __future__ import annotations
 
 from mfnb.judges.cache import CachedJudge
-from mfnb.judges.llm import (_BARE, _DIALOGUE, _FIELD, _LABELLED, _LETTER_DIALOGUE, _LETTER_SUMMARY, _SUMMARY,
-                             _TOKEN_JUNK, LETTER_TEMPLATES, TEMPLATES, Answer, OpenAIJudge, _RateLimiter,
-                             letter_probability, parse_verdict)
+from mfnb.judges.llm import LETTER_TEMPLATES, TEMPLATES, Answer, OpenAIJudge, letter_probability, parse_verdict
 from mfnb.judges.oracle import OracleJudge
-from mfnb.judges.protocol import (JudgeError, JudgeStats, JudgeUnavailableError, Outcome, PairwiseJudge, Triple,
-                                  _batches, _check_nonneg, _check_unit, _digest, _identity_json, _uniform)
+from mfnb.judges.protocol import JudgeError, JudgeStats, JudgeUnavailableError, Outcome, PairwiseJudge, Triple
 from mfnb.judges.reward_model import RewardModelJudge
-from mfnb.judges.spec import _KINDS, JudgeSpec, _checked_judge_spec, check_judge_spec, make_judge
+from mfnb.judges.spec import JudgeSpec, check_judge_spec, make_judge
 
 __all__ = [
-    "Outcome", "JudgeStats", "JudgeError", "JudgeUnavailableError", "PairwiseJudge", "OracleJudge",
-    "RewardModelJudge", "OpenAIJudge", "CachedJudge", "make_judge", "parse_verdict", "TEMPLATES", "LETTER_TEMPLATES",
-    "letter_probability",
+    "Outcome", "JudgeStats", "JudgeError", "JudgeUnavailableError", "PairwiseJudge", "Triple", "OracleJudge",
+    "RewardModelJudge", "OpenAIJudge", "Answer", "CachedJudge", "JudgeSpec", "check_judge_spec", "make_judge",
+    "parse_verdict", "TEMPLATES", "LETTER_TEMPLATES", "letter_probability",
 ]
-
-# The names the single-file module imported stay attributes of the package, so that old references and patch
-# targets that go through them (``mfnb.judges.time.sleep``, ``mfnb.judges.paths.cache_dir``) still resolve.
-import hashlib, inspect, json, math, os, re, sqlite3, threading, time, warnings  # noqa: E401,E402,F401,I001
-from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed  # noqa: E402,F401
-from dataclasses import asdict, dataclass, fields  # noqa: E402,F401
-from enum import Enum  # noqa: E402,F401
-from pathlib import Path  # noqa: E402,F401
-from typing import Annotated, Any, Callable, Iterable, Iterator, Mapping, Sequence  # noqa: E402,F401
-
-from pydantic import AfterValidator  # noqa: E402,F401
-
-from mfnb import paths  # noqa: E402,F401
-from mfnb.secrets import redact, register_variable  # noqa: E402,F401
