@@ -15,7 +15,7 @@ from mfnb.params import ParamsError
 
 ROOT = paths.project_root()
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9]*.ipynb"))
-PARAM_FILES = sorted((ROOT / "params").glob("*/*.yaml"))
+PARAM_FILES = sorted((ROOT / "params").glob("*/**/*.yaml"))  # profiles and their variants (params/paper/tldr/)
 
 
 def _schema(notebook: str):
