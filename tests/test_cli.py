@@ -263,7 +263,10 @@ def test_sigterm_and_ctrl_c_keep_the_partial_notebook(tmp_path, signum, status, 
     while not marker.exists() or not marker.read_text():
         assert proc.poll() is None and time.monotonic() < deadline, "the notebook did not start"
         time.sleep(0.2)
-    time.sleep(1.0)  # let papermill save the first cell's output
+    running = tmp_path / "out.running.ipynb"  # papermill saves it after every cell: wait for the first output
+    while not (running.exists() and "started" in running.read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "the first cell's output was never saved"
+        time.sleep(0.2)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == status, err
