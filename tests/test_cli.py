@@ -253,7 +253,9 @@ def test_sigterm_and_ctrl_c_keep_the_partial_notebook(tmp_path, signum, status, 
                    "import time; time.sleep(60)")
     out = tmp_path / "out.ipynb"
     out.write_text("good")
-    code = ("import sys; from pathlib import Path; from mfnb.cli import execute, RunFailed\n"
+    # a job started in the background by a non-interactive shell inherits SIGINT ignored: restore Ctrl-C's default
+    code = ("import signal, sys; from pathlib import Path; from mfnb.cli import execute, RunFailed\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "try:\n"
             f"    execute(Path({str(nb)!r}), Path({str(out)!r}), {{}}, cwd=Path({str(tmp_path)!r}), progress=False)\n"
             "except RunFailed as err:\n"
