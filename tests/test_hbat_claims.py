@@ -115,3 +115,10 @@ def test_lambda_choice_statement():
     assert set(table["axis"]) == {"lambda", "DPO"} and len(table) == 4
     _, text = hbat.lambda_choice(pd.concat([lam, dpo], ignore_index=True), chosen=1.0)
     assert "which is resolved below the best" in text
+
+
+def test_figure2_without_a_sweep_says_so():
+    """n_grid and fmax_grid empty: the grid holds only DPO rows, and the read-out says Figure 2 was not run."""
+    dpo = _grid("DPO", {math.nan: (0.4, 0.9, 0.3)})
+    assert hbat.figure2_statement(dpo) == "- Figure 2 was not run: `n_grid` and `fmax_grid` are both empty."
+    assert hbat.figure2_claims(dpo, n_splits=2) == []

@@ -245,7 +245,10 @@ def figure2_lines(grid, metrics: Sequence[str] = METRICS) -> list[str]:
     """The best N and Fmax on *every* metric, each with its mean and t-interval over seeds."""
     from mfnb.hbat.report import seed_summary
 
-    summary = seed_summary(grid[grid["axis"].isin(["N", "Fmax"])], by=["axis", "value"], metrics=metrics)
+    swept = grid[grid["axis"].isin(["N", "Fmax"])]
+    if swept.empty:
+        return ["- Figure 2 was not run: `n_grid` and `fmax_grid` are both empty."]
+    summary = seed_summary(swept, by=["axis", "value"], metrics=metrics)
     lines = []
     for axis in ("N", "Fmax"):
         sub = summary[summary["axis"] == axis]
