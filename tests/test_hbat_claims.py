@@ -122,3 +122,32 @@ def test_figure2_without_a_sweep_says_so():
     dpo = _grid("DPO", {math.nan: (0.4, 0.9, 0.3)})
     assert hbat.figure2_statement(dpo) == "- Figure 2 was not run: `n_grid` and `fmax_grid` are both empty."
     assert hbat.figure2_claims(dpo, n_splits=2) == []
+
+
+def test_conflict_check_pairs_over_seeds():
+    runs = _runs({"SFT": (0.6, 0.3, 0.5), "DPO": (0.5, 0.5, 0.5)})
+    out, text = hbat.conflict_check(runs)
+    assert out["quality"]["mean"] == pytest.approx(-0.1) and out["quality"]["seeds"] == 3
+    assert out["quality"]["high"] < 0 < out["reward"]["low"]
+    assert "over 3 seeds" in text and "the alignment tax is there and resolved beyond seed noise." in text
+
+
+def test_conflict_check_one_seed_pairs_over_test_prompts():
+    """One seed: the interval comes from the per-prompt test scores of SFT and DPO of that seed."""
+    runs = pd.DataFrame([{"method": "SFT", "seed": 0, "quality": 0.6, "reward": 0.3},
+                         {"method": "DPO", "seed": 0, "quality": 0.45, "reward": 0.5}])
+    sft = {"quality": [0.6, 0.7, 0.5, 0.6], "reward": [0.3] * 4}
+    dpo = {"quality": [0.4, 0.55, 0.4, 0.45], "reward": [0.5, 0.6, 0.4, 0.5]}
+    records = [{"label": "SFT", "seed": 0, "per_prompt": sft}, {"label": "DPO", "seed": 0, "per_prompt": dpo},
+               {"label": "DPO", "seed": 1, "per_prompt": sft}]          # another seed's record is not used
+    out, text = hbat.conflict_check(runs, records)
+    diffs = [-0.2, -0.15, -0.1, -0.15]
+    mean, sd = sum(diffs) / 4, pd.Series(diffs).std()
+    half = 3.182446305284263 * sd / 2                                    # t(0.975, 3) * sd / sqrt(4)
+    assert out["quality"]["mean"] == pytest.approx(mean)
+    assert (out["quality"]["low"], out["quality"]["high"]) == pytest.approx((mean - half, mean + half))
+    assert out["quality"]["prompts"] == 4 and out["reward"]["mean"] == pytest.approx(0.2)
+    assert "over 4 test prompts, paired; one seed" in text and "resolved beyond the test prompts' noise." in text
+    # without per-prompt scores (records of an older run): no interval, and the text says it is not resolved
+    out, text = hbat.conflict_check(runs, [{"label": "SFT", "seed": 0}, {"label": "DPO", "seed": 0}])
+    assert math.isnan(out["quality"]["low"]) and "over 1 seeds" in text and "not resolved beyond seed noise" in text

@@ -166,6 +166,9 @@ class HbatExperiment:
         out = self.conflict.scores(prompts, responses, self.judge, self.P.delta)
         if split == "test":
             out["samples"] = [[p, r] for p, r in zip(prompts[:8], responses[:8])]
+            # per test prompt, so that a single seed still gets a paired interval over prompts (conflict_check)
+            out["per_prompt"] = {"quality": [self.conflict.quality(p, r) for p, r in zip(prompts, responses)],
+                                 "reward": [self.conflict.reward(p, r) for p, r in zip(prompts, responses)]}
         return out
 
     def run(self, label: str, hbat_params, seed: int) -> dict:

@@ -174,22 +174,41 @@ def departures(params):
     return frame.astype({"paper": str, "ours": str})
 
 
-def conflict_check(runs) -> tuple[dict, str]:
-    """Does two-stage SFT -> DPO lose instruction quality relative to SFT? Paired over seeds."""
+def conflict_check(runs, records: Sequence[dict] = ()) -> tuple[dict, str]:
+    """Does two-stage SFT -> DPO lose instruction quality relative to SFT? Paired over seeds; with a single
+    seed, paired over test prompts instead (from the records' ``per_prompt`` scores, where they hold them)."""
     wide = runs.pivot_table(index="seed", columns="method", values=["quality", "reward"])
+    by_prompt = _one_seed_prompt_pairs(records, wide.index[0]) if len(wide) == 1 else None
     out = {}
     for metric in ("quality", "reward"):
-        diff = (wide[(metric, "DPO")] - wide[(metric, "SFT")]).dropna()
-        out[metric] = dict(zip(("mean", "sd", "low", "high"), _t_interval(diff)), seeds=len(diff))
+        if by_prompt is not None:
+            diff = [d - s for d, s in zip(by_prompt["DPO"][metric], by_prompt["SFT"][metric])]
+            out[metric] = dict(zip(("mean", "sd", "low", "high"), _t_interval(diff)), seeds=1, prompts=len(diff))
+        else:
+            diff = (wide[(metric, "DPO")] - wide[(metric, "SFT")]).dropna()
+            out[metric] = dict(zip(("mean", "sd", "low", "high"), _t_interval(diff)), seeds=len(diff))
     q, r = out["quality"], out["reward"]
     exists = q["mean"] < 0 and r["mean"] > 0
     firm = exists and not math.isnan(q["high"]) and q["high"] < 0
+    over = (f"over {q['prompts']} test prompts, paired; one seed, so seed noise is not in it" if by_prompt is not None
+            else f"over {q['seeds']} seeds")
+    noise = "the test prompts' noise" if by_prompt is not None else "seed noise"
     text = (f"Two-stage SFT -> DPO changes instruction-following quality by {fmt(q['mean'], signed=True)} "
-            f"(95% t-interval {fmt_interval(q['low'], q['high'])} over {q['seeds']} seeds) and the preference "
+            f"(95% t-interval {fmt_interval(q['low'], q['high'])} {over}) and the preference "
             f"reward by {fmt(r['mean'], signed=True)} {fmt_interval(r['low'], r['high'])} relative to SFT alone: "
-            + ("the alignment tax is there" + (" and resolved beyond seed noise." if firm else ", but not resolved beyond seed noise.")
+            + (f"the alignment tax is there" + (f" and resolved beyond {noise}." if firm else f", but not resolved beyond {noise}.")
                if exists else "no alignment tax in this setting (DPO does not lose quality while gaining reward)."))
     return out, text
+
+
+def _one_seed_prompt_pairs(records: Sequence[dict], seed) -> dict | None:
+    """SFT's and DPO's per-prompt test scores of ``seed``, or None where a record lacks them."""
+    found = {r["label"]: r.get("per_prompt") for r in records if r.get("label") in ("SFT", "DPO") and r.get("seed") == seed}
+    if not (found.get("SFT") and found.get("DPO")):
+        return None
+    if len(found["SFT"]["quality"]) != len(found["DPO"]["quality"]):
+        return None
+    return found
 
 
 def figure2_statement(grid) -> str:
