@@ -133,13 +133,13 @@ def test_conflict_check_pairs_over_seeds():
 
 
 def test_conflict_check_one_seed_pairs_over_test_prompts():
-    """One seed: the interval comes from the per-prompt test scores of SFT and DPO of that seed."""
-    runs = pd.DataFrame([{"method": "SFT", "seed": 0, "quality": 0.6, "reward": 0.3},
-                         {"method": "DPO", "seed": 0, "quality": 0.45, "reward": 0.5}])
+    """One seed: the interval comes from the per-prompt test scores of the SFT and DPO runs (matched by key)."""
+    runs = pd.DataFrame([{"method": "SFT", "seed": 0, "quality": 0.6, "reward": 0.3, "key": "s"},
+                         {"method": "DPO", "seed": 0, "quality": 0.45, "reward": 0.5, "key": "d"}])
     sft = {"quality": [0.6, 0.7, 0.5, 0.6], "reward": [0.3] * 4}
     dpo = {"quality": [0.4, 0.55, 0.4, 0.45], "reward": [0.5, 0.6, 0.4, 0.5]}
-    records = [{"label": "SFT", "seed": 0, "per_prompt": sft}, {"label": "DPO", "seed": 0, "per_prompt": dpo},
-               {"label": "DPO", "seed": 1, "per_prompt": sft}]          # another seed's record is not used
+    records = [{"key": "s", "label": "SFT", "per_prompt": sft}, {"key": "d", "label": "DPO", "per_prompt": dpo},
+               {"key": "other", "label": "DPO", "per_prompt": sft}]    # a run not in `runs` is not used
     out, text = hbat.conflict_check(runs, records)
     diffs = [-0.2, -0.15, -0.1, -0.15]
     mean, sd = sum(diffs) / 4, pd.Series(diffs).std()
@@ -149,5 +149,21 @@ def test_conflict_check_one_seed_pairs_over_test_prompts():
     assert out["quality"]["prompts"] == 4 and out["reward"]["mean"] == pytest.approx(0.2)
     assert "over 4 test prompts, paired; one seed" in text and "resolved beyond the test prompts' noise." in text
     # without per-prompt scores (records of an older run): no interval, and the text says it is not resolved
-    out, text = hbat.conflict_check(runs, [{"label": "SFT", "seed": 0}, {"label": "DPO", "seed": 0}])
+    out, text = hbat.conflict_check(runs, [{"key": "s"}, {"key": "d"}])
     assert math.isnan(out["quality"]["low"]) and "over 1 seeds" in text and "not resolved beyond seed noise" in text
+
+
+def test_pairwise_claims_one_seed_pair_over_prompts_where_scores_exist():
+    """HbAT vs SFT with one seed: quality and reward paired over prompts (resolved both ways), the win rate
+    without per-prompt scores has no interval; failed judgements (None) drop out of the pairs."""
+    runs = pd.DataFrame([{"method": "HbAT", "seed": 0, "quality": 0.5, "reward": 0.6, "win_rate": 0.5, "key": "h"},
+                         {"method": "SFT", "seed": 0, "quality": 0.6, "reward": 0.4, "win_rate": 0.5, "key": "s"}])
+    records = [{"key": "h", "per_prompt": {"quality": [0.5, 0.4, 0.6, 0.5], "reward": [0.6, 0.7, 0.5, None]}},
+               {"key": "s", "per_prompt": {"quality": [0.6, 0.5, 0.7, 0.6], "reward": [0.4, 0.5, 0.4, 0.3]}}]
+    row = [r for r in hbat.pairwise_claims(runs, records=records) if r["claim"] == "HbAT beats SFT"][0]
+    assert row["per_metric"] == "quality: reversed, reward: reproduced, win_rate: inconclusive"
+    assert "quality -0.100 [-0.100, -0.100] (paired over 4 test prompts)" in row["ours"]
+    assert "(paired over 3 test prompts)" in row["ours"] and row["verdict"] == "inconclusive"
+    # without records the one-seed claim has no interval at all
+    row = [r for r in hbat.pairwise_claims(runs) if r["claim"] == "HbAT beats SFT"][0]
+    assert row["per_metric"] == "quality: inconclusive, reward: inconclusive, win_rate: inconclusive"

@@ -2,6 +2,8 @@
 tables and figures (about a minute on 2 cores once the tiny world is built)."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import yaml
@@ -55,6 +57,11 @@ def test_notebook_04_runs_and_writes_tables(tmp_path, monkeypatch):
     assert {"HbAT beats two-stage DPO", "the modified EWC matches the original EWC's win rate",
             "the modified EWC trains faster than the original EWC", "the best Fmax is 50",
             "too many splits hurt"} <= set(claims["claim"])
+    # one seed: the claims and the tax check pair the runs over the 100 test prompts instead (per-prompt scores)
+    hbat_vs_dpo = claims.set_index("claim").loc["HbAT beats two-stage DPO", "ours"]
+    assert hbat_vs_dpo.count("(paired over 100 test prompts)") == 3
+    conflict = json.loads((tables / "04_conflict_check.json").read_text())
+    assert conflict["quality"]["prompts"] == 100 and conflict["quality"]["low"] <= conflict["quality"]["high"]
     imp = pd.read_csv(tables / "04_importance.csv")
     assert imp["F_ours"].sum() == pytest.approx(100.0)
     figures = tmp_path / "results" / "tiny" / "figures"

@@ -159,6 +159,7 @@ class HbatExperiment:
         return self._tokenizer
 
     def evaluate(self, model, tokenizer, split: str) -> dict:
+        from mfnb import stats
         from mfnb.models import generate
 
         prompts = self.prompts[split]
@@ -167,8 +168,10 @@ class HbatExperiment:
         if split == "test":
             out["samples"] = [[p, r] for p, r in zip(prompts[:8], responses[:8])]
             # per test prompt, so that a single seed still gets a paired interval over prompts (conflict_check)
+            outcomes = self.judge.compare(prompts, responses, self.conflict.references(prompts))
             out["per_prompt"] = {"quality": [self.conflict.quality(p, r) for p, r in zip(prompts, responses)],
-                                 "reward": [self.conflict.reward(p, r) for p, r in zip(prompts, responses)]}
+                                 "reward": [self.conflict.reward(p, r) for p, r in zip(prompts, responses)],
+                                 "win_rate": stats.outcome_scores(outcomes)}
         return out
 
     def run(self, label: str, hbat_params, seed: int) -> dict:

@@ -1,4 +1,5 @@
-"""Notebook 04's verdicts: one per claim of the HbAT paper, from intervals over training seeds.
+"""Notebook 04's verdicts: one per claim of the HbAT paper, from intervals over training seeds (with a single
+seed, over test prompts where the runs kept per-prompt scores: :func:`pairwise_claims`).
 
 Every comparison is a paired difference per seed (same data split, same order) with its Student-t interval
 over seeds (:func:`mfnb.hbat.report.t_interval`).  Per metric: *reproduced* when the interval lies on the
@@ -16,7 +17,7 @@ import numpy as np
 
 from mfnb import stats
 from mfnb.formatting import fmt, fmt_interval
-from mfnb.hbat.report import METRICS, PAPER_COLUMNS, PAPER_NAMES, t_interval
+from mfnb.hbat.report import METRICS, PAPER_COLUMNS, PAPER_NAMES, prompt_paired, t_interval
 
 VERDICTS = stats.CLAIM_VERDICTS
 ORIGINAL_EWC = "HbAT w/ original EWC"
@@ -77,8 +78,10 @@ def _text(mean: float, low: float, high: float) -> str:
     return f"{fmt(mean, signed=True)} {fmt_interval(low, high)}"
 
 
-def pairwise_claims(runs, metrics: Sequence[str] = METRICS) -> list[dict]:
-    """The paper's "a beats b" claims, each on every metric where the paper's numbers order a and b."""
+def pairwise_claims(runs, metrics: Sequence[str] = METRICS, records: Sequence[dict] = ()) -> list[dict]:
+    """The paper's "a beats b" claims, each on every metric where the paper's numbers order a and b. With a
+    single seed, a metric whose records keep per-prompt test scores is paired over test prompts instead
+    (:func:`mfnb.hbat.report.prompt_paired`): seed noise is then not in its interval, as the row says."""
     paper = _paper_values()
     present = set(runs["method"])
     rows = []
@@ -92,8 +95,12 @@ def pairwise_claims(runs, metrics: Sequence[str] = METRICS) -> list[dict]:
                 continue
             direction = 1 if pa[m] > pb[m] else -1
             mean, low, high, n = paired(runs, a, b, m)
+            over = prompt_paired(runs, records, a, b, m) if n < 2 else None
+            if over is not None:
+                mean, _, low, high, n_prompts = over
             said.append(f"{METRIC_NAMES[m]} {fmt(pa[m] - pb[m], 2, signed=True)}")
-            parts.append(f"{METRIC_NAMES[m]} {_text(mean, low, high)}")
+            parts.append(f"{METRIC_NAMES[m]} {_text(mean, low, high)}"
+                         + (f" (paired over {n_prompts} test prompts)" if over is not None else ""))
             verdicts.append(verdict(low, high, direction))
         rows.append({"claim": claim, "source": source, "paper": f"{a} minus {b}: " + "; ".join(said),
                      "ours": f"{a} minus {b} over {n} seeds: " + "; ".join(parts),

@@ -174,41 +174,52 @@ def departures(params):
     return frame.astype({"paper": str, "ours": str})
 
 
+def prompt_paired(runs, records: Sequence[dict], a: str, b: str, metric: str) -> tuple | None:
+    """With a single seed: (mean, sd, low, high, prompts) of method ``a`` minus ``b`` paired over test prompts,
+    from the records' per-prompt test scores (matched to ``runs`` by key). None where there is more than one
+    seed (the interval over seeds applies) or a record lacks the scores (runs recorded before they were kept)."""
+    if not len(records) or "key" not in runs or runs["seed"].nunique() != 1:
+        return None
+    scores = {r.get("key"): r.get("per_prompt") or {} for r in records}
+    lists = []
+    for method in (a, b):
+        rows = runs[runs["method"] == method]
+        if len(rows) != 1:
+            return None
+        lists.append(scores.get(rows["key"].iloc[0], {}).get(metric))
+    xa, xb = lists
+    if not xa or not xb or len(xa) != len(xb):
+        return None
+    diff = [p - q for p, q in zip(xa, xb) if p is not None and q is not None]   # failed judgements drop out
+    return (*_t_interval(diff), len(diff))
+
+
 def conflict_check(runs, records: Sequence[dict] = ()) -> tuple[dict, str]:
     """Does two-stage SFT -> DPO lose instruction quality relative to SFT? Paired over seeds; with a single
-    seed, paired over test prompts instead (from the records' ``per_prompt`` scores, where they hold them)."""
+    seed, paired over test prompts instead (:func:`prompt_paired`), where the records hold per-prompt scores."""
     wide = runs.pivot_table(index="seed", columns="method", values=["quality", "reward"])
-    by_prompt = _one_seed_prompt_pairs(records, wide.index[0]) if len(wide) == 1 else None
+    by_prompt = {m: prompt_paired(runs, records, "DPO", "SFT", m) for m in ("quality", "reward")}
+    over_prompts = all(v is not None for v in by_prompt.values())
     out = {}
     for metric in ("quality", "reward"):
-        if by_prompt is not None:
-            diff = [d - s for d, s in zip(by_prompt["DPO"][metric], by_prompt["SFT"][metric])]
-            out[metric] = dict(zip(("mean", "sd", "low", "high"), _t_interval(diff)), seeds=1, prompts=len(diff))
+        if over_prompts:
+            mean, sd, low, high, n = by_prompt[metric]
+            out[metric] = dict(mean=mean, sd=sd, low=low, high=high, seeds=1, prompts=n)
         else:
             diff = (wide[(metric, "DPO")] - wide[(metric, "SFT")]).dropna()
             out[metric] = dict(zip(("mean", "sd", "low", "high"), _t_interval(diff)), seeds=len(diff))
     q, r = out["quality"], out["reward"]
     exists = q["mean"] < 0 and r["mean"] > 0
     firm = exists and not math.isnan(q["high"]) and q["high"] < 0
-    over = (f"over {q['prompts']} test prompts, paired; one seed, so seed noise is not in it" if by_prompt is not None
+    over = (f"over {q['prompts']} test prompts, paired; one seed, so seed noise is not in it" if over_prompts
             else f"over {q['seeds']} seeds")
-    noise = "the test prompts' noise" if by_prompt is not None else "seed noise"
+    noise = "the test prompts' noise" if over_prompts else "seed noise"
     text = (f"Two-stage SFT -> DPO changes instruction-following quality by {fmt(q['mean'], signed=True)} "
             f"(95% t-interval {fmt_interval(q['low'], q['high'])} {over}) and the preference "
             f"reward by {fmt(r['mean'], signed=True)} {fmt_interval(r['low'], r['high'])} relative to SFT alone: "
             + (f"the alignment tax is there" + (f" and resolved beyond {noise}." if firm else f", but not resolved beyond {noise}.")
                if exists else "no alignment tax in this setting (DPO does not lose quality while gaining reward)."))
     return out, text
-
-
-def _one_seed_prompt_pairs(records: Sequence[dict], seed) -> dict | None:
-    """SFT's and DPO's per-prompt test scores of ``seed``, or None where a record lacks them."""
-    found = {r["label"]: r.get("per_prompt") for r in records if r.get("label") in ("SFT", "DPO") and r.get("seed") == seed}
-    if not (found.get("SFT") and found.get("DPO")):
-        return None
-    if len(found["SFT"]["quality"]) != len(found["DPO"]["quality"]):
-        return None
-    return found
 
 
 def figure2_statement(grid) -> str:

@@ -58,8 +58,8 @@ class SmolConflictParams(Params):
     conflict_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     style_weight: float = Field(default=1 / 3, ge=0.0, le=1.0)
     # the tone the rater prefers. SmolLM2-135M-Instruct already writes warmly (mean reward 0.89 on validation
-    # prompts, measured): "positive" leaves DPO little to gain, "negative" (a matter-of-fact, cooler tone)
-    # is what its demonstrations lack most
+    # prompts, measured), yet "negative" (a matter-of-fact tone) pays no tax: DPO toward it made SmolLM2
+    # follow *more* constraints; "positive" with conflict_rate 1 does (params/smol/04 records the runs)
     tone: Literal["positive", "negative"] = "positive"
 
 
