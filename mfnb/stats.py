@@ -120,11 +120,6 @@ def outcome_values(outcomes: Iterable) -> np.ndarray:
     return np.array([v for v in values if v is not None], dtype=float)
 
 
-def outcome_scores(outcomes: Iterable) -> list[float | None]:
-    """Each judgement as 1 / 0.5 / 0 in order, None where it failed (kept, so that pairs stay aligned)."""
-    return [_outcome_value(item, i) for i, item in enumerate(outcomes)]
-
-
 def win_freq(outcomes: Iterable) -> float:
     """WINFREQ (Section 2): ties count 1/2, failed judgements are excluded (see ``summarize``)."""
     summary = summarize(outcomes)

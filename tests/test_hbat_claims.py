@@ -155,10 +155,10 @@ def test_conflict_check_one_seed_pairs_over_test_prompts():
 
 def test_pairwise_claims_one_seed_pair_over_prompts_where_scores_exist():
     """HbAT vs SFT with one seed: quality and reward paired over prompts (resolved both ways), the win rate
-    without per-prompt scores has no interval; failed judgements (None) drop out of the pairs."""
+    without per-prompt scores has no interval; failed judgements (NaN) drop out of the pairs."""
     runs = pd.DataFrame([{"method": "HbAT", "seed": 0, "quality": 0.5, "reward": 0.6, "win_rate": 0.5, "key": "h"},
                          {"method": "SFT", "seed": 0, "quality": 0.6, "reward": 0.4, "win_rate": 0.5, "key": "s"}])
-    records = [{"key": "h", "per_prompt": {"quality": [0.5, 0.4, 0.6, 0.5], "reward": [0.6, 0.7, 0.5, None]}},
+    records = [{"key": "h", "per_prompt": {"quality": [0.5, 0.4, 0.6, 0.5], "reward": [0.6, 0.7, 0.5, float("nan")]}},
                {"key": "s", "per_prompt": {"quality": [0.6, 0.5, 0.7, 0.6], "reward": [0.4, 0.5, 0.4, 0.3]}}]
     row = [r for r in hbat.pairwise_claims(runs, records=records) if r["claim"] == "HbAT beats SFT"][0]
     assert row["per_metric"] == "quality: reversed, reward: reproduced, win_rate: inconclusive"
@@ -167,3 +167,4 @@ def test_pairwise_claims_one_seed_pair_over_prompts_where_scores_exist():
     # without records the one-seed claim has no interval at all
     row = [r for r in hbat.pairwise_claims(runs) if r["claim"] == "HbAT beats SFT"][0]
     assert row["per_metric"] == "quality: inconclusive, reward: inconclusive, win_rate: inconclusive"
+

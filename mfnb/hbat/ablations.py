@@ -171,7 +171,7 @@ class HbatExperiment:
             outcomes = self.judge.compare(prompts, responses, self.conflict.references(prompts))
             out["per_prompt"] = {"quality": [self.conflict.quality(p, r) for p, r in zip(prompts, responses)],
                                  "reward": [self.conflict.reward(p, r) for p, r in zip(prompts, responses)],
-                                 "win_rate": stats.outcome_scores(outcomes)}
+                                 "win_rate": stats.outcome_scores(outcomes).tolist()}
         return out
 
     def run(self, label: str, hbat_params, seed: int) -> dict:
