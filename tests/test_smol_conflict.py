@@ -70,6 +70,8 @@ def test_scores_and_win_rate_against_demonstrations(tasks):
     out = conflict.scores(prompts, [HAPPY] * 4)  # follows the constraint and is warmer than the reference
     assert out["quality"] == 1.0 and out["reward"] == pytest.approx(sentiment(HAPPY))
     assert out["win_rate"] == 1.0 and out["n"] == 4
+    assert out["per_prompt"] == {"quality": [1.0] * 4, "reward": [pytest.approx(sentiment(HAPPY))] * 4,
+                                 "win_rate": [1.0] * 4}
     assert conflict.scores(prompts, [FLAT] * 4)["win_rate"] == 0.5  # the reference itself: ties
     assert conflict.overall(prompts[0], HAPPY_COMMA) == pytest.approx(0.5 * sentiment(HAPPY_COMMA))
 

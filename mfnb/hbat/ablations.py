@@ -159,19 +159,15 @@ class HbatExperiment:
         return self._tokenizer
 
     def evaluate(self, model, tokenizer, split: str) -> dict:
-        from mfnb import stats
         from mfnb.models import generate
 
         prompts = self.prompts[split]
         responses = generate(model, tokenizer, prompts, self.sampling, seed=0, desc=f"eval {split}", show_progress=False)
         out = self.conflict.scores(prompts, responses, self.judge, self.P.delta)
-        if split == "test":
+        per_prompt = out.pop("per_prompt")
+        if split == "test":   # kept for the test split only: a single seed's claims pair runs over its prompts
             out["samples"] = [[p, r] for p, r in zip(prompts[:8], responses[:8])]
-            # per test prompt, so that a single seed still gets a paired interval over prompts (conflict_check)
-            outcomes = self.judge.compare(prompts, responses, self.conflict.references(prompts))
-            out["per_prompt"] = {"quality": [self.conflict.quality(p, r) for p, r in zip(prompts, responses)],
-                                 "reward": [self.conflict.reward(p, r) for p, r in zip(prompts, responses)],
-                                 "win_rate": stats.outcome_scores(outcomes).tolist()}
+            out["per_prompt"] = per_prompt
         return out
 
     def run(self, label: str, hbat_params, seed: int) -> dict:

@@ -187,7 +187,7 @@ def prompt_paired(runs, records: Sequence[dict], a: str, b: str, metric: str) ->
         if len(rows) != 1:
             return None
         lists.append(scores.get(rows["key"].iloc[0], {}).get(metric))
-    xa, xb = lists        # lists once read back from a record's JSON, arrays while the run is in memory
+    xa, xb = lists
     if xa is None or xb is None or len(xa) == 0 or len(xa) != len(xb):
         return None
     diff = [p - q for p, q in zip(xa, xb)                 # failed judgements (None or NaN) drop out

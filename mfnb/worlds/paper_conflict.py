@@ -146,14 +146,17 @@ class PaperConflict:
         return judge
 
     def scores(self, prompts: Sequence[str], responses: Sequence[str], judge=None, delta: float = 0.05) -> dict:
-        """Mean quality, mean reward and the win rate against the references (with its interval)."""
+        """Mean quality, mean reward and the win rate against the references (with its interval), and each
+        prompt's three scores (``per_prompt``: a single seed's runs are then paired over prompts)."""
         from mfnb import stats
 
         prompts, responses = list(prompts), list(responses)
         mean = lambda xs: sum(xs) / len(xs) if xs and not any(math.isnan(x) for x in xs) else math.nan
-        out = {"quality": mean(self._scores("quality", prompts, responses)),
-               "reward": mean(self._scores("reward", prompts, responses))}
+        quality, reward = self._scores("quality", prompts, responses), self._scores("reward", prompts, responses)
+        out = {"quality": mean(quality), "reward": mean(reward)}
         outcomes = (judge or self.judge()).compare(prompts, responses, self.references(prompts))
+        out["per_prompt"] = {"quality": list(quality), "reward": list(reward),
+                             "win_rate": stats.outcome_scores(outcomes).tolist()}
         summary = stats.summarize(outcomes)
         out["win_rate"] = summary.win_freq
         out["win_low"], out["win_high"] = summary.interval(delta, "exact_ties") if summary.n else (math.nan,) * 2
