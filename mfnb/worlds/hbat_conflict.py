@@ -147,18 +147,10 @@ class ConflictWorld:
         return OracleJudge(self.overall, tie_margin=tie_margin, name=name)
 
     def scores(self, prompts: Sequence[str], responses: Sequence[str], judge=None, delta: float = 0.05) -> dict:
-        """Mean quality, mean reward and the win rate against the references (with its interval), and each
-        prompt's three scores (``per_prompt``: a single seed's runs are then paired over prompts)."""
-        from mfnb import stats
+        """:func:`mfnb.worlds.conflict_scores.conflict_scores` under this world's quality, reward and judge."""
+        from mfnb.worlds.conflict_scores import conflict_scores
 
         prompts, responses = list(prompts), list(responses)
-        n = max(len(prompts), 1)
         quality, reward = list(map(self.quality, prompts, responses)), list(map(self.reward, prompts, responses))
-        out = {"quality": sum(quality) / n, "reward": sum(reward) / n}
-        outcomes = (judge or self.judge()).compare(prompts, responses, self.references(prompts))
-        out["per_prompt"] = {"quality": quality, "reward": reward, "win_rate": stats.outcome_scores(outcomes).tolist()}
-        summary = stats.summarize(outcomes)
-        out["win_rate"] = summary.win_freq
-        out["win_low"], out["win_high"] = summary.interval(delta, "exact_ties") if summary.n else (float("nan"),) * 2
-        out["n"] = summary.n
-        return out
+        return conflict_scores(prompts, responses, quality, reward, judge or self.judge(), self.references(prompts),
+                               delta)

@@ -146,19 +146,10 @@ class PaperConflict:
         return judge
 
     def scores(self, prompts: Sequence[str], responses: Sequence[str], judge=None, delta: float = 0.05) -> dict:
-        """Mean quality, mean reward and the win rate against the references (with its interval), and each
-        prompt's three scores (``per_prompt``: a single seed's runs are then paired over prompts)."""
-        from mfnb import stats
+        """:func:`mfnb.worlds.conflict_scores.conflict_scores` under this world's quality, reward and judge."""
+        from mfnb.worlds.conflict_scores import conflict_scores
 
         prompts, responses = list(prompts), list(responses)
-        mean = lambda xs: sum(xs) / len(xs) if xs and not any(math.isnan(x) for x in xs) else math.nan
         quality, reward = self._scores("quality", prompts, responses), self._scores("reward", prompts, responses)
-        out = {"quality": mean(quality), "reward": mean(reward)}
-        outcomes = (judge or self.judge()).compare(prompts, responses, self.references(prompts))
-        out["per_prompt"] = {"quality": list(quality), "reward": list(reward),
-                             "win_rate": stats.outcome_scores(outcomes).tolist()}
-        summary = stats.summarize(outcomes)
-        out["win_rate"] = summary.win_freq
-        out["win_low"], out["win_high"] = summary.interval(delta, "exact_ties") if summary.n else (math.nan,) * 2
-        out["n"] = summary.n
-        return out
+        return conflict_scores(prompts, responses, quality, reward, judge or self.judge(), self.references(prompts),
+                               delta)

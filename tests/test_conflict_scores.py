@@ -1,0 +1,44 @@
+"""The scores every HbAT conflict world reports: exact values on a hand-made case, failed scores and failed
+judgements kept in place."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mfnb.worlds.conflict_scores import conflict_scores
+
+
+class ScriptedJudge:
+    """Returns the outcomes it was given and records what it was asked."""
+
+    def __init__(self, outcomes):
+        self.outcomes, self.asked = outcomes, None
+
+    def compare(self, prompts, first, second):
+        self.asked = (prompts, first, second)
+        return list(self.outcomes)
+
+
+def test_means_win_rate_and_per_prompt_by_hand():
+    judge = ScriptedJudge(["win", "tie", "lose", None])
+    out = conflict_scores(["p1", "p2", "p3", "p4"], ["a", "b", "c", "d"], [1.0, 0.5, 0.0, 0.5], [2, 0, 1, 1],
+                          judge, ["r1", "r2", "r3", "r4"])
+    assert judge.asked == (["p1", "p2", "p3", "p4"], ["a", "b", "c", "d"], ["r1", "r2", "r3", "r4"])
+    assert out["quality"] == pytest.approx(0.5) and out["reward"] == pytest.approx(1.0)
+    assert out["n"] == 3 and out["win_rate"] == pytest.approx(0.5)  # (1 + 1/2 + 0) / 3, the failed one left out
+    assert out["win_low"] < 0.5 < out["win_high"]
+    assert out["per_prompt"]["quality"] == [1.0, 0.5, 0.0, 0.5]
+    assert out["per_prompt"]["win_rate"][:3] == [1.0, 0.5, 0.0] and math.isnan(out["per_prompt"]["win_rate"][3])
+
+
+def test_a_failed_score_is_no_low_score():
+    out = conflict_scores(["p1", "p2"], ["a", "b"], [1.0, math.nan], [0.0, 1.0], ScriptedJudge(["win", "win"]),
+                          ["r1", "r2"])
+    assert math.isnan(out["quality"]) and out["reward"] == 0.5
+
+
+def test_nothing_to_score_is_nan_not_zero():
+    out = conflict_scores([], [], [], [], ScriptedJudge([]), [])
+    assert math.isnan(out["quality"]) and math.isnan(out["reward"]) and math.isnan(out["win_rate"])
+    assert out["n"] == 0 and math.isnan(out["win_low"])
