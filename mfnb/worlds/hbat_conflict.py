@@ -38,6 +38,7 @@ from pydantic import Field, field_validator
 
 from mfnb.params import Params
 from mfnb.worlds import tasks
+from mfnb.worlds.conflict import conflict_scores, split_prompts
 
 
 class ConflictParams(Params):
@@ -90,12 +91,7 @@ class ConflictWorld:
 
     def split_prompts(self, train_prompts: Sequence[str], seed: int) -> tuple[list[str], list[str]]:
         """Disjoint (SFT, preference) prompt sets drawn from the world's training prompts."""
-        p = self.params
-        if p.n_sft + p.n_pref > len(train_prompts):
-            raise ValueError(f"n_sft + n_pref = {p.n_sft + p.n_pref} exceeds the {len(train_prompts)} training prompts")
-        order = list(train_prompts)
-        random.Random(seed).shuffle(order)
-        return order[: p.n_sft], order[p.n_sft: p.n_sft + p.n_pref]
+        return split_prompts(train_prompts, self.params.n_sft, self.params.n_pref, seed)
 
     def sft_rows(self, prompts: Sequence[str]) -> list[dict]:
         """Demonstrations: the correct answer, plain (never styled)."""
@@ -147,9 +143,7 @@ class ConflictWorld:
         return OracleJudge(self.overall, tie_margin=tie_margin, name=name)
 
     def scores(self, prompts: Sequence[str], responses: Sequence[str], judge=None, delta: float = 0.05) -> dict:
-        """:func:`mfnb.worlds.conflict_scores.conflict_scores` under this world's quality, reward and judge."""
-        from mfnb.worlds.conflict_scores import conflict_scores
-
+        """:func:`mfnb.worlds.conflict.conflict_scores` under this world's quality, reward and judge."""
         prompts, responses = list(prompts), list(responses)
         quality, reward = list(map(self.quality, prompts, responses)), list(map(self.reward, prompts, responses))
         return conflict_scores(prompts, responses, quality, reward, judge or self.judge(), self.references(prompts),

@@ -22,6 +22,7 @@ from typing import Any, Literal, Mapping, Sequence
 from pydantic import Field
 
 from mfnb.params import Params, ParamsError
+from mfnb.worlds.conflict import conflict_scores
 
 
 class ScorerSpec(Params):
@@ -146,9 +147,7 @@ class PaperConflict:
         return judge
 
     def scores(self, prompts: Sequence[str], responses: Sequence[str], judge=None, delta: float = 0.05) -> dict:
-        """:func:`mfnb.worlds.conflict_scores.conflict_scores` under this world's quality, reward and judge."""
-        from mfnb.worlds.conflict_scores import conflict_scores
-
+        """:func:`mfnb.worlds.conflict.conflict_scores` under this world's quality, reward and judge."""
         prompts, responses = list(prompts), list(responses)
         quality, reward = self._scores("quality", prompts, responses), self._scores("reward", prompts, responses)
         return conflict_scores(prompts, responses, quality, reward, judge or self.judge(), self.references(prompts),

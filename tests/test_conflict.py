@@ -1,12 +1,12 @@
-"""The scores every HbAT conflict world reports: exact values on a hand-made case, failed scores and failed
-judgements kept in place."""
+"""What the HbAT conflict worlds share: the prompt split, and the scores (exact values on a hand-made case,
+failed scores and failed judgements kept in place)."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from mfnb.worlds.conflict_scores import conflict_scores
+from mfnb.worlds.conflict import conflict_scores, split_prompts
 
 
 class ScriptedJudge:
@@ -42,3 +42,12 @@ def test_nothing_to_score_is_nan_not_zero():
     out = conflict_scores([], [], [], [], ScriptedJudge([]), [])
     assert math.isnan(out["quality"]) and math.isnan(out["reward"]) and math.isnan(out["win_rate"])
     assert out["n"] == 0 and math.isnan(out["win_low"])
+
+
+def test_split_is_disjoint_seeded_and_checked():
+    prompts = [f"p{i}" for i in range(10)]
+    sft, pref = split_prompts(prompts, 3, 4, seed=0)
+    assert len(sft) == 3 and len(pref) == 4 and not set(sft) & set(pref) and set(sft + pref) <= set(prompts)
+    assert (sft, pref) == split_prompts(prompts, 3, 4, seed=0) != split_prompts(prompts, 3, 4, seed=1)
+    with pytest.raises(ValueError, match="n_sft \\+ n_pref = 11 exceeds the 10 training prompts"):
+        split_prompts(prompts, 5, 6, seed=0)

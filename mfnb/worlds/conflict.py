@@ -1,9 +1,19 @@
-"""What every HbAT conflict world reports for a set of responses (tiny, smol and paper share it, so the
-notebook's Table 4 means the same thing in each)."""
+"""What the HbAT conflict worlds share: the seeded split of training prompts into demonstrations and
+preferences, and the scores each reports for a set of responses (so Table 4 means the same in every world)."""
 from __future__ import annotations
 
 import math
+import random
 from typing import Sequence
+
+
+def split_prompts(train_prompts: Sequence[str], n_sft: int, n_pref: int, seed: int) -> tuple[list[str], list[str]]:
+    """Disjoint (SFT, preference) prompt sets drawn from the world's training prompts."""
+    if n_sft + n_pref > len(train_prompts):
+        raise ValueError(f"n_sft + n_pref = {n_sft + n_pref} exceeds the {len(train_prompts)} training prompts")
+    order = list(train_prompts)
+    random.Random(seed).shuffle(order)
+    return order[:n_sft], order[n_sft: n_sft + n_pref]
 
 
 def _mean(values: Sequence[float]) -> float:
