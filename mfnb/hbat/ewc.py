@@ -39,8 +39,9 @@ class _FusedPenalty(torch.autograd.Function):
         return (None, *grads)
 
 
-class _FusedElementwisePenalty(torch.autograd.Function):
-    """1/2 sum_i sum_j c_ij (p_ij - a_ij)^2 with foreach kernels (one coefficient per element)."""
+class _FusedElementwisePenalty(_FusedPenalty):
+    """1/2 sum_i sum_j c_ij (p_ij - a_ij)^2 with foreach kernels (one coefficient per element); the backward,
+    c * (p - a), is the per-tensor one's, with c broadcast element by element."""
 
     @staticmethod
     def forward(ctx, penalty: "EWCPenalty", *params):
@@ -50,14 +51,6 @@ class _FusedElementwisePenalty(torch.autograd.Function):
         ctx.penalty = penalty
         ctx.save_for_backward(*params)
         return 0.5 * total.sum()
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        params = ctx.saved_tensors
-        grads = torch._foreach_sub(params, ctx.penalty.anchors)
-        torch._foreach_mul_(grads, ctx.penalty.coefs)
-        torch._foreach_mul_(grads, grad_output.to(params[0].dtype))
-        return (None, *grads)
 
 
 class EWCPenalty:
