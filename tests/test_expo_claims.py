@@ -230,3 +230,20 @@ def test_a_doubted_reward_model_turns_reward_verdicts_inconclusive():
     choice = expo.AlphaChoice({"5%": _scores(5.0), "20%": _scores(1.0), "100%": _scores(0.0)}, n_boot=200)
     trend = expo.alpha_trend_claim(choice, [0.05, 0.2, 1.0], reward_doubt="at chance")
     assert trend["verdict"] == "inconclusive" and trend["ours"].endswith("not counted: at chance")
+
+
+def test_judged_samples_rows_by_hand():
+    from mfnb.expo.report import judged_samples
+
+    class Scripted:
+        def compare(self, prompts, first, second):
+            return ["win" if len(a) > len(b) else "tie" if a == b else "lose" for a, b in zip(first, second)]
+
+    frame = judged_samples(Scripted(), ["p", "q"], {0: ["b b", "c"]}, {"m": {0: ["a a a", "c"]}},
+                           reward_fn=lambda ps, rs: [len(r) for r in rs], quality_fn=lambda p, r: float(p == "q"),
+                           progress=False)
+    assert frame["outcome"].tolist() == [1.0, 0.5]
+    assert frame["length_words"].tolist() == [3, 1] and frame["baseline_length"].tolist() == [2, 1]
+    assert frame["reward"].tolist() == [5.0, 1.0] and frame["quality"].tolist() == [0.0, 1.0]
+    with pytest.raises(ValueError, match="model 'm': no baseline responses for seed 1"):
+        judged_samples(Scripted(), ["p"], {0: ["b"]}, {"m": {1: ["a"]}}, progress=False)

@@ -11,6 +11,7 @@ import numpy as np
 from mfnb.progress import progress as progress_bar
 
 from mfnb.expo import bootstrap
+from mfnb.expo.sweep import add_scores
 
 
 _OUTCOME_VALUE = {"win": 1.0, "tie": 0.5, "lose": 0.0}
@@ -104,11 +105,7 @@ def judged_samples(judge, prompts: Sequence[str], baseline: Mapping[int, Sequenc
                                   "length_words": [len(r.split()) for r in responses],
                                   "baseline_length": [len(r.split()) for r in baseline[seed]]})
             frame["outcome"] = frame["outcome"].astype(float)
-            if reward_fn is not None:
-                frame["reward"] = np.asarray(reward_fn(list(prompts), list(responses)), dtype=float)
-            if quality_fn is not None:
-                frame["quality"] = [quality_fn(p, r) for p, r in zip(prompts, responses)]
-            frames.append(frame)
+            frames.append(add_scores(frame, prompts, responses, reward_fn, quality_fn))
     return pd.concat(frames, ignore_index=True)
 
 

@@ -82,11 +82,7 @@ def sweep_scores(model, tokenizer, prompts: Sequence[str], alphas: Sequence[floa
                                   "length_words": [len(r.split()) for r in responses]})
             if tokenizer is not None:
                 frame["length_tokens"] = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
-            if reward_fn is not None:
-                frame["reward"] = np.asarray(reward_fn(list(prompts), list(responses)), dtype=float)
-            if quality_fn is not None:
-                frame["quality"] = [quality_fn(p, r) for p, r in zip(prompts, responses)]
-            frames.append(frame)
+            frames.append(add_scores(frame, prompts, responses, reward_fn, quality_fn))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -176,3 +172,13 @@ def optimal_alpha_table(sweeps):
                    paper_optimal_alpha=paper.get(label, math.nan))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def add_scores(frame, prompts: Sequence[str], responses: Sequence[str], reward_fn: Callable | None,
+               quality_fn: Callable | None):
+    """The ``reward`` (one batched call) and known ``quality`` columns of a frame of responses, row by row."""
+    if reward_fn is not None:
+        frame["reward"] = np.asarray(reward_fn(list(prompts), list(responses)), dtype=float)
+    if quality_fn is not None:
+        frame["quality"] = [quality_fn(p, r) for p, r in zip(prompts, responses)]
+    return frame
