@@ -17,8 +17,11 @@ from mfnb import paths
 
 pytestmark = [pytest.mark.smollm2, pytest.mark.slow]
 
-SMALL_WORLD = {"instructions": {"n_train": 48, "n_validation": 4, "n_test": 4}, "experts": {"g1": 1, "g2": 2, "g3": 4}}
 SHORT = {"max_new_tokens": 12}
+# the world's own samples (the build's expert answers, ExPO's preference pairs) short too: at the default
+# 96 tokens a cold cache spent most of the 03 smoke run (370 s) drawing them and training on them
+SMALL_WORLD = {"instructions": {"n_train": 48, "n_validation": 4, "n_test": 4}, "experts": {"g1": 1, "g2": 2, "g3": 4},
+               "build_sampling": SHORT, "preference": {"sampling": SHORT}}
 SMALL = {
     "01_fidelity_winrates": {"sampling": SHORT},
     "02_multifidelity_traces": {
