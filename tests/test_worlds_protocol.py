@@ -123,6 +123,25 @@ def test_policy_backend_asks_the_world_for_expert_responses():
     assert world.calls == [("g1", ("v1", "v2"), 7)]
 
 
+class SamplingWorld(BareWorld):
+    """A bare world that samples a live policy its own way (as smol does with its decode loop)."""
+
+    policy_sampler = "own-loop"
+
+    def sample_policy(self, model, tokenizer, prompts, sampling, seed=0):
+        self.calls.append(("policy", tuple(prompts), seed))
+        return [f"{model}:{p}:{seed}" for p in prompts]
+
+
+def test_policy_backend_samples_the_policy_with_the_worlds_own_sampler():
+    world = SamplingWorld()
+    backend = mf.PolicyBackend(world, "student")
+    assert backend.key == "bare-0-student-own-loop"  # other samples: runs never resume the default sampler's
+    backend.policy, backend.tokenizer = "policy", None
+    assert backend.generate_student(["v1", "v2"], 5, SAMPLING) == ["policy:v1:5", "policy:v2:5"]
+    assert world.calls == [("policy", ("v1", "v2"), 5)]
+
+
 def test_role_responses_come_from_respond_and_are_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("MFNB_CACHE", str(tmp_path))
     world = BareWorld()

@@ -61,7 +61,9 @@ class PolicyBackend:
         self.launch = launch  # mfnb.distributed.LaunchParams: DPO / SFT steps under accelerate launch; None: here
         self.student = student
         self.roles = list(world.roles)
-        self.key = f"{world.key}-{student}"  # part of every run's identity
+        # part of every run's identity; a world's own policy sampler too (other samples, other trajectories)
+        sampler = getattr(world, "policy_sampler", None) if getattr(world, "sample_policy", None) else None
+        self.key = f"{world.key}-{student}" + (f"-{sampler}" if sampler else "")
         self.policy = None
         self.tokenizer = None
 
@@ -110,6 +112,9 @@ class PolicyBackend:
         return np.concatenate([tensors[k].detach().float().flatten().numpy() for k in sorted(tensors)])
 
     def generate_student(self, prompts, seed, sampling):
+        own = getattr(self.world, "sample_policy", None)
+        if own is not None:
+            return own(self.policy, self.tokenizer, list(prompts), sampling, seed)
         from mfnb.models import generate
 
         return generate(self.policy, self.tokenizer, list(prompts), sampling, seed=seed, show_progress=False)

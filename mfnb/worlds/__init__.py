@@ -50,6 +50,10 @@ Capabilities (methods a world may lack; a notebook needing one calls :func:`requ
 ``conflict(spec) -> Conflict``
     HbAT's alignment tax: demonstrations and preferences that pull apart, and the scores that show it
     (see :mod:`mfnb.hbat.ablations` for what a Conflict offers).
+``sample_policy(model, tokenizer, prompts, sampling, seed) -> list[str]`` and ``policy_sampler: str``
+    How the world samples a live policy (the student being trained, LoRA-wrapped), and that sampler's name
+    (part of the multi-fidelity runs' identity). Without it :func:`mfnb.models.generate` samples
+    (transformers' ``generate``); smol uses our decode loop, several times faster on CPU.
 
 Kinds are registered by name (:data:`KINDS`, :func:`register`) and imported only when used, so the
 ``smol`` and ``paper`` worlds plug in with one line each.
@@ -76,6 +80,7 @@ CAPABILITIES = {  # what each capability is, for error messages
     "reward_model": "a reward model of its own for ExPO",
     "reward_pairs": "pairs ranked by the known quality, to check a reward model",
     "conflict": "HbAT's alignment-tax conflict",
+    "sample_policy": "a sampler of its own for a live policy",
 }
 
 
