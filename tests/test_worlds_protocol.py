@@ -7,8 +7,9 @@ import ast
 import json
 
 import pytest
+import yaml
 
-from mfnb import evaluation, expo, paths
+from mfnb import evaluation, expo, hbat, paths
 from mfnb import multifidelity as mf
 from mfnb.models import SamplingParams, generate
 from mfnb.params import ParamsError
@@ -88,9 +89,7 @@ def test_oracle_judge_needs_a_known_quality():
 
 
 def test_notebook_schemas_check_the_world_in_their_first_cell(tmp_path):
-    import yaml
 
-    from mfnb import hbat
 
     values = yaml.safe_load((ROOT / "params" / "tiny" / "03_expo_alpha_curves.yaml").read_text())
     params = expo.ExpoParams.validate_mapping(values)
@@ -142,6 +141,20 @@ def test_policy_backend_samples_the_policy_with_the_worlds_own_sampler():
     assert world.calls == [("policy", ("v1", "v2"), 5)]
 
 
+def test_hbat_evaluates_with_the_worlds_policy_sampler_under_its_own_key(tmp_path):
+    values = yaml.safe_load((ROOT / "params" / "tiny" / "04_hbat_ablations.yaml").read_text())
+    params = hbat.HbatNotebookParams.validate_mapping(values)
+    plain = hbat.HbatExperiment(params, world=TinyWorld(), store=tmp_path)
+    world = TinyWorld()
+    world.policy_sampler = "own-loop"
+    world.sample_policy = lambda model, tokenizer, prompts, sampling, seed=0: ["x"] * len(prompts)
+    own = hbat.HbatExperiment(params, world=world, store=tmp_path)
+    assert own.eval_key != plain.eval_key  # records made with one sampler are never read as the other's
+    assert plain.eval_key == hbat.HbatExperiment(params, world=TinyWorld(), store=tmp_path).eval_key
+    scores = own.evaluate(None, None, "validation")
+    assert scores["n"] == len(own.prompts["validation"])
+
+
 def test_role_responses_come_from_respond_and_are_cached(tmp_path, monkeypatch):
     monkeypatch.setenv("MFNB_CACHE", str(tmp_path))
     world = BareWorld()
@@ -190,7 +203,8 @@ def test_no_method_module_or_notebook_constructs_a_concrete_world():
         if path.relative_to(package).parts[0] == "worlds":
             continue
         concrete = [m for m in _imports(path) if m.startswith("mfnb.worlds.")
-                    and m.split(".")[2] not in ("make_world", "require", "has", "World", "WorldSpec", "KINDS", "register")]
+                    and m.split(".")[2] not in ("make_world", "require", "has", "World", "WorldSpec", "KINDS", "register",
+                                                "policy_responses", "policy_sampler_name")]
         assert not concrete, f"{path.relative_to(ROOT)} imports {concrete}"
     for path in (ROOT / "notebooks").glob("*.ipynb"):
         cells = json.loads(path.read_text())["cells"]

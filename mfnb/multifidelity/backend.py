@@ -62,7 +62,9 @@ class PolicyBackend:
         self.student = student
         self.roles = list(world.roles)
         # part of every run's identity; a world's own policy sampler too (other samples, other trajectories)
-        sampler = getattr(world, "policy_sampler", None) if getattr(world, "sample_policy", None) else None
+        from mfnb.worlds import policy_sampler_name
+
+        sampler = policy_sampler_name(world)
         self.key = f"{world.key}-{student}" + (f"-{sampler}" if sampler else "")
         self.policy = None
         self.tokenizer = None
@@ -112,12 +114,9 @@ class PolicyBackend:
         return np.concatenate([tensors[k].detach().float().flatten().numpy() for k in sorted(tensors)])
 
     def generate_student(self, prompts, seed, sampling):
-        own = getattr(self.world, "sample_policy", None)
-        if own is not None:
-            return own(self.policy, self.tokenizer, list(prompts), sampling, seed)
-        from mfnb.models import generate
+        from mfnb.worlds import policy_responses
 
-        return generate(self.policy, self.tokenizer, list(prompts), sampling, seed=seed, show_progress=False)
+        return policy_responses(self.world, self.policy, self.tokenizer, prompts, sampling, seed)
 
     def generate_expert(self, role, prompts, seed, sampling):
         return self.world.respond(role, list(prompts), sampling, seed)

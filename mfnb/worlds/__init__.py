@@ -150,6 +150,23 @@ def check_world_spec(spec: Mapping[str, Any]) -> dict:
 WorldSpec = Annotated[dict, AfterValidator(check_world_spec)]
 
 
+def policy_sampler_name(world) -> str | None:
+    """The name of the world's own sampler of live policies (None: :func:`mfnb.models.generate` samples);
+    cache keys of sampled responses carry it, so changing the sampler never reuses another's samples."""
+    return getattr(world, "policy_sampler", None) if getattr(world, "sample_policy", None) is not None else None
+
+
+def policy_responses(world, model, tokenizer, prompts: Sequence[str], sampling, seed: int = 0) -> list[str]:
+    """One response per prompt from a live policy (a trained or LoRA-wrapped model), sampled as ``world``
+    samples policies (``world=None`` or a world without ``sample_policy``: :func:`mfnb.models.generate`)."""
+    own = getattr(world, "sample_policy", None) if world is not None else None
+    if own is not None:
+        return own(model, tokenizer, list(prompts), sampling, seed)
+    from mfnb.models import generate
+
+    return generate(model, tokenizer, list(prompts), sampling, seed=seed, show_progress=False)
+
+
 def has(world, capability: str) -> bool:
     """Whether ``world`` offers ``capability`` (a method, or ``quality`` that is not None)."""
     return getattr(world, capability, None) is not None
