@@ -69,33 +69,6 @@ def test_alpha_sweep_table_and_cache(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(table, again)
 
 
-class DecodeLoopWorld:
-    """A world that samples live policies with our decode loop (as smol does)."""
-
-    policy_sampler = "mfnb.engines.hf"
-
-    def sample_policy(self, model, tokenizer, prompts, sampling, seed=0):
-        from mfnb.engines.hf import sample
-
-        return sample(model, tokenizer, prompts, sampling, seed).texts
-
-
-def test_a_world_with_its_own_policy_sampler_sweeps_with_it_and_keeps_its_own_cache(tmp_path):
-    from mfnb.engines.hf import sample
-
-    model, tokenizer = lora_model(2)
-    world = DecodeLoopWorld()
-    answers = expo.sweep_responses(model, tokenizer, PROMPTS, [0.0, 3.0], SAMPLING, seed=5, cache=tmp_path,
-                                   progress=False, world=world)
-    assert answers[0.0] == sample(model, tokenizer, PROMPTS, SAMPLING, 5).texts
-    with expo.lora_extrapolation(model, 3.0):  # each alpha sampled on the scaled adapter
-        assert answers[3.0] == sample(model, tokenizer, PROMPTS, SAMPLING, 5).texts
-    default = expo.sweep_responses(model, tokenizer, PROMPTS, [0.0, 3.0], SAMPLING, seed=5, cache=tmp_path,
-                                   progress=False)
-    assert default[0.0] == generate(model, tokenizer, PROMPTS, SAMPLING, seed=5, show_progress=False)
-    assert len(list(tmp_path.glob("alpha*.json"))) == 4  # the two samplers never share a cached file
-
-
 def test_optimal_alpha_and_table():
     sweep = pd.DataFrame({"alpha": [0.0, 1.0, 2.0, 5.0], "reward": [1.0, 3.0, 3.0, 2.0],
                           "quality": [0.1, 0.5, 0.7, 0.2], "length_words": [3.0, 3.0, 4.0, 9.0]})

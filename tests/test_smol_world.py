@@ -61,26 +61,6 @@ def test_load_gives_a_trainable_student_and_refuses_experts(world):
         world.respond("g9", world.prompts["test"], SAMPLING)
 
 
-def test_a_live_lora_policy_is_sampled_by_the_decode_loop_as_generate_would(world):
-    import torch
-
-    from mfnb.models import LoraParams, attach_lora, generate
-
-    model, tokenizer = world.load("student")
-    policy = attach_lora(model, LoraParams(r=4, alpha=8))
-    with torch.no_grad():  # a trained-looking adapter (B != 0), so the adapter's path is exercised
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.copy_(0.05 * torch.randn_like(p, generator=torch.Generator().manual_seed(len(name))))
-    prompts = world.prompts["validation"]
-    greedy = SamplingParams(max_new_tokens=10, temperature=0.0, batch_size=16)
-    assert world.sample_policy(policy, tokenizer, prompts, greedy) == generate(policy, tokenizer, prompts, greedy,
-                                                                             show_progress=False)
-    sampled = world.sample_policy(policy, tokenizer, prompts, SAMPLING, seed=3)
-    assert world.sample_policy(policy, tokenizer, prompts[1:], SAMPLING, seed=3) == sampled[1:]  # per-row seeds
-    assert policy.training  # the trainer's mode is left as it was
-
-
 def test_preference_pairs_rank_by_the_checker(world):
     prompts = world.prompts["train"][:3]
     rows = world.preference_pairs(prompts, "checker_best_vs_worst")

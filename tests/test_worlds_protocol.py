@@ -7,9 +7,8 @@ import ast
 import json
 
 import pytest
-import yaml
 
-from mfnb import evaluation, expo, hbat, paths
+from mfnb import evaluation, expo, paths
 from mfnb import multifidelity as mf
 from mfnb.models import SamplingParams, generate
 from mfnb.params import ParamsError
@@ -89,7 +88,9 @@ def test_oracle_judge_needs_a_known_quality():
 
 
 def test_notebook_schemas_check_the_world_in_their_first_cell(tmp_path):
+    import yaml
 
+    from mfnb import hbat
 
     values = yaml.safe_load((ROOT / "params" / "tiny" / "03_expo_alpha_curves.yaml").read_text())
     params = expo.ExpoParams.validate_mapping(values)
@@ -120,39 +121,6 @@ def test_policy_backend_asks_the_world_for_expert_responses():
     assert backend.prompts.validation == world.prompts["validation"]
     assert backend.generate_expert("g1", ["v1", "v2"], 7, SAMPLING) == ["g1:v1:7", "g1:v2:7"]
     assert world.calls == [("g1", ("v1", "v2"), 7)]
-
-
-class SamplingWorld(BareWorld):
-    """A bare world that samples a live policy its own way (as smol does with its decode loop)."""
-
-    policy_sampler = "own-loop"
-
-    def sample_policy(self, model, tokenizer, prompts, sampling, seed=0):
-        self.calls.append(("policy", tuple(prompts), seed))
-        return [f"{model}:{p}:{seed}" for p in prompts]
-
-
-def test_policy_backend_samples_the_policy_with_the_worlds_own_sampler():
-    world = SamplingWorld()
-    backend = mf.PolicyBackend(world, "student")
-    assert backend.key == "bare-0-student-own-loop"  # other samples: runs never resume the default sampler's
-    backend.policy, backend.tokenizer = "policy", None
-    assert backend.generate_student(["v1", "v2"], 5, SAMPLING) == ["policy:v1:5", "policy:v2:5"]
-    assert world.calls == [("policy", ("v1", "v2"), 5)]
-
-
-def test_hbat_evaluates_with_the_worlds_policy_sampler_under_its_own_key(tmp_path):
-    values = yaml.safe_load((ROOT / "params" / "tiny" / "04_hbat_ablations.yaml").read_text())
-    params = hbat.HbatNotebookParams.validate_mapping(values)
-    plain = hbat.HbatExperiment(params, world=TinyWorld(), store=tmp_path)
-    world = TinyWorld()
-    world.policy_sampler = "own-loop"
-    world.sample_policy = lambda model, tokenizer, prompts, sampling, seed=0: ["x"] * len(prompts)
-    own = hbat.HbatExperiment(params, world=world, store=tmp_path)
-    assert own.eval_key != plain.eval_key  # records made with one sampler are never read as the other's
-    assert plain.eval_key == hbat.HbatExperiment(params, world=TinyWorld(), store=tmp_path).eval_key
-    scores = own.evaluate(None, None, "validation")
-    assert scores["n"] == len(own.prompts["validation"])
 
 
 def test_role_responses_come_from_respond_and_are_cached(tmp_path, monkeypatch):
@@ -203,8 +171,7 @@ def test_no_method_module_or_notebook_constructs_a_concrete_world():
         if path.relative_to(package).parts[0] == "worlds":
             continue
         concrete = [m for m in _imports(path) if m.startswith("mfnb.worlds.")
-                    and m.split(".")[2] not in ("make_world", "require", "has", "World", "WorldSpec", "KINDS", "register",
-                                                "policy_responses", "policy_sampler_name")]
+                    and m.split(".")[2] not in ("make_world", "require", "has", "World", "WorldSpec", "KINDS", "register")]
         assert not concrete, f"{path.relative_to(ROOT)} imports {concrete}"
     for path in (ROOT / "notebooks").glob("*.ipynb"):
         cells = json.loads(path.read_text())["cells"]

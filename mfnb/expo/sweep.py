@@ -19,38 +19,31 @@ if TYPE_CHECKING:
     from mfnb.models import SamplingParams
 
 
-def _responses_cache(folder: Path, alpha: float, prompts: Sequence[str], sampling: SamplingParams, seed: int,
-                     sampler: str | None = None) -> Path:
-    ident = {"alpha": alpha, "sampling": sampling.model_dump(), "seed": seed,
-             "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}
-    if sampler:  # a world's own policy sampler gives other responses (without one the keys are as before)
-        ident["sampler"] = sampler
-    blob = json.dumps(ident, sort_keys=True)
+def _responses_cache(folder: Path, alpha: float, prompts: Sequence[str], sampling: SamplingParams, seed: int) -> Path:
+    blob = json.dumps({"alpha": alpha, "sampling": sampling.model_dump(), "seed": seed,
+                       "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest()}, sort_keys=True)
     return folder / f"alpha{alpha:g}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}.json"
 
 
 def sweep_responses(model, tokenizer, prompts: Sequence[str], alphas: Sequence[float], sampling: SamplingParams,
                     *, seed: int = 0, cache: str | Path | None = None, progress: bool = True,
-                    desc: str = "alpha sweep", world=None) -> dict[float, list[str]]:
+                    desc: str = "alpha sweep") -> dict[float, list[str]]:
     """Responses of the ExPO model for each alpha (``model``: SFT model + LoRA adapter, scaled in place
     by :func:`lora_extrapolation`; no merged copies).  Same seed for every alpha (common random numbers:
     differences between alphas are not sampling noise).  ``cache``: a folder (e.g. the adapter's) where
-    each alpha's responses are saved atomically, so a killed sweep resumes where it stopped.  ``world``:
-    sample as that world samples live policies (:func:`mfnb.worlds.policy_responses`; None: transformers)."""
+    each alpha's responses are saved atomically, so a killed sweep resumes where it stopped."""
     from mfnb.atomic import write_json
-    from mfnb.worlds import policy_responses, policy_sampler_name
-
-    sampler = policy_sampler_name(world) if world is not None else None
+    from mfnb.models import generate
 
     out: dict[float, list[str]] = {}
     for alpha in progress_bar(list(alphas), desc=desc, disable=not progress, leave=False):
         alpha = _check_alpha(alpha)
-        file = _responses_cache(Path(cache), alpha, prompts, sampling, seed, sampler) if cache else None
+        file = _responses_cache(Path(cache), alpha, prompts, sampling, seed) if cache else None
         if file is not None and file.is_file():
             out[alpha] = json.loads(file.read_text())["responses"]
             continue
         with lora_extrapolation(model, alpha):
-            out[alpha] = policy_responses(world, model, tokenizer, prompts, sampling, seed)
+            out[alpha] = generate(model, tokenizer, list(prompts), sampling, seed=seed, show_progress=False)
         if file is not None:
             write_json(file, {"alpha": alpha, "seed": seed, "responses": out[alpha]})
     return out
@@ -72,14 +65,14 @@ def response_metrics(prompts: Sequence[str], responses: Sequence[str], *, reward
 
 def sweep_scores(model, tokenizer, prompts: Sequence[str], alphas: Sequence[float], sampling: SamplingParams, *,
                  seeds: Sequence[int] = (0,), reward_fn: Callable | None = None, quality_fn: Callable | None = None,
-                 cache: str | Path | None = None, progress: bool = True, desc: str = "alpha sweep", world=None):
+                 cache: str | Path | None = None, progress: bool = True, desc: str = "alpha sweep"):
     """One row per (alpha, seed, prompt): the response's reward, known quality and length (a DataFrame
     with columns alpha, seed, prompt (its index in ``prompts``), reward, quality, length_words,
     length_tokens); the per-prompt scores that the bootstrap intervals resample."""
     import pandas as pd
 
     answers = {s: sweep_responses(model, tokenizer, prompts, alphas, sampling, seed=s, cache=cache,
-                                  progress=progress, desc=f"{desc} (seed {s})", world=world) for s in seeds}
+                                  progress=progress, desc=f"{desc} (seed {s})") for s in seeds}
     frames = []
     for alpha in alphas:
         alpha = float(alpha)
@@ -107,11 +100,11 @@ def summarize_sweep(scores):
 
 def alpha_sweep(model, tokenizer, prompts: Sequence[str], alphas: Sequence[float], sampling: SamplingParams, *,
                 seeds: Sequence[int] = (0,), reward_fn: Callable | None = None, quality_fn: Callable | None = None,
-                cache: str | Path | None = None, progress: bool = True, desc: str = "alpha sweep", world=None):
+                cache: str | Path | None = None, progress: bool = True, desc: str = "alpha sweep"):
     """One row per alpha: mean reward / quality / length over ``prompts`` x ``seeds`` (a DataFrame)."""
     return summarize_sweep(sweep_scores(model, tokenizer, prompts, alphas, sampling, seeds=seeds,
                                         reward_fn=reward_fn, quality_fn=quality_fn, cache=cache,
-                                        progress=progress, desc=desc, world=world))
+                                        progress=progress, desc=desc))
 
 
 def score_matrix(scores, column: str = "reward") -> tuple[list[float], np.ndarray]:

@@ -26,7 +26,7 @@ from mfnb.hbat.params import METHODS, HbatParams, for_method
 from mfnb.hbat.store import clean_store, digest
 from mfnb.models import LoraParams, SamplingParams
 from mfnb.params import Params, ParamsError
-from mfnb.worlds import WorldSpec, make_world, policy_responses, policy_sampler_name, require
+from mfnb.worlds import WorldSpec, make_world, require
 
 
 class HbatNotebookParams(Params):
@@ -125,12 +125,8 @@ class HbatExperiment:
         self.judge = self.conflict.judge(params.tie_margin)
         self._tokenizer = None
         self.records: list[dict] = []          # every record this experiment returned, in order
-        evaluation = {"conflict": self.conflict.params.model_dump(), "sampling": self.sampling.model_dump(),
-                      "prompts": self.prompts, "tie_margin": params.tie_margin, "delta": params.delta}
-        sampler = policy_sampler_name(self.world)
-        if sampler:  # another sampler gives other responses: records never mix them (tiny keys unchanged)
-            evaluation["sampler"] = sampler
-        self.eval_key = digest(evaluation)
+        self.eval_key = digest({"conflict": self.conflict.params.model_dump(), "sampling": self.sampling.model_dump(),
+                                "prompts": self.prompts, "tie_margin": params.tie_margin, "delta": params.delta})
         if params.torch_threads:
             import torch
 
@@ -163,8 +159,10 @@ class HbatExperiment:
         return self._tokenizer
 
     def evaluate(self, model, tokenizer, split: str) -> dict:
+        from mfnb.models import generate
+
         prompts = self.prompts[split]
-        responses = policy_responses(self.world, model, tokenizer, prompts, self.sampling, seed=0)
+        responses = generate(model, tokenizer, prompts, self.sampling, seed=0, desc=f"eval {split}", show_progress=False)
         out = self.conflict.scores(prompts, responses, self.judge, self.P.delta)
         per_prompt = out.pop("per_prompt")
         if split == "test":   # kept for the test split only: a single seed's claims pair runs over its prompts

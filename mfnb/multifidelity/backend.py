@@ -61,11 +61,7 @@ class PolicyBackend:
         self.launch = launch  # mfnb.distributed.LaunchParams: DPO / SFT steps under accelerate launch; None: here
         self.student = student
         self.roles = list(world.roles)
-        # part of every run's identity; a world's own policy sampler too (other samples, other trajectories)
-        from mfnb.worlds import policy_sampler_name
-
-        sampler = policy_sampler_name(world)
-        self.key = f"{world.key}-{student}" + (f"-{sampler}" if sampler else "")
+        self.key = f"{world.key}-{student}"  # part of every run's identity
         self.policy = None
         self.tokenizer = None
 
@@ -114,9 +110,9 @@ class PolicyBackend:
         return np.concatenate([tensors[k].detach().float().flatten().numpy() for k in sorted(tensors)])
 
     def generate_student(self, prompts, seed, sampling):
-        from mfnb.worlds import policy_responses
+        from mfnb.models import generate
 
-        return policy_responses(self.world, self.policy, self.tokenizer, prompts, sampling, seed)
+        return generate(self.policy, self.tokenizer, list(prompts), sampling, seed=seed, show_progress=False)
 
     def generate_expert(self, role, prompts, seed, sampling):
         return self.world.respond(role, list(prompts), sampling, seed)

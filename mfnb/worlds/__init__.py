@@ -50,10 +50,6 @@ Capabilities (methods a world may lack; a notebook needing one calls :func:`requ
 ``conflict(spec) -> Conflict``
     HbAT's alignment tax: demonstrations and preferences that pull apart, and the scores that show it
     (see :mod:`mfnb.hbat.ablations` for what a Conflict offers).
-``sample_policy(model, tokenizer, prompts, sampling, seed) -> list[str]`` and ``policy_sampler: str``
-    How the world samples a live policy (the student being trained, LoRA-wrapped), and that sampler's name
-    (part of the multi-fidelity runs' identity). Without it :func:`mfnb.models.generate` samples
-    (transformers' ``generate``); smol uses our decode loop, several times faster on CPU.
 
 Kinds are registered by name (:data:`KINDS`, :func:`register`) and imported only when used, so the
 ``smol`` and ``paper`` worlds plug in with one line each.
@@ -80,7 +76,6 @@ CAPABILITIES = {  # what each capability is, for error messages
     "reward_model": "a reward model of its own for ExPO",
     "reward_pairs": "pairs ranked by the known quality, to check a reward model",
     "conflict": "HbAT's alignment-tax conflict",
-    "sample_policy": "a sampler of its own for a live policy",
 }
 
 
@@ -148,23 +143,6 @@ def check_world_spec(spec: Mapping[str, Any]) -> dict:
 
 # a params field holding a world spec: checked when the params are validated, before anything runs
 WorldSpec = Annotated[dict, AfterValidator(check_world_spec)]
-
-
-def policy_sampler_name(world) -> str | None:
-    """The name of the world's own sampler of live policies (None: :func:`mfnb.models.generate` samples);
-    cache keys of sampled responses carry it, so changing the sampler never reuses another's samples."""
-    return getattr(world, "policy_sampler", None) if getattr(world, "sample_policy", None) is not None else None
-
-
-def policy_responses(world, model, tokenizer, prompts: Sequence[str], sampling, seed: int = 0) -> list[str]:
-    """One response per prompt from a live policy (a trained or LoRA-wrapped model), sampled as ``world``
-    samples policies (``world=None`` or a world without ``sample_policy``: :func:`mfnb.models.generate`)."""
-    own = getattr(world, "sample_policy", None) if world is not None else None
-    if own is not None:
-        return own(model, tokenizer, list(prompts), sampling, seed)
-    from mfnb.models import generate
-
-    return generate(model, tokenizer, list(prompts), sampling, seed=seed, show_progress=False)
 
 
 def has(world, capability: str) -> bool:

@@ -226,16 +226,6 @@ class SmolWorld:
                                     ("top_p", self.params.expert_top_p)) if v is not None}
         return sampling.model_copy(update=update)
 
-    policy_sampler = "mfnb.engines.hf"  # how a live policy is sampled: part of the multi-fidelity runs' identity
-
-    def sample_policy(self, model, tokenizer, prompts: Sequence[str], sampling, seed: int = 0) -> list[str]:
-        """A live SmolLM2 policy (LoRA-wrapped, being trained) sampled by our decode loop instead of
-        transformers' ``generate``: about 5x the tokens/s here (``benchmarks/bench_generation.py``), and in
-        fp32 a row's response does not depend on its batch."""
-        from mfnb.engines.hf import sample
-
-        return sample(model, tokenizer, list(prompts), SamplingParams.model_validate(sampling), seed).texts
-
     def respond(self, role: str, prompts: Sequence[str], sampling, seed: int = 0, *,
                 show_progress: bool = False) -> list[str]:
         """The student: one stored sample per prompt; expert g: the best of its k stored samples."""
