@@ -38,6 +38,17 @@ def test_small_world_builds_once_then_loads_from_cache(tmp_path):
     assert set(other.build(show_progress=False)) == {"student", "g1", "g2", "g3"}
 
 
+def test_roles_fine_tuned_in_parallel_processes_equal_one_by_one(tmp_path):
+    params = TinyWorldParams(n_train=500, base=TrainRecipe(steps=10, lr=3e-3, batch_size=16),
+                             finetune=TrainRecipe(steps=5, lr=1e-3, batch_size=16))
+    serial, parallel = TinyWorld(params, cache_root=tmp_path / "one"), TinyWorld(params, cache_root=tmp_path / "two")
+    serial.build(show_progress=False, processes=1)
+    parallel.build(show_progress=False, processes=2)
+    for role in ["base", *params.roles]:
+        a, b = (w.model_path(role) / "model.safetensors" for w in (serial, parallel))
+        assert a.read_bytes() == b.read_bytes(), role
+
+
 def test_unknown_role_and_world_kind():
     from mfnb.params import ParamsError
 

@@ -2,13 +2,15 @@
 (a habit-ridden student and fidelity experts with fewer habits), built offline and cached by config.
 
 Build recipe: one base model learns every task correctly (SFT from scratch); each role then fine-tunes
-from the base on answers that carry its habits. Building from nothing takes a few minutes on 2 cores;
-later calls load the cached folders in well under a second.
+from the base on answers that carry its habits, one process per core (the same weights as one by one).
+Building from nothing takes about 4 minutes on 2 cores (base 135 s, the four roles 98 s in two processes
+against 166 s one by one); later calls load the cached folders in well under a second.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import time
 from functools import cached_property
@@ -162,6 +164,16 @@ def _sft(model, tokenizer, rows: list[dict], recipe: TrainRecipe, seed: int, out
         tokenizer.save_pretrained(tmp)
 
 
+def _fine_tune_role(params_json: str, root: str, name: str, index: int) -> float:
+    """A worker process's share of :meth:`TinyWorld.build`: one role's fine-tune (same seeds, same weights)."""
+    from mfnb.models import torch_threads
+
+    world = TinyWorld(TinyWorldParams.model_validate_json(params_json))
+    world.root = Path(root)
+    with torch_threads(world.params.torch_threads):
+        return world._fine_tune(name, index)
+
+
 class TinyWorld:
     """Prompts, quality function, costs and the cached model folders of one tiny world.
 
@@ -228,16 +240,15 @@ class TinyWorld:
     def is_built(self) -> bool:
         return all((self.model_path(r) / "config.json").is_file() for r in ["base", *self.roles])
 
-    def build(self, show_progress: bool = True) -> dict[str, float]:
-        """Train whatever is not cached yet; returns seconds spent per model (0 for cached ones)."""
+    def build(self, show_progress: bool = True, processes: int | None = None) -> dict[str, float]:
+        """Train whatever is not cached yet; returns seconds spent per model (0 for cached ones).
+        ``processes``: how many roles fine-tune at once (None: one per CPU core; the weights are the same)."""
         from mfnb.models import torch_threads
 
         with torch_threads(self.params.torch_threads):
-            return self._build(show_progress)
+            return self._build(show_progress, processes)
 
-    def _build(self, show_progress: bool) -> dict[str, float]:
-        from mfnb.models import load_model
-
+    def _build(self, show_progress: bool, processes: int | None) -> dict[str, float]:
         tokenizer = build_tokenizer()
         held_out = set(self.prompts["validation"]) | set(self.prompts["test"])
         spent = {}
@@ -248,20 +259,38 @@ class TinyWorld:
             rows = _training_rows(p, None, p.base.steps * p.base.batch_size, p.seed + 1, held_out)
             _sft(_new_model(p, tokenizer), tokenizer, rows, p.base, p.seed, base_dir, "tiny world: base")
             spent["base"] = time.perf_counter() - start
-        for i, (name, role) in enumerate(progress_bar(self.params.roles.items(), desc="tiny world roles",
-                                              disable=not show_progress, leave=False)):
-            target = self.model_path(name)
-            if (target / "config.json").is_file():
-                spent.setdefault(name, 0.0)
-                continue
-            start = time.perf_counter()
-            p = self.params
-            model = load_model(base_dir, show_progress=False)
-            rows = _training_rows(p, role, p.finetune.steps * p.finetune.batch_size, p.seed + 100 + i, held_out)
-            _sft(model, tokenizer, rows, p.finetune, p.seed + i, target, f"tiny world: {name}")
-            spent[name] = time.perf_counter() - start
+        missing = [(i, name) for i, name in enumerate(self.params.roles)
+                   if not (self.model_path(name) / "config.json").is_file()]
+        spent.update({name: 0.0 for name in self.params.roles})
+        workers = min(len(missing), processes or os.cpu_count() or 1)
+        bar = dict(total=len(missing), desc="tiny world roles", disable=not show_progress, leave=False)
+        if workers > 1:  # the roles fine-tune independently from the base: one process per core
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                jobs = {pool.submit(_fine_tune_role, self.params.model_dump_json(), str(self.root), name, i): name
+                        for i, name in missing}
+                for job in progress_bar(as_completed(jobs), **bar):
+                    spent[jobs[job]] = job.result()
+        else:
+            for i, name in progress_bar(missing, **bar):
+                spent[name] = self._fine_tune(name, i)
         write_json(self.root / "world.json", {"params": self.params.model_dump(), "key": self.params.key()})
         return spent
+
+    def _fine_tune(self, name: str, index: int) -> float:
+        """Fine-tune role ``name`` (the ``index``-th) from the base on answers with its habits; seconds."""
+        from mfnb.models import load_model
+
+        start = time.perf_counter()
+        p = self.params
+        held_out = set(self.prompts["validation"]) | set(self.prompts["test"])
+        model = load_model(self.model_path("base"), show_progress=False)
+        rows = _training_rows(p, p.roles[name], p.finetune.steps * p.finetune.batch_size, p.seed + 100 + index,
+                              held_out)
+        _sft(model, build_tokenizer(), rows, p.finetune, p.seed + index, self.model_path(name), f"tiny world: {name}")
+        return time.perf_counter() - start
 
     def load(self, role: str):
         """A fresh (model, tokenizer) for a role, building the world first if needed."""
