@@ -160,6 +160,9 @@ def execute(notebook: Path, out: Path, parameters: dict[str, Any], *, cwd: Path,
     """
     import papermill
 
+    from mfnb import allocator
+
+    allocator.for_child_processes()  # the kernel reuses freed tensor memory (see mfnb.allocator)
     out.parent.mkdir(parents=True, exist_ok=True)
     running = out.with_name(f"{out.stem}.running.ipynb")
     failed = out.with_name(f"{out.stem}.failed.ipynb")
