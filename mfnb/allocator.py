@@ -16,12 +16,22 @@ benchmarks); ``python -m mfnb run`` sets them for the notebook's kernel; Jupyter
 from __future__ import annotations
 
 import os
-from typing import MutableMapping
+from contextlib import contextmanager
+from typing import Iterator, MutableMapping
 
 TUNABLES = "glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736"
 
 
-def for_child_processes(environ: MutableMapping[str, str] = os.environ) -> str:
-    """Make processes started from here (notebook kernels, launched workers) use :data:`TUNABLES`,
-    unless ``GLIBC_TUNABLES`` is already set; returns the value in effect."""
-    return environ.setdefault("GLIBC_TUNABLES", TUNABLES)
+@contextmanager
+def for_child_processes(environ: MutableMapping[str, str] = os.environ) -> Iterator[str]:
+    """Within the block, processes started from here (a notebook's kernel, launched workers) use
+    :data:`TUNABLES` unless ``GLIBC_TUNABLES`` is already set; yields the value in effect, and leaves the
+    environment as it found it."""
+    if "GLIBC_TUNABLES" in environ:
+        yield environ["GLIBC_TUNABLES"]
+        return
+    environ["GLIBC_TUNABLES"] = TUNABLES
+    try:
+        yield TUNABLES
+    finally:
+        environ.pop("GLIBC_TUNABLES", None)

@@ -162,13 +162,13 @@ def execute(notebook: Path, out: Path, parameters: dict[str, Any], *, cwd: Path,
 
     from mfnb import allocator
 
-    allocator.for_child_processes()  # the kernel reuses freed tensor memory (see mfnb.allocator)
     out.parent.mkdir(parents=True, exist_ok=True)
     running = out.with_name(f"{out.stem}.running.ipynb")
     failed = out.with_name(f"{out.stem}.failed.ipynb")
     before = _file_state(watch)
     try:
-        with _sigterm_raises_interrupt():
+        # the kernel reuses freed tensor memory (see mfnb.allocator)
+        with _sigterm_raises_interrupt(), allocator.for_child_processes():
             papermill.execute_notebook(str(notebook), str(running), parameters=parameters, kernel_name="python3",
                                        cwd=str(cwd), progress_bar=progress)
     except BaseException as err:  # an error, Ctrl-C or SIGTERM: keep the partial run, never the good one

@@ -29,9 +29,27 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 def test_child_processes_get_the_tunables_unless_the_user_set_some():
     env = {}
-    assert allocator.for_child_processes(env) == allocator.TUNABLES and env["GLIBC_TUNABLES"] == allocator.TUNABLES
+    with allocator.for_child_processes(env) as value:
+        assert value == allocator.TUNABLES and env["GLIBC_TUNABLES"] == allocator.TUNABLES
+    assert env == {}  # the caller's environment is left as it was
     mine = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
-    assert allocator.for_child_processes(mine) == "glibc.malloc.arena_max=2"
+    with allocator.for_child_processes(mine) as value:
+        assert value == "glibc.malloc.arena_max=2"
+    assert mine == {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+
+
+def test_the_cli_starts_the_notebook_kernel_with_the_tunables(tmp_path, monkeypatch):
+    import nbformat
+
+    from mfnb import cli
+
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    notebook = tmp_path / "probe.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import os\nprint(os.environ.get('GLIBC_TUNABLES'))")]), notebook)
+    out = cli.execute(notebook, tmp_path / "out.ipynb", {}, cwd=tmp_path, progress=False)
+    printed = nbformat.read(out, as_version=4).cells[0].outputs[0]["text"].strip()
+    assert printed == allocator.TUNABLES and "GLIBC_TUNABLES" not in os.environ
 
 
 def test_the_makefile_exports_the_same_settings():

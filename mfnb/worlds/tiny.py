@@ -164,12 +164,11 @@ def _sft(model, tokenizer, rows: list[dict], recipe: TrainRecipe, seed: int, out
         tokenizer.save_pretrained(tmp)
 
 
-def _fine_tune_role(params_json: str, root: str, name: str, index: int) -> float:
+def _fine_tune_role(params_json: str, cache_root: str, name: str, index: int) -> float:
     """A worker process's share of :meth:`TinyWorld.build`: one role's fine-tune (same seeds, same weights)."""
     from mfnb.models import torch_threads
 
-    world = TinyWorld(TinyWorldParams.model_validate_json(params_json))
-    world.root = Path(root)
+    world = TinyWorld(TinyWorldParams.model_validate_json(params_json), cache_root=Path(cache_root))
     with torch_threads(world.params.torch_threads):
         return world._fine_tune(name, index)
 
@@ -269,7 +268,7 @@ class TinyWorld:
             from concurrent.futures import ProcessPoolExecutor, as_completed
 
             with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                jobs = {pool.submit(_fine_tune_role, self.params.model_dump_json(), str(self.root), name, i): name
+                jobs = {pool.submit(_fine_tune_role, self.params.model_dump_json(), str(self.root.parent), name, i): name
                         for i, name in missing}
                 for job in progress_bar(as_completed(jobs), **bar):
                     spent[jobs[job]] = job.result()
