@@ -286,6 +286,42 @@ def test_trace_runs_vanilla_at_the_mf_budget_and_compares_on_test(tmp_path):
     assert set(mf.paper_layout(rows, 10).columns.get_level_values(0)) == {"", "trace 1"}
 
 
+def test_compared_iterates_answer_the_test_and_table4_is_unchanged(tmp_path):
+    """``test_iterates: compared`` tests the chosen model and each fidelity's last one (exits t2, t3; chosen t3)
+    instead of every iterate t0..t4, and Table 4 comes out the same; a value not known is named."""
+    kw = dict(baselines=["vanilla-m2", "vanilla-m3"], n_test=50, progress=False)
+    every = mf.run_trace(config(), ScriptedBackend([0.25, 0.35, 0.45, 0.40]), SkillJudge(), PROMPTS,
+                         tmp_path / "all", **kw)
+    backend = ScriptedBackend([0.25, 0.35, 0.45, 0.40])
+    some = mf.run_trace(config(), backend, SkillJudge(), PROMPTS, tmp_path / "compared", test_iterates="compared", **kw)
+    its = lambda tr: tr.vs_top[tr.vs_top["what"] == "multi-fidelity iterate"]["t"].tolist()
+    assert its(every) == [0, 1, 2, 3, 4] and its(some) == [2, 3]
+    assert mf.tested_iterates(some.mf, some.baselines, "compared") == [2, 3]
+    assert mf.tested_iterates(some.mf, {}, "all") == [0, 1, 2, 3, 4]
+    pd.testing.assert_frame_equal(mf.table4([every]), mf.table4([some]))
+    tested = lambda tr: len([r for r in tr.extra_ledger if r["phase"] == "test" and r["payer"] == "student"])
+    assert (tested(every), tested(some)) == (5 + 2, 2 + 2)
+    with pytest.raises(ValueError, match="parameter 'test_iterates': 'final' is not one of all, compared"):
+        mf.run_trace(config(), backend, SkillJudge(), PROMPTS, tmp_path / "compared", test_iterates="final", **kw)
+
+
+def test_initial_student_answers_validation_once_per_group(tmp_path):
+    """Model 0 is the same untrained student in every run of a trace: its validation responses are made once in
+    ``shared/`` and read by the baselines, and the experts' gap table still finds them."""
+    backend = ScriptedBackend([0.25, 0.35, 0.45, 0.40])
+    asked, generate = [], backend.generate_student
+    backend.generate_student = lambda prompts, seed, sampling: (asked.append(prompts[0][0]),
+                                                                generate(prompts, seed, sampling))[1]
+    tr = mf.run_trace(config(), backend, SkillJudge(), PROMPTS, tmp_path, baselines=["vanilla-m2", "sft"],
+                      n_test=50, progress=False)
+    folder = tr.mf.folder.parent
+    assert (folder / "shared" / "journal" / "validation_initial_student.json").is_file()
+    assert not list(folder.glob("*/journal/validation_t0000.json"))
+    models_looked_at = sum(run.history["t"].nunique() for run in tr.runs)
+    assert asked.count("v") == models_looked_at - (len(tr.runs) - 1)  # model 0 once, not once per run
+    assert tr.expert_pairs.query("m_prime == 0")["n"].eq(100).all()
+
+
 def test_baselines_spend_exactly_their_budget(tmp_path):
     """vanilla(m=1) at the full budget (22 batches of B would exceed max_iters = 4: 4 batches of 55, each trained
     on alone), the fixed ladder (2 + 1 iterations, the rest at the top) and the SFT replay all charge

@@ -35,6 +35,6 @@ from mfnb.multifidelity.report import (PAPER_FIDELITIES, budget_table, conventio
 from mfnb.multifidelity.store import STATE_VERSION, RunResult, RunStore, derive_seed
 from mfnb.multifidelity.theorem5 import estimate_alpha_beta, theorem5_lines, theorem5_summary, theorem5_table
 from mfnb.multifidelity.trace import (TraceResult, baseline_budget, mf_candidate, run_baseline, run_lambda, run_trace,
-                                      trace_folder, validation_cost)
+                                      tested_iterates, trace_folder, validation_cost)
 from mfnb.multifidelity.verdicts import (final_vs_top, ladder_schedule, overall_verdict, spend_ratio_lines, spend_ratio_summary,
                                          spend_ratio_table, table4, table4_summary, verdict_lines)

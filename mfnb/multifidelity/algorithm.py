@@ -48,7 +48,8 @@ from mfnb.multifidelity.backend import Backend, Prompts
 from mfnb.multifidelity.judging import counts, judge_pairs, win_freq
 from mfnb.multifidelity.ledger import ledger_row, paper_lambda
 from mfnb.multifidelity.params import RunConfig, check_experts
-from mfnb.multifidelity.store import STATE_VERSION, RunResult, RunStore, derive_seed, restore_rng
+from mfnb.multifidelity.store import (INITIAL_VALIDATION, STATE_VERSION, RunResult, RunStore, derive_seed,
+                                      restore_rng)
 
 GAMMA_RULES = ("exceeds", "at_least")
 MODES = ("mf", "vanilla", "ladder", "sft")
@@ -344,12 +345,19 @@ class _Runner:
         return data["responses"]
 
     def _student_validation(self, state: dict, t: int) -> list[str]:
+        """Model t's validation responses.  Model 0 is the initial student in every run of the group (same
+        seed, adapter not yet trained), so its responses are made once in ``shared/`` and every run reads them."""
         def make() -> dict:
             with self._timed(state, "evaluation"):
                 responses = self.backend.generate_student(self.val, derive_seed(self.config.seed, "val", t),
                                                           self.config.sampling)
-            return {"t": t, "responses": responses}
+            return {"t": t, "prompts": self.val, "responses": responses}
 
+        if t == 0:
+            own = self.store.read_journal("validation_t0000")  # a run made before the responses were shared
+            if own is not None:
+                return own["responses"]
+            return self.shared.journaled(INITIAL_VALIDATION, make, valid=lambda d: d["prompts"] == self.val)["responses"]
         return self.store.journaled(f"validation_t{t:04d}", make)["responses"]
 
     def _evaluate(self, state: dict, t: int, m: int) -> dict:

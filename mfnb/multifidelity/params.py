@@ -116,6 +116,9 @@ class TracesParams(AlgorithmParams):
     fixed_ladder_iterations: list[int] | None = None   # per fidelity below the top; null = mean of the adaptive runs
     n_test: int = Field(default=500, ge=1)
     test_sampling: SamplingParams = SamplingParams(top_p=0.95, top_k=50)
+    # which multi-fidelity iterates answer the test prompts: "all" (every iterate, the spend-to-match curve at
+    # every step) or "compared" (those Table 4 compares and each fidelity's last one: CPU time on a real LLM)
+    test_iterates: Literal["all", "compared"] = "all"
     judge: JudgeSpec = Field(default_factory=lambda: {"kind": "oracle"})
     torch_threads: int | None = Field(default=1, ge=1)
     runs_dir: str | None = None

@@ -35,7 +35,7 @@ from mfnb.multifidelity.backend import Backend, Prompts
 from mfnb.multifidelity.judging import counts, judge_pairs, win_freq
 from mfnb.multifidelity.ledger import ledger_frame, ledger_row, paper_lambda
 from mfnb.multifidelity.params import RunConfig, baseline_names, vanilla_fidelity, vanilla_name
-from mfnb.multifidelity.store import RunResult, RunStore, derive_seed
+from mfnb.multifidelity.store import INITIAL_VALIDATION, RunResult, RunStore, derive_seed
 
 
 @dataclass
@@ -157,9 +157,13 @@ def run_trace(config: RunConfig, backend: Backend, judge, prompts: Prompts, root
               baselines: Sequence[str] = (vanilla_name(2), vanilla_name(3)),
               ladder_iterations: Sequence[int] | None = None, n_test: int = 500,
               test_sampling: SamplingParams | None = None, label: str | None = None, trace: int = 1,
-              progress: bool = True) -> TraceResult:
+              test_iterates: str = "all", progress: bool = True) -> TraceResult:
     """One trace: Algorithm 2, each baseline at its budget, the experts' validation gaps, and the test
-    comparisons (multi-fidelity vs each baseline, and every model against the top expert)."""
+    comparisons (multi-fidelity vs each baseline, and every model against the top expert).  ``test_iterates``:
+    "all" tests every multi-fidelity iterate against the top expert, "compared" only those a baseline is
+    compared with, the chosen one and each fidelity's last one (:func:`tested_iterates`)."""
+    if test_iterates not in TEST_ITERATES:
+        raise ValueError(f"parameter 'test_iterates': {test_iterates!r} is not one of {', '.join(TEST_ITERATES)}")
     folder = trace_folder(root, config, judge, backend)
     label = label or f"B={config.batch_size} trace {trace}"
     mf = run_multifidelity(config, backend, judge, prompts, folder, progress=progress)
@@ -180,7 +184,7 @@ def run_trace(config: RunConfig, backend: Backend, judge, prompts: Prompts, root
     start = time.perf_counter()
     tester = _Tester(config, backend, judge, prompts, folder, Path(root), n_test, test_sampling or config.sampling,
                      extra)
-    test, outcomes, vs_top = tester.compare(mf, runs)
+    test, outcomes, vs_top = tester.compare(mf, runs, tested_iterates(mf, runs, test_iterates))
     timings["test"] = time.perf_counter() - start
     # the first computation's timings are kept: a rerun that only re-reads cached responses reports them again
     timings = _recorded(folder / "trace_timings.json", baselines, timings)
@@ -188,6 +192,25 @@ def run_trace(config: RunConfig, backend: Backend, judge, prompts: Prompts, root
     test, outcomes, vs_top = (f.assign(**tag) if len(f) else f for f in (test, outcomes, vs_top))
     return TraceResult(label, config.batch_size, trace, config, folder, mf, runs, test, outcomes, vs_top,
                        expert_pairs, extra, notes, timings)
+
+
+TEST_ITERATES = ("all", "compared")
+
+
+def tested_iterates(mf: RunResult, runs: dict[str, RunResult], which: str = "all") -> list[int]:
+    """The multi-fidelity iterates that answer the test prompts: every one, or ("compared") the models
+    Table 4 compares with a baseline, the chosen one and the last of each fidelity (the points where the
+    ladder steps up, so the spend-to-match curve keeps its shape at a fraction of the sampling)."""
+    every = sorted({int(x) for x in mf.history["t"]})
+    if which == "all":
+        return every
+    keep = {int(e["t"]) for e in mf.exits.values()}
+    keep |= {t for t in [mf_candidate(mf, None)] if t is not None}
+    for name in runs:
+        t = mf_candidate(mf, baseline_budget(name, mf)[1])
+        if t is not None:
+            keep.add(int(t))
+    return [t for t in every if t in keep]
 
 
 def _recorded(path: Path, baselines: Sequence[str], timings: dict[str, float]) -> dict[str, float]:
@@ -203,7 +226,8 @@ def _expert_pairs(config, backend, judge, prompts, folder, mf: RunResult, ledger
     """WinRate(g^(m), g^(m')) on the validation prompts for every m > m' >= 0 (g^(0): the initial
     student), from the responses the run already has (Theorem 5's gaps and Assumption 3's beta)."""
     shared = RunStore(folder / "shared")
-    responses = {0: RunStore(mf.folder).read_journal("validation_t0000")["responses"]}
+    initial = RunStore(mf.folder).read_journal("validation_t0000") or shared.read_journal(INITIAL_VALIDATION)
+    responses = {0: initial["responses"]}
     for m, fid in enumerate(config.fidelities, 1):
         data = shared.read_journal(f"validation_{fid.role}")
         if data is not None:
@@ -291,11 +315,11 @@ class _Tester:
         return {"run": run.name, "what": what, "t": t, "candidate": run.candidate_name(t),
                 "Lambda": run_lambda(run, t), **row}
 
-    def compare(self, mf: RunResult, runs: dict[str, RunResult]):
+    def compare(self, mf: RunResult, runs: dict[str, RunResult], iterates: Sequence[int]):
         rows, outcome_rows, top_rows = [], [], []
         skipped = [int(m) for m in sorted(mf.history["fidelity"].unique())
                    if not (mf.history[mf.history["fidelity"] == m]["kind"] == "train").any()]
-        for t in sorted({int(x) for x in mf.history["t"]}):
+        for t in iterates:
             top_rows.append(self.vs_top(mf, t, "multi-fidelity iterate"))
         for name, run in runs.items():
             if run.best is None:
