@@ -287,20 +287,21 @@ def test_trace_runs_vanilla_at_the_mf_budget_and_compares_on_test(tmp_path):
 
 
 def test_compared_iterates_answer_the_test_and_table4_is_unchanged(tmp_path):
-    """``test_iterates: compared`` tests the chosen model and each fidelity's last one (exits t2, t3; chosen t3)
-    instead of every iterate t0..t4, and Table 4 comes out the same; a value not known is named."""
+    """``test_iterates: compared`` tests the initial student, the chosen model, each fidelity's last one and
+    the run's last (t0; exits t2, t3; chosen t3; last t4) instead of every iterate t0..t4, and Table 4 comes
+    out the same; a value not known is named."""
     kw = dict(baselines=["vanilla-m2", "vanilla-m3"], n_test=50, progress=False)
     every = mf.run_trace(config(), ScriptedBackend([0.25, 0.35, 0.45, 0.40]), SkillJudge(), PROMPTS,
                          tmp_path / "all", **kw)
     backend = ScriptedBackend([0.25, 0.35, 0.45, 0.40])
     some = mf.run_trace(config(), backend, SkillJudge(), PROMPTS, tmp_path / "compared", test_iterates="compared", **kw)
     its = lambda tr: tr.vs_top[tr.vs_top["what"] == "multi-fidelity iterate"]["t"].tolist()
-    assert its(every) == [0, 1, 2, 3, 4] and its(some) == [2, 3]
-    assert mf.tested_iterates(some.mf, some.baselines, "compared") == [2, 3]
+    assert its(every) == [0, 1, 2, 3, 4] and its(some) == [0, 2, 3, 4]
+    assert mf.tested_iterates(some.mf, some.baselines, "compared") == [0, 2, 3, 4]
     assert mf.tested_iterates(some.mf, {}, "all") == [0, 1, 2, 3, 4]
     pd.testing.assert_frame_equal(mf.table4([every]), mf.table4([some]))
     tested = lambda tr: len([r for r in tr.extra_ledger if r["phase"] == "test" and r["payer"] == "student"])
-    assert (tested(every), tested(some)) == (5 + 2, 2 + 2)
+    assert (tested(every), tested(some)) == (5 + 2, 4 + 2)
     with pytest.raises(ValueError, match="parameter 'test_iterates': 'final' is not one of all, compared"):
         mf.run_trace(config(), backend, SkillJudge(), PROMPTS, tmp_path / "compared", test_iterates="final", **kw)
 

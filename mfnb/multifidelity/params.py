@@ -117,7 +117,8 @@ class TracesParams(AlgorithmParams):
     n_test: int = Field(default=500, ge=1)
     test_sampling: SamplingParams = SamplingParams(top_p=0.95, top_k=50)
     # which multi-fidelity iterates answer the test prompts: "all" (every iterate, the spend-to-match curve at
-    # every step) or "compared" (those Table 4 compares and each fidelity's last one: CPU time on a real LLM)
+    # every step) or "compared" (the initial student, those Table 4 compares, each fidelity's last one and the
+    # run's last one: CPU time on a real LLM)
     test_iterates: Literal["all", "compared"] = "all"
     judge: JudgeSpec = Field(default_factory=lambda: {"kind": "oracle"})
     torch_threads: int | None = Field(default=1, ge=1)

@@ -332,7 +332,8 @@ def departures(P, n_student_parameters: float | None, world_costs: dict) -> pd.D
          "vanilla(m=1) at the full budget)"),
         ("multi-fidelity iterates on the test set", "the final models (Table 4); no per-iterate test curve",
          "every iterate, for the spend-to-match curve (`test_iterates: all`)" if P.test_iterates == "all" else
-         "only those Table 4 compares, the chosen one and each fidelity's last one (`test_iterates: compared`): "
+         "only the initial student, those Table 4 compares, the chosen one, each fidelity's last one and the "
+         "run's last one (`test_iterates: compared`): "
          "the spend-to-match crossing is read from these points, so it can land later than with every iterate"),
         ("torch threads", "-", "torch's default" if P.torch_threads is None else f"{P.torch_threads}" + (
             " (tiny ops: threading overhead dominates on 2 shared cores)" if P.torch_threads == 1 else "")),

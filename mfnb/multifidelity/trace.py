@@ -160,8 +160,8 @@ def run_trace(config: RunConfig, backend: Backend, judge, prompts: Prompts, root
               test_iterates: str = "all", progress: bool = True) -> TraceResult:
     """One trace: Algorithm 2, each baseline at its budget, the experts' validation gaps, and the test
     comparisons (multi-fidelity vs each baseline, and every model against the top expert).  ``test_iterates``:
-    "all" tests every multi-fidelity iterate against the top expert, "compared" only those a baseline is
-    compared with, the chosen one and each fidelity's last one (:func:`tested_iterates`)."""
+    "all" tests every multi-fidelity iterate against the top expert, "compared" only the initial student,
+    those a baseline is compared with, the chosen one and each fidelity's last one (:func:`tested_iterates`)."""
     if test_iterates not in TEST_ITERATES:
         raise ValueError(f"parameter 'test_iterates': {test_iterates!r} is not one of {', '.join(TEST_ITERATES)}")
     folder = trace_folder(root, config, judge, backend)
@@ -198,13 +198,14 @@ TEST_ITERATES = ("all", "compared")
 
 
 def tested_iterates(mf: RunResult, runs: dict[str, RunResult], which: str = "all") -> list[int]:
-    """The multi-fidelity iterates that answer the test prompts: every one, or ("compared") the models
-    Table 4 compares with a baseline, the chosen one and the last of each fidelity (the points where the
-    ladder steps up, so the spend-to-match curve keeps its shape at a fraction of the sampling)."""
+    """The multi-fidelity iterates that answer the test prompts: every one, or ("compared") the initial
+    student (the baseline of no training at all), the models Table 4 compares with a baseline, the chosen one,
+    the last of each fidelity (the points where the ladder steps up) and the run's last model, so the
+    spend-to-match curve keeps its shape at a fraction of the sampling."""
     every = sorted({int(x) for x in mf.history["t"]})
     if which == "all":
         return every
-    keep = {int(e["t"]) for e in mf.exits.values()}
+    keep = {0, every[-1]} | {int(e["t"]) for e in mf.exits.values()}  # a run cut by a cap has no exit at M
     keep |= {t for t in [mf_candidate(mf, None)] if t is not None}
     for name in runs:
         t = mf_candidate(mf, baseline_budget(name, mf)[1])
