@@ -18,7 +18,7 @@ NOTEBOOK = "04_hbat_ablations"
 def test_notebook_04_runs_and_writes_tables(tmp_path, monkeypatch):
     root = paths.project_root()
     params = yaml.safe_load((root / "params" / "tiny" / f"{NOTEBOOK}.yaml").read_text())
-    params["conflict"].update(n_sft=200, n_pref=200)
+    params["conflict"].update(n_sft=100, n_pref=100)
     params.update(profile="tiny", seeds=[0], grid_seeds=[0], n_grid=[2, 3], fmax_grid=[50.0, 100.0],
                   lam_grid=[0.01, 1.0], n_validation=50, n_test=100, efficiency_repeats=1)
     # results (and the run store under results/<profile>/runs) go to tmp_path, never over committed results

@@ -22,14 +22,15 @@ SHORT = {"max_new_tokens": 12}
 # 96 tokens a cold cache spent most of the 03 smoke run (370 s) drawing them and training on them
 SMALL_WORLD = {"instructions": {"n_train": 48, "n_validation": 4, "n_test": 4}, "experts": {"g1": 1, "g2": 2, "g3": 4},
                "build_sampling": SHORT, "preference": {"sampling": SHORT}}
+# 03 skips Figure 6's control model here (its path is the default models' path, run by tests/test_notebook_03.py)
 SMALL = {
     "01_fidelity_winrates": {"sampling": SHORT},
     "02_multifidelity_traces": {
-        "batch_sizes": [4], "trace_seeds": [0], "n_validation": 4, "n_test": 4, "max_iters": 3,
+        "batch_sizes": [4], "trace_seeds": [0], "n_validation": 4, "n_test": 4, "max_iters": 2,
         "max_iters_per_fidelity": 1, "baselines": ["vanilla-m3", "sft"], "sampling": SHORT, "test_sampling": SHORT,
         "dpo": {"batch_size": 4, "max_length": 160}, "sft": {"batch_size": 4, "max_length": 160}},
     "03_expo_alpha_curves": {
-        "preference": {"n_pairs": 8}, "fractions": [0.5, 1.0], "figure6": {"fractions": [0.5], "lrs": [], "epochs": [2.0]},
+        "preference": {"n_pairs": 8}, "fractions": [0.5, 1.0], "figure6": {"fractions": [], "lrs": [], "epochs": []},
         "alphas": [0.0, 1.0, 2.0], "n_select": 4, "n_report": 4, "sampling": SHORT, "dpo": {"batch_size": 4, "max_length": 160},
         "reward_model": {"n_prompts": 6, "samples": 2, "pairs_per_prompt": 2, "batch_size": 4, "max_length": 128}},
     "04_hbat_ablations": {
