@@ -161,7 +161,8 @@ def run_trace(config: RunConfig, backend: Backend, judge, prompts: Prompts, root
     """One trace: Algorithm 2, each baseline at its budget, the experts' validation gaps, and the test
     comparisons (multi-fidelity vs each baseline, and every model against the top expert).  ``test_iterates``:
     "all" tests every multi-fidelity iterate against the top expert, "compared" only the initial student,
-    those a baseline is compared with, the chosen one and each fidelity's last one (:func:`tested_iterates`)."""
+    those a baseline is compared with, the chosen one, each fidelity's last one and the run's last one
+    (:func:`tested_iterates`)."""
     if test_iterates not in TEST_ITERATES:
         raise ValueError(f"parameter 'test_iterates': {test_iterates!r} is not one of {', '.join(TEST_ITERATES)}")
     folder = trace_folder(root, config, judge, backend)
