@@ -151,6 +151,19 @@ def test_conflict_check_one_seed_pairs_over_test_prompts():
     # without per-prompt scores (records of an older run): no interval, and the text says it is not resolved
     out, text = hbat.conflict_check(runs, [{"key": "s"}, {"key": "d"}])
     assert math.isnan(out["quality"]["low"]) and "over 1 seeds" in text and "not resolved beyond seed noise" in text
+    assert "there is no interval: a tax is not shown" in text
+
+
+def test_conflict_check_does_not_call_an_unresolved_loss_a_tax():
+    """A mean loss whose interval reaches past zero (the smol run: -0.004 [-0.067, 0.058]) is not a tax."""
+    runs = pd.DataFrame([{"method": "SFT", "seed": 0, "quality": 0.5, "reward": 0.3, "key": "s"},
+                         {"method": "DPO", "seed": 0, "quality": 0.49, "reward": 0.5, "key": "d"}])
+    records = [{"key": "s", "per_prompt": {"quality": [0.5, 0.6, 0.4, 0.5], "reward": [0.3] * 4}},
+               {"key": "d", "per_prompt": {"quality": [0.6, 0.5, 0.3, 0.56], "reward": [0.5] * 4}}]
+    out, text = hbat.conflict_check(runs, records)
+    assert out["quality"]["low"] < 0 < out["quality"]["high"] and out["quality"]["mean"] == pytest.approx(-0.01)
+    assert "its interval includes no loss: a tax is not shown, not resolved beyond the test prompts' noise." in text
+    assert "the alignment tax is there" not in text
 
 
 def test_pairwise_claims_one_seed_pair_over_prompts_where_scores_exist():

@@ -218,7 +218,10 @@ def conflict_check(runs, records: Sequence[dict] = ()) -> tuple[dict, str]:
     text = (f"Two-stage SFT -> DPO changes instruction-following quality by {fmt(q['mean'], signed=True)} "
             f"(95% t-interval {fmt_interval(q['low'], q['high'])} {over}) and the preference "
             f"reward by {fmt(r['mean'], signed=True)} {fmt_interval(r['low'], r['high'])} relative to SFT alone: "
-            + (f"the alignment tax is there" + (f" and resolved beyond {noise}." if firm else f", but not resolved beyond {noise}.")
+            + ((f"the alignment tax is there and resolved beyond {noise}." if firm else
+                ("quality falls on average, but there is no interval" if math.isnan(q["high"]) else
+                 "quality falls on average, but its interval includes no loss")
+                + f": a tax is not shown, not resolved beyond {noise}.")
                if exists else "no alignment tax in this setting (DPO does not lose quality while gaining reward)."))
     return out, text
 
