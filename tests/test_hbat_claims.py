@@ -151,7 +151,7 @@ def test_conflict_check_one_seed_pairs_over_test_prompts():
     # without per-prompt scores (records of an older run): no interval, and the text says it is not resolved
     out, text = hbat.conflict_check(runs, [{"key": "s"}, {"key": "d"}])
     assert math.isnan(out["quality"]["low"]) and "over 1 seeds" in text and "not resolved beyond seed noise" in text
-    assert "there is no interval: a tax is not shown" in text
+    assert "there is no interval: no tax is shown" in text
 
 
 def test_conflict_check_does_not_call_an_unresolved_loss_a_tax():
@@ -162,7 +162,7 @@ def test_conflict_check_does_not_call_an_unresolved_loss_a_tax():
                {"key": "d", "per_prompt": {"quality": [0.6, 0.5, 0.3, 0.56], "reward": [0.5] * 4}}]
     out, text = hbat.conflict_check(runs, records)
     assert out["quality"]["low"] < 0 < out["quality"]["high"] and out["quality"]["mean"] == pytest.approx(-0.01)
-    assert "its interval includes no loss: a tax is not shown, not resolved beyond the test prompts' noise." in text
+    assert "its interval includes zero: no tax is shown, not resolved beyond the test prompts' noise." in text
     assert "the alignment tax is there" not in text
 
 

@@ -220,8 +220,8 @@ def conflict_check(runs, records: Sequence[dict] = ()) -> tuple[dict, str]:
             f"reward by {fmt(r['mean'], signed=True)} {fmt_interval(r['low'], r['high'])} relative to SFT alone: "
             + ((f"the alignment tax is there and resolved beyond {noise}." if firm else
                 ("quality falls on average, but there is no interval" if math.isnan(q["high"]) else
-                 "quality falls on average, but its interval includes no loss")
-                + f": a tax is not shown, not resolved beyond {noise}.")
+                 "quality falls on average, but its interval includes zero")
+                + f": no tax is shown, not resolved beyond {noise}.")
                if exists else "no alignment tax in this setting (DPO does not lose quality while gaining reward)."))
     return out, text
 
