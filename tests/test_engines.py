@@ -100,6 +100,47 @@ def test_bf16_engine_samples_a_copy(tiny):
     assert auto.dtype == ("bfloat16" if native_bf16() else "float32")
 
 
+def test_generate_with_an_engine_samples_a_merged_copy_of_a_lora_model(tiny):
+    """sampling.engine: generate() folds the adapter (at its current scaling: ExPO's alpha) into a copy and
+    samples that with our loop; the trained model keeps its weights and its adapter."""
+    from mfnb.expo.lora import lora_extrapolation
+    from mfnb.models import LoraParams, attach_lora, merged_copy
+
+    model, tokenizer = tiny
+    torch.manual_seed(1)
+    lora = attach_lora(__import__("copy").deepcopy(model), LoraParams(r=4, alpha=8))
+    for name, p in lora.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.5)
+    before = {k: v.clone() for k, v in lora.state_dict().items()}
+    sampling = SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=6, batch_size=4,
+                              engine={"kind": "hf", "dtype": "float32"})
+    with lora_extrapolation(lora, 2.0):
+        texts = generate(lora, tokenizer, PROMPTS, sampling, seed=3, show_progress=False)
+        merged = merged_copy(lora)
+    assert all(torch.equal(before[k], v) for k, v in lora.state_dict().items())
+    assert texts == sample(merged, tokenizer, PROMPTS, sampling, seed=3).texts
+    plain = sample(merged_copy(lora), tokenizer, PROMPTS, sampling, seed=3).texts  # alpha 0: another model
+    base = sample(model, tokenizer, PROMPTS, sampling, seed=3).texts
+    assert texts != plain != base
+    ids = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    with torch.no_grad(), lora_extrapolation(lora, 2.0):
+        expected = lora(**ids).logits
+    assert torch.allclose(merged(**ids).logits, expected, atol=1e-4)
+
+
+def test_sampling_engine_stays_out_of_dumps_unless_set():
+    """Cache keys hash SamplingParams dumps: adding the field must not move the keys of runs without it."""
+    assert "engine" not in SamplingParams().model_dump()
+    assert SamplingParams(engine={"kind": "hf"}).model_dump()["engine"]["kind"] == "hf"
+
+
+def test_generate_refuses_a_gguf_engine_for_a_trained_model(tiny):
+    model, tokenizer = tiny
+    with pytest.raises(ParamsError, match=r"sampling\.engine\.kind: 'llamacpp'"):
+        generate(model, tokenizer, PROMPTS, SamplingParams(engine={"kind": "llamacpp"}), show_progress=False)
+
+
 def test_make_engine_names_what_is_missing(tiny):
     model, tokenizer = tiny
     assert make_engine({"kind": "hf"}, model=model, tokenizer=tokenizer).name == "hf"

@@ -391,7 +391,7 @@ class PaperWorld:
         kind = self.engine_kind()
         config = {"model": self.identity(role), "engine": kind,
                   "engine_dtype": self.params.engine_dtype if kind == "hf" else self.params.vllm.get("dtype", "auto"),
-                  "sampling": sampling.model_dump(exclude={"batch_size"}), "seed": seed}
+                  "sampling": sampling.model_dump(exclude={"batch_size", "engine"}), "seed": seed}
         return CandidateStore(paths.cache_dir("paper_responses") / f"{role}-{store_key(**config)}.sqlite", config)
 
     def respond(self, role: str, prompts: Sequence[str], sampling, seed: int = 0, *,

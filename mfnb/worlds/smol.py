@@ -210,6 +210,7 @@ class SmolWorld:
         from mfnb.engines import make_engine
         from mfnb.worlds.best_of_k import BestOfK
 
+        sampling = sampling.model_copy(update={"engine": None})  # the world's own engine samples (params.engine)
         name = json.dumps([sampling.model_dump(exclude={"batch_size"}), seed, stream], sort_keys=True)
         if name not in self._samplers:
             engine = make_engine(self.params.engine, model=self._frozen(), tokenizer=self.tokenizer)
