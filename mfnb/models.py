@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from mfnb.progress import progress as progress_bar
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
@@ -35,8 +35,17 @@ class SamplingParams(Params):
     batch_size: int = Field(default=128, ge=1)
     # which decoder samples a trained model in :func:`generate`: None is transformers' ``generate``; an engine
     # (``{kind: hf, dtype: auto}``) is our decode loop on a merged copy (LoRA folded in, bf16 where native),
-    # about 1.8x faster on SmolLM2 on 2 CPU cores. Left out of dumps when None, so cache keys made before it stay
+    # 1.64x the tokens/s on SmolLM2 on 2 CPU cores (benchmarks/bench_trained_sampling.py). Left out of dumps
+    # when None, so cache keys made before it stay
     engine: "EngineParams | None" = Field(default=None, exclude_if=lambda v: v is None)
+
+    @field_validator("engine")
+    @classmethod
+    def _hf_engine_only(cls, engine):
+        if engine is not None and engine.kind != "hf":
+            raise ValueError(f"kind {engine.kind!r} samples a GGUF file, not a trained model; use 'hf' (our decode "
+                             "loop) or leave the engine out (transformers' generate)")
+        return engine
 
 
 class LoraParams(Params):
@@ -269,17 +278,10 @@ def merged_copy(model, dtype: torch.dtype | None = None):
 def _generate_with_engine(model, tokenizer, prompts: list[str], sampling: SamplingParams, *, seed: int,
                           show_progress: bool) -> list[str]:
     from mfnb.engines import make_engine
-    from mfnb.engines.hf import native_bf16
-    from mfnb.params import ParamsError
+    from mfnb.engines.hf import resolve_dtype
 
-    spec = sampling.engine
-    if spec.kind != "hf":
-        raise ParamsError(f"sampling.engine.kind: {spec.kind!r} samples a GGUF file, not a trained model; "
-                          f"use 'hf' (our decode loop) or leave sampling.engine out (transformers' generate)")
-    device = next(model.parameters()).device
-    dtype = spec.dtype
-    if dtype == "auto":
-        dtype = "bfloat16" if native_bf16(device) else str(next(model.parameters()).dtype).removeprefix("torch.")
+    spec = sampling.engine  # an hf engine (the field's validator refuses the others)
+    dtype = resolve_dtype(model, spec.dtype)
     frozen = merged_copy(model, getattr(torch, dtype))
     engine = make_engine(spec.model_copy(update={"dtype": dtype}), model=frozen, tokenizer=tokenizer)
     return engine.generate(list(prompts), sampling, seed, show_progress=show_progress).texts

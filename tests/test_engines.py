@@ -135,10 +135,9 @@ def test_sampling_engine_stays_out_of_dumps_unless_set():
     assert SamplingParams(engine={"kind": "hf"}).model_dump()["engine"]["kind"] == "hf"
 
 
-def test_generate_refuses_a_gguf_engine_for_a_trained_model(tiny):
-    model, tokenizer = tiny
-    with pytest.raises(ParamsError, match=r"sampling\.engine\.kind: 'llamacpp'"):
-        generate(model, tokenizer, PROMPTS, SamplingParams(engine={"kind": "llamacpp"}), show_progress=False)
+def test_sampling_refuses_a_gguf_engine_for_a_trained_model():
+    with pytest.raises(ParamsError, match=r"parameter 'engine': Value error, kind 'llamacpp' samples a GGUF file"):
+        SamplingParams.validate_mapping({"engine": {"kind": "llamacpp"}}, source="sampling")
 
 
 def test_make_engine_names_what_is_missing(tiny):

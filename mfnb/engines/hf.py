@@ -227,6 +227,14 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
         return False
 
 
+def resolve_dtype(model, dtype: str) -> str:
+    """``'auto'``: bf16 where it is native on the model's device, else the model's own dtype; others as given."""
+    if dtype != "auto":
+        return dtype
+    param = next(model.parameters())
+    return "bfloat16" if native_bf16(param.device) else str(param.dtype).removeprefix("torch.")
+
+
 class HFEngine:
     """:func:`sample` bound to a model; ``dtype='bfloat16'`` samples from a bf16 copy (the model is untouched);
     ``'auto'``: bf16 where it is native (:func:`native_bf16`), else the model's own dtype."""
@@ -237,9 +245,7 @@ class HFEngine:
         self.tokenizer = tokenizer
         self.threads = threads
         self.compact = compact
-        if dtype == "auto":
-            dtype = "bfloat16" if native_bf16(next(model.parameters()).device) else str(
-                next(model.parameters()).dtype).removeprefix("torch.")
+        dtype = resolve_dtype(model, dtype)
         target = getattr(torch, dtype)
         self.model = model if next(model.parameters()).dtype == target else copy.deepcopy(model).to(target)
         self.dtype = dtype
