@@ -1,5 +1,7 @@
 """What the HbAT conflict worlds share: the seeded split of training prompts into demonstrations and
-preferences, and the scores each reports for a set of responses (so Table 4 means the same in every world)."""
+preferences, and the scores each reports for a set of responses (so Table 4 means the same in every world).
+:class:`ConflictScoring` holds the part of a conflict world that is the same in each: the split, the judge's
+mix of quality and tone, and the scores."""
 from __future__ import annotations
 
 import math
@@ -34,3 +36,32 @@ def conflict_scores(prompts: Sequence[str], responses: Sequence[str], quality: S
     return {"quality": _mean(quality), "reward": _mean(reward),
             "per_prompt": {"quality": quality, "reward": reward, "win_rate": stats.outcome_scores(outcomes).tolist()},
             "win_rate": summary.win_freq, "win_low": low, "win_high": high, "n": summary.n}
+
+
+class ConflictScoring:
+    """Base of a conflict world. A subclass gives ``params`` (``n_sft``, ``n_pref``, ``style_weight``),
+    ``quality``, ``reward``, ``references`` and ``judge_name`` (part of the judge's cache key)."""
+
+    params: object
+    judge_name: str
+
+    def split_prompts(self, train_prompts: Sequence[str], seed: int) -> tuple[list[str], list[str]]:
+        """Disjoint (SFT, preference) prompt sets drawn from the world's training prompts."""
+        return split_prompts(train_prompts, self.params.n_sft, self.params.n_pref, seed)
+
+    def overall(self, prompt: str, response: str) -> float:
+        """The win-rate judge's score: quality and tone mixed by ``style_weight``."""
+        w = self.params.style_weight
+        return (1 - w) * self.quality(prompt, response) + w * self.reward(prompt, response)
+
+    def judge(self, tie_margin: float = 0.05):
+        from mfnb.judges import OracleJudge
+
+        return OracleJudge(self.overall, tie_margin=tie_margin, name=self.judge_name)
+
+    def scores(self, prompts: Sequence[str], responses: Sequence[str], judge=None, delta: float = 0.05) -> dict:
+        """:func:`conflict_scores` under this world's quality, reward and judge."""
+        prompts, responses = list(prompts), list(responses)
+        quality, reward = list(map(self.quality, prompts, responses)), list(map(self.reward, prompts, responses))
+        return conflict_scores(prompts, responses, quality, reward, judge or self.judge(), self.references(prompts),
+                               delta)

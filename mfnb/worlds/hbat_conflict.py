@@ -38,7 +38,7 @@ from pydantic import Field, field_validator
 
 from mfnb.params import Params
 from mfnb.worlds import tasks
-from mfnb.worlds.conflict import conflict_scores, split_prompts
+from mfnb.worlds.conflict import ConflictScoring
 
 
 class ConflictParams(Params):
@@ -81,17 +81,13 @@ def _strip_style(response: str, style: str, position: str = "end") -> tuple[str,
     return text, False
 
 
-class ConflictWorld:
+class ConflictWorld(ConflictScoring):
     """Data sets and scores of the conflict, on a tiny world's training prompts."""
 
     def __init__(self, params: ConflictParams | None = None):
         self.params = params or ConflictParams()
 
     # -- data -----------------------------------------------------------------------------------
-
-    def split_prompts(self, train_prompts: Sequence[str], seed: int) -> tuple[list[str], list[str]]:
-        """Disjoint (SFT, preference) prompt sets drawn from the world's training prompts."""
-        return split_prompts(train_prompts, self.params.n_sft, self.params.n_pref, seed)
 
     def sft_rows(self, prompts: Sequence[str]) -> list[dict]:
         """Demonstrations: the correct answer, plain (never styled)."""
@@ -130,21 +126,6 @@ class ConflictWorld:
         """The preference reward: 1 when the response ends with the style marker."""
         return float(_strip_style(response, self.params.style, self.params.style_position)[1])
 
-    def overall(self, prompt: str, response: str) -> float:
-        """What the oracle judge of the win rate compares (in [0, 1])."""
-        w = self.params.style_weight
-        return (1 - w) * self.quality(prompt, response) + w * self.reward(prompt, response)
-
-    def judge(self, tie_margin: float = 0.05):
-        from mfnb.judges import OracleJudge
-
-        p = self.params
-        name = f"hbat_conflict.overall(style={p.style!r},w={p.style_weight:.6g})"
-        return OracleJudge(self.overall, tie_margin=tie_margin, name=name)
-
-    def scores(self, prompts: Sequence[str], responses: Sequence[str], judge=None, delta: float = 0.05) -> dict:
-        """:func:`mfnb.worlds.conflict.conflict_scores` under this world's quality, reward and judge."""
-        prompts, responses = list(prompts), list(responses)
-        quality, reward = list(map(self.quality, prompts, responses)), list(map(self.reward, prompts, responses))
-        return conflict_scores(prompts, responses, quality, reward, judge or self.judge(), self.references(prompts),
-                               delta)
+    @property
+    def judge_name(self) -> str:
+        return f"hbat_conflict.overall(style={self.params.style!r},w={self.params.style_weight:.6g})"

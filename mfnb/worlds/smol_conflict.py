@@ -28,7 +28,7 @@ from typing import Literal, Sequence
 from pydantic import Field
 
 from mfnb.params import Params
-from mfnb.worlds.conflict import conflict_scores, split_prompts
+from mfnb.worlds.conflict import ConflictScoring
 
 PACKAGE_PIN = "vaderSentiment==3.3.2"
 
@@ -64,7 +64,7 @@ class SmolConflictParams(Params):
     tone: Literal["positive", "negative"] = "positive"
 
 
-class SmolConflict:
+class SmolConflict(ConflictScoring):
     """Data sets and scores of the conflict, on the smol world's training prompts.
 
     ``tasks``: the :class:`mfnb.worlds.instructions.InstructionSet` (the checker); ``sampler``: a
@@ -76,10 +76,6 @@ class SmolConflict:
         self.params = params or SmolConflictParams()
 
     # -- data -----------------------------------------------------------------------------------
-
-    def split_prompts(self, train_prompts: Sequence[str], seed: int) -> tuple[list[str], list[str]]:
-        """Disjoint (SFT, preference) prompt sets drawn from the world's training prompts."""
-        return split_prompts(train_prompts, self.params.n_sft, self.params.n_pref, seed)
 
     def sft_rows(self, prompts: Sequence[str], *, show_progress: bool = False) -> list[dict]:
         """Demonstrations: the best-of-``demo_k`` sample under the checker."""
@@ -121,19 +117,6 @@ class SmolConflict:
         value = sentiment(response)
         return value if self.params.tone == "positive" else 1.0 - value
 
-    def overall(self, prompt: str, response: str) -> float:
-        w = self.params.style_weight
-        return (1 - w) * self.quality(prompt, response) + w * self.reward(prompt, response)
-
-    def judge(self, tie_margin: float = 0.05):
-        from mfnb.judges import OracleJudge
-
-        name = f"smol_conflict.overall(vader-{self.params.tone},w={self.params.style_weight:.6g})"
-        return OracleJudge(self.overall, tie_margin=tie_margin, name=name)
-
-    def scores(self, prompts: Sequence[str], responses: Sequence[str], judge=None, delta: float = 0.05) -> dict:
-        """:func:`mfnb.worlds.conflict.conflict_scores` under this world's quality, reward and judge."""
-        prompts, responses = list(prompts), list(responses)
-        quality, reward = list(map(self.quality, prompts, responses)), list(map(self.reward, prompts, responses))
-        return conflict_scores(prompts, responses, quality, reward, judge or self.judge(), self.references(prompts),
-                               delta)
+    @property
+    def judge_name(self) -> str:
+        return f"smol_conflict.overall(vader-{self.params.tone},w={self.params.style_weight:.6g})"
