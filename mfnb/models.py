@@ -36,7 +36,7 @@ class SamplingParams(Params):
     # which decoder samples a trained model in :func:`generate`: None is transformers' ``generate``; an engine
     # (``{kind: hf, dtype: auto}``) is our decode loop on a merged copy (LoRA folded in, bf16 where native),
     # 1.64x the tokens/s on SmolLM2 on 2 CPU cores (benchmarks/bench_trained_sampling.py). Left out of dumps
-    # when None, so cache keys made before it stay
+    # when None, so cache keys made before it stay the same
     engine: "EngineParams | None" = Field(default=None, exclude_if=lambda v: v is None)
 
     @field_validator("engine")

@@ -7,6 +7,7 @@ import math
 import pytest
 
 from mfnb.worlds.conflict import conflict_scores, split_prompts
+from mfnb.worlds.hbat_conflict import ConflictParams, ConflictWorld
 
 
 class ScriptedJudge:
@@ -51,3 +52,13 @@ def test_split_is_disjoint_seeded_and_checked():
     assert (sft, pref) == split_prompts(prompts, 3, 4, seed=0) != split_prompts(prompts, 3, 4, seed=1)
     with pytest.raises(ValueError, match="n_sft \\+ n_pref = 11 exceeds the 10 training prompts"):
         split_prompts(prompts, 5, 6, seed=0)
+
+
+def test_judge_names_key_the_judge_caches_and_stay_fixed():
+    """The oracle judge's name is part of its cache key: a renamed judge would silently re-judge everything."""
+    from mfnb.worlds.smol_conflict import SmolConflict, SmolConflictParams
+
+    judge = ConflictWorld(ConflictParams(style_weight=0.25)).judge(tie_margin=0.1)
+    assert judge.name == f"hbat_conflict.overall(style={ConflictParams().style!r},w=0.25)" and judge.tie_margin == 0.1
+    smol = SmolConflict(tasks=None, sampler=None, params=SmolConflictParams(style_weight=1 / 3, tone="negative"))
+    assert smol.judge().name == "smol_conflict.overall(vader-negative,w=0.333333)"

@@ -100,6 +100,17 @@ def test_bf16_engine_samples_a_copy(tiny):
     assert auto.dtype == ("bfloat16" if native_bf16() else "float32")
 
 
+def test_resolve_dtype_auto_is_bf16_only_where_native(tiny, monkeypatch):
+    from mfnb.engines import hf
+
+    model, _ = tiny
+    assert hf.resolve_dtype(model, "float32") == "float32" and hf.resolve_dtype(model, "bfloat16") == "bfloat16"
+    monkeypatch.setattr(hf, "native_bf16", lambda device="cpu": False)
+    assert hf.resolve_dtype(model, "auto") == "float32"  # the model's own dtype
+    monkeypatch.setattr(hf, "native_bf16", lambda device="cpu": True)
+    assert hf.resolve_dtype(model, "auto") == "bfloat16"
+
+
 def test_generate_with_an_engine_samples_a_merged_copy_of_a_lora_model(tiny):
     """sampling.engine: generate() folds the adapter (at its current scaling: ExPO's alpha) into a copy and
     samples that with our loop; the trained model keeps its weights and its adapter."""
