@@ -206,3 +206,79 @@ def test_missing_xllamacpp_names_the_package(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "xllamacpp", None)
     with pytest.raises(LlamaCppError, match=r"pip install xllamacpp==2026\.10\.11549"):
         LlamaCppServer(tmp_path / "model.gguf")
+
+
+def test_choose_tokens_draws_follow_the_logits_device():
+    """The uniforms come from CPU generators and move to the logits (a CUDA tensor in real runs; here the
+    meta device, which refuses a CPU operand exactly as CUDA does)."""
+    for top_k, top_p in [(5, 0.9), (5, 1.0), (0, 1.0)]:
+        gens = [torch.Generator().manual_seed(i) for i in range(3)]
+        out = choose_tokens(torch.randn(3, 40, device="meta"), 0.8, top_p, top_k, gens)
+        assert out.device.type == "meta" and out.shape == (3,)
+        for i, g in enumerate(gens):  # exactly one uniform drawn from each row's CPU generator
+            ref = torch.Generator().manual_seed(i)
+            torch.rand((), generator=ref)
+            assert torch.equal(g.get_state(), ref.get_state())
+
+
+def test_engine_copies_only_when_the_dtype_differs(tiny):
+    from mfnb.engines.hf import cast_copy
+
+    model, tokenizer = tiny
+    same = HFEngine(model, tokenizer, dtype="float32")
+    assert same.model is model and not same.copied  # no second copy of a model already in the dtype
+    bf16 = HFEngine(model, tokenizer, dtype="bfloat16")
+    assert bf16.copied and next(model.parameters()).dtype == torch.float32
+    expected = __import__("copy").deepcopy(model).to(torch.bfloat16).state_dict()
+    got = bf16.model.state_dict()
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(model.parameters(), bf16.model.parameters()))
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tied = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True))
+    assert tied.lm_head.weight is tied.model.embed_tokens.weight
+    copy16 = cast_copy(tied, torch.bfloat16)
+    assert copy16.lm_head.weight is copy16.model.embed_tokens.weight and copy16.lm_head.weight.dtype == torch.bfloat16
+    assert copy16.lm_head.weight.requires_grad and tied.lm_head.weight.dtype == torch.float32
+
+
+def test_close_and_close_all_free_the_engines(tiny):
+    from mfnb.engines import close_all, open_engines
+
+    model, tokenizer = tiny
+    a, b = HFEngine(model, tokenizer, dtype="bfloat16"), HFEngine(model, tokenizer, dtype="float32")
+    assert a in open_engines() and b in open_engines()
+    a.close()
+    assert a.closed and a.model is None and a not in open_engines()
+    with pytest.raises(RuntimeError, match="this hf engine was closed"):
+        a.generate(PROMPTS, SamplingParams(max_new_tokens=2))
+    assert close_all() >= 1 and b.closed and not open_engines()
+    assert len(sample(model, tokenizer, PROMPTS, SamplingParams(max_new_tokens=2)).texts) == 4  # the model is kept
+
+
+def test_close_all_for_training_frees_accelerator_engines_and_keeps_cpu_samplers():
+    """Before a training step only engines that hold a GPU close (a vLLM server, a model on CUDA): a world's CPU
+    sampler (llama.cpp, a CPU model) stays open; an engine that does not say counts as holding one."""
+    import mfnb.engines as engines
+
+    class Held:
+        closed = False
+
+        def close(self):
+            self.closed = True
+            engines.untrack(self)
+
+    cpu, gpu, unsaid = Held(), Held(), Held()
+    cpu.holds_accelerator, gpu.holds_accelerator = False, True
+    for engine in (cpu, gpu, unsaid):
+        engines.track(engine)
+    try:
+        assert engines.close_all(accelerator_only=True) >= 2
+        assert gpu.closed and unsaid.closed and not cpu.closed
+        engines.close_all()
+        assert cpu.closed
+    finally:
+        for engine in (cpu, gpu, unsaid):
+            engines.untrack(engine)

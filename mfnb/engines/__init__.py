@@ -6,6 +6,8 @@
   (:mod:`mfnb.engines.hf`): a preallocated KV cache, finished rows dropped from the batch, per-row seeds.
 * ``llamacpp``: llama.cpp (the ``xllamacpp`` wheel) serving a GGUF, in-process or as an OpenAI-compatible
   server on 127.0.0.1 (:mod:`mfnb.engines.llamacpp`).
+* ``served``: any OpenAI-compatible completions server (:mod:`mfnb.engines.served`): vLLM in a venv and process
+  of its own (:mod:`mfnb.engines.vllm_server`), which the ``paper`` world uses on GPUs, or llama.cpp's.
 
 Prompts are text, already chat-templated, as for :func:`mfnb.models.generate`. Both engines draw the
 randomness of each row from its own seed, a hash of (seed, prompt, occurrence of that prompt in the list),
@@ -16,10 +18,16 @@ same distribution, other samples; runs repeat exactly only with the same batchin
 smol world are stored once anyway).
 ``Generation`` also reports what was spent (tokens generated per row, wall seconds), which a cost
 ledger can charge.
+
+Engines hold what training needs back (a vLLM server's share of the GPU, a sampling copy of a model):
+every engine is tracked from its creation until its ``close()``, and :func:`close_all` closes them all, so
+a training step can start with the GPU to itself.
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
+import weakref
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping, Protocol, Sequence
 
@@ -51,6 +59,50 @@ class Engine(Protocol):
     def generate(self, prompts: Sequence[str], sampling, seed: int = 0, *, seeds: Sequence[int] | None = None,
                  show_progress: bool = False) -> Generation:
         """``seeds``: one per row, replacing ``row_seeds(prompts, seed)`` (e.g. to draw only candidates j >= m)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    def close(self) -> None:
+        """Free what the engine holds (idempotent); ``generate`` then raises."""
+
+
+_OPEN: "weakref.WeakSet[Any]" = weakref.WeakSet()  # created and not yet closed; garbage leaves by itself
+
+
+def track(engine):
+    """Register an engine (or a server process) for :func:`close_all`; returns it."""
+    _OPEN.add(engine)
+    return engine
+
+
+def untrack(engine) -> None:
+    """What ``close()`` calls: the engine no longer holds anything."""
+    _OPEN.discard(engine)
+
+
+def open_engines() -> list:
+    return list(_OPEN)
+
+
+def close_all(accelerator_only: bool = False) -> int:
+    """Close every engine created and not yet closed (vLLM server processes stop and free their GPU memory;
+    sampling copies are dropped), e.g. before a training step; returns how many were closed.
+    ``accelerator_only``: only those that hold a GPU (``engine.holds_accelerator``; an engine that does not say
+    counts as holding one), so that CPU samplers a world keeps (llama.cpp, a CPU model) stay open."""
+    engines = [e for e in _OPEN if not accelerator_only or getattr(e, "holds_accelerator", True)]
+    failed = []
+    for engine in engines:
+        try:
+            engine.close()
+        except Exception as err:  # one engine that fails to close must not keep the others open
+            failed.append(err)
+    if failed:
+        raise failed[0]
+    return len(engines)
+
+
+atexit.register(close_all)  # a notebook that ends without closing leaves no vLLM process behind
 
 
 def candidate_seed(seed: int, prompt: str, j: int) -> int:

@@ -16,6 +16,10 @@ Sampling semantics are transformers' (temperature, then top-k, then top-p; ``tem
 greedy), and each row draws from its own ``torch.Generator`` seeded by :func:`mfnb.engines.row_seeds`,
 so in fp32 a row's response does not depend on its batch (in bf16 the kernels change with the batch's
 shape, and so do the draws). The global torch RNG is left untouched.
+
+On a GPU every tensor of the loop lives on the model's device (the KV buffers on each layer's own device);
+the per-row generators stay on the CPU (one uniform per row and step is copied over), so a seed draws the
+same uniforms on every device; only the sampled token ids come back to the CPU, once per step.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from typing import Sequence
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
-from mfnb.engines import Generation, row_seeds
+from mfnb.engines import Generation, row_seeds, track, untrack
 from mfnb.progress import progress as progress_bar
 
 TOP_P_CANDIDATES = 256
@@ -65,6 +69,7 @@ class BufferLayer(DynamicLayer):
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.is_initialized:
+            indices = indices.to(self._k.device)  # a model split over GPUs keeps each layer on its own device
             self._k, self._v = self._k[indices], self._v[indices]
             self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
 
@@ -103,11 +108,12 @@ def _nucleus(values: torch.Tensor, log_z: torch.Tensor, top_p: float) -> torch.T
 
 def choose_tokens(logits: torch.Tensor, temperature: float, top_p: float, top_k: int,
                   generators: Sequence[torch.Generator]) -> torch.Tensor:
-    """One token per row: greedy at temperature 0, else transformers' temperature -> top-k -> top-p, drawn by
-    inverse CDF with exactly one uniform from each row's generator per call."""
+    """One token per row, on the logits' device: greedy at temperature 0, else transformers' temperature ->
+    top-k -> top-p, drawn by inverse CDF with exactly one uniform from each row's generator per call. The
+    generators are CPU ones (the same uniforms on every device); the uniforms follow the logits."""
     if temperature == 0:
         return logits.argmax(-1)
-    u = torch.stack([torch.rand((), generator=g) for g in generators])
+    u = torch.stack([torch.rand((), generator=g) for g in generators]).to(logits.device)
     logits = logits.float() / temperature
     vocab = logits.shape[-1]
     if top_k and top_k < vocab:
@@ -155,9 +161,17 @@ def sample(model, tokenizer, prompts: Sequence[str], sampling, seed: int = 0, *,
     return Generation(texts, counts, time.perf_counter() - start)
 
 
+def _input_device(model) -> torch.device:
+    """Where input ids go: the embedding's device (the first parameter's may be elsewhere in a split model)."""
+    try:
+        return model.get_input_embeddings().weight.device
+    except (AttributeError, NotImplementedError):
+        return next(model.parameters()).device
+
+
 def _decode_batch(model, ids: list[list[int]], seeds: list[int], sampling, stops: set[int], pad: int,
                   compact: float) -> list[tuple[list[int], int]]:
-    device = next(model.parameters()).device
+    device = _input_device(model)
     steps = sampling.max_new_tokens
     unique: dict[tuple[int, ...], int] = {}
     source = [unique.setdefault(tuple(row), len(unique)) for row in ids]  # identical prompts: one prefill
@@ -168,45 +182,44 @@ def _decode_batch(model, ids: list[list[int]], seeds: list[int], sampling, stops
     for r, row in enumerate(prefill_ids):
         input_ids[r, width - len(row):] = torch.tensor(row, dtype=torch.long)
         prefill_mask[r, width - len(row):] = 1
+    input_ids, prefill_mask = input_ids.to(device), prefill_mask.to(device)  # built on the CPU, moved once
     positions = (prefill_mask.cumsum(-1) - 1).clamp(min=0)
     n_layers = model.config.get_text_config(decoder=True).num_hidden_layers
     cache = Cache(layers=[BufferLayer(width + steps) for _ in range(n_layers)])
     cache_kw = {_cache_kwarg(model): cache}
-    out = model(input_ids=input_ids.to(device), attention_mask=prefill_mask.to(device),
-                position_ids=positions.to(device), use_cache=True, logits_to_keep=1, **cache_kw)
-    expand = torch.tensor(source, dtype=torch.long)
-    logits = out.logits[:, -1, :][expand.to(device)]
+    out = model(input_ids=input_ids, attention_mask=prefill_mask, position_ids=positions, use_cache=True,
+                logits_to_keep=1, **cache_kw)
+    expand = torch.tensor(source, dtype=torch.long, device=device)
+    logits = out.logits[:, -1, :][expand.to(out.logits.device)]
     if len(prefill_ids) < b:
-        cache.batch_select_indices(expand.to(device))
-    mask = torch.zeros((b, width + steps), dtype=torch.long)
+        cache.batch_select_indices(expand)
+    mask = torch.zeros((b, width + steps), dtype=torch.long, device=device)  # grows one column per step
     mask[:, :width] = prefill_mask[expand]
     last = positions[expand, -1]
     generators = [torch.Generator().manual_seed(s) for s in seeds]
     alive = list(range(b))  # original row of each current batch row
     produced: list[list[int]] = [[] for _ in range(b)]
     done = [False] * b
-    stop_t = torch.tensor(sorted(stops), dtype=torch.long)
     for t in range(steps):
         tokens = choose_tokens(logits, sampling.temperature, sampling.top_p, sampling.top_k,
-                               [generators[r] for r in alive]).cpu()
-        finished = torch.isin(tokens, stop_t)
-        for row, tok, fin in zip(alive, tokens.tolist(), finished.tolist()):
+                               [generators[r] for r in alive])
+        for row, tok in zip(alive, tokens.tolist()):  # the one device -> host copy of a step
             if not done[row]:
                 produced[row].append(tok)
-                done[row] = fin
+                done[row] = tok in stops
         if t == steps - 1 or all(done[r] for r in alive):
             break
         n_done = sum(done[r] for r in alive)
         if n_done and compact and n_done >= compact * len(alive):
             keep = [k for k, r in enumerate(alive) if not done[r]]
-            index = torch.tensor(keep, dtype=torch.long)
-            cache.batch_select_indices(index.to(device))
-            mask, last, tokens = mask[index], last[index], tokens[index]
+            index = torch.tensor(keep, dtype=torch.long, device=device)
+            cache.batch_select_indices(index)
+            mask, last, tokens = mask[index], last[index], tokens[index.to(tokens.device)]
             alive = [alive[k] for k in keep]
         mask[:, width + t] = 1
         last = last + 1
-        out = model(input_ids=tokens.unsqueeze(-1).to(device), attention_mask=mask[:, :width + t + 1].to(device),
-                    position_ids=last.unsqueeze(-1).to(device), use_cache=True, **cache_kw)
+        out = model(input_ids=tokens.unsqueeze(-1).to(device), attention_mask=mask[:, :width + t + 1],
+                    position_ids=last.unsqueeze(-1), use_cache=True, **cache_kw)
         logits = out.logits[:, -1, :]
     results = []
     for row in range(b):
@@ -235,9 +248,28 @@ def resolve_dtype(model, dtype: str) -> str:
     return "bfloat16" if native_bf16(param.device) else str(param.dtype).removeprefix("torch.")
 
 
+def cast_copy(model, dtype: torch.dtype):
+    """A copy of ``model`` whose floating-point parameters and buffers are ``dtype`` (as ``.to(dtype)`` casts
+    them), made tensor by tensor: the extra memory is the copy itself (on a 7B fp32 model, a 14 GB bf16
+    copy), never a full-precision duplicate cast afterwards. Tied weights stay tied."""
+    memo: dict[int, torch.Tensor] = {}
+    for tensor in list(model.parameters()) + list(model.buffers()):
+        if id(tensor) in memo or not tensor.is_floating_point():
+            continue
+        cast = tensor.detach().to(dtype, copy=True)
+        memo[id(tensor)] = torch.nn.Parameter(cast, requires_grad=tensor.requires_grad) \
+            if isinstance(tensor, torch.nn.Parameter) else cast
+    return copy.deepcopy(model, memo)
+
+
 class HFEngine:
-    """:func:`sample` bound to a model; ``dtype='bfloat16'`` samples from a bf16 copy (the model is untouched);
-    ``'auto'``: bf16 where it is native (:func:`native_bf16`), else the model's own dtype."""
+    """:func:`sample` bound to a model. ``dtype='auto'``: bf16 where it is native (:func:`native_bf16`), else the
+    model's own dtype. When the model already has that dtype the engine samples the model itself (no copy);
+    otherwise it samples a copy in that dtype (:func:`cast_copy`: a second model in memory, on the model's
+    device, until :meth:`close`), and the model is untouched.
+
+    The KV buffers of a batch take ``2 * layers * kv_heads * head_dim * bytes * batch * (longest prompt +
+    max_new_tokens)``: on a 7B Llama-2 in bf16 (no GQA), 0.5 MB a position, 27 GB for 64 rows of 600 + 256."""
 
     name = "hf"
 
@@ -247,12 +279,36 @@ class HFEngine:
         self.compact = compact
         dtype = resolve_dtype(model, dtype)
         target = getattr(torch, dtype)
-        self.model = model if next(model.parameters()).dtype == target else copy.deepcopy(model).to(target)
+        self.copied = next(model.parameters()).dtype != target
+        self.model = cast_copy(model, target) if self.copied else model
         self.dtype = dtype
+        track(self)
+
+    @property
+    def closed(self) -> bool:
+        return self.model is None
+
+    @property
+    def holds_accelerator(self) -> bool:
+        return self.model is not None and next(self.model.parameters()).device.type != "cpu"
 
     def generate(self, prompts, sampling, seed: int = 0, *, seeds=None, show_progress: bool = False) -> Generation:
         from mfnb.models import torch_threads
 
+        if self.model is None:
+            raise RuntimeError("this hf engine was closed (mfnb.engines.close_all or close()); make a new one")
         with torch_threads(self.threads):
             return sample(self.model, self.tokenizer, prompts, sampling, seed, seeds=seeds, compact=self.compact,
                           show_progress=show_progress)
+
+    def close(self) -> None:
+        """Drop the engine's reference to its model (the copy, when it made one, is freed with it); on a GPU,
+        hand the freed blocks back to the driver, for training processes of their own."""
+        model, self.model = self.model, None
+        untrack(self)
+        if model is not None and next(model.parameters()).is_cuda:
+            del model
+            import gc
+
+            gc.collect()
+            torch.cuda.empty_cache()

@@ -8,7 +8,8 @@ the model's Hugging Face tokenizer) with the same sampling (temperature, then to
 other samplers switched off), ``parallel`` requests at a time, which llama.cpp batches continuously.
 Each row's seed is :func:`mfnb.engines.row_seeds` (low 32 bits), so a response depends on its prompt and
 seed only. The draws are llama.cpp's own, so the texts differ from the hf engine's for the same seed; and
-the GGUF is Q4_1-quantised while the hf engine runs its dequantised fp32 copy.
+the GGUF is Q4_1-quantised while the hf engine runs its dequantised fp32 copy. With ``server=True`` the
+requests go over HTTP through :class:`mfnb.engines.served.ServedEngine`, the client that also talks to vLLM.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from mfnb.engines import Generation, row_seeds
+from mfnb.engines import Generation, row_seeds, track, untrack
 from mfnb.progress import progress as progress_bar
 
 PACKAGE_PIN = "xllamacpp==2026.10.11549"
@@ -102,6 +103,10 @@ class LlamaCppServer:
         except urllib.error.HTTPError as err:
             raise LlamaCppError(f"llama.cpp answered HTTP {err.code}: {err.read()[:500]!r}") from err
 
+    @property
+    def closed(self) -> bool:
+        return getattr(self, "_server", None) is None
+
     def close(self) -> None:
         server, self._server = getattr(self, "_server", None), None
         if server is not None:
@@ -114,30 +119,48 @@ class LlamaCppServer:
         self.close()
 
 
+# transformers' order and nothing else: llama.cpp's defaults add min_p 0.05 and top_k 40
+SAMPLER_FIELDS: dict[str, Any] = {
+    "samplers": ["temperature", "top_k", "top_p"],
+    "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0, "presence_penalty": 0.0,
+    "frequency_penalty": 0.0, "dry_multiplier": 0.0, "xtc_probability": 0.0, "top_n_sigma": -1.0,
+    "cache_prompt": True,
+}
+
+
 def completion_request(prompt_ids: list[int], sampling, seed: int) -> dict[str, Any]:
     """A llama.cpp completion request equivalent to :class:`mfnb.models.SamplingParams` in transformers."""
-    request: dict[str, Any] = {
-        "prompt": prompt_ids, "max_tokens": sampling.max_new_tokens, "seed": seed & 0xFFFFFFFF,
-        "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
-        # transformers' order and nothing else: llama.cpp's defaults add min_p 0.05 and top_k 40
-        "samplers": ["temperature", "top_k", "top_p"],
-        "min_p": 0.0, "typical_p": 1.0, "repeat_penalty": 1.0, "presence_penalty": 0.0,
-        "frequency_penalty": 0.0, "dry_multiplier": 0.0, "xtc_probability": 0.0, "top_n_sigma": -1.0,
-        "cache_prompt": True, "stream": False,
-    }
-    return request
+    return {"prompt": prompt_ids, "max_tokens": sampling.max_new_tokens, "seed": seed & 0xFFFFFFFF,
+            "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": sampling.top_k,
+            **SAMPLER_FIELDS, "stream": False}
 
 
 class LlamaCppEngine:
     """Generation through :class:`LlamaCppServer`, ``parallel`` requests in flight."""
 
     name = "llamacpp"
+    holds_accelerator = False  # llama.cpp here runs on the CPU
 
     def __init__(self, gguf: str | Path, tokenizer, *, parallel: int = 8, threads: int | None = None,
                  server: bool = False, ctx_per_sequence: int = 1024):
         self.tokenizer = tokenizer
         self.http = server
         self.server = LlamaCppServer(gguf, parallel=parallel, threads=threads, ctx_per_sequence=ctx_per_sequence)
+        self._served = None
+        track(self)
+
+    @property
+    def closed(self) -> bool:
+        return self.server.closed
+
+    def served(self):
+        """The OpenAI-compatible client on this server (what ``server=True`` samples with)."""
+        if self._served is None:
+            from mfnb.engines.served import ServedEngine
+
+            self._served = ServedEngine(self.tokenizer, url=self.server.url, concurrency=self.server.parallel,
+                                        seed_bits=32, extra=SAMPLER_FIELDS, name="llama.cpp")
+        return self._served
 
     def generate(self, prompts: Sequence[str], sampling, seed: int = 0, *, seeds: Sequence[int] | None = None,
                  show_progress: bool = False) -> Generation:
@@ -151,14 +174,18 @@ class LlamaCppEngine:
         if too_long:
             raise LlamaCppError(f"{len(too_long)} prompt(s) do not fit ctx_per_sequence="
                                 f"{self.server.ctx_per_sequence} with max_new_tokens={sampling.max_new_tokens}")
-        call = self.server.complete_http if self.http else self.server.complete
+        if self.http:
+            return self.served().generate(prompts, sampling, seeds=seeds, show_progress=show_progress)
         requests = [completion_request(x, sampling, s) for x, s in zip(ids, seeds)]
         with ThreadPoolExecutor(max_workers=self.server.parallel) as pool:
-            results = list(progress_bar(pool.map(call, requests), total=len(requests), desc="llama.cpp",
+            results = list(progress_bar(pool.map(self.server.complete, requests), total=len(requests), desc="llama.cpp",
                                          disable=not show_progress, leave=False))
         texts = [r["choices"][0]["text"].strip() for r in results]
         tokens = [int(r["usage"]["completion_tokens"]) for r in results]
         return Generation(texts, tokens, time.perf_counter() - start)
 
     def close(self) -> None:
+        if self._served is not None:
+            self._served.close()
         self.server.close()
+        untrack(self)

@@ -1,4 +1,11 @@
-"""Sampling through vLLM, with the interface and sampling parameters of :func:`mfnb.models.generate`.
+"""Sampling through vLLM inside this process, with the interface and sampling of :func:`mfnb.models.generate`.
+
+Nothing in the project's own runs uses this engine any more: the ``paper`` world serves vLLM from a venv and
+process of its own (:mod:`mfnb.engines.vllm_server`, :mod:`mfnb.engines.served`), because vLLM pins its own
+torch and transformers and its GPU memory is only given back when its process ends. What this engine still
+does that the served one does not: LoRA adapters per call on one loaded base model, in a script that runs
+inside a vLLM venv (``benchmarks/bench_vllm.py``, ``tests/test_vllm_engine.py``). It is tracked by
+:func:`mfnb.engines.close_all` like every engine.
 
 One :class:`VLLMEngine` holds one base model; LoRA adapters (PEFT folders, as :func:`mfnb.models.save_adapter`
 writes them) are applied per call through vLLM's ``LoRARequest``, so a student's successive adapters share
@@ -20,6 +27,7 @@ from typing import Sequence
 
 from pydantic import Field
 
+from mfnb.engines import track, untrack
 from mfnb.models import ModelLoadError, SamplingParams
 from mfnb.params import Params
 
@@ -85,6 +93,11 @@ class VLLMEngine:
             raise ModelLoadError(f"vLLM cannot load model {self.model!r}: {err}") from err
         self.tokenizer = self.llm.get_tokenizer()
         self._adapter_ids: dict[str, int] = {}
+        track(self)
+
+    @property
+    def closed(self) -> bool:
+        return "llm" not in self.__dict__
 
     def _lora_request(self, adapter: str | os.PathLike | None):
         if adapter is None:
@@ -134,6 +147,7 @@ class VLLMEngine:
     def close(self) -> None:
         """Free the engine (and its worker processes, if any)."""
         llm = self.__dict__.pop("llm", None)
+        untrack(self)
         if llm is not None:
             shutdown = getattr(getattr(llm.llm_engine, "engine_core", None), "shutdown", None)
             if callable(shutdown):

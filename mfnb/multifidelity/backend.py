@@ -12,13 +12,17 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import TYPE_CHECKING, Iterator, Mapping, Protocol
 
 import numpy as np
 
-from mfnb.dpo import DPOParams
 from mfnb.models import LoraParams, SamplingParams
-from mfnb.sft import SFTParams
+
+if TYPE_CHECKING:  # annotations only: importing them pulls in datasets (and TRL), which a sampling-only
+    import torch   # install (a GPU node checking the device tests) may lack
+
+    from mfnb.dpo import DPOParams
+    from mfnb.sft import SFTParams
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,12 @@ class Backend(Protocol):
     def sft_update(self, prompts: list[str], completions: list[str], seed: int, sft: SFTParams) -> dict: ...
 
 
+def lora_vector(tensors: Mapping[str, "torch.Tensor"]) -> np.ndarray:
+    """Tensors as one float32 vector, sorted by name; each is copied to the CPU first (numpy reads no CUDA
+    memory), in its own dtype (bf16 has no numpy type: it is widened on the CPU, halving the copy)."""
+    return np.concatenate([tensors[k].detach().cpu().float().flatten().numpy() for k in sorted(tensors)])
+
+
 @contextmanager
 def _quiet_peft() -> Iterator[None]:
     """peft's PeftModel reads transformers' deprecated ``is_gradient_checkpointing`` on every wrap and
@@ -64,6 +74,8 @@ class PolicyBackend:
         self.key = f"{world.key}-{student}"  # part of every run's identity
         self.policy = None
         self.tokenizer = None
+        if hasattr(world, "check"):  # e.g. the paper world: a model not in the hub cache fails now, not hours in
+            world.check()
 
     @property
     def prompts(self) -> Prompts:
@@ -107,7 +119,7 @@ class PolicyBackend:
             from safetensors.torch import load_file
 
             tensors = load_file(str(Path(path) / "adapter_model.safetensors"))
-        return np.concatenate([tensors[k].detach().float().flatten().numpy() for k in sorted(tensors)])
+        return lora_vector(tensors)
 
     def generate_student(self, prompts, seed, sampling):
         from mfnb.models import generate
@@ -136,6 +148,7 @@ class PolicyBackend:
             metrics = train(self.policy, self.tokenizer, rows, lr=sft.lr, batch_size=sft.batch_size, seed=seed,
                             steps=sft.steps, epochs=sft.epochs, warmup_ratio=sft.warmup_ratio,
                             scheduler=sft.scheduler, max_length=sft.max_length,
-                            gradient_accumulation_steps=sft.grad_accum, launch=self.launch)
+                            gradient_accumulation_steps=sft.grad_accum,
+                            gradient_checkpointing=sft.gradient_checkpointing, launch=self.launch)
         metrics["rows_used"] = len(rows)
         return metrics

@@ -212,6 +212,9 @@ class SmolWorld:
 
         sampling = sampling.model_copy(update={"engine": None})  # the world's own engine samples (params.engine)
         name = json.dumps([sampling.model_dump(exclude={"batch_size"}), seed, stream], sort_keys=True)
+        if name in self._samplers and getattr(self._samplers[name].engine, "closed", False):
+            # a training step closed it to free a GPU (mfnb.engines.close_all): the same samples from a new one
+            self._samplers[name].engine = make_engine(self.params.engine, model=self._frozen(), tokenizer=self.tokenizer)
         if name not in self._samplers:
             engine = make_engine(self.params.engine, model=self._frozen(), tokenizer=self.tokenizer)
             stream_seed = int(hashlib.sha256(f"{self.params.seed}-{seed}-{stream}".encode()).hexdigest()[:8], 16)
