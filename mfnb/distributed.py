@@ -36,11 +36,12 @@ from pydantic import Field, field_validator
 from mfnb import paths
 from mfnb.atomic import write_json
 from mfnb.dpo import DPOParams
-from mfnb.models import LoraParams
+from mfnb.models import LoraParams, off_accelerator
 from mfnb.params import Params
 from mfnb.sft import SFTParams
 
 RESULT_FILE = "mfnb_train.json"
+LAUNCH_RECORD = "launches.jsonl"  # one line per launched step, under <cache>/launch/: what ran where, how long
 SHIPPED_CONFIGS = ("ddp", "deepspeed_zero2", "deepspeed_zero3")
 
 
@@ -192,10 +193,13 @@ def _save_data(data: Any, folder: Path) -> str:
     """Rows (list of dicts), a ``datasets.Dataset`` or a path: what the worker processes read."""
     from datasets import Dataset
 
+    from mfnb.sft import quiet_datasets
+
     if isinstance(data, (str, os.PathLike)):
         return str(Path(data).expanduser().resolve())
     dataset = data if isinstance(data, Dataset) else Dataset.from_list(list(data))
-    dataset.save_to_disk(str(folder))
+    with quiet_datasets():
+        dataset.save_to_disk(str(folder))
     return str(folder)
 
 
@@ -233,7 +237,11 @@ def train(spec: TrainSpec | dict, launch: LaunchParams | dict | None = None, *, 
         if spec.torch_threads:
             env["OMP_NUM_THREADS"] = str(spec.torch_threads)
         launched = True
-        _run_logged(cmd, {**os.environ, **env}, log, stream)
+        began = time.perf_counter()
+        try:
+            _run_logged(cmd, {**os.environ, **env}, log, stream)
+        finally:
+            _record_launch(spec, launch, processes, time.perf_counter() - began, ok=(output / RESULT_FILE).is_file())
         shutil.copy(log, output / "launch.log")
         launched = False
         return json.loads((output / RESULT_FILE).read_text())
@@ -241,6 +249,14 @@ def train(spec: TrainSpec | dict, launch: LaunchParams | dict | None = None, *, 
         # a failed launch keeps its folder (spec, data, log) for the error message to point at
         if not (launch.keep_workdir or launched):
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _record_launch(spec: TrainSpec, launch: LaunchParams, processes: int, seconds: float, ok: bool) -> None:
+    """Append the launch to ``<cache>/launch/launches.jsonl`` (a rehearsal's summary counts them)."""
+    line = {"step": spec.step, "processes": processes, "config": launch.config, "seconds": round(seconds, 2),
+            "ok": ok, "time": time.time()}
+    with open(paths.cache_dir("launch") / LAUNCH_RECORD, "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 _WORKER_ERROR = re.compile(r"^(\[rank\d+\]: )?[\w.]*(Error|Exception)\b.*")
@@ -352,6 +368,9 @@ def train_in_place(model, tokenizer, data, step: str, hyper, launch: LaunchParam
     import torch
     from safetensors.torch import load_file
 
+    from mfnb.sft import free_accelerator
+
+    free_accelerator()  # a sampling engine still holding a GPU (vLLM, a bf16 copy) would starve the training processes
     is_peft = hasattr(model, "peft_config")
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     root = paths.cache_dir("launch")
@@ -375,12 +394,11 @@ def train_in_place(model, tokenizer, data, step: str, hyper, launch: LaunchParam
                          show_progress=show_progress, trainable=trainable,
                          penalty=str(tmp / "penalty.safetensors") if penalty is not None and len(penalty) else None,
                          **{step: hyper})
-        result = train(spec, launch, data=data, stream=show_progress)
+        with off_accelerator(model):  # the training processes need the GPUs this process's models occupy
+            result = train(spec, launch, data=data, stream=show_progress)
         out = tmp / "out"
         if is_peft:
-            from peft import set_peft_model_state_dict
-
-            set_peft_model_state_dict(model, load_file(str(out / "adapter_model.safetensors")))
+            read_back_adapter(model, out)
         else:
             state = {}
             for file in sorted(out.glob("*.safetensors")):
@@ -395,6 +413,32 @@ def train_in_place(model, tokenizer, data, step: str, hyper, launch: LaunchParam
         with torch.no_grad():
             model.eval()
     return {**result.get("metrics", {}), "world_size": result.get("world_size"), "launch_seconds": result.get("seconds")}
+
+
+def read_back_adapter(model, folder: Path) -> None:
+    """Load the trained adapter the workers wrote into ``model``'s own adapter, refusing one whose tensors are not
+    exactly the model's (a missing key would leave that tensor untrained without a word)."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    file = folder / "adapter_model.safetensors"
+    if not file.is_file():
+        raise DistributedError(f"launch: the training processes wrote no adapter ({file} missing)")
+    state = load_file(str(file))
+    expected = set(get_peft_model_state_dict(model))
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise DistributedError(f"launch: the adapter in {file} does not match the policy's: missing {len(missing)} "
+                               f"{missing[:3]}, unexpected {len(unexpected)} {unexpected[:3]}")
+    shapes = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    wrong = [k for k in sorted(state) if tuple(state[k].shape) != shapes[k]]
+    if wrong:
+        raise DistributedError(f"launch: the adapter in {file} has other shapes than the policy's: {wrong[:3]}")
+    result = set_peft_model_state_dict(model, state)
+    unexpected = list(getattr(result, "unexpected_keys", None) or [])
+    if unexpected:
+        raise DistributedError(f"launch: peft did not place {len(unexpected)} adapter tensors: {unexpected[:3]}")
+
 
 
 # ------------------------------------------------------------------------------------------- worker
@@ -465,6 +509,19 @@ def _ewc_trainer(kind: str):
     return ewc_trainer_class(kind)
 
 
+def _training_dtype(spec: TrainSpec) -> str:
+    """The dtype the worker loads in. Full fine-tuning under DeepSpeed with bf16 loads in bf16 (DeepSpeed's bf16
+    optimizer keeps fp32 master weights); without DeepSpeed's bf16 it loads in fp32, so that the optimizer updates
+    fp32 weights (bf16 autocast on GPUs, :func:`mfnb.sft.mixed_precision`). LoRA keeps the base as given (frozen;
+    peft keeps the adapter in fp32)."""
+    from mfnb.sft import mixed_precision
+
+    if spec.lora is not None or spec.adapter or spec.dtype not in ("bfloat16", "float16"):
+        return spec.dtype
+    deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    return spec.dtype if deepspeed and mixed_precision() else "float32"
+
+
 def _set_trainable(model, names: list[str] | None) -> None:
     """Only ``names`` train (the caller's model had exactly these trainable); None leaves the model as loaded."""
     if names is None:
@@ -490,7 +547,8 @@ def run_spec(spec: TrainSpec) -> dict:
     if _rank() == 0 and partial.exists():
         shutil.rmtree(partial)
     with torch_threads(spec.torch_threads):
-        model = load_model(spec.model, dtype=spec.dtype, trust_remote_code=spec.trust_remote_code, show_progress=False)
+        model = load_model(spec.model, dtype=_training_dtype(spec), trust_remote_code=spec.trust_remote_code,
+                           show_progress=False)
         tokenizer = load_tokenizer(spec.model, trust_remote_code=spec.trust_remote_code)
         if spec.adapter:
             model = load_adapter(model, spec.adapter, trainable=True)
@@ -524,7 +582,12 @@ def run_spec(spec: TrainSpec) -> dict:
                                 batch_size=_per_device(spec, p.grad_accum, p.batch_size), trainer_kwargs=trainer_kwargs,
                                 trainer_cls=_saving(base, partial), warmup_ratio=p.warmup_ratio,
                                 scheduler=p.scheduler, max_length=p.max_length, show_progress=spec.show_progress,
-                                gradient_accumulation_steps=p.grad_accum, **_backend_overrides())
+                                gradient_accumulation_steps=p.grad_accum, gradient_checkpointing=p.gradient_checkpointing,
+                                **_backend_overrides())
+    import torch
+
+    if torch.cuda.is_available():  # this process's GPU peak (Table 7 compares it across EWC variants)
+        metrics = {**metrics, "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20}
     result = {"metrics": metrics, "world_size": _world_size(), "seconds": time.perf_counter() - start,
               "spec": spec.model_dump()}
     if _rank() == 0:

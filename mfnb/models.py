@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -282,9 +283,41 @@ def _generate_with_engine(model, tokenizer, prompts: list[str], sampling: Sampli
 
     spec = sampling.engine  # an hf engine (the field's validator refuses the others)
     dtype = resolve_dtype(model, spec.dtype)
-    frozen = merged_copy(model, getattr(torch, dtype))
+    frozen = merged_copy(model, getattr(torch, dtype))  # a second model in memory (14 GB for a 7B in bf16) ...
     engine = make_engine(spec.model_copy(update={"dtype": dtype}), model=frozen, tokenizer=tokenizer)
-    return engine.generate(list(prompts), sampling, seed, show_progress=show_progress).texts
+    try:
+        return engine.generate(list(prompts), sampling, seed, show_progress=show_progress).texts
+    finally:
+        engine.close()  # ... freed as soon as the responses are drawn
+
+
+_RESIDENTS: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
+
+
+def resident(model):
+    """Register a model this process keeps loaded across training steps (a reward model, say), so that
+    :func:`off_accelerator` frees its GPU memory while launched training processes need it; returns it."""
+    _RESIDENTS.add(model)
+    return model
+
+
+@contextmanager
+def off_accelerator(*models) -> Iterator[None]:
+    """Within the block ``models`` and every :func:`resident` model wait in host memory (their GPU memory freed
+    for training processes launched meanwhile), then go back to their devices. Models on the CPU stay put."""
+    moved = []
+    for model in dict.fromkeys([*models, *list(_RESIDENTS)]):  # each once, in order
+        param = next(model.parameters(), None)
+        if param is not None and param.device.type != "cpu":
+            moved.append((model, param.device))
+            model.to("cpu")
+    if moved and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    try:
+        yield
+    finally:
+        for model, device in moved:
+            model.to(device)
 
 
 def count_parameters(model, trainable_only: bool = False) -> int:

@@ -27,6 +27,9 @@ class SFTParams(Params):
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     scheduler: str = "cosine"
     max_length: int = Field(default=512, ge=8)
+    # recompute activations in the backward: less memory, ~30% more time; left out of dumps when off, so the
+    # cache keys made before it existed stay the same
+    gradient_checkpointing: bool = Field(default=False, exclude_if=lambda v: not v)
 
 
 @contextmanager
@@ -57,17 +60,52 @@ def quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+def free_accelerator() -> None:
+    """Close every sampling engine (a vLLM server, a bf16 sampling copy) and return this process's cached GPU
+    memory, so that the training step about to start, here or in launched processes, has the GPU."""
+    from mfnb.engines import close_all
+
+    close_all(accelerator_only=True)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def mixed_precision() -> bool:
+    """bf16 autocast where a GPU supports it; fp32 on CPU (the trainers' own default on CPU)."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+@contextmanager
+def fp32_master_weights(model):
+    """Within the block the trainable parameters are fp32 (the optimizer's master weights, with bf16 autocast
+    on a GPU: the papers' mixed precision); afterwards they are cast back to the model's dtype. AdamW on bf16
+    weights loses most updates at lr 1e-5..1e-6: a bf16 weight near 1 moves in steps of 2^-8. LoRA adapters are
+    fp32 already (peft keeps them so), so only full fine-tuning casts anything."""
+    import os
+
+    low = {p.dtype for p in model.parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)}
+    if not low or os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":  # DeepSpeed keeps its own
+        yield model
+        return
+    (dtype,) = low if len(low) == 1 else (torch.bfloat16,)
+    model.float()
+    try:
+        yield model
+    finally:
+        model.to(dtype)
+
+
 def sft_config(output_dir: str, *, lr: float, batch_size: int, seed: int, steps: int | None = None,
                epochs: float = 1.0, warmup_ratio: float = 0.1, scheduler: str = "cosine", max_length: int = 256,
-               show_progress: bool = False, **overrides):
-    """An SFTConfig that works on CPU and GPU alike (bf16 only where a GPU supports it)."""
+               show_progress: bool = False, gradient_checkpointing: bool = False, **overrides):
+    """An SFTConfig that works on CPU (fp32) and GPU (bf16 mixed precision where supported) alike."""
     from trl import SFTConfig
 
     gpu = torch.cuda.is_available()
     kwargs = dict(output_dir=output_dir, learning_rate=lr, per_device_train_batch_size=batch_size,
                   num_train_epochs=epochs, max_steps=steps or -1, warmup_steps=warmup_ratio,
                   lr_scheduler_type=scheduler, seed=seed, data_seed=seed, max_length=max_length,
-                  bf16=gpu and torch.cuda.is_bf16_supported(), activation_checkpointing=False,
+                  bf16=mixed_precision(), activation_checkpointing=gradient_checkpointing,
                   report_to="none", save_strategy="no", logging_steps=50, disable_tqdm=not show_progress,
                   dataloader_pin_memory=gpu, completion_only_loss=True)
     kwargs.update(overrides)
@@ -75,7 +113,7 @@ def sft_config(output_dir: str, *, lr: float, batch_size: int, seed: int, steps:
 
 
 _LAUNCH_FIELDS = {"warmup_ratio": "warmup_ratio", "scheduler": "scheduler", "max_length": "max_length",
-                  "gradient_accumulation_steps": "grad_accum"}
+                  "gradient_accumulation_steps": "grad_accum", "gradient_checkpointing": "gradient_checkpointing"}
 
 
 def train(model, tokenizer, rows: list[dict] | Dataset, *, lr: float, batch_size: int, seed: int,
@@ -91,6 +129,7 @@ def train(model, tokenizer, rows: list[dict] | Dataset, *, lr: float, batch_size
     from mfnb import distributed
 
     dataset = rows if isinstance(rows, Dataset) else Dataset.from_list(rows)
+    free_accelerator()
     active = distributed.active_launch(launch)
     if active is not None:
         show = bool(config_overrides.pop("show_progress", False))
@@ -102,7 +141,7 @@ def train(model, tokenizer, rows: list[dict] | Dataset, *, lr: float, batch_size
         values = {"max_length": 256, **{_LAUNCH_FIELDS[k]: v for k, v in config_overrides.items()}}  # sft_config's
         hyper = SFTParams(lr=lr, batch_size=batch_size, epochs=epochs, steps=steps, **values)
         return distributed.train_in_place(model, tokenizer, dataset, "sft", hyper, active, seed=seed, show_progress=show)
-    with tempfile.TemporaryDirectory(prefix="mfnb-sft-") as out, quiet_datasets():
+    with tempfile.TemporaryDirectory(prefix="mfnb-sft-") as out, quiet_datasets(), fp32_master_weights(model):
         config = sft_config(out, lr=lr, batch_size=batch_size, seed=seed, steps=steps, epochs=epochs,
                             **config_overrides)
         trainer = (trainer_cls or SFTTrainer)(model=model, args=config, train_dataset=dataset,

@@ -199,3 +199,65 @@ def test_failed_workers_raise_with_the_log(setup):
     assert "training processes failed" in message and "launch.log" in message
     assert "no-such-model" in message  # the workers' own error, from the log's last lines
     assert not (root / "never").exists()
+
+
+def _tiny_lora(r: int = 2):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mfnb.models import LoraParams, attach_lora
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=2)
+    return attach_lora(LlamaForCausalLM(config), LoraParams(r=r, alpha=2 * r))
+
+
+def test_adapter_read_back_refuses_missing_unexpected_or_reshaped_tensors(tmp_path):
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    model = _tiny_lora()
+    state = {k: torch.full_like(v, 0.5) for k, v in get_peft_model_state_dict(model).items()}
+    save_file(state, str(tmp_path / "adapter_model.safetensors"))
+    D.read_back_adapter(model, tmp_path)
+    assert all(torch.equal(v, torch.full_like(v, 0.5)) for v in get_peft_model_state_dict(model).values())
+    first = sorted(state)[0]
+    for bad, message in (({k: v for k, v in state.items() if k != first}, r"missing 1 \['" + first.replace(".", r"\.")),
+                         ({**state, "extra.lora_A.weight": torch.zeros(2, 2)}, r"unexpected 1 \['extra"),
+                         ({**state, first: torch.zeros(3, 3)}, r"other shapes than the policy's")):
+        save_file(bad, str(tmp_path / "adapter_model.safetensors"))
+        with pytest.raises(DistributedError, match=message):
+            D.read_back_adapter(model, tmp_path)
+    (tmp_path / "adapter_model.safetensors").unlink()
+    with pytest.raises(DistributedError, match="wrote no adapter"):
+        D.read_back_adapter(model, tmp_path)
+
+
+def test_full_fine_tuning_loads_fp32_master_weights_unless_deepspeed_bf16(monkeypatch):
+    full = TrainSpec(step="sft", model="m", output="o", lora=None, dtype="bfloat16")
+    assert D._training_dtype(full) == "float32"  # no DeepSpeed: fp32 weights, bf16 autocast on a GPU
+    assert D._training_dtype(full.model_copy(update={"lora": {"r": 2}})) == "bfloat16"  # LoRA: base frozen as given
+    assert D._training_dtype(full.model_copy(update={"dtype": "float32"})) == "float32"
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert D._training_dtype(full) == "bfloat16"  # DeepSpeed's bf16 optimizer keeps the fp32 master copy
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert D._training_dtype(full) == "float32"   # DeepSpeed on CPU: no bf16 mixed precision
+
+
+def test_off_accelerator_leaves_a_cpu_model_where_it_is():
+    model = _tiny_lora()
+    param = next(model.parameters())
+    with D.off_accelerator(model):
+        assert next(model.parameters()) is param and param.device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_off_accelerator_frees_the_gpu_while_training_processes_run():
+    from mfnb.models import resident
+
+    model, scorer = _tiny_lora().to("cuda"), resident(_tiny_lora().to("cuda"))
+    with D.off_accelerator(model):
+        assert all(p.device.type == "cpu" for m in (model, scorer) for p in m.parameters())
+    assert all(p.device.type == "cuda" for m in (model, scorer) for p in m.parameters())

@@ -70,3 +70,22 @@ def test_reference_policy_is_base_or_previous_adapter(reference, expect_zero):
     metrics = dpo_update(policy, tokenizer, data, DPOParams(lr=1e-12, batch_size=8, reference=reference,
                                                              warmup_ratio=0.0), seed=1)
     assert (abs(metrics["rewards/chosen"]) < 1e-4) == expect_zero, metrics["rewards/chosen"]
+
+
+
+def test_gradient_checkpointing_is_a_parameter_that_leaves_the_result_unchanged():
+    """Recomputing activations in the backward changes memory, not the update (no dropout here); off, it is left out
+    of the params' dump, so cache keys made before the field existed stay the same."""
+    from peft import get_peft_model_state_dict
+
+    tokenizer = build_tokenizer()
+    data = preference_dataset([PROMPT] * 8, ["cat fox owl"] * 8, ["fox cat owl"] * 8)
+    adapters = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        policy = attach_lora(_new_model(TinyWorldParams(), tokenizer), LoraParams())
+        dpo_update(policy, tokenizer, data, DPOParams(lr=5e-3, batch_size=4, gradient_checkpointing=checkpointing))
+        adapters.append(get_peft_model_state_dict(policy))
+    assert all(torch.allclose(adapters[0][k], adapters[1][k], atol=1e-6) for k in adapters[0])
+    assert "gradient_checkpointing" not in DPOParams().model_dump()
+    assert DPOParams(gradient_checkpointing=True).model_dump()["gradient_checkpointing"] is True

@@ -73,6 +73,10 @@ class RewardModelJudge(PairwiseJudge):
         tokenizer.truncation_side = "left"
         self.tokenizer = tokenizer
         self.model = model.to(self.device).eval()
+        if self.device.type != "cpu":
+            from mfnb.models import resident
+
+            resident(self.model)  # moved off the GPU while launched training runs (mfnb.models.off_accelerator)
         has_template = bool(getattr(tokenizer, "chat_template", None))
         if use_chat_template and not has_template:
             raise ValueError(f"RewardModelJudge: use_chat_template=True but the tokenizer of {self.model_name} "

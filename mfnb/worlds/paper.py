@@ -16,11 +16,15 @@ Params (``world: {kind: paper, data: {...}, roles: {...}}``)::
   its own chat template, cost per response, dtype and ``trust_remote_code`` (off unless set), or
   ``references: true``: a role that answers with the dataset's reference responses (AlpacaEval's GPT-4
   baseline, AlpacaFarm's and TL;DR's references).
-* **respond** renders each prompt in the role's own template and samples through vLLM when it is installed
-  and a GPU is visible (:mod:`mfnb.engines.vllm`), else through transformers (:mod:`mfnb.engines.hf`), with
-  one seed per (prompt, occurrence), so a response depends on its prompt, seed and sampling only. Every
-  response is stored once (SQLite per role, engine, sampling and seed; committed after each chunk): a rerun
-  or a resumed run generates nothing it has, and a killed one loses at most a chunk.
+* **respond** renders each prompt in the role's own template and samples it with one seed per (prompt,
+  occurrence), so a response depends on its prompt, seed and sampling only. ``engine: vllm`` (or ``auto``
+  when ``vllm.python`` names a vLLM venv, or vLLM imports here, and a GPU is visible) serves the role with
+  vLLM in a process of its own (:mod:`mfnb.engines.vllm_server`, requests by :mod:`mfnb.engines.served`),
+  started at the role's first sample and stopped by :meth:`PaperWorld.close`, by switching roles, by
+  :func:`mfnb.engines.close_all` (before training), or after every call (``vllm.lifetime: per_call``); else
+  our transformers loop (:mod:`mfnb.engines.hf`). Every response is stored once (SQLite per role, engine,
+  sampling and seed; committed after each chunk): a rerun or a resumed run generates nothing it has, and a
+  killed one loses at most a chunk.
 * **quality** is None (no known quality: the judges are LLMs and reward models). Capabilities:
   ``preference_pairs`` (the dataset's own pairs, e.g. UltraFeedback binarized for ExPO), ``reward_model``
   (a hub sequence classifier such as RM-Mistral-7B, resolved to a local folder) and ``conflict`` (HbAT's
@@ -29,7 +33,6 @@ Params (``world: {kind: paper, data: {...}, roles: {...}}``)::
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 from functools import cached_property
 from pathlib import Path
@@ -38,6 +41,8 @@ from typing import Annotated, Any, Literal, Mapping, Sequence, Union
 from pydantic import Field, model_validator
 
 from mfnb import paths
+from mfnb.engines import vllm_server
+from mfnb.engines.vllm_server import VLLMServerParams
 from mfnb.params import Params, ParamsError
 from mfnb.worlds import hub_data, hub_models
 from mfnb.worlds.hub_data import DataSource
@@ -119,9 +124,9 @@ class PaperWorldParams(Params):
     data: DataParams
     roles: dict[str, RoleSpec] = Field(min_length=1)
     prompt_role: str = "student"
-    engine: Literal["auto", "vllm", "hf"] = "auto"   # auto: vLLM when installed and a GPU is visible
+    engine: Literal["auto", "vllm", "hf"] = "auto"   # auto: vLLM when it can run (vllm.python) and a GPU is visible
     engine_dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # hf sampler (auto: bf16 where native)
-    vllm: dict[str, Any] = Field(default_factory=dict)  # mfnb.engines.vllm.VLLMParams
+    vllm: VLLMServerParams = Field(default_factory=VLLMServerParams)  # python (its venv), gpu_memory_utilization...
     device: Literal["auto", "cpu", "cuda"] = "auto"
     torch_threads: int | None = Field(default=None, ge=1)
     chunk: int = Field(default=1024, ge=1)         # responses stored after each chunk
@@ -152,6 +157,8 @@ class PaperWorld:
     def __init__(self, params: PaperWorldParams, source: str = "world"):
         self.params = params
         self.field = source
+        if params.engine == "vllm" or params.vllm.python:  # one clear error now, not at the first sample
+            vllm_server.resolve_python(params.vllm, f"{source}.vllm", f"{source}.engine")
         self._folders: dict[str, Path] = {}
         self._tokenizers: dict[str, Any] = {}
         self._templates: dict[str, str | None] = {}
@@ -178,11 +185,13 @@ class PaperWorld:
         return self.params.roles[role]
 
     def engine_kind(self) -> str:
+        """``vllm`` or ``hf``; ``auto`` is vLLM when it can run (``vllm.python`` set, or vLLM importable here)
+        and a GPU is visible."""
         if self.params.engine != "auto":
             return self.params.engine
         import torch
 
-        return "vllm" if importlib.util.find_spec("vllm") and torch.cuda.is_available() else "hf"
+        return "vllm" if vllm_server.configured(self.params.vllm) and torch.cuda.is_available() else "hf"
 
     def identity(self, role: str) -> dict:
         spec = self._spec(role)
@@ -247,7 +256,18 @@ class PaperWorld:
 
         if self.params.device == "auto":
             return "cuda" if torch.cuda.is_available() else None
+        if self.params.device == "cuda" and not torch.cuda.is_available():
+            raise ParamsError(f"{self.field}.device: cuda, but this machine has no GPU torch can use "
+                              f"(torch {torch.__version__}, CUDA {torch.version.cuda or 'not built in'}); run on a GPU "
+                              f"node or set {self.field}.device: auto (the CPU when no GPU is visible)")
         return None if self.params.device == "cpu" else "cuda"
+
+    def check(self) -> None:
+        """Everything a notebook will need from this world, checked before any work: every role's model (a hub
+        name in the cache or reachable, a causal LM, its chat template), the device, and the data. Each failure
+        is one error naming the params field and the fix."""
+        self._device()
+        self.build(show_progress=False)
 
     def load(self, role: str):
         """A fresh, trainable (model, tokenizer) of a role (on the GPU when one is visible)."""
@@ -352,17 +372,20 @@ class PaperWorld:
     # -- responses ---------------------------------------------------------------------------------
 
     def _engine(self, role: str):
-        """The sampler of ``role``; one at a time (switching roles frees the previous model)."""
-        if self._responder is not None and self._responder[0] == role:
+        """The sampler of ``role``; one at a time (switching roles frees the previous model or server)."""
+        if self._responder is not None and self._responder[0] == role and not self._responder[1].closed:
             return self._responder[1]
         self.close()
         spec = self._spec(role)
         if self.engine_kind() == "vllm":
-            from mfnb.engines.vllm import VLLMEngine, VLLMParams
+            from mfnb.engines.served import ServedEngine
+            from mfnb.engines.vllm_server import VLLMServer
 
-            vparams = VLLMParams.validate_mapping({"trust_remote_code": spec.trust_remote_code, **self.params.vllm},
-                                                  source=f"{self.field}.vllm")
-            engine = VLLMEngine(self.folder(role), vparams)
+            v = self.params.vllm
+            server = VLLMServer(self.folder(role), v, trust_remote_code=spec.trust_remote_code, name=role,
+                                field=f"{self.field}.vllm")
+            engine = ServedEngine(self.tokenizer(role), server=server, concurrency=v.concurrency,
+                                  timeout=v.request_timeout, retries=v.retries, name=f"vLLM {role}")
         else:
             from mfnb.engines.hf import HFEngine
             from mfnb.models import load_model
@@ -375,22 +398,25 @@ class PaperWorld:
         return engine
 
     def close(self) -> None:
-        """Free the loaded sampler (its model and engine)."""
+        """Free the sampler: the hf engine's model, or the vLLM server process (and its GPU memory)."""
         if self._responder is not None:
             engine = self._responder[1]
             self._responder = None
-            if hasattr(engine, "close"):
-                engine.close()
+            engine.close()
             import gc
 
             gc.collect()
+            import torch
+
+            if torch.cuda.is_available() and torch.cuda.is_initialized():
+                torch.cuda.empty_cache()
 
     def _store(self, role: str, sampling, seed: int):
         from mfnb.worlds.best_of_k import CandidateStore, store_key
 
-        kind = self.engine_kind()
+        kind = self.engine_kind()  # vllm: the same key as the in-process engine had (same seeds, same sampler)
         config = {"model": self.identity(role), "engine": kind,
-                  "engine_dtype": self.params.engine_dtype if kind == "hf" else self.params.vllm.get("dtype", "auto"),
+                  "engine_dtype": self.params.engine_dtype if kind == "hf" else self.params.vllm.dtype,
                   "sampling": sampling.model_dump(exclude={"batch_size", "engine"}), "seed": seed}
         return CandidateStore(paths.cache_dir("paper_responses") / f"{role}-{store_key(**config)}.sqlite", config)
 
@@ -420,18 +446,17 @@ class PaperWorld:
                 engine = self._engine(role)
                 rendered = [self.render(role, t) for t, _ in part]
                 seeds = [candidate_seed(seed, t, j) for t, j in part]
-                if self.engine_kind() == "vllm":
-                    out, tokens = engine.generate(rendered, sampling, seeds=seeds, show_progress=False), [0] * len(part)
-                else:
-                    generation = engine.generate(rendered, sampling, seeds=seeds)
-                    out, tokens = generation.texts, generation.new_tokens
-                new = [(t, Candidate(j, text, n, 0.0)) for (t, j), text, n in zip(part, out, tokens)]
+                generation = engine.generate(rendered, sampling, seeds=seeds)
+                new = [(t, Candidate(j, text, n, 0.0))
+                       for (t, j), text, n in zip(part, generation.texts, generation.new_tokens)]
                 store.put(new)
                 for t, c in new:
                     have[t][c.j] = c
             return [have[t][j].text for t, j in rows]
         finally:
             store.close()
+            if self.params.vllm.lifetime == "per_call" and self.engine_kind() == "vllm":
+                self.close()
 
     # -- capabilities ------------------------------------------------------------------------------
 
