@@ -57,7 +57,7 @@ def offline(stand_ins, tmp_path, monkeypatch):
 def rm_static_world(tmp_path, **changes):
     spec = fx.paper_world_spec("01_fidelity_winrates", ROOT, source=str(fx.rm_static(tmp_path / "rm-static")))
     spec["data"].update(n_validation=4, n_test=6)
-    spec.update(engine="hf", engine_dtype="float32", **changes)
+    spec.update({"engine": "hf", "engine_dtype": "float32", **changes})
     return make_world(spec)
 
 
@@ -248,3 +248,128 @@ def test_hbat_conflict_on_alpaca_farm(tmp_path):
     assert math.isfinite(runs["reward"].iloc[0]) and math.isnan(runs["quality"].iloc[0])
     with pytest.raises(ParamsError, match=r"conflict.n_sft: 99 asked, alpaca_farm has 12"):
         world.conflict({**values["conflict"], "n_sft": 99})
+
+
+# -- the served vLLM engine, through a fake vLLM venv (tests/test_served_engine.py) ----------------------------
+
+@pytest.fixture
+def fake_vllm(tmp_path) -> str:
+    from test_served_engine import fake_vllm_python
+
+    return str(fake_vllm_python(tmp_path / "fake-vllm-venv"))
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_vllm_without_vllm_is_one_error_naming_the_field_before_anything_runs(tmp_path):
+    with pytest.raises(ParamsError, match=r"world.engine: vllm needs vLLM, which is not installed here; set "
+                                          r"world.vllm.python to the python of a venv with vLLM .*pip install vllm.*"
+                                          r"or set world.engine: hf"):
+        rm_static_world(tmp_path, engine="vllm")
+    with pytest.raises(ParamsError, match=r"world.vllm.python: /nowhere/python is not an executable python"):
+        rm_static_world(tmp_path, engine="auto", vllm={"python": "/nowhere/python"})
+    with pytest.raises(ParamsError, match=r"world: unknown parameter 'vllm.gpu_memory_utilisation' \(did you mean "
+                                          r"'gpu_memory_utilization'\?\)"):
+        rm_static_world(tmp_path, vllm={"gpu_memory_utilisation": 0.5})
+
+
+def test_auto_engine_serves_vllm_only_where_a_gpu_is_visible(tmp_path, fake_vllm, monkeypatch):
+    import torch
+
+    world = rm_static_world(tmp_path, engine="auto", vllm={"python": fake_vllm})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert world.engine_kind() == "hf"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert world.engine_kind() == "vllm"
+    assert rm_static_world(tmp_path, engine="auto").engine_kind() == "hf"  # no vLLM anywhere: hf
+
+
+def test_store_keys_of_the_hf_engine_and_of_served_vllm(tmp_path, fake_vllm):
+    """The hf key is what it always was (existing stores stay valid); the served vLLM's is the key the in-process
+    vLLM engine had: the role's identity, engine vllm, vLLM's dtype, the sampling and the seed."""
+    from mfnb.worlds.best_of_k import store_key
+
+    sampling = SAMPLING.model_dump(exclude={"batch_size", "engine"})
+    for changes, engine, dtype in [({}, "hf", "float32"), ({"engine": "vllm", "vllm": {"python": fake_vllm}},
+                                                            "vllm", "auto")]:
+        world = rm_static_world(tmp_path, **changes)
+        store = world._store("mistral", SAMPLING, 3)
+        store.close()
+        config = {"model": world.identity("mistral"), "engine": engine, "engine_dtype": dtype,
+                  "sampling": sampling, "seed": 3}
+        assert store.path.name == f"mistral-{store_key(**config)}.sqlite"
+
+
+def test_respond_through_served_vllm_starts_stores_and_closes(tmp_path, fake_vllm, monkeypatch):
+    from mfnb.engines import candidate_seed, close_all
+
+    world = rm_static_world(tmp_path, engine="vllm", vllm={"python": fake_vllm, "gpu_memory_utilization": 0.6})
+    prompts = world.prompts["validation"]
+    tokenizer = world.tokenizer("llama3")
+    out = world.respond("llama3", prompts + prompts[:1], SAMPLING, seed=3)
+    texts = [world.query(p) for p in prompts + prompts[:1]]
+    js = [0] * len(prompts) + [1]
+    lengths = [len(tokenizer(world.render("llama3", t), add_special_tokens=False)["input_ids"]) for t in texts]
+    assert out == [f"len={n} seed={candidate_seed(3, t, j)} t=0.7" for n, t, j in zip(lengths, texts, js)]
+    server = world._responder[1].server
+    assert server.model_name == "llama3" and _alive(server.process.pid)
+    with monkeypatch.context() as patch:  # everything is stored now
+        patch.setattr(world, "_engine", lambda role: (_ for _ in ()).throw(AssertionError("regenerated")))
+        assert world.respond("llama3", prompts[::-1], SAMPLING, seed=3) == out[:len(prompts)][::-1]
+    pid = server.process.pid
+    assert close_all() >= 1 and not _alive(pid)  # what a training step calls first
+    again = world.respond("llama3", prompts[:2], SAMPLING, seed=9)  # a fresh server for new samples
+    pid = world._responder[1].server.process.pid
+    assert len(again) == 2 and _alive(pid)
+    world.close()
+    assert not _alive(pid) and world._responder is None
+
+    per_call = rm_static_world(tmp_path, engine="vllm", vllm={"python": fake_vllm, "lifetime": "per_call"})
+    per_call.respond("mistral", prompts[:1], SAMPLING, seed=11)
+    assert per_call._responder is None  # stopped at the end of the call
+
+
+def test_judges_and_reward_models_read_the_datasets_question_not_the_template(tmp_path):
+    """The student reads Vicuna's template (its system line, USER/ASSISTANT turns, </s>); the judge of 01-03 and
+    ExPO's reward model read the rm-static dialogue itself."""
+    from mfnb import evaluation, expo
+    from mfnb.rehearsal.endpoint import JudgeEndpoint, stub_answer
+
+    world = rm_static_world(tmp_path)
+    prompt = world.prompts["validation"][0]
+    assert prompt.startswith("<s>A chat between") and "</s>" in prompt
+    with JudgeEndpoint(stub_answer, key="sk-test") as endpoint, pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MFNB_TEST_KEY", "sk-test")
+        judge = evaluation.world_judge(world, {"kind": "openai", "model": "gpt-4o", "base_url": endpoint.url,
+                                               "api_key_env": "MFNB_TEST_KEY", "cache": False})
+        text = judge.render(prompt, "answer a", "answer b")
+    assert world.query(prompt) in text and "A chat between" not in text and "</s>" not in text
+    rm = expo.reward_judge(world, {"name": "weqweasdas/RM-Mistral-7B"})
+    scored, _ = rm.format_text(prompt, "an answer")
+    assert "Human: tell me about" in scored and "A chat between" not in scored
+
+
+def test_a_missing_model_or_gpu_is_named_before_any_training(tmp_path):
+    from mfnb.multifidelity import PolicyBackend
+
+    spec = fx.paper_world_spec("02_multifidelity_traces", ROOT, source=str(fx.rm_static(tmp_path / "rm-static")))
+    spec["data"].update(n_validation=2, n_test=2)
+    spec["roles"]["qwen2"]["model"] = "Qwen/Qwen2-72B-Instruct"  # the third expert: sampled hours into a run
+    with pytest.raises(HubModelError, match=r"world.roles.qwen2.model: hub model 'Qwen/Qwen2-72B-Instruct' cannot be "
+                                            r"loaded: the hub is offline"):
+        PolicyBackend(make_world(spec), "student")
+    import torch
+
+    if not torch.cuda.is_available():
+        world = make_world({**spec, "device": "cuda"})
+        with pytest.raises(ParamsError, match=r"world.device: cuda, but this machine has no GPU .*set world.device: "
+                                              r"auto"):
+            world.load("student")
