@@ -317,3 +317,171 @@ def test_run_hbat_keeps_best_validation_checkpoint_without_store():
     assert run.selected == 1                 # the best DPO-stage checkpoint (sft stages are not candidates)
     for k, v in model.state_dict().items():
         assert torch.equal(v, states[1][k])
+
+
+# -- the penalty follows its parameters (the launched workers: built on CPU, then moved and cast) ----------
+
+
+def _built_then_moved(dtype, elementwise: bool):
+    """A penalty built on a float32 model, the model then cast to ``dtype`` (as DDP / DeepSpeed move and cast
+    the workers' parameters after the penalty is built), and moved away from the anchors by 0.5."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    names = ["0.weight", "0.bias", "1.weight"]
+    importance = ({n: torch.rand(p.shape) for n, p in model.named_parameters() if n in names} if elementwise
+                  else {"0.weight": 2.0, "0.bias": 0.5, "1.weight": 1.0})
+    ewc = hbat.EWCParams(lam=0.5, fmax=3.0, importance="fisher" if elementwise else "changes")
+    penalty = hbat.EWCPenalty.from_model(model, importance, ewc)
+    anchors = {n: p.detach().to(torch.float64) for n, p in model.named_parameters()}
+    model.to(dtype)
+    assert float(penalty().detach()) == 0.0             # anchored where it was built, as the training sees it
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for n in names:
+            params[n].add_(0.5)
+    coef = {n: (ewc.coefficient(importance[n]).double() if elementwise else ewc.coefficient(importance[n]))
+            for n in names}
+    moved = {n: params[n].detach().double() - anchors[n].to(params[n].dtype).double() for n in names}
+    expected = sum(0.5 * float((coef[n] * moved[n] ** 2).sum()) for n in names)
+    expected_grad = {n: coef[n] * moved[n] for n in names}
+    return model, penalty, params, names, expected, expected_grad
+
+
+@pytest.mark.parametrize("elementwise", [False, True])
+def test_penalty_follows_its_parameters_to_another_dtype(elementwise):
+    model, penalty, params, names, expected, expected_grad = _built_then_moved(torch.float64, elementwise)
+    value = penalty()
+    assert value.item() == pytest.approx(expected, rel=1e-6)   # the value is summed in float32
+    value.backward()
+    for n in names:
+        assert params[n].grad.dtype == torch.float64
+        torch.testing.assert_close(params[n].grad, expected_grad[n].to(torch.float64), rtol=1e-12, atol=0)
+    assert all(a.dtype == torch.float64 for a in penalty.anchors)
+    if elementwise:
+        assert all(c.dtype == torch.float64 for c in penalty.coefs)
+    assert params["1.bias"].grad is None                  # a tensor without importance is not penalised
+
+
+@pytest.mark.parametrize("elementwise", [False, True])
+def test_penalty_after_a_cast_to_bf16(elementwise):
+    """Parameters cast to bf16 after the penalty was built: the anchors are cast alike (the penalty starts at
+    zero instead of at the rounding), and the fused backward returns bf16 gradients."""
+    model, penalty, params, names, expected, expected_grad = _built_then_moved(torch.bfloat16, elementwise)
+    value = penalty()
+    assert value.dtype == torch.float32 and value.item() == pytest.approx(expected, rel=2e-2)
+    value.backward()
+    for n in names:
+        assert params[n].grad.dtype == torch.bfloat16
+        torch.testing.assert_close(params[n].grad.double(), expected_grad[n], rtol=2e-2, atol=1e-3)
+
+
+def test_fused_backward_with_anchors_of_another_dtype():
+    """Called directly with float32 anchors on bf16 parameters (and the reverse), the fused functions still
+    give each parameter a gradient of its own dtype."""
+    from mfnb.hbat.ewc import _FusedElementwisePenalty, _FusedPenalty
+
+    for param_dtype, anchor_dtype in ((torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)):
+        p = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0], dtype=param_dtype))
+        for coefs, fused in (([2.0], _FusedPenalty), ([torch.full((3,), 2.0, dtype=param_dtype)], _FusedElementwisePenalty)):
+            penalty = hbat.EWCPenalty([p], coefs, ["p"])
+            penalty.anchors = [torch.zeros(3, dtype=anchor_dtype)]
+            p.grad = None
+            value = fused.apply(penalty, p)
+            assert value.item() == pytest.approx(14.0)        # 1/2 * 2 * (1 + 4 + 9)
+            value.backward()
+            assert p.grad.dtype == param_dtype and p.grad.tolist() == [2.0, 4.0, 6.0]
+
+
+# -- where the run store lives, and Table 7 under a launch ---------------------------------------------
+
+
+def test_run_store_defaults_to_the_cache_not_results(tmp_path, monkeypatch):
+    """Stage weights (a full model per stage) are run state: <cache>/runs/<profile>/04_hbat, never results/."""
+    monkeypatch.setenv("MFNB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("MFNB_RESULTS", str(tmp_path / "results"))
+    params = hbat.HbatNotebookParams.for_profile("04_hbat_ablations", "tiny")
+    exp = hbat.HbatExperiment(params)
+    assert exp.store == tmp_path / "cache" / "runs" / "tiny" / "04_hbat"
+    assert not (tmp_path / "results").exists()
+    assert hbat.HbatExperiment(params, store=tmp_path / "elsewhere").store == tmp_path / "elsewhere"
+
+
+def test_table7_trains_under_the_active_launch(monkeypatch):
+    """measure_efficiency writes the launch (the params' or the active `launching` block's) into each fresh
+    process's params; the process hands it to run_hbat and reports the launched stages' costs."""
+    import json
+
+    from mfnb import distributed
+    from mfnb.hbat import efficiency
+
+    params = hbat.HbatNotebookParams.for_profile("04_hbat_ablations", "tiny")
+    specs = []
+
+    def fake_run(cmd, **kwargs):
+        specs.append(json.loads(cmd[-1]))
+        cost = {"method": specs[-1]["method"], "train_seconds": 1.0, "cpu_seconds": 1.0, "importance_seconds": 0.0,
+                "peak_rss_mb": 10.0, "extra_rss_mb": 1.0, "state_mb": 0.0, "cuda_peak_mb": None}
+        return type("P", (), {"returncode": 0, "stdout": "COST " + json.dumps(cost), "stderr": ""})()
+
+    monkeypatch.setattr(efficiency.subprocess, "run", fake_run)
+    efficiency.measure_efficiency(params, methods=["DPO"])
+    assert specs[-1]["params"]["launch"] is None
+    with distributed.launching({"processes": 2, "config": "ddp"}):
+        efficiency.measure_efficiency(params, methods=["DPO"])
+    assert specs[-1]["params"]["launch"] == distributed.LaunchParams(processes=2, config="ddp").model_dump()
+    launched = params.model_copy(update={"launch": distributed.LaunchParams(processes=2, config="deepspeed_zero2")})
+    efficiency.measure_efficiency(launched, methods=["DPO"])
+    assert specs[-1]["params"]["launch"]["config"] == "deepspeed_zero2"
+
+    # the fresh process: its run_hbat gets the launch; launched stages add their world size and workers' costs
+    from mfnb.hbat.store import StageRecord
+
+    seen = {}
+
+    class FakeExperiment:
+        def __init__(self, params, store=None):
+            self.tokenizer = None
+
+        def method_params(self, method, **changes):
+            return hbat.for_method(hbat.HbatParams(), method)
+
+        def data(self, seed):
+            return [], []
+
+        def load_initial(self):
+            return torch.nn.Linear(1, 1)
+
+    def fake_hbat(model, tokenizer, sft_rows, pref_rows, params, *, seed, launch=None):
+        seen["launch"] = launch
+        stage = StageRecord(index=0, kind="sft", part=0, key="k", rows=1, constraint="none", importance_used={},
+                            constrained_tensors=[], change_sums={}, train_seconds=2.0, cpu_seconds=1.0,
+                            train_metrics={"world_size": 2, "launch_seconds": 1.5, "cuda_peak_mb": 123.0})
+        return hbat.HbatRun(params=params, seed=seed, stages=[stage], selected=0, test=None, accumulated={})
+
+    monkeypatch.setattr(efficiency, "HbatExperiment", FakeExperiment)
+    monkeypatch.setattr(efficiency, "run_hbat", fake_hbat)
+    printed = []
+    monkeypatch.setattr("builtins.print", lambda line: printed.append(line))
+    efficiency._cost_worker(json.dumps({**specs[-1], "params": launched.model_dump()}))
+    assert seen["launch"] == launched.launch
+    cost = json.loads(printed[-1][5:])
+    assert cost["world_size"] == 2 and cost["worker_seconds"] == 1.5 and cost["worker_cuda_peak_mb"] == 123.0
+
+
+def test_table7_memory_is_the_training_processes_where_measured():
+    import pandas as pd
+
+    from mfnb.hbat.efficiency import efficiency_table, memory_column
+
+    rows = [{"repeat": 0, "method": m, "train_seconds": t, "cpu_seconds": t, "importance_seconds": 0.0,
+             "peak_rss_mb": 500.0, "extra_rss_mb": 1.0, "state_mb": 1.0, "cuda_peak_mb": None}
+            for m, t in (("DPO", 1.0), ("HbAT", 2.0))]
+    cpu = pd.DataFrame(rows)
+    assert memory_column(cpu)[0] == "peak_rss_mb"
+    table = efficiency_table(cpu)
+    assert "relative_memory" not in table and "cuda_peak_mb" not in table   # a CPU run's table as before
+    launched = cpu.assign(world_size=2, worker_seconds=1.0, worker_peak_rss_mb=900.0,
+                          worker_cuda_peak_mb=[1000.0, 1500.0])
+    assert memory_column(launched) == ("worker_cuda_peak_mb", "peak GPU memory of the training processes")
+    table = efficiency_table(launched).set_index("method")
+    assert table.loc["HbAT", "relative_memory"] == 1.5 and table.loc["HbAT", "relative_peak_rss"] == 1.0

@@ -181,3 +181,73 @@ def test_pairwise_claims_one_seed_pair_over_prompts_where_scores_exist():
     row = [r for r in hbat.pairwise_claims(runs) if r["claim"] == "HbAT beats SFT"][0]
     assert row["per_metric"] == "quality: inconclusive, reward: inconclusive, win_rate: inconclusive"
 
+
+
+def _judge_only(frame, none: bool = False):
+    """The same runs from a world with no known quality (the paper world's `quality = None`)."""
+    return frame.assign(quality=None if none else math.nan)
+
+
+@pytest.mark.parametrize("none", [False, True])
+def test_no_known_quality_every_summary_and_claim_says_not_testable(none):
+    """A judge-only world's quality column is all NaN (or None, read back from JSON): every table and statement
+    of notebook 04 still computes, quality-only verdicts are "not testable", the other metrics decide."""
+    from mfnb.hbat import report
+
+    runs = _judge_only(_runs({"SFT": (0.9, 0.0, 0.3), "DPO": (0.4, 0.7, 0.3), "HbAT": (0.6, 0.8, 0.4),
+                              "w/o EWC": (0.6, 0.8, 0.4), hbat.ORIGINAL_EWC: (0.5, 0.8, 0.4)}), none)
+    summary = hbat.seed_summary(runs, by=["method"])
+    assert summary["quality"].isna().all() and summary["reward"].notna().all()
+    assert set(hbat.table4_with_paper(summary)["method"]) == set(runs["method"])
+    assert report.best_methods(summary) == {"quality": "no known quality", "reward": "HbAT", "win_rate": "HbAT"}
+
+    order = hbat.orderings(runs)
+    quality = order[order["metric"] == "quality"]
+    assert len(quality) and set(quality["verdict"]) == {"not testable"} and set(quality["ours"]) == {"no known quality"}
+    assert "not testable" not in set(order.loc[order["metric"] != "quality", "verdict"])
+    statement = hbat.ordering_statement(order)
+    assert f"{len(quality)} are not testable (no known quality)" in statement
+    assert "- quality (paper: pandalm): not testable, no known quality in this world." in statement
+
+    out, text = hbat.conflict_check(runs)
+    assert out["quality"]["verdict"] == "not testable" and out["reward"]["mean"] == pytest.approx(0.7)
+    assert "no known quality" in text and "is not testable here" in text and "+0.700" in text
+
+    rows = {r["claim"]: r for r in hbat.pairwise_claims(runs) + hbat.original_ewc_claims(runs)}
+    beats = rows["HbAT beats two-stage DPO"]   # reward and win rate decide; quality is named as untestable
+    assert beats["per_metric"].startswith("quality: not testable, reward: reproduced")
+    assert "quality: no known quality" in beats["ours"] and beats["verdict"] == "reproduced"
+    assert "quality: no known quality" in rows["the modified EWC matches the original EWC's win rate"]["ours"]
+
+    grid = _judge_only(pd.concat([_grid("N", {1: (0.5, 0.5, 0.5), 2: (0.6, 0.6, 0.5), 5: (0.4, 0.5, 0.6)}),
+                                  _grid("Fmax", {1.0: (0.5, 0.5, 0.5), 50.0: (0.6, 0.6, 0.6)}),
+                                  _grid("DPO", {math.nan: (0.4, 0.9, 0.3)})]), none)
+    lines = hbat.figure2_statement(grid)
+    assert "best by quality: no known quality, by reward" in lines
+    claims = {r["claim"]: r for r in hbat.figure2_claims(grid, n_splits=2)}
+    assert claims["too many splits hurt"]["verdict"] == "reproduced"       # on reward, the one testable Figure 2 score
+    assert "quality: not testable" in claims["the best Fmax is 50"]["per_metric"]
+    # a claim made on quality alone has no testable metric
+    assert hbat.figure2_claims(grid, n_splits=2, metrics=("quality",))[0]["verdict"] == "not testable"
+    assert set(hbat.claims_table(list(rows.values()))["verdict"]) <= {*hbat.VERDICTS, "not testable"}
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.close(hbat.plot_tradeoff(summary))
+    plt.close(hbat.plot_figure2(grid))
+
+
+def test_one_seed_without_known_quality_pairs_reward_over_prompts():
+    """One seed and per-prompt scores whose quality is all NaN: the tax is not testable, the reward's change is
+    paired over prompts."""
+    runs = pd.DataFrame([{"method": "SFT", "seed": 0, "quality": math.nan, "reward": 0.3, "win_rate": 0.4, "key": "s"},
+                         {"method": "DPO", "seed": 0, "quality": math.nan, "reward": 0.5, "win_rate": 0.5, "key": "d"}])
+    nan = [math.nan] * 4
+    records = [{"key": "s", "per_prompt": {"quality": nan, "reward": [0.3, 0.2, 0.4, 0.3]}},
+               {"key": "d", "per_prompt": {"quality": nan, "reward": [0.5, 0.5, 0.6, 0.4]}}]
+    out, text = hbat.conflict_check(runs, records)
+    assert out["quality"]["verdict"] == "not testable" and out["reward"]["prompts"] == 4
+    assert "over 4 test prompts, paired" in text and "not testable" in text

@@ -146,3 +146,51 @@ def test_batched_fisher_equals_the_loop_on_the_tiny_world(tiny_world):
     assert set(loop) == set(batched) and len(loop) == len(list(model.parameters()))
     for name in loop:
         assert torch.allclose(loop[name], batched[name], rtol=1e-4, atol=1e-7), name
+
+
+def _reference_fisher(model, tokenizer, rows, kind="sft", max_length=512):
+    """The diagonal empirical Fisher written out: one backward per example, squares summed in float32."""
+    from mfnb.hbat.fisher import RESPONSE_KEY, _example_ids, response_log_prob
+
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    total = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in named.items()}
+    model.eval()
+    for row in rows:
+        ids, prompt_length = _example_ids(tokenizer, row["prompt"], row[RESPONSE_KEY[kind]], max_length)
+        if len(ids) <= prompt_length:
+            continue
+        grads = torch.autograd.grad(response_log_prob(model, ids, prompt_length), list(named.values()), allow_unused=True)
+        for n, g in zip(named, grads):
+            if g is not None:
+                total[n] += g.float() * g.float()
+    return {n: t / len(rows) for n, t in total.items()}
+
+
+def test_fisher_on_a_tiny_llama_equals_the_written_out_estimate(tiny_world):
+    model, tokenizer = tiny_world.load("student")
+    rows = [{"prompt": p, "completion": " one two" * (1 + i % 3)} for i, p in enumerate(tiny_world.prompts["train"][:6])]
+    expected = _reference_fisher(model, tokenizer, rows)
+    loop = empirical_fisher(model, tokenizer, rows, "sft", batch_size=1)
+    batched = empirical_fisher(model, tokenizer, rows, "sft", batch_size=4)
+    assert set(loop) == set(expected)
+    for name in loop:
+        assert torch.equal(loop[name], expected[name]), name               # the same arithmetic, exactly
+        assert torch.allclose(batched[name], expected[name], rtol=1e-4, atol=1e-7), name
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_fisher_keeps_one_float32_accumulator_per_tensor(batch_size, monkeypatch):
+    """One zeros accumulator per parameter for the whole estimate (not one more per batch), divided in place:
+    the returned tensors are those accumulators."""
+    made = []
+    zeros_like = torch.zeros_like
+
+    def counting(*args, **kwargs):
+        made.append(zeros_like(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(torch, "zeros_like", counting)
+    rows = [{"prompt": "x", "completion": " x"}, {"prompt": "x", "completion": " y y"}, {"prompt": "x", "completion": " z"}]
+    fisher = empirical_fisher(TwoParameterLM(), WordTokenizer(), rows, "sft", batch_size=batch_size)
+    assert len(made) == 2 and all(t.dtype == torch.float32 for t in made)
+    assert {t.data_ptr() for t in made} == {t.data_ptr() for t in fisher.values()}

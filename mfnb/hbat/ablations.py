@@ -104,7 +104,11 @@ class HbatNotebookParams(Params):
 
 
 class HbatExperiment:
-    """Runs of the HbAT family on the conflict world, each cached by a key of everything it depends on."""
+    """Runs of the HbAT family on the conflict world, each cached by a key of everything it depends on.
+
+    ``store``: the run store (records, stage weights, Fisher estimates); default
+    ``<cache>/runs/<profile>/04_hbat`` (:func:`mfnb.paths.cache_dir`), never under ``results/``. The keys
+    do not depend on where it is."""
 
     def __init__(self, params: HbatNotebookParams, world=None, store: str | Path | None = None):
         from mfnb import paths
@@ -119,7 +123,9 @@ class HbatExperiment:
         self.hbat = params.hbat
         self.lora = params.lora
         self.sampling = params.sampling
-        self.store = Path(store) if store else paths.results_dir(params.profile, "runs") / "04_hbat"
+        # run state (stage weights: a full model copy per stage; records; Fisher estimates) is cache, not
+        # results: <cache>/runs/<profile>/04_hbat, as notebook 02's run store; ``store`` redirects it
+        self.store = Path(store) if store else paths.cache_dir("runs", params.profile, "04_hbat")
         self.prompts = {"validation": self.world.prompts["validation"][: params.n_validation],
                         "test": self.world.prompts["test"][: params.n_test]}
         self.judge = self.conflict.judge(params.tie_margin)

@@ -165,7 +165,8 @@ def _train_stage(model, tokenizer, kind: str, rows: list[dict], params: HbatPara
         if kind == "sft":
             s = params.sft
             hyper = sft.SFTParams(lr=s.lr, batch_size=s.batch_size, epochs=s.epochs, warmup_ratio=s.warmup_ratio,
-                                  max_length=s.max_length)
+                                  max_length=s.max_length, grad_accum=s.grad_accum,
+                                  gradient_checkpointing=s.gradient_checkpointing)
             rows_or_data = rows
         else:
             hyper = params.dpo
@@ -177,6 +178,7 @@ def _train_stage(model, tokenizer, kind: str, rows: list[dict], params: HbatPara
         s = params.sft
         return sft.train(model, tokenizer, rows, lr=s.lr, batch_size=s.batch_size, seed=seed, epochs=s.epochs,
                          warmup_ratio=s.warmup_ratio, max_length=s.max_length, desc="hbat sft",
+                         gradient_accumulation_steps=s.grad_accum, gradient_checkpointing=s.gradient_checkpointing,
                          trainer_cls=ewc_trainer_class("sft") if penalty is not None else None,
                          trainer_kwargs={"ewc": penalty} if penalty is not None else None,
                          show_progress=show_progress)
@@ -217,6 +219,15 @@ def run_hbat(model, tokenizer, sft_rows: Sequence[dict], preference_rows: Sequen
         gc.unfreeze()
 
 
+def snapshot_device(model) -> str | None:
+    """Where a stage's copy of the trainable tensors lives (its "before", the best checkpoint kept without a
+    store, and the original EWC's Fisher between stages): host memory under full fine-tuning, so a GPU
+    holding a 7B model does not hold a second one (the change statistics stream it back a tensor at a time,
+    the penalty takes the Fisher a tensor at a time); beside the parameters (None) for a LoRA adapter, a few
+    MB of a 7B model, where the copy costs nothing and the statistics need no host transfer."""
+    return None if hasattr(model, "peft_config") else "cpu"
+
+
 def _max_length(params: HbatParams, kind: str) -> int:
     return params.sft.max_length if kind == "sft" else params.dpo.max_length
 
@@ -231,6 +242,10 @@ def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store
         raise HbatError("model: has no trainable parameters")
     ewc = params.ewc
     fisher = ewc.importance == "fisher" and params.constraint == "ewc"
+    copy_device = snapshot_device(model)   # host memory under full fine-tuning (also the Fisher's place)
+    from mfnb import distributed
+
+    launched = distributed.active_launch(launch) is not None
     accumulated: dict[str, dict[str, float]] = {"sft": {}, "dpo": {}}
     fishers: dict[str, dict[str, torch.Tensor] | None] = {"sft": None, "dpo": None}
     records: list[StageRecord] = []
@@ -256,7 +271,8 @@ def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store
                 importance = importance_from_changes(accumulated[other], ewc.fmax, ewc.change_scale)
             penalty, frozen = None, []
             if constraint == "ewc":
-                penalty = EWCPenalty.from_model(model, importance, ewc)
+                # launched stages rebuild the penalty in the training processes: no anchors held here
+                penalty = EWCPenalty.from_model(model, importance, ewc, anchored=not launched)
                 constrained = penalty.names
                 penalty_bytes = penalty.state_bytes
             elif constraint == "freeze":
@@ -266,7 +282,7 @@ def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store
                 constrained = []
             if constraint != "ewc":
                 penalty_bytes = 0
-            before = snapshot(tensors)
+            before = snapshot(tensors, device=copy_device)
             start, cpu_start = time.perf_counter(), time.process_time()
             for name in frozen:
                 tensors[name].requires_grad_(False)
@@ -303,6 +319,9 @@ def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store
                 record.importance_cpu_seconds = time.process_time() - cpu_start
                 if folder is not None:
                     save_fisher(folder, stage_fisher)
+            if copy_device is not None:  # full fine-tuning: the Fisher (float32, 2x a bf16 model) waits in host
+                for name in stage_fisher:  # memory, not on the GPU the next stage trains on; tensor by tensor
+                    stage_fisher[name] = stage_fisher[name].to(copy_device)
             fishers[kind] = add_fisher(fishers[kind], stage_fisher) if ewc.accumulate else stage_fisher
             record.importance_bytes = sum(fisher_bytes(f) for f in fishers.values() if f)
             if folder is not None:
@@ -319,7 +338,8 @@ def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store
                 and select_checkpoint(records, params) == index):
             # without a store, hold a copy of the best candidate so far only (one extra copy at most); the
             # last candidate is always the last stage, so "last" and unevaluated runs need none
-            kept_state = {key: snapshot({n: p for n, p in model.named_parameters() if p.requires_grad})}
+            kept_state = {key: snapshot({n: p for n, p in model.named_parameters() if p.requires_grad},
+                                        device=copy_device)}
         prev = key
     selected = select_checkpoint(records, params)
     if selected != len(records) - 1:

@@ -6,7 +6,9 @@ over seeds (:func:`mfnb.hbat.report.t_interval`).  Per metric: *reproduced* when
 paper's side of 0, *reversed* when on the other side, *inconclusive* when it contains 0 (the two are
 indistinguishable).  A claim the paper makes on several metrics is *reproduced* only when every one is,
 *reversed* when some are reversed and none reproduced, otherwise *inconclusive* (:func:`combine`).  The
-paper's direction on each metric is read from its tables in ``mfnb/reference/``.
+paper's direction on each metric is read from its tables in ``mfnb/reference/``.  A metric the world never
+measured (the paper world has no known quality: all NaN) is *not testable*: left out of the combination,
+and a claim resting on it alone is *not testable* (:func:`combine_testable`).
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import numpy as np
 
 from mfnb import stats
 from mfnb.formatting import fmt, fmt_interval
-from mfnb.hbat.report import METRICS, PAPER_COLUMNS, PAPER_NAMES, prompt_paired, t_interval
+from mfnb.hbat.report import (METRICS, NOT_TESTABLE, PAPER_COLUMNS, PAPER_NAMES, known, paired_difference,
+                              prompt_paired, t_interval, unknown_text)
 
 VERDICTS = stats.CLAIM_VERDICTS
 ORIGINAL_EWC = "HbAT w/ original EWC"
@@ -37,6 +40,13 @@ PAIRWISE = (
 verdict, combine = stats.claim_verdict, stats.combine_verdicts  # one rule for every paper's claims
 
 
+def combine_testable(verdicts: Sequence[str]) -> str:
+    """:func:`combine` over the metrics that could be tested; *not testable* when none could (a world
+    with no known quality cannot test a claim made on quality alone)."""
+    testable = [v for v in verdicts if v != NOT_TESTABLE]
+    return combine(testable) if testable else NOT_TESTABLE
+
+
 def reading(low: float, high: float) -> str:
     if math.isnan(low) or math.isnan(high):
         return "no interval (one seed)"
@@ -45,10 +55,9 @@ def reading(low: float, high: float) -> str:
 
 def paired(runs, a: str, b: str, metric: str, by: str = "method", key: str = "seed") -> tuple[float, float, float, int]:
     """(mean of a - b over the shared seeds, t-interval low, high, seeds)."""
-    wide = runs.pivot_table(index=key, columns=by, values=metric)
-    if a not in wide or b not in wide:
+    diff = paired_difference(runs, metric, a, b, by=by, key=key)
+    if not len(diff):
         return math.nan, math.nan, math.nan, 0
-    diff = (wide[a] - wide[b]).dropna()
     mean, _, low, high = t_interval(diff)
     return mean, low, high, len(diff)
 
@@ -89,23 +98,27 @@ def pairwise_claims(runs, metrics: Sequence[str] = METRICS, records: Sequence[di
         if a not in present or b not in present:
             continue
         pa, pb = paper[(a, source)], paper[(b, source)]
-        parts, said, verdicts = [], [], []
+        parts, said, verdicts, n = [], [], [], 0
         for m in metrics:
             if pa[m] == pb[m]:
+                continue
+            said.append(f"{METRIC_NAMES[m]} {fmt(pa[m] - pb[m], 2, signed=True)}")
+            if not known(runs, m):
+                parts.append(f"{METRIC_NAMES[m]}: {unknown_text(m)}")
+                verdicts.append((m, NOT_TESTABLE))
                 continue
             direction = 1 if pa[m] > pb[m] else -1
             mean, low, high, n = paired(runs, a, b, m)
             over = prompt_paired(runs, records, a, b, m) if n < 2 else None
             if over is not None:
                 mean, _, low, high, n_prompts = over
-            said.append(f"{METRIC_NAMES[m]} {fmt(pa[m] - pb[m], 2, signed=True)}")
             parts.append(f"{METRIC_NAMES[m]} {_text(mean, low, high)}"
                          + (f" (paired over {n_prompts} test prompts)" if over is not None else ""))
-            verdicts.append(verdict(low, high, direction))
+            verdicts.append((m, verdict(low, high, direction)))
         rows.append({"claim": claim, "source": source, "paper": f"{a} minus {b}: " + "; ".join(said),
                      "ours": f"{a} minus {b} over {n} seeds: " + "; ".join(parts),
-                     "per_metric": ", ".join(f"{m}: {v}" for m, v in zip(metrics, verdicts)),
-                     "verdict": combine(verdicts)})
+                     "per_metric": ", ".join(f"{m}: {v}" for m, v in verdicts),
+                     "verdict": combine_testable([v for _, v in verdicts])})
     return rows
 
 
@@ -123,8 +136,8 @@ def original_ewc_claims(runs, costs=None) -> list[dict]:
     t7 = reference.load("hbat_table7").set_index("method")
     mean, low, high, n = paired(runs, "HbAT", ORIGINAL_EWC, "win_rate")
     match = "inconclusive" if math.isnan(low) or low <= 0 <= high else "reversed"
-    others = "; ".join(f"{METRIC_NAMES[m]} {_text(*paired(runs, 'HbAT', ORIGINAL_EWC, m)[:3])}"
-                       for m in ("quality", "reward"))
+    others = "; ".join(f"{METRIC_NAMES[m]} {_text(*paired(runs, 'HbAT', ORIGINAL_EWC, m)[:3])}" if known(runs, m)
+                       else f"{METRIC_NAMES[m]}: {unknown_text(m)}" for m in ("quality", "reward"))
     rows = [{"claim": "the modified EWC matches the original EWC's win rate", "source": "Table 7",
              "paper": f"win rate {fmt(t7.loc['HbAT', 'gpt4_win'], 2)} vs {fmt(t7.loc[ORIGINAL_EWC, 'gpt4_win'], 2)}",
              "ours": f"HbAT minus original EWC over {n} seeds: win rate {_text(mean, low, high)} "
@@ -143,7 +156,10 @@ def original_ewc_claims(runs, costs=None) -> list[dict]:
                  "per_metric": "", "verdict": verdict(lo, hi)})
     paper_mem = t7.loc[ORIGINAL_EWC, "memory_gb"] / t7.loc["HbAT", "memory_gb"]
     if costs is not None and len(costs) and ORIGINAL_EWC in set(costs["method"]):
-        mem = costs.pivot_table(index="repeat", columns="method", values="peak_rss_mb")
+        from mfnb.hbat.efficiency import memory_column
+
+        column, measure = memory_column(costs)   # the training processes' GPU peak where measured
+        mem = costs.pivot_table(index="repeat", columns="method", values=column)
         ratio = np.log(mem[ORIGINAL_EWC] / mem["HbAT"]).dropna()
         m, sd, lo, hi = t_interval(ratio)
         if len(ratio) >= 2 and sd == 0:  # identical in every repeat: the measurement has no spread
@@ -151,7 +167,7 @@ def original_ewc_claims(runs, costs=None) -> list[dict]:
         state = costs.groupby("method")["state_mb"].median() if "state_mb" in costs else None
         extra = (f"; the constraint's own state (anchors, coefficients, kept importances): "
                  f"{fmt(state[ORIGINAL_EWC], 2)} MB vs {fmt(state['HbAT'], 2)} MB") if state is not None else ""
-        ours = (f"original / modified peak process memory over {len(ratio)} fresh-process repeats: "
+        ours = (f"original / modified {measure} over {len(ratio)} fresh-process repeats: "
                 f"{fmt(math.exp(m), 4)} {fmt_interval(*_exp(lo, hi), 4)}"
                 + extra)
         v = verdict(lo, hi)
@@ -171,33 +187,43 @@ def figure2_claims(grid, n_splits: int, paper_fmax: float = 50.0, metrics: Seque
     n = grid[grid["axis"] == "N"]
     if len(n) and n["value"].max() > n_splits and n_splits in set(n["value"]):
         top = float(n["value"].max())
-        parts, verdicts, per = [], [], []
+        parts, verdicts, per, k = [], [], [], 0
         for m in metrics:
-            mean, low, high, k = paired(n, n_splits, top, m, by="value")
-            parts.append(f"{METRIC_NAMES[m]} {_text(mean, low, high)}")
-            per.append(f"{m}: {verdict(low, high)}")
+            if not known(n, m):
+                v = NOT_TESTABLE
+                parts.append(f"{METRIC_NAMES[m]}: {unknown_text(m)}")
+            else:
+                mean, low, high, k = paired(n, n_splits, top, m, by="value")
+                v = verdict(low, high)
+                parts.append(f"{METRIC_NAMES[m]} {_text(mean, low, high)}")
+            per.append(f"{m}: {v}")
             if m in FIGURE2_METRICS:
-                verdicts.append(verdict(low, high))
+                verdicts.append(v)
         rows.append({"claim": "too many splits hurt", "source": "Figure 2",
                      "paper": "excessive dataset splits can hurt",
                      "ours": f"N = {n_splits:g} minus N = {top:g} over {k} seeds: " + "; ".join(parts),
-                     "per_metric": ", ".join(per), "verdict": combine(verdicts)})
+                     "per_metric": ", ".join(per), "verdict": combine_testable(verdicts)})
     f = grid[grid["axis"] == "Fmax"]
     if len(f) and paper_fmax in set(f["value"]) and f["value"].nunique() > 1:
         parts, verdicts, per = [], [], []
         for m in metrics:
-            per_value = []
-            for other in sorted(set(f["value"]) - {paper_fmax}):
-                mean, low, high, k = paired(f, paper_fmax, other, m, by="value")
-                per_value.append(verdict(low, high))
-                parts.append(f"{METRIC_NAMES[m]} vs {other:g}: {_text(mean, low, high)}")
-            per.append(f"{m}: {combine(per_value)}")
+            if not known(f, m):
+                v = NOT_TESTABLE
+                parts.append(f"{METRIC_NAMES[m]}: {unknown_text(m)}")
+            else:
+                per_value = []
+                for other in sorted(set(f["value"]) - {paper_fmax}):
+                    mean, low, high, k = paired(f, paper_fmax, other, m, by="value")
+                    per_value.append(verdict(low, high))
+                    parts.append(f"{METRIC_NAMES[m]} vs {other:g}: {_text(mean, low, high)}")
+                v = combine(per_value)
+            per.append(f"{m}: {v}")
             if m in FIGURE2_METRICS:
-                verdicts.append(combine(per_value))
+                verdicts.append(v)
         rows.append({"claim": f"the best Fmax is {paper_fmax:g}", "source": "Figure 2",
                      "paper": f"the optimal Fmax is {paper_fmax:g} (dialogue)",
                      "ours": f"Fmax = {paper_fmax:g} minus each other Fmax: " + "; ".join(parts),
-                     "per_metric": ", ".join(per), "verdict": combine(verdicts)})
+                     "per_metric": ", ".join(per), "verdict": combine_testable(verdicts)})
     return rows
 
 
@@ -263,6 +289,9 @@ def figure2_lines(grid, metrics: Sequence[str] = METRICS) -> list[str]:
             continue
         parts = []
         for m in metrics:
+            if not known(sub, m):   # idxmax raises on an all-NaN column
+                parts.append(f"by {METRIC_NAMES[m]}: {unknown_text(m)}")
+                continue
             r = sub.loc[sub[m].idxmax()]
             interval = fmt_interval(r[m + "_low"], r[m + "_high"])
             parts.append(f"by {METRIC_NAMES[m]} {r['value']:g} ({fmt(r[m])} {interval})")

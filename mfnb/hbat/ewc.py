@@ -25,18 +25,20 @@ class _FusedPenalty(torch.autograd.Function):
     @staticmethod
     def forward(ctx, penalty: "EWCPenalty", *params):
         diffs = torch._foreach_sub(params, penalty.anchors)
-        norms = torch.stack([n.float() for n in torch._foreach_norm(diffs)])
+        norms = torch.stack([n.float().to(penalty.coef_tensor.device) for n in torch._foreach_norm(diffs)])
         ctx.penalty = penalty
         ctx.save_for_backward(*params)
-        return 0.5 * torch.dot(penalty.coef_tensor.to(norms.device), norms * norms)
+        return 0.5 * torch.dot(penalty.coef_tensor, norms * norms)
 
     @staticmethod
     def backward(ctx, grad_output):
         params = ctx.saved_tensors
         grads = torch._foreach_sub(params, ctx.penalty.anchors)
         torch._foreach_mul_(grads, ctx.penalty.coefs)
-        torch._foreach_mul_(grads, grad_output.to(params[0].dtype))
-        return (None, *grads)
+        # grad_output (float32) scales in the differences' dtype; each gradient takes its parameter's dtype
+        # and device (anchors of another dtype would otherwise promote the difference)
+        torch._foreach_mul_(grads, grad_output.to(grads[0].device, grads[0].dtype))
+        return (None, *(g if g.dtype == p.dtype else g.to(p.dtype) for g, p in zip(grads, params)))
 
 
 class _FusedElementwisePenalty(_FusedPenalty):
@@ -47,7 +49,9 @@ class _FusedElementwisePenalty(_FusedPenalty):
     def forward(ctx, penalty: "EWCPenalty", *params):
         diffs = torch._foreach_sub(params, penalty.anchors)
         weighted = torch._foreach_mul(diffs, penalty.coefs)
-        total = torch.stack([torch.vdot(w.flatten().float(), d.flatten().float()) for w, d in zip(weighted, diffs)])
+        device = params[0].device
+        total = torch.stack([torch.vdot(w.flatten().float(), d.flatten().float()).to(device)
+                             for w, d in zip(weighted, diffs)])
         ctx.penalty = penalty
         ctx.save_for_backward(*params)
         return 0.5 * total.sum()
@@ -57,29 +61,57 @@ class EWCPenalty:
     """sum_i (lambda/2) F_i ||theta_i - theta*_i||^2, anchored at the parameters when it is built.
 
     ``coefs``: one number per tensor (the modified EWC), or one tensor per tensor, of its shape (the
-    original EWC's per-element Fisher)."""
+    original EWC's per-element Fisher).
+
+    The state follows the parameters: in :mod:`mfnb.distributed`'s training processes the penalty is built
+    on the model as loaded (on the CPU), and DDP or DeepSpeed then move the parameters to the GPU (and may
+    cast them, e.g. to bf16); each call moves the anchors and per-element coefficients, tensor by tensor, to
+    their parameter's device and dtype (the anchor as the training sees it: a cast parameter starts at a
+    zero penalty) and ``coef_tensor`` to the first parameter's device.
+
+    ``anchored=False`` keeps the coefficients only (no copy of the parameters): for a penalty that only
+    travels to the training processes, which anchor it at the parameters they load."""
 
     def __init__(self, params: Sequence[torch.Tensor], coefs: Sequence[float | torch.Tensor],
-                 names: Sequence[str] = ()):
+                 names: Sequence[str] = (), *, anchored: bool = True):
         if len(params) != len(coefs):
             raise HbatError(f"{len(params)} tensors but {len(coefs)} coefficients")
         self.params = list(params)
         self.names = list(names)
         self.elementwise = any(isinstance(c, torch.Tensor) for c in coefs)
-        self.anchors = [p.detach().clone() for p in self.params]
+        self.anchored = anchored
+        self.anchors = [p.detach().clone() for p in self.params] if anchored else []
         device = self.params[0].device if self.params else "cpu"
         if self.elementwise:
             for name, p, c in zip(self.names or [""] * len(coefs), self.params, coefs):
                 if not isinstance(c, torch.Tensor) or c.shape != p.shape:
                     raise HbatError(f"EWC coefficient of tensor {name!r}: expected a tensor of shape "
                                     f"{tuple(p.shape)}, got {getattr(c, 'shape', c)!r}")
-            self.coefs = [c.detach().to(p.device, p.dtype) for c, p in zip(coefs, self.params)]
+            # without anchors the coefficients only travel to the training processes: kept in host memory
+            self.coefs = [c.detach().to(p.device if anchored else "cpu", p.dtype) for c, p in zip(coefs, self.params)]
         else:
             self.coefs = [float(c) for c in coefs]
             self.coef_tensor = torch.tensor(self.coefs, dtype=torch.float32, device=device)
 
+    def follow_params(self) -> None:
+        """Move the state to where the parameters are now (a no-op, one comparison per tensor, when they
+        have not moved)."""
+        if not self.anchored:
+            return
+        for i, p in enumerate(self.params):
+            a = self.anchors[i]
+            if a.device != p.device or a.dtype != p.dtype:
+                self.anchors[i] = a.to(p.device, p.dtype)
+            if self.elementwise:
+                c = self.coefs[i]
+                if c.device != p.device or c.dtype != p.dtype:
+                    self.coefs[i] = c.to(p.device, p.dtype)
+        if not self.elementwise and self.params and self.coef_tensor.device != self.params[0].device:
+            self.coef_tensor = self.coef_tensor.to(self.params[0].device)
+
     @classmethod
-    def from_model(cls, model, importance: Mapping[str, float | torch.Tensor], ewc: EWCParams) -> "EWCPenalty":
+    def from_model(cls, model, importance: Mapping[str, float | torch.Tensor], ewc: EWCParams, *,
+                   anchored: bool = True) -> "EWCPenalty":
         """The penalty over ``model``'s trainable tensors with non-negligible importance (per-tensor numbers:
         above ``min_fraction * fmax``; per-element tensors: any non-zero element)."""
         tensors = trainable_tensors(model)
@@ -91,18 +123,26 @@ class EWCPenalty:
                 return bool((value > 0).any()) and ewc.coefficient(1.0) > 0
             return (value or 0.0) > threshold and ewc.coefficient(value) > 0
 
+        def coefficient(k):
+            # per-element: lambda * F in F's dtype, then at once in the parameter's (one tensor's temporary)
+            c = ewc.coefficient(importance[k])
+            p = tensors[k]
+            return c.to(p.device if anchored else "cpu", p.dtype) if isinstance(c, torch.Tensor) else c
+
         names = [k for k in tensors if kept(k)]
-        return cls([tensors[k] for k in names], [ewc.coefficient(importance[k]) for k in names], names)
+        return cls([tensors[k] for k in names], [coefficient(k) for k in names], names, anchored=anchored)
 
     @property
     def anchor_bytes(self) -> int:
-        return sum(a.numel() * a.element_size() for a in self.anchors)
+        """The anchors' bytes (as the training processes hold them when this penalty is not anchored)."""
+        return sum(p.numel() * p.element_size() for p in self.params)
 
     @property
     def state_bytes(self) -> int:
-        """Memory the penalty holds besides the model: anchors, and per-element coefficients if any."""
-        coef = sum(c.numel() * c.element_size() for c in self.coefs) if self.elementwise else 4 * len(self.coefs)
-        return self.anchor_bytes + coef
+        """Memory the penalty holds besides the model (in each training process): anchors, and per-element
+        coefficients (in the parameters' dtype) if any."""
+        anchors = self.anchor_bytes
+        return anchors + (anchors if self.elementwise else 4 * len(self.coefs))
 
     def __len__(self) -> int:
         return len(self.params)
@@ -110,12 +150,16 @@ class EWCPenalty:
     def __call__(self) -> torch.Tensor:
         if not self.params:
             return torch.zeros(())
+        if not self.anchored:
+            raise HbatError("this EWC penalty holds no anchors (anchored=False): the training processes rebuild it")
+        self.follow_params()
         fused = _FusedElementwisePenalty if self.elementwise else _FusedPenalty
         return fused.apply(self, *self.params)
 
     def reference_value(self) -> torch.Tensor:
         """The same penalty with plain autograd (for tests)."""
-        total = torch.zeros(())
+        self.follow_params()
+        total = torch.zeros((), device=self.params[0].device if self.params else "cpu")
         for p, a, c in zip(self.params, self.anchors, self.coefs):
             total = total + 0.5 * (c * (p - a).pow(2)).sum()
         return total

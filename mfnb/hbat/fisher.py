@@ -56,32 +56,39 @@ def empirical_fisher(model, tokenizer, rows: Sequence[Mapping[str, str]], kind: 
     examples = [_example_ids(tokenizer, row["prompt"], row[key], max_length) for row in rows]
     examples = [(ids, p) for ids, p in examples if len(ids) > p]  # no response token fits: no gradient
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    # the one float32 accumulator per tensor: squares are added into it in place, tensor by tensor, and it is
+    # divided in place (a 7B model's Fisher is 27 GB; no second set, no full float32 copy of the gradients)
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in named.items()}
     was_training = model.training
     model.eval()
     try:
         step = _vmap_squares if batch_size > 1 else _loop_squares
         for start in range(0, len(examples), batch_size):
-            for name, square in step(model, named, examples[start:start + batch_size]).items():
-                fisher[name] += square
+            step(model, named, examples[start:start + batch_size], fisher)
     finally:
         model.train(was_training)
-    return {canonical_name(n): f / len(rows) for n, f in fisher.items()}
+    for f in fisher.values():
+        f.div_(len(rows))
+    return {canonical_name(n): f for n, f in fisher.items()}
 
 
-def _loop_squares(model, named, examples) -> dict[str, torch.Tensor]:
-    """Sum over ``examples`` of the squared gradient of log p(response | prompt), one backward each."""
-    params = list(named.values())
-    out = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+def _loop_squares(model, named, examples, fisher: dict[str, torch.Tensor]) -> None:
+    """Add to ``fisher`` the squared gradient of log p(response | prompt) of each example, one backward
+    each; a gradient is squared into its accumulator and released before the next tensor's."""
+    names, params = list(named), list(named.values())
     for ids, prompt_length in examples:
-        grads = torch.autograd.grad(response_log_prob(model, ids, prompt_length), params, allow_unused=True)
-        grads = [torch.zeros_like(o) if g is None else g.float() for g, o in zip(grads, out)]
-        torch._foreach_addcmul_(out, grads, grads)
-    return dict(zip(named, out))
+        grads = list(torch.autograd.grad(response_log_prob(model, ids, prompt_length), params, allow_unused=True))
+        for i, name in enumerate(names):
+            g, grads[i] = grads[i], None
+            if g is not None:
+                g = g.float()
+                fisher[name] += g * g    # (not addcmul_: its fused multiply-add rounds differently)
+            del g
 
 
-def _vmap_squares(model, named, examples) -> dict[str, torch.Tensor]:
-    """The same sum from per-example gradients of one right-padded batch (torch.func.vmap over grad)."""
+def _vmap_squares(model, named, examples, fisher: dict[str, torch.Tensor]) -> None:
+    """The same from per-example gradients of one right-padded batch (torch.func.vmap over grad), each
+    tensor's batch of gradients squared, summed into its accumulator and released in turn."""
     from torch.func import functional_call, grad, vmap
 
     length = max(len(ids) for ids, _ in examples)
@@ -100,7 +107,10 @@ def _vmap_squares(model, named, examples) -> dict[str, torch.Tensor]:
     with warnings.catch_warnings():  # attention falls back to a per-example loop inside vmap: still correct
         warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
         grads = vmap(grad(log_prob), in_dims=(None, 0, 0))(params, ids, mask)
-    return {n: (g.float() ** 2).sum(dim=0) for n, g in grads.items()}
+    for name in list(grads):
+        g = grads.pop(name)
+        fisher[name] += (g.float() ** 2).sum(dim=0)
+        del g
 
 
 def add_fisher(total: Mapping[str, torch.Tensor] | None, fisher: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -37,24 +37,53 @@ def trainable_tensors(model) -> dict[str, torch.Tensor]:
     return out
 
 
-def snapshot(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in tensors.items()}
+def snapshot(tensors: Mapping[str, torch.Tensor], device: str | torch.device | None = None) -> dict[str, torch.Tensor]:
+    """A copy of ``tensors`` (same dtype); ``device="cpu"`` keeps it in host memory, so a GPU holding a full
+    fine-tuned model does not also hold its copy (:func:`squared_change_sums` moves it back tensor by tensor)."""
+    out = {}
+    for k, v in tensors.items():
+        v = v.detach()
+        out[k] = v.clone() if device is None else torch.empty_like(v, device=device).copy_(v)
+    return out
+
+
+CHUNK = 1 << 25  # elements per piece of a tensor: bounds its float32/float64 temporaries (under 0.5 GB)
+
+
+def _squared_change(before: torch.Tensor, after: torch.Tensor) -> float:
+    """sum (after - before)^2 of one tensor on ``after``'s device: the difference in float32 (as the
+    parameters train), the sum in float64, over pieces of ``CHUNK`` elements (one piece for most tensors)."""
+    a, b = after.detach().reshape(-1), before.detach().reshape(-1)
+    total = 0.0
+    for start in range(0, a.numel(), CHUNK):
+        diff = a[start:start + CHUNK].float() - b[start:start + CHUNK].to(a.device).float()
+        total += float(torch.linalg.vector_norm(diff, 2, dtype=torch.float64)) ** 2
+        del diff
+    return total
 
 
 def squared_change_sums(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor]) -> dict[str, tuple[float, int]]:
-    """Per tensor: (sum of squared element changes, number of elements); names compared canonically."""
-    b = {canonical_name(k): v for k, v in before.items()}
-    a = {canonical_name(k): v for k, v in after.items()}
+    """Per tensor: (sum of squared element changes, number of elements); names compared canonically.
+
+    Streams: one tensor of each mapping is looked up (and its temporaries alive) at a time, so neither a
+    whole-model float32 copy nor the difference of two models is ever made (a 7B model's would be ~80 GB);
+    a ``before`` kept on the CPU (:func:`snapshot` with ``device="cpu"``) moves to ``after``'s device piece
+    by piece."""
+    b = {canonical_name(k): k for k in before}
+    a = {canonical_name(k): k for k in after}
     if set(a) != set(b):
         missing, extra = sorted(set(b) - set(a)), sorted(set(a) - set(b))
         raise HbatError(f"before/after name different tensors: only before {missing[:5]}, only after {extra[:5]}")
-    names = sorted(b)
-    for k in names:
-        if a[k].shape != b[k].shape:
-            raise HbatError(f"tensor {k!r}: shape {tuple(b[k].shape)} before but {tuple(a[k].shape)} after")
-    diffs = torch._foreach_sub([a[k].detach().float() for k in names], [b[k].detach().float() for k in names])
-    norms = torch._foreach_norm(diffs, 2, dtype=torch.float64) if diffs else []
-    return {k: (float(n) ** 2, b[k].numel()) for k, n in zip(names, norms)}
+    out = {}
+    for k in sorted(b):
+        out[k] = _one_change(k, before[b[k]], after[a[k]])   # the two tensors die with the call
+    return out
+
+
+def _one_change(name: str, before: torch.Tensor, after: torch.Tensor) -> tuple[float, int]:
+    if after.shape != before.shape:
+        raise HbatError(f"tensor {name!r}: shape {tuple(before.shape)} before but {tuple(after.shape)} after")
+    return _squared_change(before, after), before.numel()
 
 
 def tensor_changes(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.Tensor],

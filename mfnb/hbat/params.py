@@ -70,6 +70,10 @@ class SFTStageParams(Params):
     epochs: float = Field(default=3.0, gt=0)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     max_length: int = Field(default=512, ge=8)
+    # as in DPOParams: batch_size x grad_accum examples per optimizer step; activations recomputed in the backward.
+    # Left out of dumps at their defaults, so stage keys made before they existed stay the same
+    grad_accum: int = Field(default=1, ge=1, exclude_if=lambda v: v == 1)
+    gradient_checkpointing: bool = Field(default=False, exclude_if=lambda v: not v)
 
 
 def _paper_dpo() -> DPOParams:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from mfnb.hbat.report import METRICS, seed_summary
+from mfnb.hbat.report import METRICS, known, seed_summary, unknown_text
 
 
 def plot_figure2(grid, metrics: Sequence[str] = METRICS, world: str | None = None):
@@ -26,6 +26,8 @@ def plot_figure2(grid, metrics: Sequence[str] = METRICS, world: str | None = Non
                 ax.axhline(float(dpo[m].iloc[0]), color="grey", ls="--", label="DPO (two-stage)")
             ax.set_xlabel(axis if axis == "N" else "$F_{max}$")
             ax.set_ylabel(m)
+            if not known(summary, m):   # a judge-only world: say so rather than leave an empty panel
+                ax.text(0.5, 0.5, unknown_text(m), transform=ax.transAxes, ha="center", va="center", color="grey")
             if row == 0 and col == 0:
                 ax.legend(fontsize="small")
     fig.suptitle("HbAT vs number of splits N (top, Fmax fixed) and Fmax (bottom, N fixed)"
@@ -46,6 +48,9 @@ def plot_tradeoff(summary, ax=None):
         ax.errorbar([r["reward"]], [r["quality"]], xerr=xerr, yerr=yerr, marker="o", capsize=3, label=r["method"])
     ax.set_xlabel("preference reward (style rate)")
     ax.set_ylabel("instruction-following quality")
+    if not known(summary, "quality"):
+        ax.text(0.5, 0.5, f"{unknown_text('quality')} in this world", transform=ax.transAxes, ha="center",
+                va="center", color="grey")
     ax.set_title("Table 4 methods: the two objectives")
     ax.legend(fontsize="small")
     return ax.figure

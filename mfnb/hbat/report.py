@@ -30,23 +30,60 @@ _t_interval = t_interval
 
 
 METRICS = ("quality", "reward", "win_rate")
+NOT_TESTABLE = "not testable"   # the verdict where a score was never measured (a judge-only world's quality)
 # our score -> the paper's Table 4 column it stands in for
 PAPER_COLUMNS = {"quality": "pandalm", "reward": "reward", "win_rate": "gpt4_win"}
 PAPER_NAMES = {"w/o alternating": "w/o Alternating Alignment"}
 
 
+def known(frame, metric: str) -> bool:
+    """Whether ``metric`` was measured at all: a world with no known quality (the paper world's judges are
+    LLMs and reward models) leaves the quality column all NaN (or None)."""
+    import pandas as pd
+
+    return metric in frame and bool(pd.to_numeric(frame[metric], errors="coerce").notna().any())
+
+
+def unknown_text(metric: str) -> str:
+    return "no known quality" if metric == "quality" else f"{metric} not measured"
+
+
+def _numeric(frame, metrics: Sequence[str]):
+    """``frame`` with each metric as floats (None -> NaN; a missing column -> all NaN)."""
+    import pandas as pd
+
+    return frame.assign(**{m: pd.to_numeric(frame[m], errors="coerce") if m in frame else math.nan for m in metrics})
+
+
 def seed_summary(runs, by: Sequence[str], metrics: Sequence[str] = METRICS + ("train_seconds",)):
-    """Mean, sd and 95% t-interval over seeds of each metric, per group."""
+    """Mean, sd and 95% t-interval over seeds of each metric, per group (NaN for a metric never measured)."""
     import pandas as pd
 
     out = []
-    for key, group in runs.groupby(list(by), sort=False, dropna=False):
+    for key, group in _numeric(runs, metrics).groupby(list(by), sort=False, dropna=False):
         key = key if isinstance(key, tuple) else (key,)
         row = dict(zip(by, key), seeds=len(group))
         for m in metrics:
             row[m], row[f"{m}_sd"], row[f"{m}_low"], row[f"{m}_high"] = _t_interval(group[m])
         out.append(row)
     return pd.DataFrame(out)
+
+
+def best_methods(summary, metrics: Sequence[str] = METRICS, by: str = "method") -> dict[str, str]:
+    """The best ``by`` (highest mean) per metric; ``unknown_text`` for a metric with no value at all
+    (``idxmax`` raises on an all-NaN column)."""
+    summary = _numeric(summary, metrics)
+    return {m: str(summary.loc[summary[m].idxmax(), by]) if known(summary, m) else unknown_text(m) for m in metrics}
+
+
+def paired_difference(runs, metric: str, a: str, b: str, by: str = "method", key: str = "seed"):
+    """Per ``key`` (seed): ``a``'s minus ``b``'s ``metric``, where both have one (empty when either never does)."""
+    import pandas as pd
+
+    wide = _numeric(runs, [metric]).pivot_table(index=key, columns=by, values=metric)
+    if a not in wide or b not in wide:
+        return pd.Series(dtype=float)
+    return (wide[a] - wide[b]).dropna()
 
 
 def paper_table4():
@@ -107,7 +144,6 @@ def orderings(runs, metrics: Sequence[str] = METRICS):
     95% t-interval of the per-seed (paired) difference excludes zero."""
     import pandas as pd
 
-    ours = runs.pivot_table(index="seed", columns="method", values=list(metrics))
     present = set(runs["method"])
     column_metric = {v: k for k, v in PAPER_COLUMNS.items()}
     rows = []
@@ -116,7 +152,13 @@ def orderings(runs, metrics: Sequence[str] = METRICS):
         if m not in metrics or a not in present or b not in present or pa == pb:
             continue
         better, worse = (a, b) if pa > pb else (b, a)
-        diff = (ours[(m, better)] - ours[(m, worse)]).dropna()
+        if not known(runs, m):   # e.g. no known quality: the ordering cannot be tested
+            rows.append({"metric": m, "paper_metric": col, "source": source, "paper_says": f"{better} > {worse}",
+                         "paper_gap": abs(pa - pb), "our_gap": math.nan, "our_low": math.nan, "our_high": math.nan,
+                         "seeds": 0, "ours": unknown_text(m), "reproduced": False, "resolved": False,
+                         "verdict": NOT_TESTABLE})
+            continue
+        diff = paired_difference(runs, m, better, worse)
         mean, _, low, high = _t_interval(diff)
         rows.append({"metric": m, "paper_metric": col, "source": source, "paper_says": f"{better} > {worse}",
                      "paper_gap": abs(pa - pb), "our_gap": mean, "our_low": low, "our_high": high,
@@ -135,11 +177,19 @@ def ordering_statement(table, level: float = 0.95) -> str:
     n, k = len(table), int(table["reproduced"].sum())
     counts = table["verdict"].value_counts()
     ties = int((table["ours"] == "tie").sum())
+    untestable = int(counts.get(NOT_TESTABLE, 0))
     lines.append(f"Of the paper's {n} pairwise orderings (over {table['metric'].nunique()} scores), our mean differences "
                  f"point the paper's way in {k}{f' ({ties} exact ties)' if ties else ''}; by the {level:.0%} t-interval "
                  f"of the paired difference over seeds, {int(counts.get('reproduced', 0))} are reproduced, "
-                 f"{int(counts.get('reversed', 0))} reversed and {int(counts.get('inconclusive', 0))} inconclusive.")
+                 f"{int(counts.get('reversed', 0))} reversed and {int(counts.get('inconclusive', 0))} inconclusive"
+                 + (f"; {untestable} are not testable ("
+                    + ", ".join(sorted({o for o in table.loc[table["verdict"] == NOT_TESTABLE, "ours"]})) + ")"
+                    if untestable else "") + ".")
     for metric, group in table.groupby("metric", sort=False):
+        if (group["verdict"] == NOT_TESTABLE).all():
+            lines.append(f"- {metric} (paper: {group.paper_metric.iloc[0]}): {NOT_TESTABLE}, {group.ours.iloc[0]} "
+                         "in this world.")
+            continue
         parts = [f"{v}: " + (", ".join(group[group["verdict"] == v].paper_says) or "none")
                  for v in ("reproduced", "reversed", "inconclusive")]
         lines.append(f"- {metric} (paper: {group.paper_metric.iloc[0]}): " + "; ".join(parts) + ".")
@@ -198,7 +248,6 @@ def prompt_paired(runs, records: Sequence[dict], a: str, b: str, metric: str) ->
 def conflict_check(runs, records: Sequence[dict] = ()) -> tuple[dict, str]:
     """Does two-stage SFT -> DPO lose instruction quality relative to SFT? Paired over seeds; with a single
     seed, paired over test prompts instead (:func:`prompt_paired`), where the records hold per-prompt scores."""
-    wide = runs.pivot_table(index="seed", columns="method", values=["quality", "reward"])
     by_prompt = {m: prompt_paired(runs, records, "DPO", "SFT", m) for m in ("quality", "reward")}
     over_prompts = all(v is not None for v in by_prompt.values())
     out = {}
@@ -207,9 +256,17 @@ def conflict_check(runs, records: Sequence[dict] = ()) -> tuple[dict, str]:
             mean, sd, low, high, n = by_prompt[metric]
             out[metric] = dict(mean=mean, sd=sd, low=low, high=high, seeds=1, prompts=n)
         else:
-            diff = (wide[(metric, "DPO")] - wide[(metric, "SFT")]).dropna()
+            diff = paired_difference(runs, metric, "DPO", "SFT")
             out[metric] = dict(zip(("mean", "sd", "low", "high"), _t_interval(diff)), seeds=len(diff))
     q, r = out["quality"], out["reward"]
+    if not known(runs, "quality"):
+        q["verdict"] = NOT_TESTABLE
+        over = (f"over {r['prompts']} test prompts, paired; one seed, so seed noise is not in it" if over_prompts
+                else f"over {r['seeds']} seeds")
+        return out, (f"This world has {unknown_text('quality')} (its judges are LLMs or reward models), so the "
+                     f"alignment tax, a loss of instruction-following quality from SFT -> DPO, is {NOT_TESTABLE} "
+                     f"here; two-stage SFT -> DPO changes the preference reward by {fmt(r['mean'], signed=True)} "
+                     f"{fmt_interval(r['low'], r['high'])} ({over}) relative to SFT alone.")
     exists = q["mean"] < 0 and r["mean"] > 0
     firm = exists and not math.isnan(q["high"]) and q["high"] < 0
     over = (f"over {q['prompts']} test prompts, paired; one seed, so seed noise is not in it" if over_prompts
