@@ -68,7 +68,8 @@ def mean_quality(world, prompts: Sequence[str], responses: Sequence[str]) -> flo
     return sum(scores) / len(scores) if scores else float("nan")
 
 
-def world_judge(world, spec: dict, cache_path: str | Path | None = None, *, notebook: str | None = None):
+def world_judge(world, spec: dict, cache_path: str | Path | None = None, *, notebook: str | None = None,
+                field: str = "judge"):
     """A judge from params; the oracle judges by the world's known quality and is named after the world,
     so verdicts cached for one world are never reused for another (a world without a known quality makes
     ``kind: oracle`` an error naming ``judge.kind``). ``cache_path`` redirects a cached judge's SQLite file
@@ -82,7 +83,13 @@ def world_judge(world, spec: dict, cache_path: str | Path | None = None, *, note
         quality = require(world, "quality", field="judge.kind", notebook=notebook)
         spec.setdefault("name", world.key)
         return make_judge(spec, quality_fn=quality)
-    return make_judge(spec)
+    judge = make_judge(spec)
+    if has(world, "query"):  # the judge reads the dataset's question, not the student's chat-templated prompt
+        judge.set_query_view(world.query, world.key)
+    inner = getattr(judge, "inner", judge)
+    if hasattr(inner, "check_access"):  # a refused key or a dead endpoint stops here, before any work
+        inner.check_access(field)
+    return judge
 
 
 class AgreementParams(Params):

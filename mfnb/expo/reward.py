@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from mfnb.worlds import require
+from mfnb.worlds import has, require
 
 
 def reward_model_info(path: str | Path) -> dict:
@@ -41,8 +41,12 @@ def reward_judge(world, spec: Mapping[str, Any] | None = None, *, show_progress:
         raise ValueError(f"reward_model: with 'path' no other fields are allowed, got {sorted(values)}")
     judge_kwargs.setdefault("progress", False)
     judge_kwargs.setdefault("batch_size", 256)
+    judge_kwargs.setdefault("dtype", "auto")  # as saved: a 7B reward model in bf16 (fp32 would double its memory)
     with quiet_transformers():
-        return RewardModelJudge(str(path), **judge_kwargs)
+        judge = RewardModelJudge(str(path), **judge_kwargs)
+    if has(world, "query"):  # it scores the dataset's question, not the policy's chat-templated prompt
+        judge.set_query_view(world.query, world.key)
+    return judge
 
 
 def pairwise_accuracy(scores_a: Sequence[float], scores_b: Sequence[float], quality_a: Sequence[float],

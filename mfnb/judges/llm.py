@@ -253,6 +253,28 @@ class OpenAIJudge(PairwiseJudge):
             self._client = openai.OpenAI(api_key=key, base_url=self.base_url, timeout=self.timeout, max_retries=0)
         return self._client
 
+    def check_access(self, field: str = "judge") -> None:
+        """Ask the endpoint for its model list (no tokens spent) so that a refused key or an endpoint out of reach
+        stops a notebook before any sampling or training, naming the params ``field``; an endpoint that has no
+        model list (HTTP 404/405) is taken as reachable."""
+        import openai
+
+        try:
+            self.client().models.list()
+        except JudgeError as err:
+            raise JudgeError(f"{field}.api_key_env: {err}") from None
+        except openai.APIStatusError as err:
+            if err.status_code in (401, 403):
+                raise JudgeError(redact(f"{field}: {self._where()} refused the key in ${self.api_key_env} "
+                                        f"(HTTP {err.status_code}: {err.message}); set the right key in "
+                                        f"{self.api_key_env} or name another variable in {field}.api_key_env")) from None
+            if err.status_code not in (404, 405):
+                raise JudgeError(redact(f"{field}: {self._where()} answered HTTP {err.status_code} to a model list "
+                                        f"request: {err.message}")) from None
+        except openai.APIConnectionError as err:
+            raise JudgeUnavailableError(redact(f"{field}.base_url: {self._where()} cannot be reached ({err}); check "
+                                               f"the URL and that the server is up")) from None
+
     def _request(self, text: str) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"model": self.model, "temperature": self.temperature,
                                   "messages": [{"role": "user", "content": text}]}

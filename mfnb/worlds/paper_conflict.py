@@ -69,6 +69,17 @@ class PaperConflict:
             sizes[field] = wanted or have
         self.params = params.model_copy(update=sizes)
         self._scorers: dict[str, Any] = {}
+        # the scorers' folders are resolved now: a hub name that is not cached fails before any stage trains
+        self._folders = {which: self._folder(which) for which in ("reward", "quality") if getattr(params, which)}
+
+    def _folder(self, which: str):
+        from mfnb.worlds import hub_models
+
+        spec, field = getattr(self.params, which), f"conflict.{which}.name"
+        folder = hub_models.resolve(spec.name, revision=spec.revision, field=field,
+                                    trust_remote_code=spec.trust_remote_code)
+        hub_models.check_reward_model(folder, name=spec.name, field=field, trust_remote_code=spec.trust_remote_code)
+        return folder
 
     @classmethod
     def from_spec(cls, world, spec: Mapping[str, Any]) -> "PaperConflict":
@@ -109,14 +120,9 @@ class PaperConflict:
             return None
         if which not in self._scorers:
             from mfnb.judges import RewardModelJudge
-            from mfnb.worlds import hub_models
 
-            field = f"conflict.{which}.name"
-            folder = hub_models.resolve(spec.name, revision=spec.revision, field=field,
-                                        trust_remote_code=spec.trust_remote_code)
-            hub_models.check_reward_model(folder, name=spec.name, field=field, trust_remote_code=spec.trust_remote_code)
-            judge = RewardModelJudge(str(folder), batch_size=spec.batch_size, max_length=spec.max_length,
-                                     trust_remote_code=spec.trust_remote_code, progress=False)
+            judge = RewardModelJudge(str(self._folders[which]), batch_size=spec.batch_size, max_length=spec.max_length,
+                                     trust_remote_code=spec.trust_remote_code, progress=False, dtype="auto")
             judge.set_query_view(self.world.query, self.world.key)
             self._scorers[which] = judge
         return self._scorers[which]
@@ -144,6 +150,9 @@ class PaperConflict:
 
         judge = make_judge(self.params.judge)
         judge.set_query_view(self.world.query, self.world.key)
+        inner = getattr(judge, "inner", judge)
+        if hasattr(inner, "check_access"):  # a refused key or a dead endpoint stops here, before any work
+            inner.check_access("conflict.judge")
         return judge
 
     def scores(self, prompts: Sequence[str], responses: Sequence[str], judge=None, delta: float = 0.05) -> dict:
