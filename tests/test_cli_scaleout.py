@@ -72,7 +72,7 @@ def test_train_runs_a_spec_in_this_process(tmp_path, capsys):
 def _params(**changes) -> TracesParams:
     base = {"profile": "tiny", "world": {"kind": "tiny"}, "batch_sizes": [10], "trace_seeds": [0, 1],
             "fidelities": [{"role": "g1", "cost": 1.0}, {"role": "g2", "cost": 4.0}], "baselines": ["vanilla-m2"],
-            "monitor": False, "judge_train_pairs": False}
+            "monitor": False, "judge_train_pairs": False, "max_iters_per_fidelity": 4}
     return TracesParams.validate_mapping({**base, **changes}, "test")
 
 

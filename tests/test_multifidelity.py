@@ -236,6 +236,24 @@ def test_caps_end_runaway_runs(tmp_path):
     assert budget.stop_reason.startswith("budget cap") and budget.expert_cost() == 20
 
 
+def test_paper_params_end_a_run_that_never_passes_gamma(tmp_path):
+    """With params/paper/02's caps, a student whose looks never pass gamma and whose weights keep moving still ends:
+    4 iterations at each of the 3 fidelities, then the iteration cap (the paper's settings had no end)."""
+    paper = mf.TracesParams.from_yaml(ROOT / "params" / "paper" / "02_multifidelity_traces.yaml")
+    cfg = paper.run_config(10, 3).model_copy(update={"fidelities": config().fidelities, "student": "student",
+                                                     "n_validation": 100})
+    never = [0.2 + 0.001 * k for k in range(1, 40)]
+    result = mf.run_multifidelity(cfg, ScriptedBackend(never), SkillJudge(), PROMPTS, tmp_path, progress=False)
+    assert result.state["t"] == 12 and result.state["done"]
+    assert result.stop_reason.startswith("iteration cap at this fidelity")
+    assert [len(result.state["data"][str(m)]) for m in (1, 2, 3)] == [4, 4, 4]
+    values = paper.model_dump()
+    values.update(max_iters_per_fidelity=None, max_iters=None, max_budget=None)
+    with pytest.raises(ParamsError, match=r"max_iters_per_fidelity, max_iters and max_budget are all null: .*no "
+                                          r"guaranteed end"):
+        mf.TracesParams.validate_mapping(values, "02.yaml")
+
+
 def test_judge_failures_are_retried_then_excluded(tmp_path):
     judge = SkillJudge(fail_once={"v001", "v002"}, always_fail={"v050", "v051", "v052"})
     result, _ = run_mf(tmp_path, [0.25, 0.35, 0.45, 0.40], judge=judge, judge_retries=2)

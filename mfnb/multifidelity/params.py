@@ -181,6 +181,17 @@ class TracesParams(AlgorithmParams):
                              f"top), got {values}")
         return values
 
+    @model_validator(mode="after")
+    def _has_an_end(self):
+        """Algorithm 2 leaves a fidelity only when a look passes gamma or the weights stop moving; a student that
+        does neither trains forever (each iteration's DPO runs on all of D^(m), so it also grows costlier)."""
+        if self.max_iters_per_fidelity is None and self.max_iters is None and self.max_budget is None:
+            raise ValueError("max_iters_per_fidelity, max_iters and max_budget are all null: Algorithm 2 then has no "
+                             "guaranteed end below the top fidelity (a look that never passes gamma while the weights "
+                             "keep moving trains forever); set max_iters_per_fidelity (the paper's Tables 2-3 use at "
+                             "most 3 iterations at a fidelity) and/or max_iters")
+        return self
+
     def baselines_at(self, batch_size: int) -> list[str]:
         """The baselines run at this batch size (``baseline_batch_sizes`` restricts some)."""
         return [b for b in self.baselines if batch_size in self.baseline_batch_sizes.get(b, [batch_size])]

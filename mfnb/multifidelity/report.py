@@ -317,7 +317,8 @@ def departures(P, n_student_parameters: float | None, world_costs: dict) -> pd.D
         ("gamma / validation / test prompts", "0.3 / 200 / 500", f"{P.gamma:g} / {P.n_validation} / {P.n_test}"),
         ("parameter-change epsilon", "not given", f"{P.epsilon:g} on the LoRA weights; vacuous at a fidelity's first look"),
         ("iteration caps (multi-fidelity run)", "none",
-         f"{P.max_iters_per_fidelity} per fidelity, {P.max_iters} per run (labelled wherever they decide)"),
+         f"{P.max_iters_per_fidelity} per fidelity, {P.max_iters} per run (labelled wherever they decide): without "
+         "one, a fidelity whose look never passes gamma while the weights keep moving never ends"),
         ("validation cost", "not in Lambda (unstated)",
          f"Lambda counts training responses only, for every run; the validation responses behind each run's "
          f"decisions ({P.n_validation} per expert looked at) are added in the 'with validation' columns"),
