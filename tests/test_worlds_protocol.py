@@ -165,10 +165,11 @@ def _imports(path):
 
 
 def test_no_method_module_or_notebook_constructs_a_concrete_world():
-    """Only mfnb/worlds knows the concrete worlds: method modules and notebooks go through make_world."""
+    """Only mfnb/worlds knows the concrete worlds: method modules and notebooks go through make_world. (The
+    rehearsal stands in for the paper world's hub and judge, so it may know SmolLM2's files.)"""
     package = ROOT / "mfnb"
     for path in package.rglob("*.py"):
-        if path.relative_to(package).parts[0] == "worlds":
+        if path.relative_to(package).parts[0] in ("worlds", "rehearsal"):
             continue
         concrete = [m for m in _imports(path) if m.startswith("mfnb.worlds.")
                     and m.split(".")[2] not in ("make_world", "require", "has", "World", "WorldSpec", "KINDS", "register")]
