@@ -170,3 +170,27 @@ def test_overlay_errors_name_the_overlay_file(tmp_path, capsys):
 def test_processes_flag_alone_keeps_the_params_config(capsys):
     assert cli.main(["04", "--profile", "paper", "--check", "--processes", "2"]) == 0
     assert yaml.safe_load(capsys.readouterr().out)["launch"] == {"processes": 2, "config": "deepspeed_zero2"}
+
+
+def test_a_refused_judge_key_stops_the_paper_notebook_through_the_cli_before_any_work(hub, tmp_path):
+    """The path a user takes (python -m mfnb run) on the paper params: the judge's endpoint refuses the key, and the
+    notebook stops in its first cell with one message naming the variable, before any sampling; the key is not
+    printed."""
+    import os
+    import subprocess
+    import sys
+
+    data = stand_ins.datasets(tmp_path / "data")
+    overlay = ROOT / "params" / "rehearsal" / "01_fidelity_winrates.yaml"
+    with JudgeEndpoint(stub_answer, key="sk-the-right-one") as endpoint:
+        values = cli.resolve_parameters("01_fidelity_winrates", "paper", None, [], [str(overlay)])[1]
+        overrides = [a for k, v in stand_in_overrides(values, data, endpoint.url) for a in ("-p", k, v)]
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub), "MFNB_CACHE": str(tmp_path / "cache"),
+               "MFNB_RESULTS": str(tmp_path / "results"), "OPENAI_API_KEY": "sk-a-wrong-key-0123456789abcdef"}
+        done = subprocess.run([sys.executable, "-m", "mfnb", "run", "01", "--profile", "paper", "--overlay", str(overlay),
+                               *overrides, "--no-progress"], env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "failed at In [" in done.stderr and "refused the key in $OPENAI_API_KEY (HTTP 401" in done.stderr
+    assert "sk-a-wrong-key" not in done.stderr + done.stdout
+    assert endpoint.counts() == {"requests": 0, "refused": 1, "errors": 0}
+    assert not (tmp_path / "cache" / "paper_responses").exists()  # nothing was sampled

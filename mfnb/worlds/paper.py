@@ -266,19 +266,20 @@ class PaperWorld:
         """Everything a notebook will need from this world, checked before any work: every role's model (a hub
         name in the cache or reachable, a causal LM, its chat template), the device, and the data. Each failure
         is one error naming the params field and the fix."""
-        self._device()
         self.build(show_progress=False)
 
     def load(self, role: str):
-        """A fresh, trainable (model, tokenizer) of a role (on the GPU when one is visible)."""
+        """A fresh, trainable (model, tokenizer) of a role (on the GPU when one is visible). While it lives, launched
+        training processes borrow its GPU memory (:func:`mfnb.models.resident`): a notebook that keeps a 7B model
+        for evaluation does not starve them."""
         import copy
 
-        from mfnb.models import load_model
+        from mfnb.models import load_model, resident
 
         spec = self._spec(role)
         model = load_model(self.folder(role), dtype=spec.dtype, trust_remote_code=spec.trust_remote_code,
                            device=self._device(), show_progress=False)
-        return model, copy.deepcopy(self.tokenizer(role))
+        return resident(model), copy.deepcopy(self.tokenizer(role))
 
     def build(self, show_progress: bool = True) -> dict[str, float]:
         """Fetch (when online) and check every role's model, then load the data; seconds per piece."""
@@ -286,6 +287,7 @@ class PaperWorld:
 
         from mfnb.progress import progress as progress_bar
 
+        self._device()  # device: cuda on a machine without a GPU fails here, naming the field
         spent = {}
         for role in progress_bar(self.roles, desc="paper world models", disable=not show_progress, leave=False):
             start = time.perf_counter()
