@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from mfnb import paths
-from mfnb.params import PROFILES, Params, ParamsError, did_you_mean, load_yaml, parse_value
+from mfnb.params import PROFILES, Params, ParamsError, did_you_mean, load_yaml, merge_overlay, parse_value
 from mfnb.secrets import redact
 
 # Each notebook's parameter schema, "module:Class", imported only when that notebook is run.
@@ -123,17 +123,6 @@ def _deep_copy(value: Any) -> Any:
     if isinstance(value, list):
         return [_deep_copy(v) for v in value]
     return value
-
-
-def merge_overlay(values: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
-    """``values`` with ``overlay`` laid over it: mappings merge key by key, anything else is replaced."""
-    out = _deep_copy(values)
-    for key, value in overlay.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge_overlay(out[key], value)
-        else:
-            out[key] = _deep_copy(value)
-    return out
 
 
 def resolve_parameters(name: str, profile: str | None, params_file: str | None,

@@ -79,6 +79,20 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return values
 
 
+def merge_overlay(values: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with ``overlay`` laid over it (``run --overlay``): mappings merge key by key, anything else is
+    replaced; neither input is changed."""
+    import copy
+
+    out = copy.deepcopy(values)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_overlay(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
 def parse_value(text: str) -> Any:
     """A command-line value read as a YAML scalar or flow collection: ``0.5`` -> 0.5, ``1e-4`` -> 0.0001,
     ``true`` -> True, ``null`` -> None, ``[a, b]`` -> ['a', 'b']; anything else stays a string."""

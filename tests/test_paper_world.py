@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import paper_fixtures as fx
+from test_served_engine import _alive
 from mfnb import paths
 from mfnb.models import SamplingParams
 from mfnb.params import ParamsError
@@ -259,14 +260,6 @@ def fake_vllm(tmp_path) -> str:
     return str(fake_vllm_python(tmp_path / "fake-vllm-venv"))
 
 
-def _alive(pid: int) -> bool:
-    import os
-
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_vllm_without_vllm_is_one_error_naming_the_field_before_anything_runs(tmp_path):

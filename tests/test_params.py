@@ -52,7 +52,7 @@ def test_parameters_cell_is_the_tiny_profile(notebook):
 @pytest.mark.parametrize("path", PARAM_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_params_file_validates(path):
     if path.parent.name == "rehearsal":  # an overlay: the paper profile's file with these sizes laid over it
-        from mfnb.cli import merge_overlay
+        from mfnb.params import merge_overlay
 
         paper = yaml.safe_load((ROOT / "params" / "paper" / path.name).read_text())
         _schema(path.stem).validate_mapping(merge_overlay(paper, yaml.safe_load(path.read_text())), str(path))

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from mfnb import cli, paths
+from mfnb.params import merge_overlay
 from mfnb.judges import JudgeError, OpenAIJudge
 from mfnb.judges.llm import parse_verdict
 from mfnb.rehearsal import stand_ins
@@ -163,7 +164,7 @@ def test_overlay_errors_name_the_overlay_file(tmp_path, capsys):
     assert cli.main(["run", "01", "--profile", "paper", "--overlay", str(bad), "--check"]) == 2
     err = capsys.readouterr().err
     assert f"with {bad}" in err and "max_new_tokenz" in err and "nothing was run" in err
-    assert cli.merge_overlay({"a": {"b": 1, "c": [1, 2]}, "d": 1}, {"a": {"c": [3]}, "e": 2}) == \
+    assert merge_overlay({"a": {"b": 1, "c": [1, 2]}, "d": 1}, {"a": {"c": [3]}, "e": 2}) == \
         {"a": {"b": 1, "c": [3]}, "d": 1, "e": 2}
 
 

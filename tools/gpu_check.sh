@@ -19,7 +19,7 @@
 # the exit status is 1 if any part (or the setup) failed.
 #
 # Settings (environment): GPU_CHECK_PARTS (default rehearse,tests,scale), GPU_CHECK_BUDGET_S (total seconds,
-# default 540), GPU_CHECK_REHEARSE_S / GPU_CHECK_TESTS_S / GPU_CHECK_SCALE_S (each part's cap: 210 / 90 / 200),
+# default 540, the setup included), GPU_CHECK_REHEARSE_S / GPU_CHECK_TESTS_S / GPU_CHECK_SCALE_S (caps: 240 / 60 / 180),
 # GPU_CHECK_PYTHON (python3), GPU_CHECK_SITE (/tmp/site), GPU_CHECK_WHEELS (.whl), GPU_CHECK_SCALE_ARGS (extra
 # gpu_scale.py arguments, e.g. "--parts dpo --grad-accum 1").
 set -uo pipefail   # no -e: one part's failure must not stop the others
@@ -31,8 +31,8 @@ SITE="${GPU_CHECK_SITE:-/tmp/site}"
 WHEELS_DIR="${GPU_CHECK_WHEELS:-$ROOT/.whl}"
 BUDGET="${GPU_CHECK_BUDGET_S:-540}"
 PARTS=",${GPU_CHECK_PARTS:-rehearse,tests,scale},"
-declare -A CAP=([rehearse]="${GPU_CHECK_REHEARSE_S:-210}" [tests]="${GPU_CHECK_TESTS_S:-90}"
-                [scale]="${GPU_CHECK_SCALE_S:-200}")
+declare -A CAP=([rehearse]="${GPU_CHECK_REHEARSE_S:-240}" [tests]="${GPU_CHECK_TESTS_S:-60}"
+                [scale]="${GPU_CHECK_SCALE_S:-180}")
 START=$SECONDS
 STARTED_AT=$(date +%s)
 

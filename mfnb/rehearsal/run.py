@@ -82,18 +82,18 @@ def stand_in_overrides(values: dict[str, Any], data: dict[str, Path], judge_url:
                 raise RehearsalError(f"{key}.path: no stand-in for dataset {path!r}; add it to "
                                      "mfnb.rehearsal.stand_ins.datasets")
             out.append((f"{key}.path", str(data[path])))
-        if mapping.get("kind") == "openai":
-            out += [(f"{key}.base_url", judge_url) if key else ("base_url", judge_url)]
+        if mapping.get("kind") == "openai":  # a judge spec (never the params' top level)
+            out.append((f"{key}.base_url", judge_url))
             if mapping.get("api_key_env", KEY_ENV) != KEY_ENV:
                 out.append((f"{key}.api_key_env", KEY_ENV))
     return out
 
 
 def _values(notebook: str, overlay: Path) -> dict[str, Any]:
-    from mfnb.cli import resolve_parameters
+    """The paper params with the overlay laid over them (the CLI validates them when it runs the notebook)."""
+    from mfnb.params import load_yaml, merge_overlay
 
-    _, values, _ = resolve_parameters(notebook, "paper", None, [], [str(overlay)])
-    return values
+    return merge_overlay(load_yaml(paths.params_file(notebook, "paper")), load_yaml(overlay))
 
 
 # ------------------------------------------------------------------------------------------- running
