@@ -33,3 +33,13 @@ def test_a_stale_paper_field_is_named(tmp_path, capsys):
     assert cli.main(["run", "02", "--params", str(tmp_path / "02.yaml"), "--check"]) == 2
     err = capsys.readouterr().err
     assert "unknown parameter 'vanilla_fidelities'" in err and "nothing was run" in err
+
+
+def test_vllm_asked_for_where_it_is_not_installed_is_refused_by_the_cli_check(capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    assert cli.main(["run", "01", "--profile", "paper", "-p", "world.engine", "vllm", "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "world.engine: vllm needs vLLM" in err and "world.vllm.python" in err and "nothing was run" in err
