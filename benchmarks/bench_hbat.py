@@ -45,7 +45,8 @@ def pipeline(repeats: int) -> float:
 
 
 def penalty_stage(repeats: int) -> float:
-    from mfnb import dpo, hbat, sft
+    from mfnb.training import dpo, sft
+    from mfnb import hbat
     from mfnb.hbat import HbatExperiment, HbatNotebookParams
 
     params = HbatNotebookParams.for_profile("04_hbat_ablations", "tiny")

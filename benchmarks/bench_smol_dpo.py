@@ -1,7 +1,7 @@
 """One LoRA DPO step on SmolLM2-135M-Instruct: effective FLOP/s against a plain fp32 matmul, where the time
 goes, and peak memory.
 
-The step is :func:`mfnb.dpo.dpo_update` (TRL's DPOTrainer) on a LoRA-wrapped SmolLM2 with the project's
+The step is :func:`mfnb.training.dpo.dpo_update` (TRL's DPOTrainer) on a LoRA-wrapped SmolLM2 with the project's
 default :class:`mfnb.models.LoraParams`, on chat-templated verifiable-instruction prompts with two sampled
 responses each (chosen, rejected), ``--batch`` pairs per step. Its useful work is counted as 6N FLOPs per
 token: a policy forward and the backward to the activations (2N + 2N; LoRA needs no gradient of the frozen
@@ -63,10 +63,10 @@ def matmul_flops(m: int, k: int, n: int, dtype=torch.float32, seconds: float = 1
 
 def preference_rows(model, tokenizer, n_pairs: int, response_tokens: int, seed: int):
     """``n_pairs`` chat-templated verifiable-instruction prompts, each with two responses SmolLM2 sampled."""
-    from mfnb.engines.hf import HFEngine
+    from mfnb.models.engines.hf import HFEngine
     from mfnb.models import SamplingParams
-    from mfnb.worlds.best_of_k import chat_prompt
-    from mfnb.worlds.instructions import InstructionParams, InstructionSet
+    from mfnb.worlds.shared.best_of_k import chat_prompt
+    from mfnb.worlds.smol.task import InstructionParams, InstructionSet
 
     tasks = InstructionSet(InstructionParams(n_train=n_pairs, n_validation=0, n_test=0, seed=seed))
     prompts = [chat_prompt(tokenizer, p) for p in tasks.prompts["train"]]
@@ -119,8 +119,9 @@ def make_callback(record: dict, profiler=None):
 
 
 def run_dpo(model, tokenizer, rows, batch: int, steps: int, *, bf16: bool, profiler=None) -> dict:
-    """``steps`` DPO steps of ``batch`` pairs through :func:`mfnb.dpo.dpo_update`; timings and token counts."""
-    from mfnb.dpo import DPOParams, dpo_update, preference_dataset
+    """``steps`` DPO steps of ``batch`` pairs through :func:`mfnb.training.dpo.dpo_update`; timings and token counts."""
+    from mfnb.training.config import DPOParams
+    from mfnb.training.dpo import dpo_update, preference_dataset
 
     prompts, chosen, rejected = rows
     n = batch * steps
@@ -215,9 +216,9 @@ def dpo_benchmark(args) -> None:
     import transformers
     import trl
 
-    from mfnb.engines.hf import native_bf16
+    from mfnb.models.engines.hf import native_bf16
     from mfnb.models import LoraParams, attach_lora, load_model, load_tokenizer
-    from mfnb.worlds.smollm2 import smollm2_path
+    from mfnb.worlds.smol.smollm2 import smollm2_path
 
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)

@@ -4,7 +4,7 @@
 Without an engine, ``generate`` calls transformers' ``generate`` on the PeftModel: every linear layer runs its
 LoRA branch at every decoded token, in fp32. With ``engine: {kind: hf, dtype: ...}`` it folds the adapter into a
 copy (at the adapter's current scaling, so ExPO's alpha is honoured) and samples that with our decode loop
-(:mod:`mfnb.engines.hf`). The adapter here is random (lora_B ~ N(0, 0.01)): speed does not depend on what was
+(:mod:`mfnb.models.engines.hf`). The adapter here is random (lora_B ~ N(0, 0.01)): speed does not depend on what was
 learned. Configurations run interleaved, round after round, each on its own slice of prompts; printed: seconds,
 tokens and tokens/s per configuration (median over rounds) and each one's ratio to transformers' generate.
 
@@ -32,8 +32,8 @@ def main() -> None:
         args.prompts, args.new_tokens, args.rounds = 8, 16, 1
 
     from mfnb.models import LoraParams, SamplingParams, attach_lora, generate, load_model, load_tokenizer
-    from mfnb.worlds.instructions import InstructionParams, InstructionSet
-    from mfnb.worlds.smollm2 import smollm2_path
+    from mfnb.worlds.smol.task import InstructionParams, InstructionSet
+    from mfnb.worlds.smol.smollm2 import smollm2_path
 
     torch.set_num_threads(args.threads)
     folder = smollm2_path()

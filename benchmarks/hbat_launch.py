@@ -33,10 +33,11 @@ def main() -> None:
 
     from mfnb.hbat.algorithm import _train_stage
     from mfnb.hbat.ewc import EWCPenalty
-    from mfnb.hbat.params import HbatParams
+    from mfnb.hbat.config import HbatParams
     from mfnb.models import load_model, load_tokenizer
-    from mfnb.worlds import tasks
-    from mfnb.worlds.tiny import TinyWorldParams, _new_model, build_tokenizer
+    from mfnb.worlds.tiny import task as tasks
+    from mfnb.worlds.tiny.world import _new_model, TinyWorldParams
+    from mfnb.worlds.tiny.task import build_tokenizer
 
     tokenizer = build_tokenizer()
     _new_model(TinyWorldParams(), tokenizer).save_pretrained(root / "base")

@@ -1,7 +1,7 @@
 """How well an LLM judge behind a real OpenAI-compatible server reads and agrees, per judge mode.
 
 Starts llama.cpp (xllamacpp) serving SmolLM2-135M-Instruct's GGUF on 127.0.0.1, samples two responses per
-verifiable-instruction prompt from the same server (mfnb.worlds.instructions: IFEval's checkers give each
+verifiable-instruction prompt from the same server (mfnb.worlds.smol.task: IFEval's checkers give each
 response a known quality), keeps the pairs whose quality differs, and asks the judge about each pair in both
 orders with the papers' prompt, parsing the text (``verdict: text``) and reading the first answer token's
 log-probabilities (``verdict: logprobs``). Prints the parse rates, the share of pairs with a verdict,
@@ -34,11 +34,11 @@ def main() -> None:
 
     import openai
 
-    from mfnb.engines.llamacpp import LlamaCppServer
-    from mfnb.judge_agreement import judge_agreement
+    from mfnb.models.engines.llamacpp import LlamaCppServer
+    from mfnb.ladder.agreement import judge_agreement
     from mfnb.judges import OpenAIJudge
-    from mfnb.worlds import instructions as ins
-    from mfnb.worlds.smollm2 import find_gguf
+    from mfnb.worlds.smol import task as ins
+    from mfnb.worlds.smol.smollm2 import find_gguf
 
     os.environ.setdefault("MFNB_BENCH_JUDGE_KEY", "sk-local-llama-cpp-needs-no-key-000000")
     with socket.socket() as s:

@@ -1,9 +1,9 @@
 """Is there an alignment tax on SmolLM2? LoRA DPO on VADER-sentiment preferences, instruction following before and
 after (a measurement, not a speed target).
 
-Preference pairs (``mfnb.worlds.smol_conflict``): ``--pref-samples`` SmolLM2 samples of each of ``--pairs``
+Preference pairs (``mfnb.worlds.smol.conflict``): ``--pref-samples`` SmolLM2 samples of each of ``--pairs``
 training prompts, chosen = most positive (VADER), rejected = least. One LoRA DPO epoch (TRL DPOTrainer
-through ``mfnb.dpo``). Then SmolLM2 and the DPO policy answer ``--eval`` validation prompts with the same
+through ``mfnb.training.dpo``). Then SmolLM2 and the DPO policy answer ``--eval`` validation prompts with the same
 per-row seeds (``--eval-samples`` each), and the checker's strict quality and VADER's reward are compared
 prompt by prompt (paired mean difference with a 95% t interval). The tax exists if quality falls while
 the reward rises.
@@ -44,20 +44,21 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--exclude", default=None, help="instruction ids left out, comma-separated (default: "
-                    "mfnb.worlds.instructions.NEVER_FOLLOWED_BY_SMOLLM2)")
+                    "mfnb.worlds.smol.task.NEVER_FOLLOWED_BY_SMOLLM2)")
     ap.add_argument("--constraints", default="3,3", help="min,max constraints per prompt")
     args = ap.parse_args()
 
     from datasets import Dataset
 
-    from mfnb.dpo import DPOParams, dpo_update
-    from mfnb.engines import candidate_seed
-    from mfnb.engines.hf import HFEngine
+    from mfnb.training.config import DPOParams
+    from mfnb.training.dpo import dpo_update
+    from mfnb.models.engines import candidate_seed
+    from mfnb.models.engines.hf import HFEngine
     from mfnb.models import LoraParams, SamplingParams, attach_lora, load_model, load_tokenizer
-    from mfnb.worlds.best_of_k import BestOfK, chat_prompt
-    from mfnb.worlds.instructions import DEFAULT_IDS, NEVER_FOLLOWED_BY_SMOLLM2, InstructionParams, InstructionSet
-    from mfnb.worlds.smol_conflict import SmolConflict, SmolConflictParams
-    from mfnb.worlds.smollm2 import smollm2_path
+    from mfnb.worlds.shared.best_of_k import BestOfK, chat_prompt
+    from mfnb.worlds.smol.task import DEFAULT_IDS, NEVER_FOLLOWED_BY_SMOLLM2, InstructionParams, InstructionSet
+    from mfnb.worlds.smol.conflict import SmolConflict, SmolConflictParams
+    from mfnb.worlds.smol.smollm2 import smollm2_path
 
     torch.set_num_threads(args.threads)
     folder = smollm2_path()

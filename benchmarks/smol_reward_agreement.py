@@ -31,17 +31,17 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--exclude", default=None, help="instruction ids left out, comma-separated (default: "
-                    "mfnb.worlds.instructions.NEVER_FOLLOWED_BY_SMOLLM2)")
+                    "mfnb.worlds.smol.task.NEVER_FOLLOWED_BY_SMOLLM2)")
     ap.add_argument("--constraints", default="3,3", help="min,max constraints per prompt")
     args = ap.parse_args()
 
-    from mfnb.engines.hf import HFEngine
+    from mfnb.models.engines.hf import HFEngine
     from mfnb.models import SamplingParams, load_model, load_tokenizer
-    from mfnb.worlds.best_of_k import BestOfK
-    from mfnb.worlds.instructions import DEFAULT_IDS, NEVER_FOLLOWED_BY_SMOLLM2, InstructionParams, InstructionSet
-    from mfnb.worlds.smol_reward import (SmolRewardParams, agreement, build_smol_reward_model, ranked_pairs,
+    from mfnb.worlds.shared.best_of_k import BestOfK
+    from mfnb.worlds.smol.task import DEFAULT_IDS, NEVER_FOLLOWED_BY_SMOLLM2, InstructionParams, InstructionSet
+    from mfnb.worlds.smol.reward import (SmolRewardParams, agreement, build_smol_reward_model, ranked_pairs,
                                          reward_judge, reward_model_path, reward_rows)
-    from mfnb.worlds.smollm2 import smollm2_path
+    from mfnb.worlds.smol.smollm2 import smollm2_path
 
     torch.set_num_threads(args.threads)
     folder = smollm2_path()

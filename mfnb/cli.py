@@ -8,8 +8,8 @@ it, and the message says which cell failed and which tables and figures the run 
 
 ``python -m mfnb NOTEBOOK -f params.yaml`` is short for ``run`` (a cluster batch job's form); ``--processes`` and
 ``--launch-config`` set the notebook's ``launch`` parameter, which sends its training steps (SFT, DPO, HbAT
-stages) through ``accelerate launch`` (:mod:`mfnb.distributed`). ``train STEP --spec FILE`` runs one step from a
-:class:`mfnb.distributed.TrainSpec`; ``estimate 02`` scales notebook 02's ledger to another profile's sizes.
+stages) through ``accelerate launch`` (:mod:`mfnb.training.launch`). ``train STEP --spec FILE`` runs one step from a
+:class:`mfnb.training.config.TrainSpec`; ``estimate 02`` scales notebook 02's ledger to another profile's sizes.
 
 Exit status: 0 success, 1 the notebook failed, 2 bad input (nothing ran), 130 interrupted.
 """
@@ -29,17 +29,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from mfnb import paths
-from mfnb.params import PROFILES, Params, ParamsError, did_you_mean, load_yaml, merge_overlay, parse_value
-from mfnb.secrets import redact
+from mfnb.core import paths
+from mfnb.core.imports import resolve
+from mfnb.core.params import PROFILES, Params, ParamsError, did_you_mean, load_yaml, merge_overlay, parse_value
+from mfnb.core.secrets import redact
 
-# Each notebook's parameter schema, "module:Class", imported only when that notebook is run.
+# Each notebook's parameter schema, in its package's config module; imported only when that notebook is run.
 SCHEMAS = {
-    "01_fidelity_winrates": "mfnb.evaluation:FidelityWinratesParams",
-    "02_multifidelity_traces": "mfnb.multifidelity:TracesParams",
-    "03_expo_alpha_curves": "mfnb.expo:ExpoParams",
-    "04_hbat_ablations": "mfnb.hbat:HbatNotebookParams",
-    "05_hoeffding_bounds": "mfnb.stats:HoeffdingParams",
+    "01_fidelity_winrates": "mfnb.ladder.config:FidelityWinratesParams",
+    "02_multifidelity_traces": "mfnb.multifidelity.config:TracesParams",
+    "03_expo_alpha_curves": "mfnb.expo.config:ExpoParams",
+    "04_hbat_ablations": "mfnb.hbat.config:HbatNotebookParams",
+    "05_hoeffding_bounds": "mfnb.bounds.config:HoeffdingParams",
 }
 
 
@@ -70,8 +71,7 @@ def notebook_name(arg: str) -> str:
 
 
 def schema_for(name: str) -> type[Params]:
-    module, cls = SCHEMAS[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return resolve(SCHEMAS[name], f"SCHEMAS[{name!r}]")
 
 
 def notebook_defaults(path: Path) -> dict[str, Any]:
@@ -171,14 +171,14 @@ def execute(notebook: Path, out: Path, parameters: dict[str, Any], *, cwd: Path,
     """
     import papermill
 
-    from mfnb import allocator
+    from mfnb.core import allocator
 
     out.parent.mkdir(parents=True, exist_ok=True)
     running = out.with_name(f"{out.stem}.running.ipynb")
     failed = out.with_name(f"{out.stem}.failed.ipynb")
     before = _file_state(watch)
     try:
-        # the kernel reuses freed tensor memory (see mfnb.allocator)
+        # the kernel reuses freed tensor memory (see mfnb.core.allocator)
         with _sigterm_raises_interrupt(), allocator.for_child_processes():
             papermill.execute_notebook(str(notebook), str(running), parameters=parameters, kernel_name="python3",
                                        cwd=str(cwd), progress_bar=progress)
@@ -321,7 +321,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mfnb import distributed
+    from mfnb.training import launch as distributed
 
     file = Path(args.spec)
     if not file.is_file():
@@ -346,7 +346,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from mfnb import estimate
+    from mfnb.multifidelity import estimate
 
     name = notebook_name(args.notebook)
     if name != "02_multifidelity_traces":
@@ -462,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "global_batch_size, ...) in this process or under accelerate launch "
                                             "(DDP, DeepSpeed ZeRO-2/3); the adapter or model lands in spec.output.")
     train.add_argument("step", choices=["sft", "dpo"])
-    train.add_argument("--spec", required=True, help="a TrainSpec as JSON or YAML (mfnb.distributed.TrainSpec)")
+    train.add_argument("--spec", required=True, help="a TrainSpec as JSON or YAML (mfnb.training.config.TrainSpec)")
     train.add_argument("--quiet", action="store_true", help="do not stream the workers' output (it stays in launch.log)")
     _add_launch_flags(train)
     train.set_defaults(func=cmd_train)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mfnb import paths
-from mfnb.worlds.tiny import TinyWorld
+from mfnb.core import paths
+from mfnb.worlds.tiny.world import TinyWorld
 
 # The tests use tiny models, which run many times faster on one intra-op thread on a small shared CPU.
 torch.set_num_threads(1)

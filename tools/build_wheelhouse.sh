@@ -48,14 +48,14 @@ PACKAGES=(
   dill==0.4.1
   multiprocess==0.70.19
   fsspec==2026.9.0
-  # pydantic (mfnb.params needs >= 2.12; pydantic needs typing_extensions >= 4.16)
+  # pydantic (mfnb.core.params needs >= 2.12; pydantic needs typing_extensions >= 4.16)
   pydantic==2.14.4
   pydantic_core==2.50.5
   annotated-types==0.8.0
   typing-inspection==0.4.5
   typing_extensions==4.16.0
   # papermill and a python3 kernel (ipykernel). Not ipywidgets (2.5 MiB with its two extensions): without it
-  # tqdm draws text bars in the kernel (mfnb.progress falls back to them), and the tree keeps its headroom
+  # tqdm draws text bars in the kernel (mfnb.core.progress falls back to them), and the tree keeps its headroom
   papermill==2.7.0
   entrypoints==0.4.2
   tenacity==9.2.1

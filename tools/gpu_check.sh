@@ -13,7 +13,7 @@
 #             the library versions (and, at the end, the summary);
 #   rehearse  (01_rehearse.log)      python3 -m mfnb rehearse --device cuda --processes 1 --judge stub
 #             (and its results/rehearsal/summary.csv as rehearsal_summary.csv)
-#   tests     (02_device_tests.log)  python3 -m pytest -q -m "not slow" tests/test_device_*.py
+#   tests     (02_device_tests.log)  python3 -m pytest -q -m "not slow" tests/*/test_device_*.py
 #   scale     (03_gpu_scale.log)     python3 benchmarks/gpu_scale.py (also writes gpu_scale.csv / .json to $OUT)
 # Each part runs under `timeout` within a total budget; a part that fails or times out does not stop the others;
 # the exit status is 1 if any part (or the setup) failed.
@@ -106,7 +106,7 @@ for i in range(torch.cuda.device_count()):
           f"bf16 {torch.cuda.is_bf16_supported()}")
 missing = 0
 for name in ("transformers", "trl", "peft", "accelerate", "datasets", "huggingface_hub", "tokenizers", "deepspeed",
-             "pydantic", "papermill", "ipykernel", "openai", "mfnb", "mfnb.cli", "mfnb.dpo", "mfnb.worlds.paper"):
+             "pydantic", "papermill", "ipykernel", "openai", "mfnb", "mfnb.cli", "mfnb.training.dpo", "mfnb.worlds.paper.world"):
     try:
         m = importlib.import_module(name)
         version = getattr(m, "__version__", "")
@@ -240,10 +240,10 @@ run_part() {
 # shellcheck disable=SC2317  # run through `bash -c device_tests` (timeout needs a program)
 device_tests() {
   shopt -s nullglob
-  local files=(tests/test_device_*.py)
+  local files=(tests/*/test_device_*.py)
   shopt -u nullglob
   if (( ${#files[@]} == 0 )); then
-    echo "no tests/test_device_*.py in this checkout: nothing to run"
+    echo "no tests/*/test_device_*.py in this checkout: nothing to run"
     return 0
   fi
   "$PY" -m pytest -q -m "not slow" "${files[@]}"

@@ -7,9 +7,9 @@ Files, one idea each (read them in this order beside the paper):
   in-memory state dicts: :func:`extrapolate`, :func:`extrapolate_state_dict`.
 * :mod:`~mfnb.expo.lora` -- the fast path when the aligned model is SFT + LoRA: ExPO scales the adapter by
   ``1 + alpha`` (:func:`scale_lora_adapter`, :func:`lora_extrapolation`, :func:`lora_delta_norm`).
-* :mod:`~mfnb.expo.params` -- notebook 03's parameters (:class:`ExpoParams`).
+* :mod:`~mfnb.expo.config` -- notebook 03's parameters (:class:`ExpoParams`).
 * :mod:`~mfnb.expo.training` -- the aligned models: LoRA DPO adapters per data fraction, cached by config.
-* :mod:`~mfnb.expo.reward` -- the reward model that picks alpha and its agreement with the known quality.
+* :mod:`~mfnb.expo.alpha_judge` -- the reward model that picks alpha and its agreement with the known quality.
 * :mod:`~mfnb.expo.sweep` -- the alpha sweep and the alpha each criterion picks (Figure 5, Table 3).
 * :mod:`~mfnb.expo.control` -- the Figure 6 control: the same data fraction trained harder.
 * :mod:`~mfnb.expo.bootstrap` -- paired percentile bootstrap over prompts (means, LC win rate, chosen alpha).
@@ -37,7 +37,7 @@ from mfnb.expo.plots import plot_alpha_curves, plot_figure6
 from mfnb.expo.report import (METRIC_NAMES, SampleStats, comparisons, comparisons_wide, departures,
                               length_controlled_win_rate,
                               paper_table1, reading, samples_table, judged_samples)
-from mfnb.expo.reward import (accuracy_on_pairs, accuracy_on_responses, pairwise_accuracy, reward_judge,
+from mfnb.expo.alpha_judge import (accuracy_on_pairs, accuracy_on_responses, pairwise_accuracy, reward_judge,
                               reward_model_info)
 from mfnb.expo.sweep import (alpha_sweep, is_non_increasing, optimal_alpha, optimal_alpha_table,
                              paper_alpha_grid, paper_optimal_alpha, response_metrics, score_matrix,
@@ -49,9 +49,9 @@ _SCHEMAS = ("ExpoParams", "PreferenceDataParams")
 
 
 def __getattr__(name: str):
-    """``ExpoParams`` and ``PreferenceDataParams`` come from :mod:`mfnb.expo.params` on first use."""
+    """``ExpoParams`` and ``PreferenceDataParams`` come from :mod:`mfnb.expo.config` on first use."""
     if name in _SCHEMAS:
-        from mfnb.expo import params
+        from mfnb.expo import config as params
 
         return getattr(params, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,7 +25,7 @@ from mfnb.expo.control import Variant
 from mfnb.expo.report import METRIC_NAMES, SampleStats, reading
 from mfnb.expo.sweep import paper_optimal_alpha, score_matrix
 from mfnb.expo.training import fraction_label
-from mfnb.formatting import fmt, fmt_interval
+from mfnb.core.formatting import fmt, fmt_interval
 
 VERDICTS = stats.CLAIM_VERDICTS
 TABLE1_METRICS = ("reward", "win_rate", "lc_win_rate")   # the paper's Table 1 columns
@@ -155,7 +155,7 @@ def medium_best_claim(choice: AlphaChoice, fractions: Sequence[float], medium: f
 
 
 def _paper_table1_pct() -> dict[str, dict[str, float]]:
-    from mfnb import reference
+    from mfnb.core import reference
 
     t1 = reference.load("expo_table1")
     t1["model"] = t1["model"].str.replace("full data", "100% data")

@@ -1,7 +1,7 @@
 """Notebook 03's plain statements that are not verdicts on a claim of the paper: whether the reward model
 picks the right alpha, what the Figure 6 control says about *why* the optimal alpha falls with data, what
 happens to length, and why the learning rate departs from the paper's.  Every number comes from the
-tables passed in and is formatted by :mod:`mfnb.formatting`.
+tables passed in and is formatted by :mod:`mfnb.core.formatting`.
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import math
 from typing import Mapping, Sequence
 
 from mfnb.expo.control import Variant
-from mfnb.formatting import fmt, fmt_interval
+from mfnb.core.formatting import fmt, fmt_interval
 
 
 def _alpha(x: float) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from safetensors import safe_open
 
-from mfnb.atomic import atomic_dir
+from mfnb.core.atomic import atomic_dir
 from mfnb.expo.extrapolation import ExpoError, _check_alpha, _check_output
 
 ADAPTER_FILE = "adapter_model.safetensors"

@@ -8,7 +8,7 @@ import math
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-from mfnb.progress import progress as progress_bar
+from mfnb.core.progress import progress as progress_bar
 
 from mfnb.expo import bootstrap
 from mfnb.expo.sweep import add_scores
@@ -67,7 +67,7 @@ def length_controlled_win_rate(outcomes: Sequence, candidate_lengths: Sequence[f
 
 def paper_table1() -> dict[str, dict]:
     """The paper's Table 1 by row name, as fractions (win rates in [0, 1]); "full data" is our 100%."""
-    from mfnb import reference
+    from mfnb.core import reference
 
     table = reference.load("expo_table1")
     out = {}
@@ -257,7 +257,7 @@ def comparisons_wide(frame, metrics: Sequence[str] = ("reward", "win_rate", "lc_
     'difference [low, high]' and '=' where the interval contains 0 (indistinguishable)."""
     import pandas as pd
 
-    from mfnb.formatting import fmt, fmt_interval
+    from mfnb.core.formatting import fmt, fmt_interval
 
     def cell(r):
         mark = " =" if r.reading == "indistinguishable" else ""

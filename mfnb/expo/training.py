@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from mfnb.atomic import atomic_dir
+from mfnb.core.atomic import atomic_dir
 from mfnb.worlds import require
 
 if TYPE_CHECKING:
-    from mfnb.expo.params import ExpoParams, PreferenceDataParams
+    from mfnb.expo.config import ExpoParams, PreferenceDataParams
 
 EXPO_VERSION = 1  # bump when the data recipe or training changes meaning, so cached adapters are not reused
 
@@ -64,7 +64,7 @@ def adapter_key(world, params: ExpoParams, fraction: float, lr: float | None = N
 
 def adapter_path(world, params: ExpoParams, fraction: float, lr: float | None = None,
                  cache_root: str | Path | None = None, epochs: float | None = None) -> Path:
-    from mfnb import paths
+    from mfnb.core import paths
 
     root = Path(cache_root or paths.cache_dir("expo_adapters"))
     key = adapter_key(world, params, fraction, lr, epochs)
@@ -82,8 +82,8 @@ def train_dpo_adapter(world, params: ExpoParams, fraction: float, *, lr: float |
     """
     import time
 
-    from mfnb.atomic import write_json
-    from mfnb.dpo import dpo_update, preference_dataset
+    from mfnb.core.atomic import write_json
+    from mfnb.training.dpo import dpo_update, preference_dataset
     from mfnb.models import attach_lora
 
     target = adapter_path(world, params, fraction, lr, cache_root, epochs)

@@ -2,7 +2,7 @@
 
 Files, one idea each (read :mod:`~mfnb.hbat.algorithm` beside the paper's Algorithm 1):
 
-* :mod:`~mfnb.hbat.params` -- the settings of one run and the Table 4 methods as presets; where our
+* :mod:`~mfnb.hbat.config` -- the settings of one run and the Table 4 methods as presets; where our
   defaults and the authors' released code differ.
 * :mod:`~mfnb.hbat.importance` -- tensor importance, Eqs. 6, 7, 9, 10 (and HbAT-Freeze's top tensors).
 * :mod:`~mfnb.hbat.ewc` -- the EWC penalty, Eqs. 5 and 8, inside TRL's SFT and DPO trainers.
@@ -18,8 +18,8 @@ Files, one idea each (read :mod:`~mfnb.hbat.algorithm` beside the paper's Algori
 
 Every public name is importable from ``mfnb.hbat``.
 """
-from mfnb.hbat.ablations import HbatExperiment, HbatNotebookParams
-from mfnb.hbat.claims import (ORIGINAL_EWC, PAIRWISE, VERDICTS, claims_table, combine, figure2_claims, figure2_lines,
+from mfnb.hbat.ablations import HbatExperiment
+from mfnb.hbat.claims import (figure2_statement, ORIGINAL_EWC, PAIRWISE, VERDICTS, claims_table, combine, figure2_claims, figure2_lines,
                               lambda_choice, original_ewc_claims, pairwise_claims, verdict)
 from mfnb.hbat.algorithm import HbatRun, check_inputs, run_hbat, select_checkpoint, split_parts, stage_plan
 from mfnb.hbat.efficiency import efficiency_table, measure_efficiency
@@ -28,11 +28,11 @@ from mfnb.hbat.fisher import empirical_fisher, scaled_fisher
 from mfnb.hbat.importance import (accumulate_changes, canonical_name, importance_from_changes, snapshot,
                                   squared_change_sums, tensor_changes, tensor_importance, top_fraction,
                                   trainable_tensors)
-from mfnb.hbat.params import (METHODS, OBJECTIVES, EWCParams, HbatError, HbatParams, SFTStageParams,
-                              for_method)
+from mfnb.hbat.config import (METHODS, OBJECTIVES, EWCParams, HbatError, HbatNotebookParams, HbatParams,
+                              SFTStageParams, for_method)
 from mfnb.hbat.plots import plot_figure2, plot_tradeoff
 from mfnb.hbat.report import (METRICS, PAPER_COLUMNS, PAPER_NAMES, conflict_check, departures,
-                              effective_tensors, figure2_statement, importance_table, ordering_statement,
+                              effective_tensors, importance_table, ordering_statement,
                               orderings, paper_table4, seed_summary, t_interval, table4_with_paper)
 from mfnb.hbat.store import STORE_VERSION, StageRecord, clean_store
 

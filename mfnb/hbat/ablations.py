@@ -3,7 +3,7 @@ the world's alignment-tax conflict, every run cached by a key of everything it d
 killed notebook redoes nothing finished.
 
 The world supplies the conflict (its ``conflict`` capability; the tiny world's is
-:mod:`mfnb.worlds.hbat_conflict`). A conflict offers ``params`` (validated, part of every run's key),
+:mod:`mfnb.worlds.tiny.conflict`). A conflict offers ``params`` (validated, part of every run's key),
 ``split_prompts(train_prompts, seed)`` -> disjoint (SFT, preference) prompts, ``sft_rows(prompts)``,
 ``preference_rows(prompts, seed)``, ``references(prompts)`` (the win rate's opponents), the scores
 ``quality``, ``reward`` and ``overall(prompt, response)``, ``judge(tie_margin)`` and
@@ -18,100 +18,22 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from pydantic import Field, field_validator, model_validator
-
-from mfnb.distributed import LaunchParams
 from mfnb.hbat.algorithm import run_hbat
-from mfnb.hbat.params import METHODS, HbatParams, for_method
+from mfnb.hbat.config import HbatNotebookParams, HbatParams, for_method
 from mfnb.hbat.store import clean_store, digest
-from mfnb.models import LoraParams, SamplingParams
-from mfnb.params import Params, ParamsError
-from mfnb.worlds import WorldSpec, make_world, require
-
-
-class HbatNotebookParams(Params):
-    """Parameters of notebook 04 (``params/<profile>/04_hbat_ablations.yaml``).
-
-    ``hbat`` defaults to the paper's setting (:class:`mfnb.hbat.HbatParams`); a profile's YAML states
-    its departures as overrides. ``world`` names the world and ``conflict`` its alignment-tax recipe
-    (validated by the world's ``conflict`` capability)."""
-
-    profile: str = "tiny"
-    world: WorldSpec
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)       # Table 4
-    grid_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)  # Figure 2
-    torch_threads: int = Field(default=1, ge=0)      # 0: torch's default
-    init_role: str = "student"                       # the "pre-trained LLM" of Algorithm 1
-    lora: LoraParams | None = None                   # None: full fine-tuning
-    conflict: dict = Field(default_factory=dict)
-    hbat: HbatParams = HbatParams()
-    methods: list[str] = Field(default_factory=lambda: list(METHODS), min_length=1)
-    n_grid: list[int] = Field(default_factory=lambda: [1, 2, 3, 4, 5])
-    fmax_grid: list[float] = Field(default_factory=lambda: [1.0, 50.0, 100.0, 150.0, 200.0])
-    lam_grid: list[float] = Field(default_factory=list)   # lambda sweep at hbat's N and Fmax (grid_seeds)
-    sampling: SamplingParams = SamplingParams(temperature=0.75, top_p=0.95, max_new_tokens=16)  # paper: 0.75 / 0.95
-    n_validation: int = Field(default=200, ge=1)
-    n_test: int = Field(default=500, ge=1)
-    tie_margin: float = Field(default=0.05, ge=0)
-    delta: float = Field(default=0.05, gt=0, lt=1)
-    efficiency_repeats: int = Field(default=1, ge=0)  # Table 7 measurements per method (0: skip)
-    keep_weights: bool = False                        # keep stage weights after the notebook (resume only)
-    launch: LaunchParams | None = None                # training stages under accelerate launch (mfnb.distributed)
-
-    @field_validator("seeds", "grid_seeds", "methods", "n_grid", "fmax_grid", "lam_grid")
-    @classmethod
-    def _distinct(cls, values: list, info) -> list:
-        repeated = sorted({v for v in values if values.count(v) > 1}, key=str)
-        if repeated:
-            raise ValueError(f"{info.field_name}: {repeated} repeated in {values} (each value is run once)")
-        return values
-
-    @field_validator("methods")
-    @classmethod
-    def _known_methods(cls, values: list[str]) -> list[str]:
-        unknown = [m for m in values if m not in METHODS]
-        if unknown:
-            raise ValueError(f"methods: unknown {unknown}; known: {list(METHODS)}")
-        return values
-
-    @field_validator("lam_grid")
-    @classmethod
-    def _lambda(cls, values: list[float]) -> list[float]:
-        bad = [x for x in values if not x >= 0]
-        if bad:
-            raise ValueError(f"lam_grid: lambda must be >= 0, got {bad}")
-        return values
-
-    @model_validator(mode="after")
-    def _check(self):
-        for name, values in (("hbat.n_splits", [self.hbat.n_splits]), ("n_grid", self.n_grid)):
-            bad = [n for n in values if n < 1]
-            if bad:
-                raise ValueError(f"{name}: N = {bad} must be >= 1")
-        bad = [f for f in self.fmax_grid if not f > 0]
-        if bad:
-            raise ValueError(f"fmax_grid: Fmax must be > 0, got {bad}")
-        return self
-
-    def check_sizes(self, n_sft: int, n_pref: int) -> None:
-        """N must fit the smaller of the conflict's data sets (each of the N parts needs an example)."""
-        smaller = min(n_sft, n_pref)
-        for name, values in (("hbat.n_splits", [self.hbat.n_splits]), ("n_grid", self.n_grid)):
-            bad = [n for n in values if n > smaller]
-            if bad:
-                raise ParamsError(f"parameter {name!r}: N = {bad} must be between 1 and the smaller data set "
-                                  f"(conflict.n_sft = {n_sft}, conflict.n_pref = {n_pref})")
+from mfnb.core.params import ParamsError
+from mfnb.worlds import make_world, require
 
 
 class HbatExperiment:
     """Runs of the HbAT family on the conflict world, each cached by a key of everything it depends on.
 
     ``store``: the run store (records, stage weights, Fisher estimates); default
-    ``<cache>/runs/<profile>/04_hbat`` (:func:`mfnb.paths.cache_dir`), never under ``results/``. The keys
+    ``<cache>/runs/<profile>/04_hbat`` (:func:`mfnb.core.paths.cache_dir`), never under ``results/``. The keys
     do not depend on where it is."""
 
     def __init__(self, params: HbatNotebookParams, world=None, store: str | Path | None = None):
-        from mfnb import paths
+        from mfnb.core import paths
 
         self.P = params
         self.world = make_world(world if world is not None else params.world)
@@ -178,7 +100,7 @@ class HbatExperiment:
 
     def run(self, label: str, hbat_params, seed: int) -> dict:
         """One run's record (test scores of the kept checkpoint, stage table, importances), cached."""
-        from mfnb.atomic import write_json
+        from mfnb.core.atomic import write_json
         sft_rows, pref_rows = self.data(seed)
         key = digest({"init": self.init_key(), "params": hbat_params.model_dump(), "seed": seed,
                       "data": digest([sft_rows, pref_rows]), "eval": self.eval_key})
@@ -225,7 +147,7 @@ class HbatExperiment:
 
     def table4_runs(self, progress: bool = True):
         import pandas as pd
-        from mfnb.progress import progress as progress_bar
+        from mfnb.core.progress import progress as progress_bar
 
         jobs = [(m, s) for s in self.P.seeds for m in self.P.methods]
         rows = [self.run(m, self.method_params(m), s) for m, s in progress_bar(jobs, desc="Table 4 runs", disable=not progress)]
@@ -233,7 +155,7 @@ class HbatExperiment:
 
     def grid_runs(self, progress: bool = True):
         import pandas as pd
-        from mfnb.progress import progress as progress_bar
+        from mfnb.core.progress import progress as progress_bar
 
         jobs = [("N", n, dict(n_splits=n)) for n in self.P.n_grid] + \
                [("Fmax", f, dict(fmax=float(f))) for f in self.P.fmax_grid]
@@ -250,7 +172,7 @@ class HbatExperiment:
         """HbAT at each lambda of ``lam_grid`` (N and Fmax as in ``hbat``), and two-stage DPO, on
         ``grid_seeds``; each row also carries the kept checkpoint's validation scores (``val_*``)."""
         import pandas as pd
-        from mfnb.progress import progress as progress_bar
+        from mfnb.core.progress import progress as progress_bar
 
         jobs = [(lam, s) for lam in self.P.lam_grid for s in self.P.grid_seeds]
         rows = [_flat(self.run("HbAT", self.method_params("HbAT", lam=float(lam)), s), axis="lambda", value=lam)

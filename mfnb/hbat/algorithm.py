@@ -22,12 +22,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
-from mfnb.atomic import write_json
+from mfnb.core.atomic import write_json
 from mfnb.hbat.ewc import EWCPenalty, ewc_trainer_class
 from mfnb.hbat.fisher import add_fisher, empirical_fisher, fisher_bytes, scaled_fisher
 from mfnb.hbat.importance import (accumulate_changes, importance_from_changes, snapshot, squared_change_sums,
                                   top_fraction, trainable_tensors)
-from mfnb.hbat.params import HbatError, HbatParams
+from mfnb.hbat.config import HbatError, HbatParams
 from mfnb.hbat.store import StageRecord, digest, load_fisher, load_stage, save_fisher, save_stage, stage_key
 
 
@@ -158,7 +158,7 @@ class HbatRun:
 
 def _train_stage(model, tokenizer, kind: str, rows: list[dict], params: HbatParams, seed: int,
                  penalty: EWCPenalty | None, show_progress: bool, launch=None) -> dict:
-    from mfnb import distributed, dpo, sft
+    from mfnb.training import launch as distributed, dpo, sft
 
     launch = distributed.active_launch(launch)
     if launch is not None:  # several processes: the same TRL step with the penalty and frozen tensors sent along
@@ -177,7 +177,7 @@ def _train_stage(model, tokenizer, kind: str, rows: list[dict], params: HbatPara
     if kind == "sft":
         s = params.sft
         return sft.train(model, tokenizer, rows, lr=s.lr, batch_size=s.batch_size, seed=seed, epochs=s.epochs,
-                         warmup_ratio=s.warmup_ratio, max_length=s.max_length, desc="hbat sft",
+                         warmup_ratio=s.warmup_ratio, max_length=s.max_length,
                          gradient_accumulation_steps=s.grad_accum, gradient_checkpointing=s.gradient_checkpointing,
                          trainer_cls=ewc_trainer_class("sft") if penalty is not None else None,
                          trainer_kwargs={"ewc": penalty} if penalty is not None else None,
@@ -201,7 +201,7 @@ def run_hbat(model, tokenizer, sft_rows: Sequence[dict], preference_rows: Sequen
     ``eval_key`` identifies what it measures. With a ``store`` folder each stage is saved atomically
     under a key chained from ``init_key`` (which must identify the initial weights) and everything that
     produced it; an existing stage is loaded instead of retrained. On return the model holds the kept
-    checkpoint. ``launch`` (:class:`mfnb.distributed.LaunchParams`): each stage trains in several processes
+    checkpoint. ``launch`` (:class:`mfnb.training.config.LaunchParams`): each stage trains in several processes
     (accelerate launch, DDP or DeepSpeed ZeRO-2) with the same global batch, EWC penalty and frozen tensors.
     """
     check_inputs(sft_rows, preference_rows, params.n_splits)
@@ -243,7 +243,7 @@ def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store
     ewc = params.ewc
     fisher = ewc.importance == "fisher" and params.constraint == "ewc"
     copy_device = snapshot_device(model)   # host memory under full fine-tuning (also the Fisher's place)
-    from mfnb import distributed
+    from mfnb.training import launch as distributed
 
     launched = distributed.active_launch(launch) is not None
     accumulated: dict[str, dict[str, float]] = {"sft": {}, "dpo": {}}

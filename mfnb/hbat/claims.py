@@ -18,9 +18,9 @@ from typing import Sequence
 import numpy as np
 
 from mfnb import stats
-from mfnb.formatting import fmt, fmt_interval
+from mfnb.core.formatting import fmt, fmt_interval
 from mfnb.hbat.report import (METRICS, NOT_TESTABLE, PAPER_COLUMNS, PAPER_NAMES, known, paired_difference,
-                              prompt_paired, t_interval, unknown_text)
+                              prompt_paired, seed_summary, t_interval, unknown_text)
 
 VERDICTS = stats.CLAIM_VERDICTS
 ORIGINAL_EWC = "HbAT w/ original EWC"
@@ -65,7 +65,7 @@ def paired(runs, a: str, b: str, metric: str, by: str = "method", key: str = "se
 def _paper_values() -> dict[tuple[str, str], dict[str, float]]:
     """(method, source) -> the paper's number per metric of ours (Table 4; HbAT-Freeze and HbAT from Table 1,
     LLaMA2-7B, DPO, dialogue)."""
-    from mfnb import reference
+    from mfnb.core import reference
 
     out = {}
     t4 = reference.load("hbat_table4")
@@ -129,7 +129,7 @@ def original_ewc_claims(runs, costs=None) -> list[dict]:
     is *inconclusive* then and *reversed* when the difference is resolved either way.  Time: the ratio of
     training seconds (Fisher estimation included) over the Table 4 runs, paired per seed, interval on the
     log ratio.  Memory: the ratio of peak process memory in Table 7's fresh processes, paired per repeat."""
-    from mfnb import reference
+    from mfnb.core import reference
 
     if ORIGINAL_EWC not in set(runs["method"]) or "HbAT" not in set(runs["method"]):
         return []
@@ -237,8 +237,6 @@ def lambda_choice(lam_runs, chosen: float, paper_lam: float = 1.0, by: str = "va
     """The lambda sweep's table (mean and t-interval over seeds per lambda, DPO beside) and a statement of
     the choice computed from it: the best lambda by mean validation win rate, those indistinguishable from
     it, where the parameters' lambda stands, and what the paper's lambda does to the preference reward."""
-    from mfnb.hbat.report import seed_summary
-
     sweep = lam_runs[lam_runs["axis"] == "lambda"]
     table = seed_summary(lam_runs, by=["axis", "value"], metrics=("val_win_rate", "quality", "reward", "win_rate"))
     if sweep.empty:
@@ -276,8 +274,6 @@ def lambda_choice(lam_runs, chosen: float, paper_lam: float = 1.0, by: str = "va
 
 def figure2_lines(grid, metrics: Sequence[str] = METRICS) -> list[str]:
     """The best N and Fmax on *every* metric, each with its mean and t-interval over seeds."""
-    from mfnb.hbat.report import seed_summary
-
     swept = grid[grid["axis"].isin(["N", "Fmax"])]
     if swept.empty:
         return ["- Figure 2 was not run: `n_grid` and `fmax_grid` are both empty."]
@@ -298,3 +294,9 @@ def figure2_lines(grid, metrics: Sequence[str] = METRICS) -> list[str]:
         lines.append(f"- {axis}: best " + ", ".join(parts)
                      + f" (values tried: {', '.join(f'{v:g}' for v in sorted(sub['value']))}).")
     return lines
+
+
+def figure2_statement(grid) -> str:
+    """Best N and Fmax on every score, each with its mean and t-interval over seeds (the paper's claims
+    about N and Fmax get their verdicts in :func:`mfnb.hbat.claims.figure2_claims`)."""
+    return "\n".join(figure2_lines(grid))

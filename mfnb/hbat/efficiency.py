@@ -2,7 +2,7 @@
 trained in a fresh process (interleaved, so drifting machine load hits both alike) on the same data.
 
 The training goes where the notebook's goes: under the params' ``launch`` (or the active
-:func:`mfnb.distributed.launching` block), each stage runs in ``accelerate launch``'s processes, as in the
+:func:`mfnb.training.launch.launching` block), each stage runs in ``accelerate launch``'s processes, as in the
 Table 4 runs (a 7B model's full fine-tuning does not fit one GPU). Its time then includes each stage's
 launch (process start, the model written and read back), as the Table 4 runs' does; the training
 processes' own seconds are ``worker_seconds``. Memory: ``peak_rss_mb`` is the measuring process (it holds
@@ -19,7 +19,8 @@ import sys
 import time
 from typing import Sequence
 
-from mfnb.hbat.ablations import HbatExperiment, HbatNotebookParams
+from mfnb.hbat.ablations import HbatExperiment
+from mfnb.hbat.config import HbatNotebookParams
 from mfnb.hbat.algorithm import run_hbat
 
 
@@ -69,13 +70,13 @@ def measure_efficiency(params: HbatNotebookParams, methods: Sequence[str] = ("DP
                        changes: dict | None = None, timeout: float = 900):
     """Table 7: each method trained ``repeats`` times in a fresh process (interleaved, so drifting machine
     load hits both alike) on the same data and steps; training seconds and peak memory per run. The stages
-    train under ``params.launch`` or, without one, the active :func:`mfnb.distributed.launching` block (a
+    train under ``params.launch`` or, without one, the active :func:`mfnb.training.launch.launching` block (a
     fresh process does not inherit the block: it is written into the process's params)."""
     import tempfile
 
     import pandas as pd
 
-    from mfnb import distributed
+    from mfnb.training import launch as distributed
 
     launch = distributed.active_launch(params.launch)
     values = {**params.model_dump(), "launch": launch.model_dump() if launch is not None else None}
@@ -112,7 +113,7 @@ def memory_column(costs) -> tuple[str, str]:
 def efficiency_table(costs, baseline: str = "DPO"):
     """Median seconds and peak memory per method, relative to ``baseline``, beside the paper's Table 7."""
 
-    from mfnb import reference
+    from mfnb.core import reference
 
     cols = [c for c in ("train_seconds", "cpu_seconds", "importance_seconds", "peak_rss_mb", "extra_rss_mb", "state_mb")
             if c in costs]

@@ -16,7 +16,7 @@ from typing import Mapping, Sequence
 import torch
 
 from mfnb.hbat.importance import trainable_tensors
-from mfnb.hbat.params import EWCParams, HbatError
+from mfnb.hbat.config import EWCParams, HbatError
 
 
 class _FusedPenalty(torch.autograd.Function):
@@ -63,7 +63,7 @@ class EWCPenalty:
     ``coefs``: one number per tensor (the modified EWC), or one tensor per tensor, of its shape (the
     original EWC's per-element Fisher).
 
-    The state follows the parameters: in :mod:`mfnb.distributed`'s training processes the penalty is built
+    The state follows the parameters: in :mod:`mfnb.training.launch`'s training processes the penalty is built
     on the model as loaded (on the CPU), and DDP or DeepSpeed then move the parameters to the GPU (and may
     cast them, e.g. to bf16); each call moves the anchors and per-element coefficients, tensor by tensor, to
     their parameter's device and dtype (the anchor as the training sees it: a cast parameter starts at a
@@ -147,6 +147,30 @@ class EWCPenalty:
     def __len__(self) -> int:
         return len(self.params)
 
+    # what a launched step runs to rebuild this penalty in each training process (see :func:`launched_penalty`)
+    launch_plugin = "mfnb.hbat.ewc:launched_penalty"
+
+    def save(self, path) -> None:
+        """The coefficients by parameter name (a 0-d tensor per tensor for the modified EWC, the per-element
+        Fisher for the original), for launched training processes; its anchors are the parameters they load."""
+        from safetensors.torch import save_file
+
+        coefs = self.coefs if self.elementwise else [torch.tensor(c, dtype=torch.float32) for c in self.coefs]
+        save_file({name: c.detach().cpu().contiguous() for name, c in zip(self.names, coefs)}, str(path))
+
+    @classmethod
+    def load(cls, model, path) -> "EWCPenalty":
+        """The penalty over ``model``'s parameters named in ``path`` (see :meth:`save`), anchored at their values now."""
+        from safetensors.torch import load_file
+
+        coefs = load_file(str(path))
+        params = dict(model.named_parameters())
+        unknown = sorted(set(coefs) - set(params))
+        if unknown:
+            raise HbatError(f"spec.penalty: {path} names parameters the loaded model lacks: {unknown[:3]}")
+        names = sorted(coefs)
+        return cls([params[n] for n in names], [coefs[n] if coefs[n].dim() else float(coefs[n]) for n in names], names)
+
     def __call__(self) -> torch.Tensor:
         if not self.params:
             return torch.zeros(())
@@ -212,6 +236,12 @@ def ewc_trainer_class(kind: str) -> type:
         _TRAINERS[kind] = type(name, (_EWCLossMixin, base), {"__init__": __init__, "__module__": __name__,
                                                             "__doc__": f"{base.__name__} + the HbAT EWC penalty."})
     return _TRAINERS[kind]
+
+
+def launched_penalty(model, path: str, step: str) -> tuple[type, dict]:
+    """The launch's trainer plugin (``TrainSpec.penalty_plugin``): in a training process, the EWC trainer for
+    ``step`` and its arguments, the penalty rebuilt on the parameters that process loaded."""
+    return ewc_trainer_class(step), {"ewc": EWCPenalty.load(model, path)}
 
 
 def __getattr__(name: str):

@@ -19,7 +19,7 @@ from typing import Mapping, Sequence
 import torch
 
 from mfnb.hbat.importance import canonical_name
-from mfnb.hbat.params import HbatError
+from mfnb.hbat.config import HbatError
 
 RESPONSE_KEY = {"sft": "completion", "dpo": "chosen"}
 

@@ -14,7 +14,7 @@ from typing import Mapping
 
 import torch
 
-from mfnb.hbat.params import HbatError
+from mfnb.hbat.config import HbatError
 
 
 def canonical_name(name: str) -> str:

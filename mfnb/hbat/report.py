@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-from mfnb.formatting import fmt, fmt_interval
+from mfnb.core.formatting import fmt, fmt_interval
 from mfnb.hbat.importance import importance_from_changes
-from mfnb.hbat.params import EWCParams, HbatParams
+from mfnb.hbat.config import EWCParams, HbatParams
 
 
 def t_interval(values, level: float = 0.95) -> tuple[float, float, float, float]:
@@ -91,7 +91,7 @@ def paper_table4():
     the original EWC's win rate from Table 7 (its other scores are not reported)."""
     import pandas as pd
 
-    from mfnb import reference
+    from mfnb.core import reference
 
     t4 = reference.load("hbat_table4").assign(source="Table 4 (validation)")
     t1 = reference.load("hbat_table1")
@@ -120,7 +120,7 @@ def _paper_claims():
     all pairs of Table 4, and HbAT-Freeze against HbAT and DPO within Table 1 (LLaMA2-7B, DPO, dialogue)."""
     import itertools
 
-    from mfnb import reference
+    from mfnb.core import reference
 
     claims = []
     t4 = reference.load("hbat_table4")
@@ -281,14 +281,6 @@ def conflict_check(runs, records: Sequence[dict] = ()) -> tuple[dict, str]:
                 + f": no tax is shown, not resolved beyond {noise}.")
                if exists else "no alignment tax in this setting (DPO does not lose quality while gaining reward)."))
     return out, text
-
-
-def figure2_statement(grid) -> str:
-    """Best N and Fmax on every score, each with its mean and t-interval over seeds (the paper's claims
-    about N and Fmax get their verdicts in :func:`mfnb.hbat.claims.figure2_claims`)."""
-    from mfnb.hbat.claims import figure2_lines
-
-    return "\n".join(figure2_lines(grid))
 
 
 def importance_table(record: dict, ewc, stage: int = 0):

@@ -14,8 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from mfnb.atomic import atomic_dir, write_json
-from mfnb.hbat.params import HbatParams
+from mfnb.core.atomic import atomic_dir, write_json
+from mfnb.hbat.config import HbatParams
 
 STORE_VERSION = 1
 

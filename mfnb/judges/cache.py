@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
-from mfnb import paths
+from mfnb.core import paths
 from mfnb.judges.oracle import OracleJudge
 from mfnb.judges.protocol import (JudgeError, JudgeStats, Outcome, PairwiseJudge, Triple, _batches, _digest,
                                   _identity_json)

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from mfnb.judges.protocol import (JudgeError, JudgeUnavailableError, Outcome, PairwiseJudge, Triple, _check_nonneg,
                                   _digest)
-from mfnb.secrets import redact, register_variable
+from mfnb.core.secrets import redact, register_variable
 
 # The papers' GPT-4 win-rate protocol (DPO, Rafailov et al. 2023, App. C.2; HbAT, Wang et al. 2024,
 # Fig. 4, which states it uses the same prompts).  The question and the required two-line answer
@@ -151,7 +151,7 @@ class OpenAIJudge(PairwiseJudge):
     from each answer's ``usage`` and priced with ``input_price`` / ``output_price`` (dollars per million
     tokens) into ``stats.dollars``.  The API key is read from ``$api_key_env`` when the first request is
     sent, and is never part of the judge's repr, identity, cache or results; every message the judge raises
-    passes through :func:`mfnb.secrets.redact`.  ``prompt_template``: a key of :data:`TEMPLATES` or a custom
+    passes through :func:`mfnb.core.secrets.redact`.  ``prompt_template``: a key of :data:`TEMPLATES` or a custom
     string with ``{prompt}``, ``{response_a}`` and ``{response_b}``.  ``cost_per_call`` is per request.
     """
 

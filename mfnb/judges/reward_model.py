@@ -130,7 +130,7 @@ class RewardModelJudge(PairwiseJudge):
         batches = list(_batches(order, self.batch_size))
         iterator: Iterable = batches
         if self.progress and len(batches) > 1:
-            from mfnb.progress import progress as progress_bar
+            from mfnb.core.progress import progress as progress_bar
             iterator = progress_bar(batches, desc="reward model", leave=False)
         with torch.no_grad():
             for idx in iterator:

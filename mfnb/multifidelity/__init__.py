@@ -3,7 +3,7 @@ of rising quality and cost, moving up when its validation WinFreq against the cu
 
 Files, one idea each (read :mod:`~mfnb.multifidelity.algorithm` beside the paper's Algorithm 2):
 
-* :mod:`~mfnb.multifidelity.params` -- Algorithm 2's inputs and our caps; notebook 02's parameters.
+* :mod:`~mfnb.multifidelity.config` -- Algorithm 2's inputs and our caps; notebook 02's parameters.
 * :mod:`~mfnb.multifidelity.algorithm` -- Algorithm 2 (the loop, :func:`decide`) and the baselines on the same
   machine: vanilla DPO against one expert, the fixed-schedule ladder, SFT on the purchased responses.
 * :mod:`~mfnb.multifidelity.backend` -- who generates and who learns: :class:`PolicyBackend` (any world's
@@ -26,7 +26,7 @@ from mfnb.multifidelity.algorithm import (GAMMA_RULES, decide, passes_gamma, run
 from mfnb.multifidelity.backend import Backend, PolicyBackend, Prompts
 from mfnb.multifidelity.judging import judge_pairs
 from mfnb.multifidelity.ledger import LEDGER_COLUMNS, PHASES, ledger_frame, ledger_row, ledger_summary, paper_lambda
-from mfnb.multifidelity.params import (AlgorithmParams, Fidelity, RunConfig, TracesParams, baseline_names,
+from mfnb.multifidelity.config import (AlgorithmParams, Fidelity, RunConfig, TracesParams, baseline_names,
                                        check_experts, vanilla_fidelity, vanilla_name)
 from mfnb.multifidelity.plots import plot_cost_quality, plot_spend_to_match, plot_traces
 from mfnb.multifidelity.report import (PAPER_FIDELITIES, budget_table, convention_evidence, convention_lines, decision_summary,

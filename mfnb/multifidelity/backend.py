@@ -21,8 +21,8 @@ from mfnb.models import LoraParams, SamplingParams
 if TYPE_CHECKING:  # annotations only: importing them pulls in datasets (and TRL), which a sampling-only
     import torch   # install (a GPU node checking the device tests) may lack
 
-    from mfnb.dpo import DPOParams
-    from mfnb.sft import SFTParams
+    from mfnb.training.config import DPOParams
+    from mfnb.training.config import SFTParams
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class PolicyBackend:
 
     def __init__(self, world, student: str = "student", launch=None):
         self.world = world
-        self.launch = launch  # mfnb.distributed.LaunchParams: DPO / SFT steps under accelerate launch; None: here
+        self.launch = launch  # mfnb.training.config.LaunchParams: DPO / SFT steps under accelerate launch; None: here
         self.student = student
         self.roles = list(world.roles)
         self.key = f"{world.key}-{student}"  # part of every run's identity
@@ -130,7 +130,7 @@ class PolicyBackend:
         return self.world.respond(role, list(prompts), sampling, seed)
 
     def update(self, prompts, chosen, rejected, seed, dpo):
-        from mfnb.dpo import dpo_update, preference_dataset
+        from mfnb.training.dpo import dpo_update, preference_dataset
 
         data = preference_dataset(list(prompts), list(chosen), list(rejected), drop_identical=dpo.drop_identical)
         with _quiet_peft():
@@ -140,8 +140,9 @@ class PolicyBackend:
 
     def sft_update(self, prompts, completions, seed, sft):
         """Supervised fine-tuning of the LoRA policy on (prompt, expert response) rows, loss on the response
-        only (TRL's SFTTrainer through :func:`mfnb.sft.train`)."""
-        from mfnb.sft import quiet_transformers, train
+        only (TRL's SFTTrainer through :func:`mfnb.training.sft.train`)."""
+        from mfnb.training.runtime import quiet_transformers
+        from mfnb.training.sft import train
 
         rows = [{"prompt": p, "completion": " " + c.strip()} for p, c in zip(prompts, completions)]
         with _quiet_peft(), quiet_transformers():

@@ -10,8 +10,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from mfnb import stats
-from mfnb.formatting import fmt
+from mfnb import bounds, stats
+from mfnb.core.formatting import fmt
 from mfnb.multifidelity.backend import Backend
 from mfnb.multifidelity.trace import TraceResult
 
@@ -69,7 +69,7 @@ def theorem5_table(traces: Sequence[TraceResult], backend: Backend) -> pd.DataFr
                    "cost": fid.cost, "iterations": iters, "D_size": d_size, "measured_cost": d_size * fid.cost,
                    "gap_winrate": gap.get(m, math.nan), "rad": rad, "alpha_hat": ab["alpha"], "beta_hat": ab["beta"]}
             if math.isfinite(ab["alpha"]) and math.isfinite(ab["beta"]) and m in gap and 1 - c.gamma - rad > 0:
-                terms = stats.theorem5_cost_terms([fid.cost], [gap[m]], ab["alpha"], ab["beta"], c.gamma, rad,
+                terms = bounds.theorem5_cost_terms([fid.cost], [gap[m]], ab["alpha"], ab["beta"], c.gamma, rad,
                                                   c.batch_size)
                 row.update(log_term=float(terms["log_term"].iloc[0]), batch_term=float(c.batch_size),
                            bound_term=float(terms["term"].iloc[0]))
@@ -97,7 +97,7 @@ def theorem5_summary(t5: pd.DataFrame, traces: Sequence[TraceResult]) -> pd.Data
             row.update(mf_bound=float(sub["bound_term"].sum()),
                        bound_dominant=sub.loc[sub["bound_term"].idxmax(), "role"],
                        hf_gap=float(gap_top.iloc[0]),
-                       hf_bound=stats.hf_cost_bound(c.fidelities[-1].cost, float(gap_top.iloc[0]), row["alpha_hat"],
+                       hf_bound=bounds.hf_cost_bound(c.fidelities[-1].cost, float(gap_top.iloc[0]), row["alpha_hat"],
                                                     row["beta_hat"], c.gamma, rad, c.batch_size))
             row["mf_bound_below_hf_bound"] = row["mf_bound"] < row["hf_bound"]
         rows.append(row)

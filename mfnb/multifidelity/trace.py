@@ -28,13 +28,13 @@ from typing import Sequence
 import pandas as pd
 
 from mfnb import stats
-from mfnb.atomic import write_json
+from mfnb.core.atomic import write_json
 from mfnb.models import SamplingParams
 from mfnb.multifidelity.algorithm import run_fixed_ladder, run_multifidelity, run_sft_replay, run_vanilla
 from mfnb.multifidelity.backend import Backend, Prompts
 from mfnb.multifidelity.judging import counts, judge_pairs, win_freq
 from mfnb.multifidelity.ledger import ledger_frame, ledger_row, paper_lambda
-from mfnb.multifidelity.params import RunConfig, baseline_names, vanilla_fidelity, vanilla_name
+from mfnb.multifidelity.config import RunConfig, baseline_names, vanilla_fidelity, vanilla_name
 from mfnb.multifidelity.store import INITIAL_VALIDATION, RunResult, RunStore, derive_seed
 
 

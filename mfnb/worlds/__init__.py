@@ -56,18 +56,18 @@ Kinds are registered by name (:data:`KINDS`, :func:`register`) and imported only
 """
 from __future__ import annotations
 
-import importlib
 from typing import Annotated, Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 
 from pydantic import AfterValidator
 
-from mfnb.params import ParamsError
+from mfnb.core.imports import resolve
+from mfnb.core.params import ParamsError
 
 # kind -> "module:factory"; the factory takes (values: dict, source: str) and returns a World
 KINDS: dict[str, str | Callable[..., Any]] = {
-    "tiny": "mfnb.worlds.tiny:TinyWorld.from_spec",
-    "paper": "mfnb.worlds.paper:PaperWorld.from_spec",
-    "smol": "mfnb.worlds.smol:SmolWorld.from_spec",
+    "tiny": "mfnb.worlds.tiny.world:TinyWorld.from_spec",
+    "paper": "mfnb.worlds.paper.world:PaperWorld.from_spec",
+    "smol": "mfnb.worlds.smol.world:SmolWorld.from_spec",
 }
 
 CAPABILITIES = {  # what each capability is, for error messages
@@ -108,11 +108,7 @@ def _factory(kind: str) -> Callable[..., Any]:
     target = KINDS[kind]
     if callable(target):
         return target
-    module, _, attr = target.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
+    return resolve(target, f"worlds.KINDS[{kind!r}]")
 
 
 def make_world(spec: Mapping[str, Any] | Any, field: str = "world"):

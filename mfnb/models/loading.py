@@ -1,0 +1,252 @@
+"""Load causal LMs (hub name, local folder or GGUF), attach/save/load LoRA adapters, and sample from them.
+
+The same calls serve the tiny world's 0.4M-parameter models and the papers' 7B models: only the
+parameters change.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from mfnb.core.atomic import atomic_dir
+from mfnb.core.progress import progress as progress_bar
+from mfnb.models.config import LoraParams, ModelLoadError, SamplingParams
+from mfnb.models.engines import make_engine
+from mfnb.models.engines.hf import resolve_dtype
+
+
+# Namespaces the Hugging Face hub reserves for its own pages: "models/x" is never a hub model.
+_NOT_HUB_OWNERS = {"models", "datasets", "spaces", "docs", "api", "settings"}
+
+
+def _looks_local(name: str) -> bool:
+    """Whether ``name`` can only mean a folder: it starts with ".", "/" or "~", has a backslash, more than
+    one "/" or a trailing one, its first part is an existing local folder, or it is not a valid hub id."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if name.startswith((".", "/", "~")) or "\\" in name or name.count("/") > 1 or name.endswith("/"):
+        return True
+    owner = name.split("/")[0] if "/" in name else None
+    if owner is not None and (owner in _NOT_HUB_OWNERS or Path(owner).is_dir()):
+        return True
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        return True
+    return False
+
+
+def _resolve(name_or_path: str | os.PathLike) -> str:
+    """A local folder (must exist) or a hub name; a name that can only be a folder is never tried on the hub."""
+    name = str(name_or_path)
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser())
+    if isinstance(name_or_path, os.PathLike) or _looks_local(name):
+        relative = "" if Path(name).expanduser().is_absolute() else f" (relative to {Path.cwd()})"
+        raise ModelLoadError(f"model folder not found: {name}{relative}")
+    return name  # a hub name
+
+
+def _where(source: str) -> str:
+    if Path(source).exists():
+        return f"folder {source}"
+    return f"hub name {source!r} (no local folder of that name under {Path.cwd()})"
+
+
+def _load_failed(what: str, source: str, err: BaseException) -> ModelLoadError:
+    """A ModelLoadError naming the folder or hub name and saying what went wrong, in one line."""
+    where = _where(source)
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    if "ignore_mismatched_sizes" in detail:
+        detail = "config.json disagrees with the shapes of the weights (transformers printed which above)"
+    elif type(err).__name__ == "SafetensorError" and Path(source).is_dir():
+        detail = f"{_broken_safetensors(Path(source)) or 'a weight file'} is truncated or corrupt ({detail})"
+    return ModelLoadError(f"cannot load {what} from {where}: {type(err).__name__}: {detail}")
+
+
+def _broken_safetensors(folder: Path) -> str | None:
+    """The first ``*.safetensors`` file in ``folder`` whose header or size is wrong."""
+    from safetensors import safe_open
+
+    for file in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except Exception:
+            return file.name
+    return None
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, *, gguf_file: str | None = None,
+                   trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """A tokenizer that pads on the left (decoder-only batched generation) and has a pad token."""
+    source = _resolve(name_or_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+    except Exception as err:  # the library's many error types; the cause stays attached
+        raise _load_failed("tokenizer", source, err) from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def load_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = None, dtype: str = "auto",
+               trust_remote_code: bool = False, device: str | None = None,
+               show_progress: bool = True) -> PreTrainedModel:
+    """A causal LM from a hub name, a local folder, or a GGUF file inside a folder (``gguf_file``)."""
+    from transformers.utils import logging as hf_logging
+
+    source = _resolve(name_or_path)
+    if gguf_file and not (Path(source) / gguf_file).is_file():
+        raise ModelLoadError(f"GGUF file not found: {Path(source) / gguf_file}")
+    torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
+    bar_was_on = hf_logging.is_progress_bar_enabled()
+    if not show_progress:
+        hf_logging.disable_progress_bar()
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch_dtype,
+                                                           trust_remote_code=trust_remote_code,
+                                                           output_loading_info=True)
+    except Exception as err:  # bad config, truncated weights, shape mismatches...; the cause stays attached
+        raise _load_failed("model", source, err) from err
+    finally:
+        if bar_was_on:
+            hf_logging.enable_progress_bar()
+    # transformers only warns when the config asks for weights the checkpoint lacks (they would be random)
+    # or the checkpoint holds weights the config has no place for (they would be dropped)
+    for kind, meaning in (("missing_keys", "config.json asks for weights the checkpoint does not have"),
+                          ("unexpected_keys", "the checkpoint has weights config.json has no place for")):
+        keys = sorted(info.get(kind) or [])
+        if keys:
+            raise ModelLoadError(f"cannot load model from {_where(source)}: {meaning} ({len(keys)}: "
+                                 f"{', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''}); config and weights "
+                                 "disagree")
+    if device:
+        model.to(device)
+    model.eval()
+    return model
+
+
+def gguf_to_safetensors(folder: str | os.PathLike, gguf_file: str, out: str | os.PathLike) -> Path:
+    """Re-save a GGUF checkpoint as a plain safetensors folder, once (a GGUF-loaded model refuses
+    ``save_pretrained``): the weights are copied into a fresh model of the same config."""
+    out = Path(out)
+    if (out / "config.json").is_file():
+        return out
+    loaded = load_model(folder, gguf_file=gguf_file, dtype="float32")
+    tokenizer = load_tokenizer(folder, gguf_file=gguf_file)
+    fresh = type(loaded)(loaded.config)
+    fresh.load_state_dict(loaded.state_dict())
+    with atomic_dir(out) as tmp:
+        fresh.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return out
+
+
+def attach_lora(model: PreTrainedModel, lora: LoraParams, adapter_name: str = "default"):
+    """Wrap ``model`` with a fresh, trainable LoRA adapter (B = 0, so the wrapped model equals the base)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, config, adapter_name=adapter_name)
+
+
+def save_adapter(peft_model, path: str | os.PathLike) -> Path:
+    """Save the adapter weights and config (atomically: a killed save leaves the old adapter intact)."""
+    with atomic_dir(path) as tmp:
+        peft_model.save_pretrained(tmp)
+    return Path(path)
+
+
+def load_adapter(base: PreTrainedModel, path: str | os.PathLike, *, trainable: bool = True):
+    from peft import PeftModel
+
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        raise ModelLoadError(f"no LoRA adapter at {path} (adapter_config.json missing)")
+    try:
+        if not isinstance(json.loads(config.read_text()), dict):
+            raise ValueError("expected a JSON object")
+    except ValueError as err:
+        raise ModelLoadError(f"corrupt LoRA adapter config {config}: {err}") from err
+    try:
+        return PeftModel.from_pretrained(base, str(path), is_trainable=trainable)
+    except Exception as err:  # wrong shapes for this base, truncated weights...; the cause stays attached
+        base_name = getattr(getattr(base, "config", None), "name_or_path", "") or type(base).__name__
+        first = str(err).strip().splitlines()
+        shapes = [ln.strip() for ln in first if "size mismatch" in ln]
+        detail = shapes[0] if shapes else (first[0] if first else "")
+        raise ModelLoadError(f"cannot load LoRA adapter {path} onto base model {base_name}: "
+                             f"{type(err).__name__}: {detail}") from err
+
+
+@torch.no_grad()
+def generate(model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], sampling: SamplingParams, *,
+             seed: int = 0, desc: str = "generate", show_progress: bool = True) -> list[str]:
+    """One sampled response per prompt, in prompt order; batched with left padding and seeded.
+
+    The global torch RNG is left untouched, so callers' training randomness does not depend on how
+    much was generated.
+    """
+    if tokenizer.padding_side != "left":
+        raise ValueError("generation needs a left-padding tokenizer (load it with mfnb.models.load_tokenizer)")
+    if sampling.engine is not None:
+        return _generate_with_engine(model, tokenizer, prompts, sampling, seed=seed, show_progress=show_progress)
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    responses: list[str] = [""] * len(prompts)
+    do_sample = sampling.temperature > 0
+    kwargs = dict(max_new_tokens=sampling.max_new_tokens, do_sample=do_sample,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    if do_sample:
+        kwargs.update(temperature=sampling.temperature, top_p=sampling.top_p, top_k=sampling.top_k or None)
+    device = next(model.parameters()).device
+    batches = [order[i:i + sampling.batch_size] for i in range(0, len(order), sampling.batch_size)]
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for batch in progress_bar(batches, desc=desc, disable=not show_progress, leave=False):
+            enc = tokenizer([prompts[i] for i in batch], return_tensors="pt", padding=True,
+                            add_special_tokens=False).to(device)
+            out = model.generate(**enc, **kwargs)
+            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            for i, text in zip(batch, texts):
+                responses[i] = text.strip()
+    if was_training:
+        model.train()
+    return responses
+
+
+def merged_copy(model, dtype: torch.dtype | None = None):
+    """A plain copy of ``model`` for sampling: LoRA adapters folded in at their current scaling (ExPO's alpha
+    included), then cast to ``dtype``; the model itself is left as it was (no merge and unmerge drift)."""
+    import copy
+
+    from peft import PeftModel
+
+    out = copy.deepcopy(model)
+    if isinstance(out, PeftModel):
+        out = out.merge_and_unload()
+    if dtype is not None:
+        out.to(dtype)
+    return out.eval()
+
+
+def _generate_with_engine(model, tokenizer, prompts: list[str], sampling: SamplingParams, *, seed: int,
+                          show_progress: bool) -> list[str]:
+    spec = sampling.engine  # an hf engine (the field's validator refuses the others)
+    dtype = resolve_dtype(model, spec.dtype)
+    frozen = merged_copy(model, getattr(torch, dtype))  # a second model in memory (14 GB for a 7B in bf16) ...
+    engine = make_engine(spec.model_copy(update={"dtype": dtype}), model=frozen, tokenizer=tokenizer)
+    try:
+        return engine.generate(list(prompts), sampling, seed, show_progress=show_progress).texts
+    finally:
+        engine.close()  # ... freed as soon as the responses are drawn
+

@@ -1,0 +1,1 @@
+"""Generated result reports (results/<profile>/REPORT.md)."""

@@ -1,0 +1,115 @@
+"""Comparisons over training seeds and prompts, the verdicts they support, and the spend ratio."""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Sequence
+
+import numpy as np
+from scipy import stats
+
+from mfnb.stats.checks import check_delta
+
+# ----------------------------------------------------------------------------------------------
+# Comparisons over training seeds and prompts, verdicts, and the spend ratio
+# ----------------------------------------------------------------------------------------------
+
+def seed_prompt_interval(scores, delta: float = 0.05) -> dict:
+    """Mean of a (seeds x prompts) table of per-prompt scores and a t-interval that covers both sources
+    of variation.  NaN cells (failed judgements) are left out of their seed's and prompt's means.
+
+    Why this interval: every seed is judged on the *same* test prompts (a crossed design), so the spread
+    of the seed means shows training-seed variation but not which prompts happened to be in the test
+    set.  With y_sp = mu + a_s + b_p + e_sp the grand mean has variance s_a^2/S + s_b^2/P + s_e^2/(SP);
+    var(seed means)/S + var(prompt means)/P estimates that plus s_e^2/(SP) (slightly conservative).  The
+    t quantile uses Welch-Satterthwaite degrees of freedom, so with few seeds and a dominant seed term it
+    is as wide as a t-interval over seed means (df = S - 1).  A bootstrap over 3 seeds would have 10
+    distinct resamples and under-cover.  With one seed it falls back to prompts only (df = P - 1)."""
+    check_delta(delta)
+    y = np.atleast_2d(np.asarray(scores, dtype=float))
+    if y.size == 0 or np.all(np.isnan(y)):
+        raise ValueError("no valid scores to build an interval")
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)  # an all-NaN prompt column
+        seed_means = np.nanmean(y, axis=1)
+        prompt_means = np.nanmean(y, axis=0)
+    seed_means = seed_means[~np.isnan(seed_means)]
+    prompt_means = prompt_means[~np.isnan(prompt_means)]
+    S, P = seed_means.size, prompt_means.size
+    mean = float(seed_means.mean())
+    b = float(np.var(prompt_means, ddof=1)) / P if P >= 2 else 0.0
+    if S >= 2:
+        a = float(np.var(seed_means, ddof=1)) / S
+        se = math.sqrt(a + b)
+        denom = (a**2 / (S - 1) if S > 1 else 0.0) + (b**2 / (P - 1) if P > 1 else 0.0)
+        df = (a + b) ** 2 / denom if denom > 0 else float(S - 1)
+        method = "t over seeds and prompts (crossed)"
+    else:
+        a, se, df = math.nan, math.sqrt(b), float(max(P - 1, 1))
+        method = "t over prompts (one seed)"
+    half = float(stats.t.ppf(1 - delta / 2, df)) * se if se > 0 else 0.0
+    return {"mean": mean, "low": max(0.0, mean - half), "high": min(1.0, mean + half), "se": se, "df": df,
+            "seeds": S, "prompts": P, "seed_sd": float(np.std(seed_means, ddof=1)) if S >= 2 else math.nan,
+            "seed_term": a, "prompt_term": b, "method": method}
+
+
+VERDICTS = ("multi-fidelity better", "multi-fidelity worse", "inconclusive")
+CLAIM_VERDICTS = ("reproduced", "reversed", "inconclusive")
+
+
+def claim_verdict(low: float, high: float, direction: int = 1) -> str:
+    """The verdict on a paper's claim that a difference is > 0 (``direction`` 1) or < 0 (-1), from its
+    interval: "reproduced" when the interval excludes 0 on the claimed side, "reversed" on the other side,
+    else (or without an interval) "inconclusive"."""
+    if math.isnan(low) or math.isnan(high):
+        return "inconclusive"
+    low, high = (low, high) if direction > 0 else (-high, -low)
+    return "reproduced" if low > 0 else "reversed" if high < 0 else "inconclusive"
+
+
+def combine_verdicts(verdicts: Sequence[str]) -> str:
+    """One claim verdict from several (metrics or models): all reproduced -> reproduced; some reversed and
+    none reproduced -> reversed; anything else (mixed, or some inconclusive) -> inconclusive."""
+    verdicts = list(verdicts)
+    if verdicts and all(v == "reproduced" for v in verdicts):
+        return "reproduced"
+    if "reversed" in verdicts and "reproduced" not in verdicts:
+        return "reversed"
+    return "inconclusive"
+
+
+def verdict(low: float, high: float, null: float = 0.5) -> str:
+    """"multi-fidelity better" when the whole interval lies above ``null``, "worse" below it, else
+    "inconclusive" (the interval contains ``null``, or is missing)."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "inconclusive"
+    if low > null:
+        return VERDICTS[0]
+    if high < null:
+        return VERDICTS[1]
+    return VERDICTS[2]
+
+
+def first_reaching(spend: Sequence[float], values: Sequence[float], target: float) -> float:
+    """The spend at the first point (in order) whose value reaches ``target`` (>=); inf when none does."""
+    for s, v in zip(spend, values):
+        if v >= target:
+            return float(s)
+    return math.inf
+
+
+def ratio_summary(ratios: Sequence[float], delta: float = 0.05) -> dict:
+    """Mean of per-seed ratios with a t-interval over seeds (df = seeds - 1).  A ratio of inf (target
+    never reached) makes the mean and interval undefined (NaN); ``reached`` says how many seeds got there."""
+    check_delta(delta)
+    r = np.asarray(ratios, dtype=float)
+    finite = r[np.isfinite(r)]
+    out = {"seeds": int(r.size), "reached": int(finite.size), "mean": math.nan, "low": math.nan,
+           "high": math.nan, "median": float(np.median(r)) if r.size else math.nan,
+           "min": float(r.min()) if r.size else math.nan, "max": float(r.max()) if r.size else math.nan}
+    if r.size and finite.size == r.size:
+        out["mean"] = float(finite.mean())
+        if r.size >= 2:
+            half = float(stats.t.ppf(1 - delta / 2, r.size - 1)) * float(np.std(finite, ddof=1)) / math.sqrt(r.size)
+            out["low"], out["high"] = out["mean"] - half, out["mean"] + half
+    return out

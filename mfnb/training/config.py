@@ -1,0 +1,164 @@
+"""The training steps' parameters (SFT, DPO), how they launch (processes, accelerate/DeepSpeed configs) and
+the spec a launched process runs: a leaf the method packages and the launch both read."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+
+from mfnb.core import paths
+from mfnb.core.params import Params
+from mfnb.models.config import LoraParams
+
+
+class SFTParams(Params):
+    """One SFT stage (HbAT's paper setting: lr 1e-5, batch 64, 3 epochs)."""
+
+    lr: float = Field(default=1e-5, gt=0)
+    batch_size: int = Field(default=8, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    epochs: float = Field(default=3.0, gt=0)
+    steps: int | None = Field(default=None, ge=1)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    scheduler: str = "cosine"
+    max_length: int = Field(default=512, ge=8)
+    # recompute activations in the backward: less memory, ~30% more time; left out of dumps when off, so the
+    # cache keys made before it existed stay the same
+    gradient_checkpointing: bool = Field(default=False, exclude_if=lambda v: not v)
+
+
+class DPOParams(Params):
+    """One DPO update. Paper defaults where the paper gives them (cosine schedule, 10% warm-up)."""
+
+    lr: float = Field(default=5e-6, gt=0)
+    beta: float = Field(default=0.1, gt=0)
+    epochs: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=16, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    scheduler: str = "cosine"
+    loss_type: list[str] = Field(default_factory=lambda: ["sigmoid"])
+    loss_weights: list[float] | None = None
+    max_length: int = Field(default=512, ge=8)
+    reference: Literal["base", "previous"] = "base"
+    drop_identical: bool = False
+    # recompute activations in the backward: less memory, ~30% more time; left out of dumps when off, so the
+    # cache keys made before it existed stay the same
+    gradient_checkpointing: bool = Field(default=False, exclude_if=lambda v: not v)
+
+
+SHIPPED_CONFIGS = ("ddp", "deepspeed_zero2", "deepspeed_zero3")
+
+
+class DistributedError(RuntimeError):
+    """A launch that cannot start or a training process that failed; the message names the file or log."""
+
+
+class TrainSpec(Params):
+    """One training step, complete enough to run in a fresh process."""
+
+    step: Literal["sft", "dpo"]
+    model: str                                   # base model: folder or hub name
+    data: str | None = None                      # a `datasets` folder (save_to_disk) or a .jsonl/.json/.parquet file
+    output: str                                  # the trained adapter (or full model) goes here
+    adapter: str | None = None                   # continue this LoRA adapter (e.g. the previous round's policy)
+    lora: LoraParams | None = LoraParams()       # a fresh adapter when ``adapter`` is None; None: full fine-tuning
+    sft: SFTParams = SFTParams()
+    dpo: DPOParams = DPOParams()
+    global_batch_size: int | None = Field(default=None, ge=1)  # split over processes x grad_accum when set
+    seed: int = 0
+    dtype: str = "auto"
+    torch_threads: int | None = Field(default=None, ge=1)
+    trust_remote_code: bool = False
+    show_progress: bool = False
+    trainable: list[str] | None = None           # parameter names that train (None: as loaded); HbAT-Freeze
+    penalty: str | None = None                   # a penalty's coefficients (HbAT's EWC: a safetensors file)
+    # "module:attr" of plugin(model, penalty, step) -> (trainer class, trainer kwargs) that rebuilds the penalty in
+    # each process (HbAT's: mfnb.hbat.ewc:launched_penalty); named, so the launch imports no method package
+    penalty_plugin: str | None = None
+
+
+class LaunchParams(Params):
+    """How many processes and which engine. ``config``: a shipped name (``ddp``, ``deepspeed_zero2``,
+    ``deepspeed_zero3``) or a path to an accelerate config YAML. ``processes="all"``: one per visible GPU."""
+
+    processes: Annotated[int, Field(ge=1)] | Literal["all"] = 1
+    config: str = "ddp"
+    cpu: bool | None = None                      # None: CPU (gloo) when no GPU is visible
+    main_process_port: int | None = Field(default=None, ge=1, le=65535)  # None: a free port
+    keep_workdir: bool = False
+
+    @field_validator("config")
+    @classmethod
+    def _config_parses(cls, config: str) -> str:
+        """A config that is missing or does not parse (its DeepSpeed JSON included) is refused when the params
+        are read, before anything runs, naming the file."""
+        try:
+            read_config(config)
+        except DistributedError as err:
+            raise ValueError(str(err).removeprefix("launch.config: ")) from None
+        return config
+
+    @property
+    def deepspeed_stage(self) -> int | None:
+        config = read_config(self.config)
+        if config["distributed_type"] != "DEEPSPEED":
+            return None
+        ds = config.get("deepspeed_config") or {}
+        if ds.get("deepspeed_config_file"):
+            stage = (read_deepspeed_json(Path(ds["deepspeed_config_file"])).get("zero_optimization") or {}).get("stage")
+        else:
+            stage = ds.get("zero_stage")
+        return int(stage) if stage is not None else 0
+
+
+def config_path(config: str) -> Path:
+    """The accelerate config YAML for a shipped name or a path."""
+    if config in SHIPPED_CONFIGS:
+        return paths.project_root() / "configs" / "accelerate" / f"{config}.yaml"
+    return Path(config).expanduser()
+
+
+def read_config(config: str) -> dict:
+    """The accelerate config, checked: the YAML parses to a mapping and, for DeepSpeed, the DeepSpeed JSON it
+    names parses too (its path resolved to an absolute one under key ``deepspeed_config_file``)."""
+    import yaml
+
+    path = config_path(config)
+    if not path.is_file():
+        raise DistributedError(f"launch.config: accelerate config {path} not found (shipped: {list(SHIPPED_CONFIGS)})")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise DistributedError(f"launch.config: {path} is not valid YAML: {err}") from None
+    if not isinstance(values, dict) or "distributed_type" not in values:
+        raise DistributedError(f"launch.config: {path} is not an accelerate config (a mapping with distributed_type)")
+    ds = values.get("deepspeed_config") or {}
+    if values["distributed_type"] == "DEEPSPEED" and ds.get("deepspeed_config_file"):
+        ds_path = Path(ds["deepspeed_config_file"]).expanduser()
+        if not ds_path.is_absolute():
+            ds_path = (paths.project_root() / ds_path) if not (path.parent / ds_path).is_file() else path.parent / ds_path
+        read_deepspeed_json(ds_path, named_in=path)
+        values["deepspeed_config"] = {**ds, "deepspeed_config_file": str(ds_path.resolve())}
+    return values
+
+
+def read_deepspeed_json(path: Path, named_in: Path | None = None) -> dict:
+    where = f" (named in {named_in})" if named_in else ""
+    if not path.is_file():
+        raise DistributedError(f"DeepSpeed config {path}{where} not found")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DistributedError(f"DeepSpeed config {path}{where} does not parse: {err}") from None
+    if not isinstance(values, dict):
+        raise DistributedError(f"DeepSpeed config {path}{where} is not a JSON object")
+    return values
+
+
+def gpu_count() -> int:
+    import torch  # the CLI checks params without loading torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
