@@ -192,8 +192,8 @@ def bench_streaming(args) -> dict:
 
 
 def bench_lora(args) -> dict:
-    import transformers
     import peft
+    import transformers
 
     from mfnb.expo import extrapolate, lora_extrapolation
 

@@ -38,11 +38,11 @@ def main() -> None:
     if args.quick:
         args.prompts, args.new_tokens, args.rounds, args.batch_sizes, args.parallel = 16, 32, 1, "16", "8"
 
+    from mfnb.models import SamplingParams, generate, load_model, load_tokenizer
     from mfnb.models.engines.hf import HFEngine
     from mfnb.models.engines.llamacpp import LlamaCppEngine
-    from mfnb.models import SamplingParams, generate, load_model, load_tokenizer
-    from mfnb.worlds.smol.task import InstructionParams, InstructionSet
     from mfnb.worlds.smol.smollm2 import find_gguf, smollm2_path
+    from mfnb.worlds.smol.task import InstructionParams, InstructionSet
 
     torch.set_num_threads(args.threads)
     folder = smollm2_path()

@@ -45,9 +45,9 @@ def pipeline(repeats: int) -> float:
 
 
 def penalty_stage(repeats: int) -> float:
-    from mfnb.training import dpo, sft
     from mfnb import hbat
     from mfnb.hbat import HbatExperiment, HbatNotebookParams
+    from mfnb.training import dpo, sft
 
     params = HbatNotebookParams.for_profile("04_hbat_ablations", "tiny")
     torch.set_num_threads(params.torch_threads or torch.get_num_threads())

@@ -19,9 +19,9 @@ start = time.perf_counter()
 import pandas as pd  # noqa: E402
 
 from mfnb import multifidelity as mf  # noqa: E402
+from mfnb.core.paths import project_root  # noqa: E402
 from mfnb.evaluation import world_judge  # noqa: E402
 from mfnb.models import torch_threads  # noqa: E402
-from mfnb.core.paths import project_root  # noqa: E402
 from mfnb.worlds import make_world  # noqa: E402
 
 IMPORTED = time.perf_counter() - start

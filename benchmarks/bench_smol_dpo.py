@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import warnings
 import shlex
 import statistics
 import sys
 import time
+import warnings
 from collections import defaultdict
 
 import torch
@@ -63,8 +63,8 @@ def matmul_flops(m: int, k: int, n: int, dtype=torch.float32, seconds: float = 1
 
 def preference_rows(model, tokenizer, n_pairs: int, response_tokens: int, seed: int):
     """``n_pairs`` chat-templated verifiable-instruction prompts, each with two responses SmolLM2 sampled."""
-    from mfnb.models.engines.hf import HFEngine
     from mfnb.models import SamplingParams
+    from mfnb.models.engines.hf import HFEngine
     from mfnb.worlds.shared.best_of_k import chat_prompt
     from mfnb.worlds.smol.task import InstructionParams, InstructionSet
 
@@ -216,8 +216,8 @@ def dpo_benchmark(args) -> None:
     import transformers
     import trl
 
-    from mfnb.models.engines.hf import native_bf16
     from mfnb.models import LoraParams, attach_lora, load_model, load_tokenizer
+    from mfnb.models.engines.hf import native_bf16
     from mfnb.worlds.smol.smollm2 import smollm2_path
 
     transformers.logging.set_verbosity_error()

@@ -32,8 +32,8 @@ def main() -> None:
         args.prompts, args.new_tokens, args.rounds = 8, 16, 1
 
     from mfnb.models import LoraParams, SamplingParams, attach_lora, generate, load_model, load_tokenizer
-    from mfnb.worlds.smol.task import InstructionParams, InstructionSet
     from mfnb.worlds.smol.smollm2 import smollm2_path
+    from mfnb.worlds.smol.task import InstructionParams, InstructionSet
 
     torch.set_num_threads(args.threads)
     folder = smollm2_path()

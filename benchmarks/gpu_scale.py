@@ -221,9 +221,9 @@ class Bench:
 
     # -- (1) one LoRA DPO optimizer step ----------------------------------------------------------------------
     def dpo(self):
+        from mfnb.models import LoraParams, attach_lora
         from mfnb.training.config import DPOParams
         from mfnb.training.dpo import dpo_update, preference_dataset
-        from mfnb.models import LoraParams, attach_lora
 
         s = self.sizes
         response_words = s["response"] - 1  # TRL appends the EOS token to each response
@@ -342,8 +342,8 @@ class Bench:
 
     # -- (3) one batch of sampling through our decode loop -----------------------------------------------------
     def sample(self):
-        from mfnb.models.engines.hf import HFEngine
         from mfnb.models import SamplingParams
+        from mfnb.models.engines.hf import HFEngine
 
         s = self.sizes
         sampling = SamplingParams(**dict(self.paper["sampling"], max_new_tokens=s["new_tokens"],

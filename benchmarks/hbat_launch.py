@@ -32,12 +32,12 @@ def main() -> None:
     import torch
 
     from mfnb.hbat.algorithm import _train_stage
-    from mfnb.hbat.ewc import EWCPenalty
     from mfnb.hbat.config import HbatParams
+    from mfnb.hbat.ewc import EWCPenalty
     from mfnb.models import load_model, load_tokenizer
     from mfnb.worlds.tiny import task as tasks
-    from mfnb.worlds.tiny.world import _new_model, TinyWorldParams
     from mfnb.worlds.tiny.task import build_tokenizer
+    from mfnb.worlds.tiny.world import TinyWorldParams, _new_model
 
     tokenizer = build_tokenizer()
     _new_model(TinyWorldParams(), tokenizer).save_pretrained(root / "base")

@@ -34,9 +34,9 @@ def main() -> None:
 
     import openai
 
-    from mfnb.models.engines.llamacpp import LlamaCppServer
-    from mfnb.ladder.agreement import judge_agreement
     from mfnb.judges import OpenAIJudge
+    from mfnb.ladder.agreement import judge_agreement
+    from mfnb.models.engines.llamacpp import LlamaCppServer
     from mfnb.worlds.smol import task as ins
     from mfnb.worlds.smol.smollm2 import find_gguf
 

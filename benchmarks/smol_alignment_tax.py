@@ -50,15 +50,15 @@ def main() -> None:
 
     from datasets import Dataset
 
-    from mfnb.training.config import DPOParams
-    from mfnb.training.dpo import dpo_update
+    from mfnb.models import LoraParams, SamplingParams, attach_lora, load_model, load_tokenizer
     from mfnb.models.engines import candidate_seed
     from mfnb.models.engines.hf import HFEngine
-    from mfnb.models import LoraParams, SamplingParams, attach_lora, load_model, load_tokenizer
+    from mfnb.training.config import DPOParams
+    from mfnb.training.dpo import dpo_update
     from mfnb.worlds.shared.best_of_k import BestOfK, chat_prompt
-    from mfnb.worlds.smol.task import DEFAULT_IDS, NEVER_FOLLOWED_BY_SMOLLM2, InstructionParams, InstructionSet
     from mfnb.worlds.smol.conflict import SmolConflict, SmolConflictParams
     from mfnb.worlds.smol.smollm2 import smollm2_path
+    from mfnb.worlds.smol.task import DEFAULT_IDS, NEVER_FOLLOWED_BY_SMOLLM2, InstructionParams, InstructionSet
 
     torch.set_num_threads(args.threads)
     folder = smollm2_path()

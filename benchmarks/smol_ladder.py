@@ -34,12 +34,12 @@ def main() -> None:
     args = ap.parse_args()
 
     from mfnb import stats
-    from mfnb.models.engines.hf import HFEngine
     from mfnb.judges import OracleJudge
     from mfnb.models import SamplingParams, load_model, load_tokenizer
+    from mfnb.models.engines.hf import HFEngine
     from mfnb.worlds.shared.best_of_k import BestOfK
-    from mfnb.worlds.smol.task import DEFAULT_IDS, InstructionParams, InstructionSet
     from mfnb.worlds.smol.smollm2 import smollm2_path
+    from mfnb.worlds.smol.task import DEFAULT_IDS, InstructionParams, InstructionSet
 
     torch.set_num_threads(args.threads)
     folder = smollm2_path()

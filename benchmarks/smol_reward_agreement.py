@@ -35,13 +35,13 @@ def main() -> None:
     ap.add_argument("--constraints", default="3,3", help="min,max constraints per prompt")
     args = ap.parse_args()
 
-    from mfnb.models.engines.hf import HFEngine
     from mfnb.models import SamplingParams, load_model, load_tokenizer
+    from mfnb.models.engines.hf import HFEngine
     from mfnb.worlds.shared.best_of_k import BestOfK
-    from mfnb.worlds.smol.task import DEFAULT_IDS, NEVER_FOLLOWED_BY_SMOLLM2, InstructionParams, InstructionSet
     from mfnb.worlds.smol.reward import (SmolRewardParams, agreement, build_smol_reward_model, ranked_pairs,
                                          reward_judge, reward_model_path, reward_rows)
     from mfnb.worlds.smol.smollm2 import smollm2_path
+    from mfnb.worlds.smol.task import DEFAULT_IDS, NEVER_FOLLOWED_BY_SMOLLM2, InstructionParams, InstructionSet
 
     torch.set_num_threads(args.threads)
     folder = smollm2_path()

@@ -10,9 +10,18 @@ from pathlib import Path
 
 import yaml
 
-from mfnb.rehearsal.stand_ins import (COMMIT, TOPICS, ZEPHYR_TEMPLATE, _parquet, alpaca_eval, alpaca_farm,  # noqa: F401
-                                      hub_cache_entry, rm_static, ultrafeedback)
 from mfnb.rehearsal import stand_ins
+from mfnb.rehearsal.stand_ins import (  # noqa: F401
+    COMMIT,
+    TOPICS,
+    ZEPHYR_TEMPLATE,
+    _parquet,
+    alpaca_eval,
+    alpaca_farm,
+    hub_cache_entry,
+    rm_static,
+    ultrafeedback,
+)
 
 
 def save_llama(folder: Path, *, chat_template: str | None, seed: int, classifier: bool = False) -> Path:

@@ -18,10 +18,14 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from mfnb.core import paths
+from mfnb.core.atomic import write_json
+from mfnb.core.params import ParamsError
+from mfnb.core.progress import progress as progress_bar
 from mfnb.hbat.algorithm import run_hbat
 from mfnb.hbat.config import HbatNotebookParams, HbatParams, for_method
 from mfnb.hbat.store import clean_store, digest
-from mfnb.core.params import ParamsError
+from mfnb.models import attach_lora, generate
 from mfnb.worlds import make_world, require
 
 
@@ -33,8 +37,6 @@ class HbatExperiment:
     do not depend on where it is."""
 
     def __init__(self, params: HbatNotebookParams, world=None, store: str | Path | None = None):
-        from mfnb.core import paths
-
         self.P = params
         self.world = make_world(world if world is not None else params.world)
         self.conflict = require(self.world, "conflict", field="conflict", notebook="04")(params.conflict)
@@ -73,7 +75,6 @@ class HbatExperiment:
 
     def load_initial(self):
         """A fresh copy of the initial model (with a new LoRA adapter when ``lora`` is set)."""
-        from mfnb.models import attach_lora
 
         model, tokenizer = self.world.load(self.P.init_role)
         if self._tokenizer is None:  # one tokenizer for every run of the experiment
@@ -87,8 +88,6 @@ class HbatExperiment:
         return self._tokenizer
 
     def evaluate(self, model, tokenizer, split: str) -> dict:
-        from mfnb.models import generate
-
         prompts = self.prompts[split]
         responses = generate(model, tokenizer, prompts, self.sampling, seed=0, desc=f"eval {split}", show_progress=False)
         out = self.conflict.scores(prompts, responses, self.judge, self.P.delta)
@@ -100,7 +99,6 @@ class HbatExperiment:
 
     def run(self, label: str, hbat_params, seed: int) -> dict:
         """One run's record (test scores of the kept checkpoint, stage table, importances), cached."""
-        from mfnb.core.atomic import write_json
         sft_rows, pref_rows = self.data(seed)
         key = digest({"init": self.init_key(), "params": hbat_params.model_dump(), "seed": seed,
                       "data": digest([sft_rows, pref_rows]), "eval": self.eval_key})
@@ -147,7 +145,6 @@ class HbatExperiment:
 
     def table4_runs(self, progress: bool = True):
         import pandas as pd
-        from mfnb.core.progress import progress as progress_bar
 
         jobs = [(m, s) for s in self.P.seeds for m in self.P.methods]
         rows = [self.run(m, self.method_params(m), s) for m, s in progress_bar(jobs, desc="Table 4 runs", disable=not progress)]
@@ -155,7 +152,6 @@ class HbatExperiment:
 
     def grid_runs(self, progress: bool = True):
         import pandas as pd
-        from mfnb.core.progress import progress as progress_bar
 
         jobs = [("N", n, dict(n_splits=n)) for n in self.P.n_grid] + \
                [("Fmax", f, dict(fmax=float(f))) for f in self.P.fmax_grid]
@@ -172,7 +168,6 @@ class HbatExperiment:
         """HbAT at each lambda of ``lam_grid`` (N and Fmax as in ``hbat``), and two-stage DPO, on
         ``grid_seeds``; each row also carries the kept checkpoint's validation scores (``val_*``)."""
         import pandas as pd
-        from mfnb.core.progress import progress as progress_bar
 
         jobs = [(lam, s) for lam in self.P.lam_grid for s in self.P.grid_seeds]
         rows = [_flat(self.run("HbAT", self.method_params("HbAT", lam=float(lam)), s), axis="lambda", value=lam)

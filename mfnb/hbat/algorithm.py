@@ -23,13 +23,14 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from mfnb.core.atomic import write_json
+from mfnb.hbat.config import HbatError, HbatParams
 from mfnb.hbat.ewc import EWCPenalty, ewc_trainer_class
 from mfnb.hbat.fisher import add_fisher, empirical_fisher, fisher_bytes, scaled_fisher
 from mfnb.hbat.importance import (accumulate_changes, importance_from_changes, snapshot, squared_change_sums,
                                   top_fraction, trainable_tensors)
-from mfnb.hbat.config import HbatError, HbatParams
 from mfnb.hbat.store import StageRecord, digest, load_fisher, load_stage, save_fisher, save_stage, stage_key
-
+from mfnb.training import dpo, sft
+from mfnb.training import launch as launcher
 
 # --------------------------------------------------------------------------------------------------
 # Data: checks and splits
@@ -158,9 +159,7 @@ class HbatRun:
 
 def _train_stage(model, tokenizer, kind: str, rows: list[dict], params: HbatParams, seed: int,
                  penalty: EWCPenalty | None, show_progress: bool, launch=None) -> dict:
-    from mfnb.training import launch as distributed, dpo, sft
-
-    launch = distributed.active_launch(launch)
+    launch = launcher.active_launch(launch)
     if launch is not None:  # several processes: the same TRL step with the penalty and frozen tensors sent along
         if kind == "sft":
             s = params.sft
@@ -172,7 +171,7 @@ def _train_stage(model, tokenizer, kind: str, rows: list[dict], params: HbatPara
             hyper = params.dpo
             rows_or_data = dpo.preference_dataset([r["prompt"] for r in rows], [r["chosen"] for r in rows],
                                                   [r["rejected"] for r in rows])
-        return distributed.train_in_place(model, tokenizer, rows_or_data, kind, hyper, launch, seed=seed,
+        return launcher.train_in_place(model, tokenizer, rows_or_data, kind, hyper, launch, seed=seed,
                                           show_progress=show_progress, penalty=penalty)
     if kind == "sft":
         s = params.sft
@@ -243,9 +242,8 @@ def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store
     ewc = params.ewc
     fisher = ewc.importance == "fisher" and params.constraint == "ewc"
     copy_device = snapshot_device(model)   # host memory under full fine-tuning (also the Fisher's place)
-    from mfnb.training import launch as distributed
 
-    launched = distributed.active_launch(launch) is not None
+    launched = launcher.active_launch(launch) is not None
     accumulated: dict[str, dict[str, float]] = {"sft": {}, "dpo": {}}
     fishers: dict[str, dict[str, torch.Tensor] | None] = {"sft": None, "dpo": None}
     records: list[StageRecord] = []

@@ -19,9 +19,11 @@ import sys
 import time
 from typing import Sequence
 
+from mfnb.core import reference
 from mfnb.hbat.ablations import HbatExperiment
-from mfnb.hbat.config import HbatNotebookParams
 from mfnb.hbat.algorithm import run_hbat
+from mfnb.hbat.config import HbatNotebookParams
+from mfnb.training import launch as launcher
 
 
 def _cost_worker(spec_json: str) -> None:
@@ -76,9 +78,7 @@ def measure_efficiency(params: HbatNotebookParams, methods: Sequence[str] = ("DP
 
     import pandas as pd
 
-    from mfnb.training import launch as distributed
-
-    launch = distributed.active_launch(params.launch)
+    launch = launcher.active_launch(params.launch)
     values = {**params.model_dump(), "launch": launch.model_dump() if launch is not None else None}
     rows = []
     with tempfile.TemporaryDirectory(prefix="mfnb-hbat-cost-") as store:
@@ -112,8 +112,6 @@ def memory_column(costs) -> tuple[str, str]:
 
 def efficiency_table(costs, baseline: str = "DPO"):
     """Median seconds and peak memory per method, relative to ``baseline``, beside the paper's Table 7."""
-
-    from mfnb.core import reference
 
     cols = [c for c in ("train_seconds", "cpu_seconds", "importance_seconds", "peak_rss_mb", "extra_rss_mb", "state_mb")
             if c in costs]

@@ -15,8 +15,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from mfnb.hbat.importance import trainable_tensors
 from mfnb.hbat.config import EWCParams, HbatError
+from mfnb.hbat.importance import trainable_tensors
 
 
 class _FusedPenalty(torch.autograd.Function):

@@ -18,8 +18,8 @@ from typing import Mapping, Sequence
 
 import torch
 
-from mfnb.hbat.importance import canonical_name
 from mfnb.hbat.config import HbatError
+from mfnb.hbat.importance import canonical_name
 
 RESPONSE_KEY = {"sft": "completion", "dpo": "chosen"}
 

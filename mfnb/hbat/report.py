@@ -7,9 +7,10 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from mfnb.core import reference
 from mfnb.core.formatting import fmt, fmt_interval
-from mfnb.hbat.importance import importance_from_changes
 from mfnb.hbat.config import EWCParams, HbatParams
+from mfnb.hbat.importance import importance_from_changes
 
 
 def t_interval(values, level: float = 0.95) -> tuple[float, float, float, float]:
@@ -91,8 +92,6 @@ def paper_table4():
     the original EWC's win rate from Table 7 (its other scores are not reported)."""
     import pandas as pd
 
-    from mfnb.core import reference
-
     t4 = reference.load("hbat_table4").assign(source="Table 4 (validation)")
     t1 = reference.load("hbat_table1")
     freeze = t1[(t1.base == "LLaMA2-7B") & (t1.hpa == "DPO") & (t1.method == "HbAT-Freeze")]
@@ -119,8 +118,6 @@ def _paper_claims():
     """(method a, method b, paper column, a's value, b's value, source) for every paper ordering we test:
     all pairs of Table 4, and HbAT-Freeze against HbAT and DPO within Table 1 (LLaMA2-7B, DPO, dialogue)."""
     import itertools
-
-    from mfnb.core import reference
 
     claims = []
     t4 = reference.load("hbat_table4")

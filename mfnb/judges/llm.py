@@ -12,9 +12,9 @@ from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from mfnb.core.secrets import redact, register_variable
 from mfnb.judges.protocol import (JudgeError, JudgeUnavailableError, Outcome, PairwiseJudge, Triple, _check_nonneg,
                                   _digest)
-from mfnb.core.secrets import redact, register_variable
 
 # The papers' GPT-4 win-rate protocol (DPO, Rafailov et al. 2023, App. C.2; HbAT, Wang et al. 2024,
 # Fig. 4, which states it uses the same prompts).  The question and the required two-line answer

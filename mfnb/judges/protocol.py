@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, fields
 from enum import Enum
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+from mfnb.core.progress import progress as progress_bar
 
 # --------------------------------------------------------------------------------------------------
 # Outcomes, stats, errors
@@ -239,7 +240,6 @@ class PairwiseJudge:
         batches = list(_batches(list(shown), self.batch_size))
         iterator: Iterable = batches
         if self.progress and len(batches) > 1:
-            from mfnb.core.progress import progress as progress_bar
             iterator = progress_bar(batches, desc=f"{type(self).__name__} batches", leave=False)
         for batch in iterator:
             verdicts = [Outcome(v) for v in self._judge_presented(batch)]

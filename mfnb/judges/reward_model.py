@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from mfnb.core.progress import progress as progress_bar
 from mfnb.judges.protocol import Outcome, PairwiseJudge, Triple, _batches, _check_nonneg
 
 
@@ -74,7 +75,7 @@ class RewardModelJudge(PairwiseJudge):
         self.tokenizer = tokenizer
         self.model = model.to(self.device).eval()
         if self.device.type != "cpu":
-            from mfnb.models import resident
+            from mfnb.models import resident  # deferred: loads torch
 
             resident(self.model)  # moved off the GPU while launched training runs (mfnb.models.off_accelerator)
         has_template = bool(getattr(tokenizer, "chat_template", None))
@@ -130,7 +131,6 @@ class RewardModelJudge(PairwiseJudge):
         batches = list(_batches(order, self.batch_size))
         iterator: Iterable = batches
         if self.progress and len(batches) > 1:
-            from mfnb.core.progress import progress as progress_bar
             iterator = progress_bar(batches, desc="reward model", leave=False)
         with torch.no_grad():
             for idx in iterator:

@@ -8,7 +8,6 @@ from typing import Iterator
 
 import torch
 
-
 _RESIDENTS: "weakref.WeakSet[torch.nn.Module]" = weakref.WeakSet()
 
 

@@ -24,17 +24,18 @@ Every public name is importable from ``mfnb.multifidelity`` (``from mfnb import 
 from mfnb.multifidelity.algorithm import (GAMMA_RULES, decide, passes_gamma, run_fixed_ladder, run_multifidelity,
                                           run_sft_replay, run_vanilla, vanilla_incremental_batch)
 from mfnb.multifidelity.backend import Backend, PolicyBackend, Prompts
-from mfnb.multifidelity.judging import judge_pairs
-from mfnb.multifidelity.ledger import LEDGER_COLUMNS, PHASES, ledger_frame, ledger_row, ledger_summary, paper_lambda
 from mfnb.multifidelity.config import (AlgorithmParams, Fidelity, RunConfig, TracesParams, baseline_names,
                                        check_experts, vanilla_fidelity, vanilla_name)
+from mfnb.multifidelity.judging import judge_pairs
+from mfnb.multifidelity.ledger import LEDGER_COLUMNS, PHASES, ledger_frame, ledger_row, ledger_summary, paper_lambda
 from mfnb.multifidelity.plots import plot_cost_quality, plot_spend_to_match, plot_traces
-from mfnb.multifidelity.report import (PAPER_FIDELITIES, budget_table, convention_evidence, convention_lines, decision_summary,
-                                       decision_table, departures, fidelity_gaps, iterations_table, paper_layout,
-                                       paper_layout_with_reference, paper_reference_rows, time_shares, trace_rows)
+from mfnb.multifidelity.report import (PAPER_FIDELITIES, budget_table, convention_evidence, convention_lines,
+                                       decision_summary, decision_table, departures, fidelity_gaps, iterations_table,
+                                       paper_layout, paper_layout_with_reference, paper_reference_rows, time_shares,
+                                       trace_rows)
 from mfnb.multifidelity.store import STATE_VERSION, RunResult, RunStore, derive_seed
 from mfnb.multifidelity.theorem5 import estimate_alpha_beta, theorem5_lines, theorem5_summary, theorem5_table
 from mfnb.multifidelity.trace import (TraceResult, baseline_budget, mf_candidate, run_baseline, run_lambda, run_trace,
                                       tested_iterates, trace_folder, validation_cost)
-from mfnb.multifidelity.verdicts import (final_vs_top, ladder_schedule, overall_verdict, spend_ratio_lines, spend_ratio_summary,
-                                         spend_ratio_table, table4, table4_summary, verdict_lines)
+from mfnb.multifidelity.verdicts import (final_vs_top, ladder_schedule, overall_verdict, spend_ratio_lines,
+                                         spend_ratio_summary, spend_ratio_table, table4, table4_summary, verdict_lines)

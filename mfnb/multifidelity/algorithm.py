@@ -45,11 +45,10 @@ import numpy as np
 
 from mfnb import stats
 from mfnb.multifidelity.backend import Backend, Prompts
+from mfnb.multifidelity.config import RunConfig, check_experts
 from mfnb.multifidelity.judging import counts, judge_pairs, win_freq
 from mfnb.multifidelity.ledger import ledger_row, paper_lambda
-from mfnb.multifidelity.config import RunConfig, check_experts
-from mfnb.multifidelity.store import (INITIAL_VALIDATION, STATE_VERSION, RunResult, RunStore, derive_seed,
-                                      restore_rng)
+from mfnb.multifidelity.store import INITIAL_VALIDATION, STATE_VERSION, RunResult, RunStore, derive_seed, restore_rng
 
 GAMMA_RULES = ("exceeds", "at_least")
 MODES = ("mf", "vanilla", "ladder", "sft")

@@ -19,10 +19,9 @@ import numpy as np
 from mfnb.models import LoraParams, SamplingParams
 
 if TYPE_CHECKING:  # annotations only: importing them pulls in datasets (and TRL), which a sampling-only
-    import torch   # install (a GPU node checking the device tests) may lack
+    import torch  # install (a GPU node checking the device tests) may lack
 
-    from mfnb.training.config import DPOParams
-    from mfnb.training.config import SFTParams
+    from mfnb.training.config import DPOParams, SFTParams
 
 
 @dataclass(frozen=True)
@@ -90,7 +89,7 @@ class PolicyBackend:
     def reset_policy(self, seed: int, lora: LoraParams) -> None:
         import torch
 
-        from mfnb.models import attach_lora
+        from mfnb.models import attach_lora  # deferred: loads torch
 
         base = self._fresh_base()
         with torch.random.fork_rng(devices=[]), _quiet_peft():
@@ -98,12 +97,12 @@ class PolicyBackend:
             self.policy = attach_lora(base, lora)
 
     def save_policy(self, path: Path) -> None:
-        from mfnb.models import save_adapter
+        from mfnb.models import save_adapter  # deferred: loads torch
 
         save_adapter(self.policy, path)
 
     def load_policy(self, path: Path) -> None:
-        from mfnb.models import load_adapter
+        from mfnb.models import load_adapter  # deferred: loads torch
 
         with _quiet_peft():
             self.policy = load_adapter(self._fresh_base(), path, trainable=True)
@@ -122,7 +121,7 @@ class PolicyBackend:
         return lora_vector(tensors)
 
     def generate_student(self, prompts, seed, sampling):
-        from mfnb.models import generate
+        from mfnb.models import generate  # deferred: loads torch
 
         return generate(self.policy, self.tokenizer, list(prompts), sampling, seed=seed, show_progress=False)
 
@@ -130,7 +129,7 @@ class PolicyBackend:
         return self.world.respond(role, list(prompts), sampling, seed)
 
     def update(self, prompts, chosen, rejected, seed, dpo):
-        from mfnb.training.dpo import dpo_update, preference_dataset
+        from mfnb.training.dpo import dpo_update, preference_dataset  # deferred: loads torch
 
         data = preference_dataset(list(prompts), list(chosen), list(rejected), drop_identical=dpo.drop_identical)
         with _quiet_peft():
@@ -141,8 +140,8 @@ class PolicyBackend:
     def sft_update(self, prompts, completions, seed, sft):
         """Supervised fine-tuning of the LoRA policy on (prompt, expert response) rows, loss on the response
         only (TRL's SFTTrainer through :func:`mfnb.training.sft.train`)."""
-        from mfnb.training.runtime import quiet_transformers
-        from mfnb.training.sft import train
+        from mfnb.training.runtime import quiet_transformers  # deferred: loads torch
+        from mfnb.training.sft import train  # deferred: loads torch
 
         rows = [{"prompt": p, "completion": " " + c.strip()} for p, c in zip(prompts, completions)]
         with _quiet_peft(), quiet_transformers():

@@ -8,12 +8,10 @@ from typing import Literal, Sequence
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from mfnb.training.config import LaunchParams
-from mfnb.training.config import DPOParams
+from mfnb.core.params import Params, ParamsError, did_you_mean
 from mfnb.judges import JudgeSpec
 from mfnb.models import LoraParams, SamplingParams
-from mfnb.core.params import Params, ParamsError, did_you_mean
-from mfnb.training.config import SFTParams
+from mfnb.training.config import DPOParams, LaunchParams, SFTParams
 from mfnb.worlds import WorldSpec
 
 

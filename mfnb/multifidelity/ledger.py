@@ -10,7 +10,6 @@ from typing import Sequence
 
 import pandas as pd
 
-
 LEDGER_COLUMNS = ["run", "t", "phase", "fidelity", "payer", "role", "n", "unit_cost", "cost"]
 PHASES = ("train", "evaluation", "test", "analysis")
 

@@ -13,9 +13,10 @@ import numpy as np
 import pandas as pd
 
 from mfnb import stats
+from mfnb.core import reference
 from mfnb.core.formatting import fmt
 from mfnb.multifidelity.algorithm import decide, passes_gamma
-from mfnb.multifidelity.trace import TraceResult
+from mfnb.multifidelity.trace import TraceResult, validation_cost
 
 OTHER = {"half": "wins_over_total", "wins_over_total": "half"}
 
@@ -90,7 +91,6 @@ PAPER_FIDELITIES = {1: "Llama", 2: "Mistral", 3: "Qwen"}
 def paper_reference_rows(batch_size: int) -> pd.DataFrame:
     """The paper's Table 2 (B=1024) or 3 (B=512) from mfnb.core.reference, in ``trace_rows``' long form (its
     numbers are wins / total, Section 5)."""
-    from mfnb.core import reference
 
     ref = reference.load("mf_traces")
     ref = ref[ref["batch_size"] == batch_size].copy()
@@ -271,7 +271,6 @@ def time_shares(timings: dict[str, float]) -> pd.DataFrame:
 def fidelity_gaps(traces: Sequence[TraceResult]) -> pd.DataFrame:
     """Measured WinRate between consecutive models of the ladder (mean over traces), in both conventions,
     beside the paper's Table 1 (Vicuna -> Llama -> Mistral -> Qwen, wins / total), labelled as the paper's."""
-    from mfnb.core import reference
 
     frames = [tr.expert_pairs.assign(label=tr.label) for tr in traces]
     pairs = pd.concat(frames, ignore_index=True)
@@ -345,7 +344,6 @@ def departures(P, n_student_parameters: float | None, world_costs: dict) -> pd.D
 def budget_table(traces: Sequence[TraceResult]) -> pd.DataFrame:
     """Per trace and run: Lambda (expert responses bought for training, the paper's), the expert validation
     responses behind the run's decisions, and Lambda with them; student and judge costs beside."""
-    from mfnb.multifidelity.trace import validation_cost
 
     rows = []
     for tr in traces:

@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from mfnb.core.atomic import write_json
+from mfnb.multifidelity.config import RunConfig
 from mfnb.multifidelity.judging import win_freq
 from mfnb.multifidelity.ledger import ledger_frame, paper_lambda
-from mfnb.multifidelity.config import RunConfig
 
 INITIAL_VALIDATION = "validation_initial_student"  # the shared journal of model 0's validation responses
 STATE_VERSION = 2  # 2: looks record both tie conventions and the value that decided

@@ -32,9 +32,9 @@ from mfnb.core.atomic import write_json
 from mfnb.models import SamplingParams
 from mfnb.multifidelity.algorithm import run_fixed_ladder, run_multifidelity, run_sft_replay, run_vanilla
 from mfnb.multifidelity.backend import Backend, Prompts
+from mfnb.multifidelity.config import RunConfig, baseline_names, vanilla_fidelity, vanilla_name
 from mfnb.multifidelity.judging import counts, judge_pairs, win_freq
 from mfnb.multifidelity.ledger import ledger_frame, ledger_row, paper_lambda
-from mfnb.multifidelity.config import RunConfig, baseline_names, vanilla_fidelity, vanilla_name
 from mfnb.multifidelity.store import INITIAL_VALIDATION, RunResult, RunStore, derive_seed
 
 

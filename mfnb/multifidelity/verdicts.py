@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from mfnb import stats
+from mfnb.core import reference
 from mfnb.core.formatting import fmt, fmt_interval, round_half_up
 from mfnb.multifidelity.config import vanilla_name
 from mfnb.multifidelity.trace import TraceResult
@@ -31,7 +32,6 @@ def table4(traces: Sequence[TraceResult]) -> pd.DataFrame:
     exact and empirical-Bernstein intervals beside Lemma 1's radius, the budgets both ways, the fidelities the
     multi-fidelity run skipped, and the paper's wins / total for the same cell where it has one (its two
     traces are our first two seeds)."""
-    from mfnb.core import reference
 
     frames = [tr.test for tr in traces if len(tr.test)]
     if not frames:

@@ -34,6 +34,12 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from mfnb.core import paths
+from mfnb.core.atomic import write_csv
+from mfnb.core.params import load_yaml, merge_overlay
+from mfnb.models.engines.llamacpp import LlamaCppServer
+from mfnb.rehearsal import stand_ins
+from mfnb.rehearsal.endpoint import JudgeEndpoint, forward_to, stub_answer
+from mfnb.worlds.smol.smollm2 import find_gguf
 
 NOTEBOOKS = ("01_fidelity_winrates", "02_multifidelity_traces", "03_expo_alpha_curves", "04_hbat_ablations",
              "05_hoeffding_bounds")
@@ -91,7 +97,6 @@ def stand_in_overrides(values: dict[str, Any], data: dict[str, Path], judge_url:
 
 def _values(notebook: str, overlay: Path) -> dict[str, Any]:
     """The paper params with the overlay laid over them (the CLI validates them when it runs the notebook)."""
-    from mfnb.core.params import load_yaml, merge_overlay
 
     return merge_overlay(load_yaml(paths.params_file(notebook, "paper")), load_yaml(overlay))
 
@@ -100,7 +105,7 @@ def _values(notebook: str, overlay: Path) -> dict[str, Any]:
 
 
 def _launch_records(cache: Path) -> list[dict]:
-    from mfnb.training.launch import LAUNCH_RECORD
+    from mfnb.training.launch import LAUNCH_RECORD  # deferred: loads torch
 
     file = cache / "launch" / LAUNCH_RECORD
     return [json.loads(line) for line in file.read_text().splitlines() if line.strip()] if file.is_file() else []
@@ -114,7 +119,7 @@ def _failure(log: Path) -> str:
 @contextmanager
 def _quiet() -> Iterator[None]:
     """No progress bars while the stand-ins are written (they take seconds)."""
-    from mfnb.training.runtime import quiet_datasets, quiet_transformers
+    from mfnb.training.runtime import quiet_datasets, quiet_transformers  # deferred: loads torch
 
     with quiet_datasets(), quiet_transformers():
         yield
@@ -122,13 +127,10 @@ def _quiet() -> Iterator[None]:
 
 def start_judge(kind: str, key: str):
     """The endpoint and what must be closed after it."""
-    from mfnb.rehearsal.endpoint import JudgeEndpoint, forward_to, stub_answer
 
     if kind == "stub":
         endpoint = JudgeEndpoint(stub_answer, key)
         return endpoint, [endpoint]
-    from mfnb.models.engines.llamacpp import LlamaCppServer
-    from mfnb.worlds.smol.smollm2 import find_gguf
 
     try:
         server = LlamaCppServer(find_gguf(), parallel=4, threads=2, ctx_per_sequence=2048)
@@ -143,7 +145,6 @@ def rehearse(notebooks: Sequence[str] = NOTEBOOKS, *, judge: str = "llamacpp", p
              device: str = "auto", work: Path | None = None, results: Path | None = None,
              progress: bool = False, out=sys.stdout) -> list[Outcome]:
     """Run the notebooks as described in the module docstring; returns one :class:`Outcome` per notebook."""
-    from mfnb.rehearsal import stand_ins
 
     root = paths.project_root()
     work = Path(work or paths.cache_dir("rehearsal")).resolve()
@@ -206,8 +207,6 @@ def rehearse(notebooks: Sequence[str] = NOTEBOOKS, *, judge: str = "llamacpp", p
 
 def write_summary(outcomes: Sequence[Outcome], results: Path, seconds: float, *, judge: str, out=sys.stdout) -> None:
     import pandas as pd
-
-    from mfnb.core.atomic import write_csv
 
     table = pd.DataFrame([o.row() for o in outcomes])
     write_csv(results / "summary.csv", table)

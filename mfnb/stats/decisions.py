@@ -1,7 +1,6 @@
 """How many judgements a decision needs, and whether the decisions a trace took were supported by their intervals."""
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 

@@ -30,6 +30,7 @@ from typing import Iterable, Literal
 import numpy as np
 from scipy import stats
 
+from mfnb.core.params import did_you_mean
 from mfnb.stats.checks import check_delta, check_n, scalar_or_array
 
 # ----------------------------------------------------------------------------------------------
@@ -231,8 +232,6 @@ TieConvention = Literal["wins_over_total", "half"]
 def check_convention(convention: str, field: str = "tie_convention") -> str:
     """``convention`` if it is one of :data:`TIE_CONVENTIONS`, else a ValueError naming ``field``."""
     if convention not in TIE_CONVENTIONS:
-        from mfnb.core.params import did_you_mean
-
         raise ValueError(f"parameter {field!r}: unknown tie convention {convention!r}"
                          f"{did_you_mean(str(convention), set(TIE_CONVENTIONS))}; known: {', '.join(TIE_CONVENTIONS)}")
     return convention

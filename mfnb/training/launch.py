@@ -36,7 +36,7 @@ from mfnb.core.atomic import write_json
 from mfnb.core.imports import resolve
 from mfnb.models import attach_lora, load_adapter, load_model, load_tokenizer, off_accelerator, torch_threads
 from mfnb.training import dpo_trainer, sft_trainer
-from mfnb.training.config import (DistributedError, LaunchParams, TrainSpec, config_path, gpu_count, read_config)
+from mfnb.training.config import DistributedError, LaunchParams, TrainSpec, config_path, gpu_count, read_config
 from mfnb.training.runtime import free_accelerator, mixed_precision, quiet_datasets
 
 RESULT_FILE = "mfnb_train.json"

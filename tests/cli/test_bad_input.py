@@ -10,8 +10,8 @@ import torch
 
 from mfnb.expo import ExpoError, extrapolate_state_dict, lora_extrapolation, scale_lora_adapter
 from mfnb.models import LoraParams, ModelLoadError, attach_lora, load_adapter, load_model, load_tokenizer, save_adapter
-from mfnb.worlds.tiny.world import _new_model, TinyWorldParams
 from mfnb.worlds.tiny.task import build_tokenizer
+from mfnb.worlds.tiny.world import TinyWorldParams, _new_model
 
 
 @pytest.fixture(scope="module")
@@ -158,10 +158,10 @@ def test_alpha_overflow_names_alpha():
 
 # ----------------------------------------------------------------------------------------- parameters
 
-from mfnb.core import paths  # noqa: E402
-from mfnb.multifidelity import TracesParams  # noqa: E402
-from mfnb.core.params import ParamsError, load_yaml, parse_value  # noqa: E402
 from mfnb.bounds import HoeffdingParams  # noqa: E402
+from mfnb.core import paths  # noqa: E402
+from mfnb.core.params import ParamsError, load_yaml, parse_value  # noqa: E402
+from mfnb.multifidelity import TracesParams  # noqa: E402
 
 TINY02 = paths.project_root() / "params" / "tiny" / "02_multifidelity_traces.yaml"
 

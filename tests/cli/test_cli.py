@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from mfnb import cli
-from mfnb.core import paths
 from mfnb.cli import RunFailed, UsageError, apply_overrides, execute, notebook_name
+from mfnb.core import paths
 
 ROOT = paths.project_root()
 NB05 = "05_hoeffding_bounds"

@@ -11,9 +11,8 @@ import pytest
 import yaml
 
 from mfnb import cli
-from mfnb.multifidelity import estimate
 from mfnb.core import paths
-from mfnb.multifidelity import TracesParams
+from mfnb.multifidelity import TracesParams, estimate
 
 
 def test_notebook_as_the_command_with_a_launch_from_the_flags(capsys):
@@ -48,8 +47,8 @@ def test_bad_scale_out_input_gets_one_message_and_nothing_runs(tmp_path, capsys)
 
 def test_train_runs_a_spec_in_this_process(tmp_path, capsys):
     from mfnb.worlds.tiny import task as tasks
-    from mfnb.worlds.tiny.world import _new_model, TinyWorldParams
     from mfnb.worlds.tiny.task import build_tokenizer
+    from mfnb.worlds.tiny.world import TinyWorldParams, _new_model
 
     tokenizer = build_tokenizer()
     _new_model(TinyWorldParams(), tokenizer).save_pretrained(tmp_path / "base")

@@ -8,10 +8,10 @@ import nbformat
 import pytest
 import yaml
 
-from mfnb.core import paths
 from mfnb.cli import SCHEMAS  # notebook -> its schema ("module:Class"), the one registry
-from mfnb.ladder.config import FidelityWinratesParams
+from mfnb.core import paths
 from mfnb.core.params import ParamsError
+from mfnb.ladder.config import FidelityWinratesParams
 
 ROOT = paths.project_root()
 NOTEBOOKS = sorted(p.stem for p in (ROOT / "notebooks").glob("[0-9]*.ipynb"))

@@ -11,8 +11,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from mfnb.judges import CachedJudge, JudgeError, JudgeUnavailableError, OpenAIJudge
 from mfnb.core.secrets import redact, register_value
+from mfnb.judges import CachedJudge, JudgeError, JudgeUnavailableError, OpenAIJudge
 
 KEY = "sk-proj-ECHOED-KEY-abcdef0123456789"
 

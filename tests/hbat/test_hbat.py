@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mfnb import hbat
-from mfnb.hbat.ewc import _EWCLossMixin
 from mfnb.core.params import ParamsError
+from mfnb.hbat.ewc import _EWCLossMixin
 
 
 def _softmax(values):
@@ -295,8 +295,8 @@ def test_run_hbat_resumes_from_store_with_same_importances(tmp_path):
 
 def test_run_hbat_keeps_best_validation_checkpoint_without_store():
     from mfnb.worlds.tiny.conflict import ConflictParams, ConflictWorld
-    from mfnb.worlds.tiny.world import split_prompts, TinyWorldParams
     from mfnb.worlds.tiny.task import build_tokenizer
+    from mfnb.worlds.tiny.world import TinyWorldParams, split_prompts
 
     tokenizer = build_tokenizer()
     world = ConflictWorld(ConflictParams(n_sft=8, n_pref=8))
@@ -412,8 +412,8 @@ def test_table7_trains_under_the_active_launch(monkeypatch):
     process's params; the process hands it to run_hbat and reports the launched stages' costs."""
     import json
 
-    from mfnb.training import launch as distributed
     from mfnb.hbat import efficiency
+    from mfnb.training import launch as launcher
 
     params = hbat.HbatNotebookParams.for_profile("04_hbat_ablations", "tiny")
     specs = []
@@ -427,10 +427,10 @@ def test_table7_trains_under_the_active_launch(monkeypatch):
     monkeypatch.setattr(efficiency.subprocess, "run", fake_run)
     efficiency.measure_efficiency(params, methods=["DPO"])
     assert specs[-1]["params"]["launch"] is None
-    with distributed.launching({"processes": 2, "config": "ddp"}):
+    with launcher.launching({"processes": 2, "config": "ddp"}):
         efficiency.measure_efficiency(params, methods=["DPO"])
-    assert specs[-1]["params"]["launch"] == distributed.LaunchParams(processes=2, config="ddp").model_dump()
-    launched = params.model_copy(update={"launch": distributed.LaunchParams(processes=2, config="deepspeed_zero2")})
+    assert specs[-1]["params"]["launch"] == launcher.LaunchParams(processes=2, config="ddp").model_dump()
+    launched = params.model_copy(update={"launch": launcher.LaunchParams(processes=2, config="deepspeed_zero2")})
     efficiency.measure_efficiency(launched, methods=["DPO"])
     assert specs[-1]["params"]["launch"]["config"] == "deepspeed_zero2"
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from mfnb import hbat
-from mfnb.hbat.fisher import add_fisher, empirical_fisher, fisher_bytes
-from mfnb.hbat.config import HbatError
 from mfnb.core.params import ParamsError
+from mfnb.hbat.config import HbatError
+from mfnb.hbat.fisher import add_fisher, empirical_fisher, fisher_bytes
 
 
 class WordTokenizer:

@@ -90,8 +90,8 @@ def test_change_sums_over_pieces_of_a_large_tensor(monkeypatch):
 def test_snapshot_in_host_memory_and_where_algorithm_1_keeps_it():
     from mfnb.hbat.algorithm import snapshot_device
     from mfnb.models import LoraParams, attach_lora
-    from mfnb.worlds.tiny.world import _new_model, TinyWorldParams
     from mfnb.worlds.tiny.task import build_tokenizer
+    from mfnb.worlds.tiny.world import TinyWorldParams, _new_model
 
     tensors = {"a": torch.randn(3, 2).to(torch.bfloat16), "b": torch.randn(4)}
     copy = hbat.snapshot(tensors, device="cpu")
@@ -109,8 +109,8 @@ def test_run_hbat_takes_its_before_copies_in_host_memory(monkeypatch):
 
     from mfnb.hbat import algorithm
     from mfnb.worlds.tiny.conflict import ConflictParams, ConflictWorld
-    from mfnb.worlds.tiny.world import split_prompts, TinyWorldParams
     from mfnb.worlds.tiny.task import build_tokenizer
+    from mfnb.worlds.tiny.world import TinyWorldParams, split_prompts
 
     devices = []
     real = algorithm.snapshot
@@ -136,12 +136,12 @@ def test_run_hbat_takes_its_before_copies_in_host_memory(monkeypatch):
 def test_launched_stages_send_a_penalty_without_anchors(monkeypatch):
     """Under a launch the training processes anchor the penalty themselves: the launching process builds it
     without a copy of the parameters."""
-    from mfnb.training import launch as distributed
-    from mfnb.worlds.tiny.world import _new_model, TinyWorldParams
+    from mfnb.training import launch as launcher
     from mfnb.worlds.tiny.task import build_tokenizer
+    from mfnb.worlds.tiny.world import TinyWorldParams, _new_model
 
     sent = []
-    monkeypatch.setattr(distributed, "train_in_place", lambda model, tok, data, step, hyper, launch, **kw:
+    monkeypatch.setattr(launcher, "train_in_place", lambda model, tok, data, step, hyper, launch, **kw:
                         sent.append(kw.get("penalty")) or {"world_size": 2})
     tokenizer = build_tokenizer()
     sft = [{"prompt": f"sort these words: w{i} . answer:", "completion": " x"} for i in range(2)]

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from mfnb.ladder import agreement as ja
 from mfnb.judges import JudgeStats, Outcome, make_judge
+from mfnb.ladder import agreement as ja
 
 QUALITY = {"good": 1.0, "bad": 0.0, "ok": 0.5, "ok2": 0.52}
 quality = lambda prompt, response: QUALITY[response]

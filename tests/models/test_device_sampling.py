@@ -73,8 +73,8 @@ def tiny():
 
 @needs_cuda
 def test_sampling_on_cuda_repeats_per_seed_with_top_k_and_top_p(tiny):
-    from mfnb.models.engines.hf import HFEngine, sample
     from mfnb.models import SamplingParams
+    from mfnb.models.engines.hf import HFEngine, sample
 
     model, tokenizer = tiny
     cuda = __import__("copy").deepcopy(model).to("cuda")
@@ -99,8 +99,8 @@ def test_sampling_on_cuda_repeats_per_seed_with_top_k_and_top_p(tiny):
 
 @needs_cuda
 def test_greedy_on_cuda_equals_greedy_on_cpu_in_fp32(tiny):
-    from mfnb.models.engines.hf import sample
     from mfnb.models import SamplingParams
+    from mfnb.models.engines.hf import sample
 
     model, tokenizer = tiny
     greedy = SamplingParams(temperature=0.0, max_new_tokens=10, batch_size=4)

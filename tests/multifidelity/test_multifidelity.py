@@ -16,8 +16,8 @@ import pandas as pd
 import pytest
 
 from mfnb import multifidelity as mf
-from mfnb.judges import Outcome, PairwiseJudge
 from mfnb.core.params import ParamsError
+from mfnb.judges import Outcome, PairwiseJudge
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mfnb.models import LoraParams, attach_lora
 from mfnb.training.config import DPOParams
 from mfnb.training.dpo import dpo_update, preference_dataset
-from mfnb.models import LoraParams, attach_lora
-from mfnb.worlds.tiny.world import _new_model, TinyWorldParams
 from mfnb.worlds.tiny.task import build_tokenizer
+from mfnb.worlds.tiny.world import TinyWorldParams, _new_model
 
 PROMPT = "sort these words: fox cat owl . answer:"
 

@@ -16,8 +16,8 @@ from mfnb.training.dpo import dpo_update, preference_dataset
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     from mfnb.worlds.tiny import task as tasks
-    from mfnb.worlds.tiny.world import _new_model, TinyWorldParams
     from mfnb.worlds.tiny.task import build_tokenizer
+    from mfnb.worlds.tiny.world import TinyWorldParams, _new_model
 
     root = tmp_path_factory.mktemp("launch")
     tokenizer = build_tokenizer()
@@ -81,8 +81,8 @@ def test_hbat_stage_through_a_spec_keeps_the_ewc_penalty_and_frozen_tensors(base
     coefficients) rebuilds the same step: run through the spec in this process (the code each process of a
     launch runs), full fine-tuning with one frozen tensor and a strong penalty equals the in-process stage."""
     from mfnb.hbat.algorithm import _train_stage
-    from mfnb.hbat.ewc import EWCPenalty
     from mfnb.hbat.config import HbatParams
+    from mfnb.hbat.ewc import EWCPenalty
     from mfnb.models import load_model, load_tokenizer
     from mfnb.training.config import SFTParams
 
@@ -134,7 +134,8 @@ def test_zero3_refuses_an_ewc_penalty(base, monkeypatch):
 def test_the_method_packages_pass_their_launch_to_the_training_steps(base, tiny_world, monkeypatch, tmp_path):
     """Notebook 02's policy backend, notebook 03's ExPO adapters and notebook 04's HbAT stages hand the params'
     ``launch`` to the step (recorded here instead of starting processes)."""
-    from mfnb import expo, multifidelity as mf
+    from mfnb import expo
+    from mfnb import multifidelity as mf
     from mfnb.hbat.algorithm import _train_stage
     from mfnb.hbat.config import HbatParams
     from mfnb.models import LoraParams

@@ -15,10 +15,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mfnb.training import launch as D
-from mfnb.training.config import DistributedError, read_deepspeed_json
-from mfnb.training.config import LaunchParams, TrainSpec
 from mfnb.core.params import ParamsError
+from mfnb.training import launch as D
+from mfnb.training.config import DistributedError, LaunchParams, TrainSpec, read_deepspeed_json
 
 HAS_DEEPSPEED = importlib.util.find_spec("deepspeed") is not None
 needs_deepspeed = pytest.mark.skipif(not HAS_DEEPSPEED, reason="deepspeed is not installed (pip install mfnb[scaleout])")
@@ -30,8 +29,8 @@ GLOBAL_BATCH = 8
 def setup(tmp_path_factory):
     """A tiny Llama with the tiny world's tokenizer, saved to a folder, and 32 preference rows."""
     from mfnb.worlds.tiny import task as tasks
-    from mfnb.worlds.tiny.world import _new_model, TinyWorldParams
     from mfnb.worlds.tiny.task import build_tokenizer
+    from mfnb.worlds.tiny.world import TinyWorldParams, _new_model
 
     root = tmp_path_factory.mktemp("distributed")
     tokenizer = build_tokenizer()

@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mfnb.models.engines.hf import HFEngine
 from mfnb.models import SamplingParams
+from mfnb.models.engines.hf import HFEngine
 from mfnb.worlds.shared.best_of_k import BestOfK
-from mfnb.worlds.tiny.world import _new_model, TinyWorldParams
 from mfnb.worlds.tiny.task import build_tokenizer
+from mfnb.worlds.tiny.world import TinyWorldParams, _new_model
 
 PROMPTS = ["sort these words: fox cat owl . answer:", "repeat twice: fig . answer:"]
 

@@ -7,14 +7,14 @@ import json
 import math
 import shutil
 
+import paper_fixtures as fx
 import pytest
 import yaml
-
-import paper_fixtures as fx
 from test_served_engine import _alive
+
 from mfnb.core import paths
-from mfnb.models import SamplingParams
 from mfnb.core.params import ParamsError
+from mfnb.models import SamplingParams
 from mfnb.worlds import make_world
 from mfnb.worlds.paper.hub_models import HubModelError
 from mfnb.worlds.paper.world import PaperWorldParams
@@ -132,9 +132,9 @@ def test_load_gives_a_trainable_student_with_its_template(tmp_path):
 
 def test_policy_backend_trains_the_paper_student(tmp_path):
     """Notebook 02's backend on the paper world: the student as a LoRA policy, experts through respond."""
-    from mfnb.training.config import DPOParams
     from mfnb.models import LoraParams
     from mfnb.multifidelity import PolicyBackend
+    from mfnb.training.config import DPOParams
 
     world = rm_static_world(tmp_path)
     backend = PolicyBackend(world, "student")

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from mfnb.worlds.shared.best_of_k import Candidate, Choice
-from mfnb.worlds.smol.task import InstructionParams, InstructionSet
 from mfnb.worlds.smol.conflict import SmolConflict, SmolConflictParams, sentiment
+from mfnb.worlds.smol.task import InstructionParams, InstructionSet
 
 HAPPY_COMMA = "What a wonderful, lovely and happy day, I love it!"
 HAPPY = "What a wonderful and lovely day and I love it!"

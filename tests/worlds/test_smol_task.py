@@ -10,8 +10,8 @@ import pytest
 
 from mfnb.core.params import ParamsError
 from mfnb.worlds.smol import task as ins
-from mfnb.worlds.smol.task import (InstructionParams, InstructionSet, Task, UnknownInstructionError, check,
-                                      read_jsonl, write_jsonl)
+from mfnb.worlds.smol.task import (InstructionParams, InstructionSet, Task, UnknownInstructionError, check, read_jsonl,
+                                   write_jsonl)
 
 SMALL = InstructionParams(n_train=40, n_validation=10, n_test=20)
 

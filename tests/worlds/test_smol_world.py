@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mfnb.models import SamplingParams
 from mfnb.core.params import ParamsError
+from mfnb.models import SamplingParams
 from mfnb.worlds import World, has, make_world
 from mfnb.worlds.smol.world import SmolWorld, SmolWorldParams
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mfnb import expo
-from mfnb.worlds.tiny import reward, task as tasks
+from mfnb.worlds.tiny import reward
+from mfnb.worlds.tiny import task as tasks
 from mfnb.worlds.tiny.reward import RewardModelParams
 
 

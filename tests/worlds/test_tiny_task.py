@@ -6,8 +6,8 @@ import random
 import pytest
 
 from mfnb.worlds.tiny import task as tasks
-from mfnb.worlds.tiny.world import split_prompts, TinyWorldParams
 from mfnb.worlds.tiny.task import build_tokenizer
+from mfnb.worlds.tiny.world import TinyWorldParams, split_prompts
 
 
 @pytest.mark.parametrize("prompt, correct, habit", [

@@ -6,11 +6,11 @@ import time
 
 import pytest
 
-from mfnb.training.config import DPOParams
-from mfnb.training.dpo import dpo_update, preference_dataset
 from mfnb.evaluation import win_rate_row
 from mfnb.judges import OracleJudge
 from mfnb.models import LoraParams, SamplingParams, attach_lora, generate
+from mfnb.training.config import DPOParams
+from mfnb.training.dpo import dpo_update, preference_dataset
 from mfnb.worlds import make_world
 from mfnb.worlds.tiny.world import TinyWorld, TinyWorldParams, TrainRecipe
 

@@ -9,10 +9,10 @@ import json
 import pytest
 
 from mfnb import evaluation, expo
-from mfnb.core import paths
 from mfnb import multifidelity as mf
-from mfnb.models import SamplingParams, generate
+from mfnb.core import paths
 from mfnb.core.params import ParamsError
+from mfnb.models import SamplingParams, generate
 from mfnb.worlds import KINDS, World, has, make_world, require
 from mfnb.worlds.tiny.world import TinyWorld, TinyWorldParams
 

@@ -129,11 +129,11 @@ def make_engine(spec: Mapping[str, Any] | EngineParams | None = None, *, model=N
     if params.kind == "hf":
         if model is None or tokenizer is None:
             raise ParamsError("engine: kind 'hf' needs a model and a tokenizer")
-        from mfnb.models.engines.hf import HFEngine
+        from mfnb.models.engines.hf import HFEngine  # deferred: loads torch
 
         return HFEngine(model, tokenizer, dtype=params.dtype, threads=params.threads, compact=params.compact)
     if gguf is None or tokenizer is None:
         raise ParamsError("engine: kind 'llamacpp' needs a GGUF file and the matching tokenizer")
-    from mfnb.models.engines.llamacpp import LlamaCppEngine
+    from mfnb.models.engines.llamacpp import LlamaCppEngine  # deferred: loads torch
 
     return LlamaCppEngine(gguf, tokenizer, parallel=params.parallel, threads=params.threads, server=params.server)

@@ -21,8 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
-from mfnb.models.engines import Generation, row_seeds, track, untrack
 from mfnb.core.progress import progress as progress_bar
+from mfnb.models.engines import Generation, row_seeds, track, untrack
+from mfnb.models.engines.served import ServedEngine
 
 PACKAGE_PIN = "xllamacpp==2026.10.11549"
 
@@ -156,8 +157,6 @@ class LlamaCppEngine:
     def served(self):
         """The OpenAI-compatible client on this server (what ``server=True`` samples with)."""
         if self._served is None:
-            from mfnb.models.engines.served import ServedEngine
-
             self._served = ServedEngine(self.tokenizer, url=self.server.url, concurrency=self.server.parallel,
                                         seed_bits=32, extra=SAMPLER_FIELDS, name="llama.cpp")
         return self._served

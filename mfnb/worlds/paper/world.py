@@ -41,11 +41,18 @@ from typing import Annotated, Any, Literal, Mapping, Sequence, Union
 from pydantic import Field, model_validator
 
 from mfnb.core import paths
-from mfnb.models.engines import vllm_server
-from mfnb.models.engines.vllm_server import VLLMServerParams
 from mfnb.core.params import Params, ParamsError
-from mfnb.worlds.paper import task as hub_data, hub_models
+from mfnb.core.progress import progress as progress_bar
+from mfnb.models import load_model, load_tokenizer, resident
+from mfnb.models.engines import candidate_seed, vllm_server
+from mfnb.models.engines.hf import HFEngine
+from mfnb.models.engines.served import ServedEngine
+from mfnb.models.engines.vllm_server import VLLMServer, VLLMServerParams
+from mfnb.worlds.paper import hub_models
+from mfnb.worlds.paper import task as hub_data
+from mfnb.worlds.paper.conflict import PaperConflict
 from mfnb.worlds.paper.task import DataSource
+from mfnb.worlds.shared.best_of_k import Candidate, CandidateStore, store_key
 
 WORLD_VERSION = 1
 
@@ -240,8 +247,6 @@ class PaperWorld:
     def tokenizer(self, role: str):
         """The role's tokenizer (left padding), with its chat template set when the params name one."""
         if role not in self._tokenizers:
-            from mfnb.models import load_tokenizer
-
             spec = self._spec(role)
             tokenizer = load_tokenizer(self.folder(role), trust_remote_code=spec.trust_remote_code)
             template = hub_models.chat_template(spec.chat_template, tokenizer, name=spec.model,
@@ -274,8 +279,6 @@ class PaperWorld:
         for evaluation does not starve them."""
         import copy
 
-        from mfnb.models import load_model, resident
-
         spec = self._spec(role)
         model = load_model(self.folder(role), dtype=spec.dtype, trust_remote_code=spec.trust_remote_code,
                            device=self._device(), show_progress=False)
@@ -284,8 +287,6 @@ class PaperWorld:
     def build(self, show_progress: bool = True) -> dict[str, float]:
         """Fetch (when online) and check every role's model, then load the data; seconds per piece."""
         import time
-
-        from mfnb.core.progress import progress as progress_bar
 
         self._device()  # device: cuda on a machine without a GPU fails here, naming the field
         spent = {}
@@ -380,18 +381,12 @@ class PaperWorld:
         self.close()
         spec = self._spec(role)
         if self.engine_kind() == "vllm":
-            from mfnb.models.engines.served import ServedEngine
-            from mfnb.models.engines.vllm_server import VLLMServer
-
             v = self.params.vllm
             server = VLLMServer(self.folder(role), v, trust_remote_code=spec.trust_remote_code, name=role,
                                 field=f"{self.field}.vllm")
             engine = ServedEngine(self.tokenizer(role), server=server, concurrency=v.concurrency,
                                   timeout=v.request_timeout, retries=v.retries, name=f"vLLM {role}")
         else:
-            from mfnb.models.engines.hf import HFEngine
-            from mfnb.models import load_model
-
             model = load_model(self.folder(role), dtype=spec.dtype, trust_remote_code=spec.trust_remote_code,
                                device=self._device(), show_progress=False)
             engine = HFEngine(model, self.tokenizer(role), dtype=self.params.engine_dtype,
@@ -414,8 +409,6 @@ class PaperWorld:
                 torch.cuda.empty_cache()
 
     def _store(self, role: str, sampling, seed: int):
-        from mfnb.worlds.shared.best_of_k import CandidateStore, store_key
-
         kind = self.engine_kind()  # vllm: the same key as the in-process engine had (same seeds, same sampler)
         config = {"model": self.identity(role), "engine": kind,
                   "engine_dtype": self.params.engine_dtype if kind == "hf" else self.params.vllm.dtype,
@@ -425,9 +418,6 @@ class PaperWorld:
     def respond(self, role: str, prompts: Sequence[str], sampling, seed: int = 0, *,
                 show_progress: bool = False) -> list[str]:
         """One response per prompt: the role's model in its own chat template (stored), or the references."""
-        from mfnb.models.engines import candidate_seed
-        from mfnb.core.progress import progress as progress_bar
-        from mfnb.worlds.shared.best_of_k import Candidate
 
         spec = self._spec(role)
         if spec.references:
@@ -500,6 +490,5 @@ class PaperWorld:
 
     def conflict(self, spec: Mapping[str, Any]):
         """HbAT's alignment tax on the paper data (:mod:`mfnb.worlds.paper.conflict`)."""
-        from mfnb.worlds.paper.conflict import PaperConflict
 
         return PaperConflict.from_spec(self, spec)

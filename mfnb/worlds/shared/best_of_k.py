@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mfnb.core import paths
-from mfnb.models.engines import candidate_seed
 from mfnb.core.progress import progress as progress_bar
+from mfnb.models.engines import candidate_seed
 
 STORE_VERSION = 1
 

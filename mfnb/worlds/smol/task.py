@@ -36,6 +36,7 @@ from pydantic import Field, field_validator, model_validator
 
 from mfnb.core.atomic import write_text
 from mfnb.core.params import Params
+from mfnb.worlds.smol.punkt_data import ensure_punkt
 
 CHECKER_PACKAGE = "if-verifiable"
 CHECKER_PIN = "if-verifiable==0.1.2"
@@ -65,8 +66,6 @@ def _ifeval() -> tuple[dict, dict, Callable]:
             f"IFEval's instruction checkers come from the PyPI package {CHECKER_PACKAGE!r}, which cannot be "
             f"imported ({err}): pip install {CHECKER_PIN} (make venv installs it)") from None
     from langdetect import DetectorFactory
-
-    from mfnb.worlds.smol.punkt_data import ensure_punkt
 
     DetectorFactory.seed = 0  # langdetect is random otherwise: the same response could pass and fail
     ensure_punkt()

@@ -32,10 +32,14 @@ from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import Field, model_validator
 
-from mfnb.models.engines import EngineParams
-from mfnb.models import SamplingParams
 from mfnb.core.params import Params, ParamsError
-from mfnb.worlds.smol.task import NEVER_FOLLOWED_BY_SMOLLM2, SAMPLERS, InstructionParams, user_message
+from mfnb.models import SamplingParams
+from mfnb.models.engines import EngineParams, make_engine
+from mfnb.worlds.shared.best_of_k import BestOfK, chat_prompt
+from mfnb.worlds.smol import reward as smol_reward
+from mfnb.worlds.smol.conflict import SmolConflict, SmolConflictParams
+from mfnb.worlds.smol.smollm2 import smollm2_path
+from mfnb.worlds.smol.task import NEVER_FOLLOWED_BY_SMOLLM2, SAMPLERS, InstructionParams, InstructionSet, user_message
 
 WORLD_VERSION = 1  # bump when the recipe changes meaning, so old caches are not reused
 STUDENT = "student"
@@ -123,19 +127,16 @@ class SmolWorld:
     @cached_property
     def model_path(self) -> Path:
         """SmolLM2 as safetensors (converted from the GGUF once; errors name the package or the file)."""
-        from mfnb.worlds.smol.smollm2 import smollm2_path
 
         return smollm2_path(self.params.gguf)  # converted once per machine, whatever cache_root says
 
     @cached_property
     def tasks(self):
-        from mfnb.worlds.smol.task import InstructionSet
-
         return InstructionSet(self.params.instructions)
 
     @cached_property
     def tokenizer(self):
-        from mfnb.models import load_tokenizer
+        from mfnb.models import load_tokenizer  # deferred: loads torch
 
         return load_tokenizer(self.model_path)
 
@@ -144,8 +145,6 @@ class SmolWorld:
         return f"smol-{self.params.key(self.model_path.name)}"
 
     def template(self, message: str) -> str:
-        from mfnb.worlds.shared.best_of_k import chat_prompt
-
         return chat_prompt(self.tokenizer, message)
 
     @cached_property
@@ -175,7 +174,7 @@ class SmolWorld:
 
     def parameters(self, role: str) -> int:
         """Every role samples SmolLM2 (an expert only more often)."""
-        from mfnb.models import count_parameters
+        from mfnb.models import count_parameters  # deferred: loads torch
 
         self._check_role(role)
         return count_parameters(self._frozen())
@@ -189,7 +188,7 @@ class SmolWorld:
 
     def load(self, role: str):
         """A fresh, trainable SmolLM2 (fp32) and its left-padding tokenizer; experts are procedures."""
-        from mfnb.models import load_model, load_tokenizer
+        from mfnb.models import load_model, load_tokenizer  # deferred: loads torch
 
         self._check_role(role)
         if role != STUDENT:
@@ -199,7 +198,7 @@ class SmolWorld:
 
     def _frozen(self):
         if self._model is None:
-            from mfnb.models import load_model
+            from mfnb.models import load_model  # deferred: loads torch
 
             self._model = load_model(self.model_path, dtype="float32", show_progress=False)
         return self._model
@@ -207,8 +206,6 @@ class SmolWorld:
     def sampler(self, sampling: SamplingParams, seed: int = 0, stream: str = "experts"):
         """The stored samples of SmolLM2 for one sampling setting, seed and stream (experts share a stream,
         so they are nested; the student and the preference data draw from streams of their own)."""
-        from mfnb.models.engines import make_engine
-        from mfnb.worlds.shared.best_of_k import BestOfK
 
         sampling = sampling.model_copy(update={"engine": None})  # the world's own engine samples (params.engine)
         name = json.dumps([sampling.model_dump(exclude={"batch_size"}), seed, stream], sort_keys=True)
@@ -287,7 +284,6 @@ class SmolWorld:
     def reward_model(self, spec: Mapping[str, Any], show_progress: bool = True) -> Path:
         """The MiniLM reward model (:mod:`mfnb.worlds.smol.reward`) on templated prompts outside every split,
         built once and cached by ``spec`` (:class:`SmolRewardParams`)."""
-        from mfnb.worlds.smol import reward as smol_reward
 
         params = smol_reward.SmolRewardParams.validate_mapping(dict(spec), source="reward_model")
         target = smol_reward.reward_model_path(self.key, params,
@@ -298,8 +294,6 @@ class SmolWorld:
         return smol_reward.build_smol_reward_model(train, params, target, show_progress=show_progress)
 
     def _reward_rows(self, params, show_progress: bool = False):
-        from mfnb.worlds.smol import reward as smol_reward
-
         sampler = self.sampler(self.params.preference.sampling, 0, "reward")
         train, test = smol_reward.reward_rows(self.tasks, sampler.sampler, params, show_progress=show_progress)
         for row in train + test:  # scored as the notebooks score: on the templated prompt
@@ -309,7 +303,6 @@ class SmolWorld:
     def reward_pairs(self, prompts: Sequence[str], seed: int) -> list[dict]:
         """Pairs of student samples (and their perturbations) ranked by the checker, drawn like the reward
         model's training pairs, on the caller's prompts."""
-        from mfnb.worlds.smol import reward as smol_reward
 
         params = smol_reward.SmolRewardParams(seed=seed)
         cands = self.sampler(self.params.preference.sampling, 0, "reward").candidates(list(prompts), params.samples)
@@ -318,7 +311,6 @@ class SmolWorld:
 
     def conflict(self, spec: Mapping[str, Any]):
         """HbAT's alignment tax: checker-following demonstrations vs VADER tone preferences."""
-        from mfnb.worlds.smol.conflict import SmolConflict, SmolConflictParams
 
         params = SmolConflictParams.validate_mapping(dict(spec), source="conflict")
         return SmolConflict(self.tasks, self.sampler(self.params.preference.sampling, 0, "conflict"), params)

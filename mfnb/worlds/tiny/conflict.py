@@ -37,8 +37,8 @@ from typing import Literal, Sequence
 from pydantic import Field, field_validator
 
 from mfnb.core.params import Params
-from mfnb.worlds.tiny import task as tasks
 from mfnb.worlds.shared.conflict import ConflictScoring
+from mfnb.worlds.tiny import task as tasks
 
 
 class ConflictParams(Params):

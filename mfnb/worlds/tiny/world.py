@@ -15,16 +15,16 @@ import random
 import time
 from functools import cached_property
 from pathlib import Path
-
 from typing import Any, Literal, Mapping, Sequence
 
 from pydantic import Field, model_validator
-from mfnb.core.progress import progress as progress_bar
 
 from mfnb.core import paths
 from mfnb.core.atomic import atomic_dir, write_json
 from mfnb.core.params import Params, ParamsError
+from mfnb.core.progress import progress as progress_bar
 from mfnb.worlds.tiny import task as tasks
+from mfnb.worlds.tiny.conflict import ConflictParams, ConflictWorld
 from mfnb.worlds.tiny.task import build_tokenizer
 
 WORLD_VERSION = 1  # bump when the task or recipe changes meaning, so old caches are not reused
@@ -140,7 +140,7 @@ def _new_model(params: TinyWorldParams, tokenizer):
 
 
 def _sft(model, tokenizer, rows: list[dict], recipe: TrainRecipe, seed: int, out: Path):
-    from mfnb.training import sft
+    from mfnb.training import sft  # deferred: loads torch
 
     sft.train(model, tokenizer, rows, lr=recipe.lr, steps=recipe.steps, batch_size=recipe.batch_size,
               seed=seed)
@@ -151,7 +151,7 @@ def _sft(model, tokenizer, rows: list[dict], recipe: TrainRecipe, seed: int, out
 
 def _fine_tune_role(params_json: str, cache_root: str, name: str, index: int) -> float:
     """A worker process's share of :meth:`TinyWorld.build`: one role's fine-tune (same seeds, same weights)."""
-    from mfnb.models import torch_threads
+    from mfnb.models import torch_threads  # deferred: loads torch
 
     world = TinyWorld(TinyWorldParams.model_validate_json(params_json), cache_root=Path(cache_root))
     with torch_threads(world.params.torch_threads):
@@ -210,7 +210,7 @@ class TinyWorld:
         return {"world": self.params.key(), "role": self.model_path(role).name}
 
     def parameters(self, role: str) -> int:
-        from mfnb.models import count_parameters
+        from mfnb.models import count_parameters  # deferred: loads torch
 
         return count_parameters(self.load(role)[0])
 
@@ -227,7 +227,7 @@ class TinyWorld:
     def build(self, show_progress: bool = True, processes: int | None = None) -> dict[str, float]:
         """Train whatever is not cached yet; returns seconds spent per model (0 for cached ones).
         ``processes``: how many roles fine-tune at once (None: one per CPU core; the weights are the same)."""
-        from mfnb.models import torch_threads
+        from mfnb.models import torch_threads  # deferred: loads torch
 
         with torch_threads(self.params.torch_threads):
             return self._build(show_progress, processes)
@@ -265,7 +265,7 @@ class TinyWorld:
 
     def _fine_tune(self, name: str, index: int) -> float:
         """Fine-tune role ``name`` (the ``index``-th) from the base on answers with its habits; seconds."""
-        from mfnb.models import load_model
+        from mfnb.models import load_model  # deferred: loads torch
 
         start = time.perf_counter()
         p = self.params
@@ -278,7 +278,7 @@ class TinyWorld:
 
     def load(self, role: str):
         """A fresh (model, tokenizer) for a role, building the world first if needed."""
-        from mfnb.models import load_model, load_tokenizer
+        from mfnb.models import load_model, load_tokenizer  # deferred: loads torch
 
         if not (self.model_path(role) / "config.json").is_file():
             self.build()
@@ -288,7 +288,7 @@ class TinyWorld:
     def respond(self, role: str, prompts: Sequence[str], sampling, seed: int = 0, *,
                 show_progress: bool = False) -> list[str]:
         """One sampled response per prompt from the role's model (loaded once, kept for later calls)."""
-        from mfnb.models import generate
+        from mfnb.models import generate  # deferred: loads torch
 
         if role not in self._responders:
             self._responders[role] = self.load(role)
@@ -297,7 +297,7 @@ class TinyWorld:
                         show_progress=show_progress)
 
     def tokenizer(self):
-        from mfnb.models import load_tokenizer
+        from mfnb.models import load_tokenizer  # deferred: loads torch
 
         return load_tokenizer(self.model_path("base")) if self.is_built() else build_tokenizer()
 
@@ -316,7 +316,7 @@ class TinyWorld:
 
     def reward_model(self, spec: Mapping[str, Any], show_progress: bool = True) -> Path:
         """ExPO's reward model for this world (``mfnb.worlds.tiny.reward``), built once and cached by ``spec``."""
-        from mfnb.worlds.tiny import reward
+        from mfnb.worlds.tiny import reward  # deferred: loads torch
 
         params = reward.RewardModelParams.validate_mapping(dict(spec), source="reward_model")
         return reward.build_reward_model(self, params, show_progress=show_progress)
@@ -324,12 +324,11 @@ class TinyWorld:
     def reward_pairs(self, prompts: Sequence[str], seed: int) -> list[dict]:
         """Pairs of correct, habitual and perturbed answers ranked by the known quality (the recipe of
         the reward model's training pairs, on prompts of the caller's choice)."""
-        from mfnb.worlds.tiny import reward
+        from mfnb.worlds.tiny import reward  # deferred: loads torch
 
         return reward.ranked_pairs(list(prompts), self.quality, seed)
 
     def conflict(self, spec: Mapping[str, Any]):
         """HbAT's alignment tax on this world (``mfnb.worlds.tiny.conflict``)."""
-        from mfnb.worlds.tiny.conflict import ConflictParams, ConflictWorld
 
         return ConflictWorld(ConflictParams.validate_mapping(dict(spec), source="conflict"))
