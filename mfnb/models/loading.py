@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
@@ -17,7 +19,6 @@ from mfnb.core.progress import progress as progress_bar
 from mfnb.models.config import LoraParams, ModelLoadError, SamplingParams
 from mfnb.models.engines import make_engine
 from mfnb.models.engines.hf import resolve_dtype
-
 
 # Namespaces the Hugging Face hub reserves for its own pages: "models/x" is never a hub model.
 _NOT_HUB_OWNERS = {"models", "datasets", "spaces", "docs", "api", "settings"}
@@ -81,12 +82,28 @@ def _broken_safetensors(folder: Path) -> str | None:
     return None
 
 
+@contextmanager
+def gguf_bars_through_ours() -> Iterator[None]:
+    """transformers de-quantises a GGUF under a plain ``tqdm.auto`` bar, which an executed notebook saves as it was
+    first drawn ("0%" forever); within the block that bar is :class:`mfnb.core.progress.progress`, whose saved
+    text is its last state."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    before = gguf_utils.tqdm
+    gguf_utils.tqdm = progress_bar
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = before
+
+
 def load_tokenizer(name_or_path: str | os.PathLike, *, gguf_file: str | None = None,
                    trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A tokenizer that pads on the left (decoder-only batched generation) and has a pad token."""
     source = _resolve(name_or_path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+        with gguf_bars_through_ours():
+            tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
     except Exception as err:  # the library's many error types; the cause stays attached
         raise _load_failed("tokenizer", source, err) from err
     if tokenizer.pad_token is None:
@@ -109,9 +126,10 @@ def load_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = None,
     if not show_progress:
         hf_logging.disable_progress_bar()
     try:
-        model, info = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch_dtype,
-                                                           trust_remote_code=trust_remote_code,
-                                                           output_loading_info=True)
+        with gguf_bars_through_ours():
+            model, info = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch_dtype,
+                                                               trust_remote_code=trust_remote_code,
+                                                               output_loading_info=True)
     except Exception as err:  # bad config, truncated weights, shape mismatches...; the cause stays attached
         raise _load_failed("model", source, err) from err
     finally:

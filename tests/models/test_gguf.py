@@ -29,3 +29,20 @@ def test_gguf_model_converts_once_and_answers(tmp_path):
     [answer] = generate(model, tokenizer, [prompt], SamplingParams(temperature=0.0, max_new_tokens=12),
                         show_progress=False)
     assert "Paris" in answer
+
+
+def test_gguf_conversion_bar_is_ours_within_a_load_only():
+    """transformers' GGUF bar goes through mfnb's progress class while a load runs (an executed notebook then
+    keeps the bar's final line, not "0%"), and is transformers' own again afterwards."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    from mfnb.core.progress import progress
+    from mfnb.models.loading import gguf_bars_through_ours
+
+    theirs = gguf_utils.tqdm
+    with gguf_bars_through_ours():
+        assert gguf_utils.tqdm is progress
+    assert gguf_utils.tqdm is theirs
+    with pytest.raises(RuntimeError), gguf_bars_through_ours():
+        raise RuntimeError("a failed load")
+    assert gguf_utils.tqdm is theirs
