@@ -5,10 +5,10 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.mfnb-installed
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # glibc keeps freed tensor memory for reuse instead of zeroing fresh pages at every step: CPU training about
-# 2x faster (mfnb/allocator.py says what was measured); a value already in the environment wins
+# 2x faster (mfnb/core/allocator.py says what was measured); a value already in the environment wins
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736
 
-.PHONY: venv git-filters reproduce test rehearse notebook benchmarks clean-results vllm-venv wheelhouse gpu-check
+.PHONY: venv git-filters reproduce report test rehearse notebook benchmarks clean-results vllm-venv wheelhouse gpu-check
 
 venv: $(STAMP)
 
@@ -41,13 +41,20 @@ reproduce: $(STAMP)
 	@for nb in $(NOTEBOOKS); do \
 	  $(MAKE) --no-print-directory notebook NB=$$(basename $$nb .ipynb) PROFILE=$(PROFILE) || exit 1; \
 	done
+	$(PY) -m mfnb report --profile $(PROFILE)
+
+# results/<profile>/REPORT.md from the profile's tables (make report PROFILE="tiny smol", or PROFILE=all)
+report: $(STAMP)
+	$(PY) -m mfnb report --profile $(PROFILE)
 
 # One notebook: make notebook NB=01_fidelity_winrates PROFILE=tiny [ARGS="-p gamma 0.5"]
 # (python -m mfnb run: checks the parameters first; replaces the executed notebook only on success)
 notebook: $(STAMP)
 	$(PY) -m mfnb run $(NB) --profile $(PROFILE) $(ARGS)
 
+# imports flow one way (the contracts in pyproject.toml), then every test, then the paper path's rehearsal
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 	@$(MAKE) --no-print-directory rehearse
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib
 import json
 import os
 import re
@@ -29,10 +28,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from mfnb.core import paths
+from mfnb.core import allocator, paths
 from mfnb.core.imports import resolve
 from mfnb.core.params import PROFILES, Params, ParamsError, did_you_mean, load_yaml, merge_overlay, parse_value
 from mfnb.core.secrets import redact
+from mfnb.judges import LETTER_TEMPLATES, TEMPLATES
+from mfnb.multifidelity import estimate
+from mfnb.rehearsal.run import RehearsalError, rehearse
+from mfnb.reports import tables_folder, write_report
 
 # Each notebook's parameter schema, in its package's config module; imported only when that notebook is run.
 SCHEMAS = {
@@ -170,8 +173,6 @@ def execute(notebook: Path, out: Path, parameters: dict[str, Any], *, cwd: Path,
     and which files under ``watch`` the run had rewritten.  A SIGKILL leaves the ``.running`` file.
     """
     import papermill
-
-    from mfnb.core import allocator
 
     out.parent.mkdir(parents=True, exist_ok=True)
     running = out.with_name(f"{out.stem}.running.ipynb")
@@ -321,7 +322,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mfnb.training import launch as distributed
+    from mfnb.training import launch as launcher  # deferred: loads torch
 
     file = Path(args.spec)
     if not file.is_file():
@@ -333,21 +334,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     values = {"step": args.step, **values}
     if values["step"] != args.step:
         raise UsageError(f"step {args.step!r} does not match the spec's step {values['step']!r} ({file})")
-    spec = distributed.TrainSpec.validate_mapping(values, source=str(file))
+    spec = launcher.TrainSpec.validate_mapping(values, source=str(file))
     launch = _launch_flags(args) or {}
     if launch and "processes" not in launch:
         launch["processes"] = "all"  # a config named alone runs on every GPU
     try:
-        result = distributed.train(spec, launch, stream=not args.quiet)
-    except distributed.DistributedError as err:
+        result = launcher.train(spec, launch, stream=not args.quiet)
+    except launcher.DistributedError as err:
         raise RunFailed(redact(err)) from None
     print(json.dumps({k: result[k] for k in ("metrics", "world_size", "seconds") if k in result}, indent=2, default=str))
     return 0
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
-    from mfnb.multifidelity import estimate
-
     name = notebook_name(args.notebook)
     if name != "02_multifidelity_traces":
         raise UsageError("estimate: only notebook 02 (the multi-fidelity traces) keeps a ledger to scale")
@@ -363,12 +362,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     measured = schema.validate_mapping({**defaults, **load_yaml(measured_file)}, source=str(measured_file))
     template, counted = args.judge_template_tokens, "given"
     if template is None:
-        from mfnb.judges import LETTER_TEMPLATES, TEMPLATES
-
         judge = dict(target.judge)
         text = (LETTER_TEMPLATES if judge.get("verdict") == "logprobs" else TEMPLATES)[judge.get("prompt_template", "dpo")]
         if args.tokenizer:
-            from mfnb.models import load_tokenizer
+            from mfnb.models import load_tokenizer  # deferred: loads torch
 
             template, counted = estimate.template_tokens(text, load_tokenizer(args.tokenizer)), f"{args.tokenizer}'s tokenizer"
         else:
@@ -398,8 +395,6 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
-    from mfnb.rehearsal.run import RehearsalError, rehearse
-
     names = [notebook_name(n) for n in args.notebooks] if args.notebooks else list(SCHEMAS)
     try:
         outcomes = rehearse(names, judge=args.judge, processes=args.processes, device=args.device,
@@ -407,6 +402,22 @@ def cmd_rehearse(args: argparse.Namespace) -> int:
     except RehearsalError as err:
         raise UsageError(str(err)) from None
     return 0 if all(o.status == "ok" for o in outcomes) else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    profiles = list(dict.fromkeys(args.profile))
+    if "all" in profiles:
+        profiles = [p for p in PROFILES if tables_folder(p).is_dir()]
+        if not profiles:
+            raise UsageError(f"--profile all: no profile has tables ({tables_folder('<profile>')} is missing for "
+                             f"every one of {', '.join(PROFILES)})")
+    for profile in profiles:  # all checked before any report is written
+        if not tables_folder(profile).is_dir():
+            raise UsageError(f"profile {profile!r} has no tables: {tables_folder(profile)} does not exist (run its "
+                             f"notebooks first: make reproduce PROFILE={profile})")
+    for profile in profiles:
+        print(f"mfnb report: {profile} -> {write_report(profile)}", file=sys.stderr)
+    return 0
 
 
 def _launch_flags(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -512,6 +523,14 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--generate-utilization", type=float, required=True, help="fraction of peak while sampling")
     est.add_argument("--train-utilization", type=float, required=True, help="fraction of peak while training")
     est.set_defaults(func=cmd_estimate)
+
+    rep = commands.add_parser("report", help="write results/<profile>/REPORT.md from the profile's result tables",
+                              description="Render each profile's findings (headline tables, the verdict on each paper "
+                                          "claim with its interval and the paper's number) from results/<profile>/"
+                                          "tables/*.csv into results/<profile>/REPORT.md.")
+    rep.add_argument("--profile", nargs="+", choices=[*PROFILES, "all"], default=["tiny"], metavar="PROFILE",
+                     help=f"one or more of {', '.join(PROFILES)}, or all (every profile with tables); default: tiny")
+    rep.set_defaults(func=cmd_report)
     return parser
 
 
