@@ -17,33 +17,35 @@ Files, one idea each (read them in this order beside the paper):
   paired comparisons, the departures from the paper's setting.
 * :mod:`~mfnb.expo.claims` -- the paper's claims, each with a verdict from an interval.
 * :mod:`~mfnb.expo.findings` -- the notebook's other computed statements.
-* :mod:`~mfnb.expo.plots` -- Figures 5 and 6.
+* :mod:`~mfnb.expo.plots` -- Figures 5 and 6, and Table 1's bars.
+* :mod:`~mfnb.expo.experiment` -- notebook 03 as one object (:class:`ExpoExperiment`): a method per table,
+  every model, response and verdict cached.
 
 Every public name is importable from ``mfnb.expo``. The parameter schemas (:class:`ExpoParams`,
 :class:`PreferenceDataParams`) load on first use: their DPO, LoRA and sampling fields import TRL and
 transformers (~5 s), which the weight arithmetic never needs.
 """
-from mfnb.expo.extrapolation import (CHUNK_ELEMENTS, INDEX_FILE, SINGLE_FILE, WEIGHT_SUFFIXES, ExpoError,
-                                     extrapolate, extrapolate_state_dict)
-from mfnb.expo.lora import ADAPTER_FILE, lora_delta_norm, lora_extrapolation, scale_lora_adapter
-from mfnb.expo.bootstrap import (bootstrap_counts, lc_replicates, percentile_interval, rank_correlation_replicates,
-                                  replicate_means)
-from mfnb.expo.claims import (VERDICTS, AlphaChoice, alpha_shift, alpha_trend_claim, claims_table, combine,
-                              figure6_claims, medium_best_claim, overall, reward_model_doubt, table1_claims,
-                              verdict)
-from mfnb.expo.control import Variant, control_variants
-from mfnb.expo.findings import figure6_lines, length_lines, lr_lines, reward_model_lines
-from mfnb.expo.plots import plot_alpha_curves, plot_figure6
-from mfnb.expo.report import (METRIC_NAMES, SampleStats, comparisons, comparisons_wide, departures,
-                              length_controlled_win_rate,
-                              paper_table1, reading, samples_table, judged_samples)
 from mfnb.expo.alpha_judge import (accuracy_on_pairs, accuracy_on_responses, pairwise_accuracy, reward_judge,
-                              reward_model_info)
-from mfnb.expo.sweep import (alpha_sweep, is_non_increasing, optimal_alpha, optimal_alpha_table,
-                             paper_alpha_grid, paper_optimal_alpha, response_metrics, score_matrix,
-                             summarize_sweep, sweep_responses, sweep_scores)
+                                   reward_model_info, sweep_pairs)
+from mfnb.expo.bootstrap import (bootstrap_counts, lc_replicates, percentile_interval, rank_correlation_replicates,
+                                 replicate_means)
+from mfnb.expo.claims import (CLAIM_COLUMNS, TREND_CLAIM, VERDICTS, AlphaChoice, alpha_shift, alpha_trend_claim,
+                              claims_table, combine, figure6_claims, medium_best_claim, overall, reward_model_doubt,
+                              table1_claims, verdict)
+from mfnb.expo.control import Variant, control_variants
+from mfnb.expo.experiment import ExpoExperiment
+from mfnb.expo.extrapolation import (CHUNK_ELEMENTS, INDEX_FILE, SINGLE_FILE, WEIGHT_SUFFIXES, ExpoError, extrapolate,
+                                     extrapolate_state_dict)
+from mfnb.expo.findings import claim_lines, figure6_lines, length_lines, lr_lines, reward_model_lines, verdict_lines
+from mfnb.expo.lora import ADAPTER_FILE, lora_delta_norm, lora_extrapolation, scale_lora_adapter
+from mfnb.expo.plots import plot_alpha_curves, plot_figure6, winrate_rows
+from mfnb.expo.report import (METRIC_NAMES, SampleStats, comparisons, comparisons_wide, departures, judged_samples,
+                              length_controlled_win_rate, paper_table1, samples_table)
+from mfnb.expo.sweep import (alpha_sweep, is_non_increasing, optimal_alpha, optimal_alpha_table, paper_alpha_grid,
+                             paper_optimal_alpha, response_metrics, score_matrix, summarize_sweep, sweep_responses,
+                             sweep_scores)
 from mfnb.expo.training import (EXPO_VERSION, adapter_info, adapter_key, adapter_path, dpo_steps, fraction_label,
-                                fraction_rows, load_aligned, preference_rows, train_dpo_adapter)
+                                fraction_rows, length_bias, load_aligned, preference_rows, train_dpo_adapter)
 
 _SCHEMAS = ("ExpoParams", "PreferenceDataParams")
 

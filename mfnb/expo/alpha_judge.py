@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from mfnb.judges import RewardModelJudge
 from mfnb.worlds import has, require
 
 
@@ -29,8 +30,7 @@ def reward_judge(world, spec: Mapping[str, Any] | None = None, *, show_progress:
     world's own reward model (its ``reward_model`` capability, e.g. the tiny world's, whose fields are
     :class:`mfnb.worlds.tiny.reward.RewardModelParams`), built or loaded from the cache.
     """
-    from mfnb.judges import RewardModelJudge
-    from mfnb.training.runtime import quiet_transformers
+    from mfnb.training.runtime import quiet_transformers  # deferred: loads torch
 
     values = dict(spec or {})
     path = values.pop("path", None)
@@ -90,3 +90,14 @@ def accuracy_on_responses(judge, prompts: Sequence[str], responses: Mapping[str,
             qa += quals[x]
             qb += quals[y]
     return pairwise_accuracy(a, b, qa, qb, min_gap)
+
+
+def sweep_pairs(prompts: Sequence[str], answers: Mapping[float, Sequence[str]]) -> list[dict]:
+    """(prompt, chosen, rejected) rows from one ExPO sweep: the response at each alpha != 0 against the
+    response at alpha = 0 to the same prompt with the same seed (so the reward model is checked on the
+    extrapolated models' own outputs); none when the sweep has no alpha = 0."""
+    base = answers.get(0.0)
+    if base is None:
+        return []
+    return [{"prompt": p, "chosen": a, "rejected": b} for alpha, responses in answers.items() if alpha != 0
+            for p, a, b in zip(prompts, responses, base)]

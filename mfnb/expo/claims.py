@@ -20,22 +20,22 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from mfnb import stats
+from mfnb.core import reference
+from mfnb.core.formatting import fmt, fmt_interval
 from mfnb.expo import bootstrap
 from mfnb.expo.control import Variant
-from mfnb.expo.report import METRIC_NAMES, SampleStats, reading
+from mfnb.expo.report import METRIC_NAMES, SampleStats
 from mfnb.expo.sweep import paper_optimal_alpha, score_matrix
 from mfnb.expo.training import fraction_label
-from mfnb.core.formatting import fmt, fmt_interval
+from mfnb.stats import difference_text, interval_reading
 
 VERDICTS = stats.CLAIM_VERDICTS
+CLAIM_COLUMNS = ("claim", "source", "scope", "paper", "ours", "verdict")
 TABLE1_METRICS = ("reward", "win_rate", "lc_win_rate")   # the paper's Table 1 columns
+TREND_CLAIM = "the optimal alpha falls as the data grows"
 
 
 verdict, combine = stats.claim_verdict, stats.combine_verdicts  # one rule for every paper's claims
-
-
-def _diff_text(diff: float, low: float, high: float) -> str:
-    return f"{fmt(diff, signed=True)} {fmt_interval(low, high)}"
 
 
 def reward_model_doubt(accuracy, delta: float = 0.05) -> str | None:
@@ -123,7 +123,7 @@ def alpha_trend_claim(choice: AlphaChoice, fractions: Sequence[float], reward_do
                                               choice.level, discrete=True)
     paper = paper_optimal_alpha()
     alphas = "; ".join(f"{k}: {fmt(choice.point[k], 1)} {fmt_interval(*choice.interval(k), 1)}" for k in keys)
-    return _doubted({"claim": "the optimal alpha falls as the data grows", "source": "Figure 5, Table 3",
+    return _doubted({"claim": TREND_CLAIM, "source": "Figure 5, Table 3",
                      "scope": "all fractions",
                      "paper": "optimal alpha " + ", ".join(f"{k}: {fmt(v, 1)}" for k, v in paper.items()),
                      "ours": f"Spearman rho(fraction, optimal alpha) {fmt(point, 2)} {fmt_interval(low, high, 2)}; "
@@ -147,16 +147,14 @@ def medium_best_claim(choice: AlphaChoice, fractions: Sequence[float], medium: f
     reps = choice.best[key] - np.max(np.stack([choice.best[k] for k in others], axis=1), axis=1)
     diff = choice.best_point[key] - max(choice.best_point[k] for k in others)
     low, high = bootstrap.percentile_interval(reps, choice.level)
-    return _doubted({**claim, "ours": f"{key} minus the best other fraction, reward at the optimal alpha: "
-                                      f"{_diff_text(diff, low, high)}", "verdict": verdict(low, high)}, reward_doubt)
+    ours = f"{key} minus the best other fraction, reward at the optimal alpha: {difference_text(diff, low, high)}"
+    return _doubted({**claim, "ours": ours, "verdict": verdict(low, high)}, reward_doubt)
 
 
 # ------------------------------------------------------------------------------- Table 1 (test prompts)
 
 
 def _paper_table1_pct() -> dict[str, dict[str, float]]:
-    from mfnb.core import reference
-
     t1 = reference.load("expo_table1")
     t1["model"] = t1["model"].str.replace("full data", "100% data")
     return {r.model: {"reward": r.reward, "win_rate": r.win_rate_pct / 100, "lc_win_rate": r.lc_win_rate_pct / 100}
@@ -170,7 +168,7 @@ def _metric_verdicts(stats: SampleStats, a: str, b: str, metrics: Sequence[str],
     parts, verdicts = [], []
     for m in metrics:
         diff, low, high = stats.difference(a, b, m)
-        parts.append(f"{METRIC_NAMES[m]} {_diff_text(diff, low, high)}")
+        parts.append(f"{METRIC_NAMES[m]} {difference_text(diff, low, high)}")
         verdicts.append("inconclusive" if m == "reward" and reward_doubt else verdict(low, high, direction))
     return "; ".join(parts), verdicts
 
@@ -232,8 +230,8 @@ def figure6_claims(stats: SampleStats, variants: Sequence[Variant], metric: str 
             diff, low, high = stats.difference(best, other, metric)
             row = {"claim": claim, "source": "Figure 6", "scope": v.key,
                    "paper": "below (at 20% data, reward on the development set)",
-                   "ours": f"{best} minus {other}, {METRIC_NAMES[metric]}: {_diff_text(diff, low, high)} "
-                           f"({reading(low, high)})",
+                   "ours": f"{best} minus {other}, {METRIC_NAMES[metric]}: {difference_text(diff, low, high)} "
+                           f"({interval_reading(low, high)})",
                    "verdict": verdict(low, high)}
             rows.append(_doubted(row, reward_doubt if metric == "reward" else None))
     return rows
@@ -256,9 +254,8 @@ def alpha_shift(choice: AlphaChoice, variants: Sequence[Variant]):
 
 
 def claims_table(rows: Sequence[dict]):
-    import pandas as pd
-
-    return pd.DataFrame(list(rows), columns=["claim", "source", "scope", "paper", "ours", "verdict"])
+    """Notebook 03's claims CSV: one row per claim and scope (a data fraction or a control model)."""
+    return stats.claims_table(rows, CLAIM_COLUMNS)
 
 
 def overall(claims) -> "object":

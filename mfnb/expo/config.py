@@ -6,15 +6,14 @@ Imported on first use by :mod:`mfnb.expo` (DPO, LoRA and sampling settings pull 
 """
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, field_validator
 
-from mfnb.training.config import LaunchParams
-from mfnb.training.config import DPOParams
+from mfnb.core.params import Params, ParamsError
 from mfnb.judges import JudgeSpec
 from mfnb.models import LoraParams, SamplingParams
-from mfnb.core.params import Params, ParamsError
+from mfnb.training.config import DPOParams, LaunchParams
 from mfnb.worlds import WorldSpec, require
 
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]

@@ -29,9 +29,9 @@ from typing import Any, Iterator, Mapping
 
 import torch
 from safetensors import safe_open
-from mfnb.core.progress import progress as progress_bar
 
 from mfnb.core.atomic import atomic_dir
+from mfnb.core.progress import progress as progress_bar
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"

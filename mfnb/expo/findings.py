@@ -8,12 +8,27 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-from mfnb.expo.control import Variant
 from mfnb.core.formatting import fmt, fmt_interval
+from mfnb.expo.control import Variant
 
 
 def _alpha(x: float) -> str:
     return fmt(x, 1)
+
+
+def claim_lines(claims) -> list[str]:
+    """One Markdown line per row of the claims table: the claim, its scope, the paper's numbers and ours."""
+    return [f"- **{r.claim}**, {r.scope} ({r.source}; {r.verdict}). Paper: {r.paper}. Ours: {r.ours}."
+            for r in claims.itertuples()]
+
+
+def verdict_lines(verdicts) -> list[str]:
+    """One Markdown line per claim (:func:`mfnb.expo.claims.overall`): its verdict, and how many of its rows
+    said what when it rests on several."""
+    return [f"- **{r.claim}** ({r.source}): **{r.verdict}**"
+            + (f" ({r.reproduced} reproduced, {r.reversed} reversed, {r.inconclusive} inconclusive)"
+               if r.reproduced + r.reversed + r.inconclusive > 1 else "")
+            for r in verdicts.itertuples()]
 
 
 def reward_model_lines(optimal) -> list[str]:

@@ -1,7 +1,8 @@
-"""Notebook 03's figure: the paper's Figure 5 (reward, known quality and length against alpha)."""
+"""Notebook 03's figures: the paper's Figure 5 (reward, known quality and length against alpha), Figure 6 (the
+control), and the bars of Table 1."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -13,6 +14,20 @@ def _alpha_axis(ax, low: float, high: float) -> None:
     ax.set_xlim(low - 0.02 * min(span, 1.0), high * 1.15 if high > 0 else high + 0.1)
     ticks = [t for t in (-1, 0, 0.3, 1, 3, 10, 30, 100, 300, 1000) if low <= t <= high]
     ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+
+
+def winrate_rows(table1, models: Sequence[str]):
+    """Table 1's win rate and LC win rate of ``models`` as one long frame (columns metric, value, low, high,
+    paper): the bars :func:`mfnb.core.plots.plot_winrates` draws, ours beside the paper's."""
+    import pandas as pd
+
+    long = pd.concat([
+        table1.assign(metric="win rate", value=table1["win_rate"], low=table1["win_rate_low"],
+                      high=table1["win_rate_high"], paper=table1["paper_win_rate"]),
+        table1.assign(metric="LC win rate", value=table1["lc_win_rate"], low=table1["lc_win_rate_low"],
+                      high=table1["lc_win_rate_high"], paper=table1["paper_lc_win_rate"]),
+    ], ignore_index=True)
+    return long[long["model"].isin(models)]
 
 
 def plot_alpha_curves(sweeps, chosen: Mapping[str, float], oracle_best: Mapping[str, float] | None = None,

@@ -8,11 +8,12 @@ import math
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
-from mfnb.core.progress import progress as progress_bar
 
+from mfnb.core import reference
+from mfnb.core.progress import progress as progress_bar
 from mfnb.expo import bootstrap
 from mfnb.expo.sweep import add_scores
-
+from mfnb.stats import difference_text, interval_reading
 
 _OUTCOME_VALUE = {"win": 1.0, "tie": 0.5, "lose": 0.0}
 
@@ -67,7 +68,6 @@ def length_controlled_win_rate(outcomes: Sequence, candidate_lengths: Sequence[f
 
 def paper_table1() -> dict[str, dict]:
     """The paper's Table 1 by row name, as fractions (win rates in [0, 1]); "full data" is our 100%."""
-    from mfnb.core import reference
 
     table = reference.load("expo_table1")
     out = {}
@@ -152,13 +152,6 @@ class SampleStats:
         return (pa - pb, *bootstrap.percentile_interval(ra - rb, self.level))
 
 
-def reading(low: float, high: float) -> str:
-    """'higher' / 'lower' when the interval of a difference excludes 0, else 'indistinguishable'."""
-    if math.isnan(low) or math.isnan(high):
-        return "no interval"
-    return "higher" if low > 0 else "lower" if high < 0 else "indistinguishable"
-
-
 def samples_table(stats: SampleStats, models: Sequence[str], *, alphas: Mapping[str, float] | None = None,
                   metrics: Sequence[str] = ("reward", "quality", "win_rate", "lc_win_rate")):
     """One row per model: each metric with its bootstrap interval (``_low``, ``_high``), the mean length,
@@ -198,7 +191,7 @@ def comparisons(stats: SampleStats, pairs: Sequence[tuple[str, str]],
             diff, low, high = stats.difference(a, b, m)
             rows.append({"a": a, "b": b, "metric": m, "a_value": stats.stat(a, m)[0],
                          "b_value": stats.stat(b, m)[0], "difference": diff, "low": low, "high": high,
-                         "reading": reading(low, high)})
+                         "reading": interval_reading(low, high)})
     return pd.DataFrame(rows)
 
 
@@ -257,11 +250,9 @@ def comparisons_wide(frame, metrics: Sequence[str] = ("reward", "win_rate", "lc_
     'difference [low, high]' and '=' where the interval contains 0 (indistinguishable)."""
     import pandas as pd
 
-    from mfnb.core.formatting import fmt, fmt_interval
-
     def cell(r):
         mark = " =" if r.reading == "indistinguishable" else ""
-        return f"{fmt(r.difference, signed=True)} {fmt_interval(r.low, r.high)}{mark}"
+        return difference_text(r.difference, r.low, r.high) + mark
 
     rows = {}
     for r in frame.itertuples():

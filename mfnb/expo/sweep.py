@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-from mfnb.core.progress import progress as progress_bar
 
+from mfnb.core import reference
+from mfnb.core.atomic import write_json
+from mfnb.core.progress import progress as progress_bar
 from mfnb.expo.extrapolation import _check_alpha
 from mfnb.expo.lora import lora_extrapolation
+from mfnb.models import generate
 
 if TYPE_CHECKING:
     from mfnb.models import SamplingParams
@@ -32,8 +35,6 @@ def sweep_responses(model, tokenizer, prompts: Sequence[str], alphas: Sequence[f
     by :func:`lora_extrapolation`; no merged copies).  Same seed for every alpha (common random numbers:
     differences between alphas are not sampling noise).  ``cache``: a folder (e.g. the adapter's) where
     each alpha's responses are saved atomically, so a killed sweep resumes where it stopped."""
-    from mfnb.core.atomic import write_json
-    from mfnb.models import generate
 
     out: dict[float, list[str]] = {}
     for alpha in progress_bar(list(alphas), desc=desc, disable=not progress, leave=False):
@@ -126,7 +127,6 @@ def is_non_increasing(values: Sequence[float]) -> bool:
 def paper_optimal_alpha() -> dict[str, float]:
     """The paper's optimal alpha for its zephyr less-data models by data label (Table 3; "100%" is
     zephyr-7b-dpo-full), read from the reference tables."""
-    from mfnb.core import reference
 
     t3 = reference.load("expo_table3")
     t3 = t3[t3["sft_model"] == "zephyr-7b-sft-full"]
@@ -139,7 +139,6 @@ def paper_optimal_alpha() -> dict[str, float]:
 
 def paper_alpha_grid() -> list[float]:
     """Every alpha the paper searched (Table 3), sorted."""
-    from mfnb.core import reference
 
     ranges = reference.load("expo_table3")["search_range"]
     return sorted({float(a) for r in ranges for a in str(r).split(",")})

@@ -14,9 +14,13 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+import numpy as np
 import torch
 
-from mfnb.core.atomic import atomic_dir
+from mfnb.core import paths
+from mfnb.core.atomic import atomic_dir, write_json
+from mfnb.models import attach_lora, load_adapter
+from mfnb.training.dpo import dpo_update, preference_dataset
 from mfnb.worlds import require
 
 if TYPE_CHECKING:
@@ -36,6 +40,11 @@ def preference_rows(world, data: PreferenceDataParams) -> list[dict]:
         raise ValueError(f"preference.n_pairs={n} exceeds the world's {len(prompts)} training prompts")
     random.Random(f"expo-preference-{data.seed}").shuffle(prompts)
     return pairs(prompts[:n], data.source)
+
+
+def length_bias(rows: Sequence[dict]) -> float:
+    """Mean words of the chosen minus the rejected answer per pair: how much the data alone teaches length."""
+    return float(np.mean([len(r["chosen"].split()) - len(r["rejected"].split()) for r in rows]))
 
 
 def fraction_rows(rows: Sequence[dict], fraction: float) -> list[dict]:
@@ -64,8 +73,6 @@ def adapter_key(world, params: ExpoParams, fraction: float, lr: float | None = N
 
 def adapter_path(world, params: ExpoParams, fraction: float, lr: float | None = None,
                  cache_root: str | Path | None = None, epochs: float | None = None) -> Path:
-    from mfnb.core import paths
-
     root = Path(cache_root or paths.cache_dir("expo_adapters"))
     key = adapter_key(world, params, fraction, lr, epochs)
     return root / f"{world.key}-{params.sft_role}-{fraction:g}-{key}"
@@ -81,10 +88,6 @@ def train_dpo_adapter(world, params: ExpoParams, fraction: float, *, lr: float |
     leaves nothing that looks finished and a rerun trains exactly the adapters that are missing.
     """
     import time
-
-    from mfnb.core.atomic import write_json
-    from mfnb.training.dpo import dpo_update, preference_dataset
-    from mfnb.models import attach_lora
 
     target = adapter_path(world, params, fraction, lr, cache_root, epochs)
     if (target / "dpo.json").is_file():
@@ -121,7 +124,6 @@ def adapter_info(path: str | Path) -> dict:
 
 def load_aligned(world, sft_role: str, adapter: str | Path):
     """(PeftModel = SFT model + DPO adapter, tokenizer), frozen, in eval mode."""
-    from mfnb.models import load_adapter
 
     model, tokenizer = world.load(sft_role)
     return load_adapter(model, adapter, trainable=False).eval(), tokenizer

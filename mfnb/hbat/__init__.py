@@ -19,21 +19,21 @@ Files, one idea each (read :mod:`~mfnb.hbat.algorithm` beside the paper's Algori
 Every public name is importable from ``mfnb.hbat``.
 """
 from mfnb.hbat.ablations import HbatExperiment
-from mfnb.hbat.claims import (figure2_statement, ORIGINAL_EWC, PAIRWISE, VERDICTS, claims_table, combine, figure2_claims, figure2_lines,
-                              lambda_choice, original_ewc_claims, pairwise_claims, verdict)
 from mfnb.hbat.algorithm import HbatRun, check_inputs, run_hbat, select_checkpoint, split_parts, stage_plan
+from mfnb.hbat.claims import (ORIGINAL_EWC, PAIRWISE, VERDICTS, claims_table, combine, figure2_claims, figure2_lines,
+                              figure2_statement, lambda_choice, original_ewc_claims, pairwise_claims, verdict)
+from mfnb.hbat.config import (METHODS, OBJECTIVES, EWCParams, HbatError, HbatNotebookParams, HbatParams,
+                              SFTStageParams, for_method)
 from mfnb.hbat.efficiency import efficiency_table, measure_efficiency
 from mfnb.hbat.ewc import EWCPenalty, ewc_trainer_class
 from mfnb.hbat.fisher import empirical_fisher, scaled_fisher
 from mfnb.hbat.importance import (accumulate_changes, canonical_name, importance_from_changes, snapshot,
                                   squared_change_sums, tensor_changes, tensor_importance, top_fraction,
                                   trainable_tensors)
-from mfnb.hbat.config import (METHODS, OBJECTIVES, EWCParams, HbatError, HbatNotebookParams, HbatParams,
-                              SFTStageParams, for_method)
 from mfnb.hbat.plots import plot_figure2, plot_tradeoff
-from mfnb.hbat.report import (METRICS, PAPER_COLUMNS, PAPER_NAMES, conflict_check, departures,
-                              effective_tensors, importance_table, ordering_statement,
-                              orderings, paper_table4, seed_summary, t_interval, table4_with_paper)
+from mfnb.hbat.report import (METRICS, PAPER_COLUMNS, PAPER_NAMES, conflict_check, departures, effective_tensors,
+                              importance_table, ordering_statement, orderings, paper_table4, seed_summary, t_interval,
+                              table4_with_paper)
 from mfnb.hbat.store import STORE_VERSION, StageRecord, clean_store
 
 

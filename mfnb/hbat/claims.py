@@ -18,11 +18,16 @@ from typing import Sequence
 import numpy as np
 
 from mfnb import stats
+from mfnb.core import reference
 from mfnb.core.formatting import fmt, fmt_interval
+from mfnb.hbat.efficiency import memory_column
 from mfnb.hbat.report import (METRICS, NOT_TESTABLE, PAPER_COLUMNS, PAPER_NAMES, known, paired_difference,
                               prompt_paired, seed_summary, t_interval, unknown_text)
+from mfnb.stats import difference_text, interval_reading
 
 VERDICTS = stats.CLAIM_VERDICTS
+CLAIM_COLUMNS = ("claim", "source", "paper", "ours", "per_metric", "verdict")
+ONE_SEED = "no interval (one seed)"   # how a difference over a single seed reads
 ORIGINAL_EWC = "HbAT w/ original EWC"
 FIGURE2_METRICS = ("quality", "reward")   # the paper's Figure 2 plots PandaLM and Reward
 METRIC_NAMES = {"quality": "quality", "reward": "reward", "win_rate": "win rate"}
@@ -47,12 +52,6 @@ def combine_testable(verdicts: Sequence[str]) -> str:
     return combine(testable) if testable else NOT_TESTABLE
 
 
-def reading(low: float, high: float) -> str:
-    if math.isnan(low) or math.isnan(high):
-        return "no interval (one seed)"
-    return "higher" if low > 0 else "lower" if high < 0 else "indistinguishable"
-
-
 def paired(runs, a: str, b: str, metric: str, by: str = "method", key: str = "seed") -> tuple[float, float, float, int]:
     """(mean of a - b over the shared seeds, t-interval low, high, seeds)."""
     diff = paired_difference(runs, metric, a, b, by=by, key=key)
@@ -65,7 +64,6 @@ def paired(runs, a: str, b: str, metric: str, by: str = "method", key: str = "se
 def _paper_values() -> dict[tuple[str, str], dict[str, float]]:
     """(method, source) -> the paper's number per metric of ours (Table 4; HbAT-Freeze and HbAT from Table 1,
     LLaMA2-7B, DPO, dialogue)."""
-    from mfnb.core import reference
 
     out = {}
     t4 = reference.load("hbat_table4")
@@ -81,10 +79,6 @@ def _paper_values() -> dict[tuple[str, str], dict[str, float]]:
 
 def _exp(*values: float) -> tuple[float, ...]:
     return tuple(v if math.isnan(v) else math.exp(v) for v in values)
-
-
-def _text(mean: float, low: float, high: float) -> str:
-    return f"{fmt(mean, signed=True)} {fmt_interval(low, high)}"
 
 
 def pairwise_claims(runs, metrics: Sequence[str] = METRICS, records: Sequence[dict] = ()) -> list[dict]:
@@ -112,7 +106,7 @@ def pairwise_claims(runs, metrics: Sequence[str] = METRICS, records: Sequence[di
             over = prompt_paired(runs, records, a, b, m) if n < 2 else None
             if over is not None:
                 mean, _, low, high, n_prompts = over
-            parts.append(f"{METRIC_NAMES[m]} {_text(mean, low, high)}"
+            parts.append(f"{METRIC_NAMES[m]} {difference_text(mean, low, high)}"
                          + (f" (paired over {n_prompts} test prompts)" if over is not None else ""))
             verdicts.append((m, verdict(low, high, direction)))
         rows.append({"claim": claim, "source": source, "paper": f"{a} minus {b}: " + "; ".join(said),
@@ -129,19 +123,18 @@ def original_ewc_claims(runs, costs=None) -> list[dict]:
     is *inconclusive* then and *reversed* when the difference is resolved either way.  Time: the ratio of
     training seconds (Fisher estimation included) over the Table 4 runs, paired per seed, interval on the
     log ratio.  Memory: the ratio of peak process memory in Table 7's fresh processes, paired per repeat."""
-    from mfnb.core import reference
 
     if ORIGINAL_EWC not in set(runs["method"]) or "HbAT" not in set(runs["method"]):
         return []
     t7 = reference.load("hbat_table7").set_index("method")
     mean, low, high, n = paired(runs, "HbAT", ORIGINAL_EWC, "win_rate")
     match = "inconclusive" if math.isnan(low) or low <= 0 <= high else "reversed"
-    others = "; ".join(f"{METRIC_NAMES[m]} {_text(*paired(runs, 'HbAT', ORIGINAL_EWC, m)[:3])}" if known(runs, m)
-                       else f"{METRIC_NAMES[m]}: {unknown_text(m)}" for m in ("quality", "reward"))
+    others = "; ".join(f"{METRIC_NAMES[m]} {difference_text(*paired(runs, 'HbAT', ORIGINAL_EWC, m)[:3])}"
+                       if known(runs, m) else f"{METRIC_NAMES[m]}: {unknown_text(m)}" for m in ("quality", "reward"))
     rows = [{"claim": "the modified EWC matches the original EWC's win rate", "source": "Table 7",
              "paper": f"win rate {fmt(t7.loc['HbAT', 'gpt4_win'], 2)} vs {fmt(t7.loc[ORIGINAL_EWC, 'gpt4_win'], 2)}",
-             "ours": f"HbAT minus original EWC over {n} seeds: win rate {_text(mean, low, high)} "
-                     f"({reading(low, high)}); also {others}",
+             "ours": f"HbAT minus original EWC over {n} seeds: win rate {difference_text(mean, low, high)} "
+                     f"({interval_reading(low, high, missing=ONE_SEED)}); also {others}",
              "per_metric": f"win_rate: {match}", "verdict": match}]
     column = "cpu_seconds" if "cpu_seconds" in runs and runs["cpu_seconds"].notna().all() else "train_seconds"
     wide = runs.pivot_table(index="seed", columns="method", values=column)
@@ -156,8 +149,6 @@ def original_ewc_claims(runs, costs=None) -> list[dict]:
                  "per_metric": "", "verdict": verdict(lo, hi)})
     paper_mem = t7.loc[ORIGINAL_EWC, "memory_gb"] / t7.loc["HbAT", "memory_gb"]
     if costs is not None and len(costs) and ORIGINAL_EWC in set(costs["method"]):
-        from mfnb.hbat.efficiency import memory_column
-
         column, measure = memory_column(costs)   # the training processes' GPU peak where measured
         mem = costs.pivot_table(index="repeat", columns="method", values=column)
         ratio = np.log(mem[ORIGINAL_EWC] / mem["HbAT"]).dropna()
@@ -195,7 +186,7 @@ def figure2_claims(grid, n_splits: int, paper_fmax: float = 50.0, metrics: Seque
             else:
                 mean, low, high, k = paired(n, n_splits, top, m, by="value")
                 v = verdict(low, high)
-                parts.append(f"{METRIC_NAMES[m]} {_text(mean, low, high)}")
+                parts.append(f"{METRIC_NAMES[m]} {difference_text(mean, low, high)}")
             per.append(f"{m}: {v}")
             if m in FIGURE2_METRICS:
                 verdicts.append(v)
@@ -215,7 +206,7 @@ def figure2_claims(grid, n_splits: int, paper_fmax: float = 50.0, metrics: Seque
                 for other in sorted(set(f["value"]) - {paper_fmax}):
                     mean, low, high, k = paired(f, paper_fmax, other, m, by="value")
                     per_value.append(verdict(low, high))
-                    parts.append(f"{METRIC_NAMES[m]} vs {other:g}: {_text(mean, low, high)}")
+                    parts.append(f"{METRIC_NAMES[m]} vs {other:g}: {difference_text(mean, low, high)}")
                 v = combine(per_value)
             per.append(f"{m}: {v}")
             if m in FIGURE2_METRICS:
@@ -228,9 +219,8 @@ def figure2_claims(grid, n_splits: int, paper_fmax: float = 50.0, metrics: Seque
 
 
 def claims_table(rows: Sequence[dict]):
-    import pandas as pd
-
-    return pd.DataFrame(list(rows), columns=["claim", "source", "paper", "ours", "per_metric", "verdict"])
+    """Notebook 04's claims CSV: one row per claim, its verdict per metric beside the combined one."""
+    return stats.claims_table(rows, CLAIM_COLUMNS)
 
 
 def lambda_choice(lam_runs, chosen: float, paper_lam: float = 1.0, by: str = "val_win_rate") -> tuple[object, str]:
@@ -265,10 +255,10 @@ def lambda_choice(lam_runs, chosen: float, paper_lam: float = 1.0, by: str = "va
         mean, low, high, k = paired(lam_runs.assign(method=labels), f"{paper_lam:g}", "DPO", "reward")
         effect = {"lower": "it holds DPO's preference learning back (the reward stays resolved below two-stage DPO's)",
                   "higher": "its reward is resolved above two-stage DPO's",
-                  "indistinguishable": "its reward is indistinguishable from two-stage DPO's"}.get(reading(low, high),
-                                                                                                  "no interval")
-        lines.append(f"At the paper's lambda = {paper_lam:g}, test reward minus DPO's: {_text(mean, low, high)} "
-                     f"over {k} seeds: {effect}.")
+                  "indistinguishable": "its reward is indistinguishable from two-stage DPO's",
+                  }.get(interval_reading(low, high), "no interval")
+        lines.append(f"At the paper's lambda = {paper_lam:g}, test reward minus DPO's: "
+                     f"{difference_text(mean, low, high)} over {k} seeds: {effect}.")
     return table, " ".join(lines)
 
 

@@ -16,16 +16,15 @@ with a threshold gamma on n = 200 validation prompts, and justifies it with Lemm
 
 Every public name is importable from ``mfnb.stats``. Theorem 5's bounds are notebook 05's (:mod:`mfnb.bounds`).
 """
-from mfnb.stats.winrate import (WinSummary, summarize, outcome_values, win_freq, hoeffding_radius,
-                                difference_radius, INTERVAL_METHODS, BINARY_ONLY, interval_from_counts,
-                                confidence_interval, TIE_CONVENTIONS, CONVENTION_NAMES, TieConvention,
-                                check_convention, win_rate_from_counts, EXACT_METHOD, convention_interval,
-                                convention_summary, outcome_scores)
-from mfnb.stats.sequences import (mixture_rho, mixture_cs_radius, union_bound_radius, CS_METHODS,
-                                  confidence_sequence, radius_table)
-from mfnb.stats.decisions import (n_for_radius, n_to_resolve, decision_supported, trace_decisions,
-                                  summarize_decisions)
-from mfnb.stats.verdicts import (seed_prompt_interval, VERDICTS, CLAIM_VERDICTS, claim_verdict, combine_verdicts,
-                                 verdict, first_reaching, ratio_summary)
-from mfnb.stats.simulation import (outcome_probs, simulate_counts, coverage_table, sequential_coverage)
-from mfnb.stats.noise import (noisy_win_rate, debias_win_rate, simulate_noisy_judge, label_noise_table)
+from mfnb.stats.decisions import decision_supported, n_for_radius, n_to_resolve, summarize_decisions, trace_decisions
+from mfnb.stats.noise import debias_win_rate, label_noise_table, noisy_win_rate, simulate_noisy_judge
+from mfnb.stats.sequences import (CS_METHODS, confidence_sequence, mixture_cs_radius, mixture_rho, radius_table,
+                                  union_bound_radius)
+from mfnb.stats.simulation import coverage_table, outcome_probs, sequential_coverage, simulate_counts
+from mfnb.stats.verdicts import (CLAIM_VERDICTS, VERDICTS, claim_verdict, claims_table, combine_verdicts,
+                                 difference_text, first_reaching, interval_reading, ratio_summary,
+                                 seed_prompt_interval, verdict)
+from mfnb.stats.winrate import (BINARY_ONLY, CONVENTION_NAMES, EXACT_METHOD, INTERVAL_METHODS, TIE_CONVENTIONS,
+                                TieConvention, WinSummary, check_convention, confidence_interval, convention_interval,
+                                convention_summary, difference_radius, hoeffding_radius, interval_from_counts,
+                                outcome_scores, outcome_values, summarize, win_freq, win_rate_from_counts)

@@ -1,4 +1,5 @@
-"""Comparisons over training seeds and prompts, the verdicts they support, and the spend ratio."""
+"""Comparisons over training seeds and prompts, the verdicts they support (and how every notebook's claims
+table writes them), and the spend ratio."""
 from __future__ import annotations
 
 import math
@@ -8,6 +9,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
+from mfnb.core.formatting import fmt, fmt_interval
 from mfnb.stats.checks import check_delta
 
 # ----------------------------------------------------------------------------------------------
@@ -76,6 +78,27 @@ def combine_verdicts(verdicts: Sequence[str]) -> str:
     if "reversed" in verdicts and "reproduced" not in verdicts:
         return "reversed"
     return "inconclusive"
+
+
+def difference_text(diff: float, low: float, high: float) -> str:
+    """A difference with its interval, as every claims table prints it: ``+0.120 [0.010, 0.230]``."""
+    return f"{fmt(diff, signed=True)} {fmt_interval(low, high)}"
+
+
+def interval_reading(low: float, high: float, missing: str = "no interval") -> str:
+    """How a difference reads from its interval: "higher" / "lower" when it excludes 0, else
+    "indistinguishable"; ``missing`` when there is no interval (NaN ends, e.g. one seed)."""
+    if math.isnan(low) or math.isnan(high):
+        return missing
+    return "higher" if low > 0 else "lower" if high < 0 else "indistinguishable"
+
+
+def claims_table(rows: Sequence[dict], columns: Sequence[str]):
+    """One row per claim with ``columns`` in this order (a notebook's claims CSV), so a claim that lacks a
+    column gets NaN there instead of moving the others."""
+    import pandas as pd
+
+    return pd.DataFrame(list(rows), columns=list(columns))
 
 
 def verdict(low: float, high: float, null: float = 0.5) -> str:

@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mfnb import expo
-from mfnb.expo import extrapolation
-from mfnb.expo import ExpoError, extrapolate, extrapolate_state_dict, lora_extrapolation, scale_lora_adapter
+from mfnb.expo import (ExpoError, extrapolate, extrapolate_state_dict, extrapolation, lora_extrapolation,
+                       scale_lora_adapter)
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")

@@ -12,8 +12,9 @@ import yaml
 
 from mfnb import expo
 from mfnb.core import paths
-from mfnb.expo import bootstrap
 from mfnb.core.params import ParamsError
+from mfnb.expo import bootstrap
+from mfnb.stats import interval_reading
 
 ROOT = paths.project_root()
 
@@ -122,7 +123,7 @@ def test_sample_stats_pairs_models_on_the_same_prompts():
     assert stats.difference("A", "A again", "win_rate") == (0.0, 0.0, 0.0)  # paired: identical models
     diff, low, high = stats.difference("A", "B", "reward")
     assert diff == pytest.approx(2 * (3.5 - 1.5) / 6) and 0 < low <= diff <= high  # reward = 2 x outcome
-    assert expo.reading(low, high) == "higher" and expo.reading(-0.1, 0.1) == "indistinguishable"
+    assert interval_reading(low, high) == "higher" and interval_reading(-0.1, 0.1) == "indistinguishable"
     table = expo.samples_table(stats, ["A", "B"], metrics=("win_rate",))
     assert table["wins"].tolist() == [3, 0] and table["ties"].tolist() == [1, 3] and table["losses"].tolist() == [2, 3]
 

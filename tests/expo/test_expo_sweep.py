@@ -11,10 +11,10 @@ import yaml
 
 from mfnb import expo
 from mfnb.core import paths
-from mfnb.models import LoraParams, SamplingParams, attach_lora, generate
 from mfnb.core.params import ParamsError
-from mfnb.worlds.tiny.world import _new_model, TinyWorldParams
+from mfnb.models import LoraParams, SamplingParams, attach_lora, generate
 from mfnb.worlds.tiny.task import build_tokenizer
+from mfnb.worlds.tiny.world import TinyWorldParams, _new_model
 
 ROOT = paths.project_root()
 PROMPTS = ["sort these words: fox cat owl . answer:", "repeat twice: red fig . answer:",

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from mfnb.core import reference
 from mfnb import bounds, stats
+from mfnb.core import reference
 
 # --------------------------------------------------------------------------- WinFreq
 

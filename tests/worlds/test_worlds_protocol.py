@@ -181,4 +181,5 @@ def test_no_method_module_or_notebook_constructs_a_concrete_world():
         assert "TinyWorld" not in source and "mfnb.worlds.tiny.world" not in source, path.name
         for cell in cells:
             if "parameters" in cell.get("metadata", {}).get("tags", []) and "world" in "".join(cell["source"]):
-                assert "world = make_world(P.world)" in source or "HbatExperiment(P)" in source, path.name
+                builders = ("world = make_world(P.world)", "HbatExperiment(P)", "ExpoExperiment(P)")
+                assert any(b in source for b in builders), path.name

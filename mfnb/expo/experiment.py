@@ -1,0 +1,396 @@
+"""Notebook 03's experiment: DPO models trained on fractions of one preference set (and the Figure 6
+control), their alpha sweeps on the validation prompts, the alpha the reward model picks, Table 1 on the
+test prompts, the learning-rate probe and the claims; each step a method that returns what the notebook
+shows and writes.
+
+Everything expensive is cached by a key of what shapes it, so a rerun or a killed notebook redoes nothing
+finished: adapters (:func:`mfnb.expo.training.adapter_key`), responses per alpha
+(:func:`mfnb.expo.sweep.sweep_responses`), the world's roles' responses
+(:func:`mfnb.evaluation.role_responses`) and the judge's verdicts (its own cache). The experiment keeps what
+a later step needs (the adapters, the per-prompt sweep scores, the alpha choice, the test samples'
+bootstrap), so the steps run in the notebook's order: :meth:`~ExpoExperiment.train_adapters`,
+:meth:`~ExpoExperiment.alpha_sweeps`, :meth:`~ExpoExperiment.choose_alpha`, :meth:`~ExpoExperiment.table1`,
+then the rest.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mfnb import evaluation
+from mfnb.core.formatting import fmt
+from mfnb.core.progress import progress as progress_bar
+from mfnb.expo.alpha_judge import accuracy_on_pairs, accuracy_on_responses, reward_judge, sweep_pairs
+from mfnb.expo.claims import (TREND_CLAIM, AlphaChoice, alpha_shift, alpha_trend_claim, claims_table,
+                              figure6_claims, medium_best_claim, table1_claims)
+from mfnb.expo.control import Variant, control_variants
+from mfnb.expo.findings import figure6_lines, length_lines, lr_lines, reward_model_lines, verdict_lines
+from mfnb.expo.lora import lora_delta_norm
+from mfnb.expo.report import SampleStats, comparisons, departures, judged_samples, samples_table
+from mfnb.expo.sweep import (alpha_sweep, optimal_alpha, optimal_alpha_table, response_metrics, summarize_sweep,
+                             sweep_responses, sweep_scores)
+from mfnb.expo.training import (adapter_info, adapter_path, dpo_steps, fraction_label, length_bias, load_aligned,
+                                preference_rows, train_dpo_adapter)
+from mfnb.worlds import has, make_world
+
+if TYPE_CHECKING:
+    from mfnb.expo.config import ExpoParams
+
+PAPER_LR = 5e-7             # the paper's DPO learning rate (its Appendix B), marked in the learning-rate probe
+PAPER_BEST_FRACTION = 0.2   # the paper's best data fraction after ExPO (Section 3.3): the examples show it
+FULL_DATA = 1.0
+
+
+class ExpoExperiment:
+    """Notebook 03 on the world its parameters name (or ``world``, a world object): the world is made and
+    checked here (preference data, a reward model, the roles), built by the notebook.
+
+    ``reward``: the judge that scores responses for choosing alpha (anything with ``score(prompts,
+    responses)`` and ``model_name``); None loads the parameters' ``reward_model`` in
+    :meth:`load_reward_model`."""
+
+    def __init__(self, params: ExpoParams, world=None, reward=None):
+        self.P = params
+        self.world = make_world(world if world is not None else params.world)
+        params.check_world(self.world)
+        self.judge = evaluation.world_judge(self.world, params.judge, notebook="03")
+        if params.torch_threads:
+            import torch
+
+            torch.set_num_threads(params.torch_threads)
+        self.level = 1 - params.delta
+        self.controls = control_variants(params)
+        self.variants = [Variant(f) for f in params.fractions] + self.controls
+        self.rm = reward
+        self.adapters: dict[str, Path] = {}      # variant key -> adapter folder (train_adapters)
+        self.delta_norms: dict[str, float] = {}  # variant key -> ||delta theta|| (train_adapters)
+        self.scores: dict[str, object] = {}      # variant key -> per-prompt sweep scores (alpha_sweeps)
+        self.all_sweeps = None                   # alpha_sweeps' table
+        self.choice: AlphaChoice | None = None   # choose_alpha
+        self.alpha_table = None                  # choose_alpha's table
+        self.stats: SampleStats | None = None    # table1's bootstrap over the test prompts
+
+    # -- prompts and the setting --------------------------------------------------------------------
+
+    @property
+    def select_prompts(self) -> list[str]:
+        """The validation prompts alpha is chosen on (the paper's development set)."""
+        return self.world.prompts["validation"][: self.P.n_select]
+
+    @property
+    def report_prompts(self) -> list[str]:
+        """The test prompts of Table 1 (the paper's AlpacaEval 2.0)."""
+        return self.world.prompts["test"][: self.P.n_report]
+
+    @property
+    def knows_quality(self) -> bool:
+        return has(self.world, "quality")
+
+    @property
+    def quality_fn(self):
+        return self.world.quality if self.knows_quality else None
+
+    def departures(self):
+        """The paper's setting beside ours (:func:`mfnb.expo.report.departures`)."""
+        return departures(self.P, len(self.select_prompts), len(self.report_prompts))
+
+    # -- the reward model ---------------------------------------------------------------------------
+
+    def load_reward_model(self):
+        """The reward model that picks alpha: the world's own (built or read from the cache) or a local one."""
+        if self.rm is None:
+            self.rm = reward_judge(self.world, self.P.reward_model)
+        return self.rm
+
+    @cached_property
+    def role_answers(self) -> dict[str, list[str]]:
+        """Each role's responses to the validation prompts (first sweep seed), to check the reward model on."""
+        return {role: evaluation.role_responses(self.world, role, self.select_prompts, self.P.sampling,
+                                                seed=self.P.sweep_seeds[0])
+                for role in self.world.roles}
+
+    def reward_model_accuracy(self):
+        """The reward model's pairwise accuracy against the known quality: on pairs made like its training
+        pairs (where the world makes them) and on pairs of the world's models' samples."""
+        import pandas as pd
+
+        answers, prompts = self.role_answers, self.select_prompts
+        rows = []
+        if has(self.world, "reward_pairs"):
+            pairs = self.world.reward_pairs(list(prompts) * 5, seed=10_000)
+            rows.append({"pairs_from": "perturbed answers (like its training pairs)",
+                         **accuracy_on_pairs(self.rm, pairs, self.world.quality)})
+        rows.append({"pairs_from": f"samples of the world's models ({', '.join(self.world.roles)})",
+                     **accuracy_on_responses(self.rm, prompts, answers, self.world.quality)})
+        return pd.DataFrame(rows)
+
+    def role_scores(self):
+        """Mean reward, known quality and length of each role's validation responses."""
+        import pandas as pd
+
+        return pd.DataFrame([{"model": role, **response_metrics(self.select_prompts, answers, reward_fn=self.rm.score,
+                                                                quality_fn=self.world.quality)}
+                             for role, answers in self.role_answers.items()])
+
+    def accuracy_on_sweeps(self, accuracy):
+        """``accuracy`` with a row for the ExPO models' own responses: for every Figure 5 model and sweep
+        seed, the response at each alpha != 0 against the one at alpha = 0 (same prompt, same seed)."""
+        import pandas as pd
+
+        pairs = []
+        for fraction in self.P.fractions:
+            key = fraction_label(fraction)
+            model, tokenizer = load_aligned(self.world, self.P.sft_role, self.adapters[key])
+            for seed in self.P.sweep_seeds:
+                answers = sweep_responses(model, tokenizer, self.select_prompts, self.P.alphas, self.P.sampling,
+                                          seed=seed, cache=self.adapters[key] / "responses", progress=False)
+                pairs += sweep_pairs(self.select_prompts, answers)
+        if not pairs:
+            return accuracy
+        row = {"pairs_from": "ExPO responses at alpha vs at alpha = 0",
+               **accuracy_on_pairs(self.rm, pairs, self.world.quality)}
+        return pd.concat([accuracy, pd.DataFrame([row])], ignore_index=True)
+
+    # -- the DPO models -----------------------------------------------------------------------------
+
+    @cached_property
+    def preference_rows(self) -> list[dict]:
+        """The full preference set in its seeded order (each fraction trains on a prefix)."""
+        return preference_rows(self.world, self.P.preference)
+
+    def train_adapters(self, progress: bool = True):
+        """One LoRA DPO adapter per data fraction and control model, trained where not cached; a row each:
+        data, pairs, learning rate, epochs, steps, training loss and margin, ||delta theta||, seconds, and
+        whether it came from the cache."""
+        import pandas as pd
+
+        rows = []
+        for v in progress_bar(self.variants, desc="DPO per data fraction (and the Figure 6 control)",
+                              disable=not progress):
+            cached = (adapter_path(self.world, self.P, v.fraction, v.lr, epochs=v.epochs) / "dpo.json").is_file()
+            self.adapters[v.key] = train_dpo_adapter(self.world, self.P, v.fraction, lr=v.lr, epochs=v.epochs,
+                                                     rows=self.preference_rows)
+            model, _ = load_aligned(self.world, self.P.sft_role, self.adapters[v.key])
+            rows.append(self._run_row(v, adapter_info(self.adapters[v.key]), lora_delta_norm(model), cached))
+        runs = pd.DataFrame(rows)
+        self.delta_norms = dict(zip(runs["model"], runs["delta_norm"]))
+        return runs
+
+    def _run_row(self, v: Variant, info: dict, delta_norm: float, cached: bool) -> dict:
+        metrics = info.get("metrics", {})
+        return {"model": v.key, "data": fraction_label(v.fraction), "control": v.change or "-",
+                "pairs": info["pairs"], "lr": info["lr"], "epochs": info.get("epochs", self.P.dpo.epochs),
+                "steps": info.get("steps", dpo_steps(info["pairs"], self.P.dpo)),
+                "train_loss": metrics.get("train_loss"), "reward_margin": metrics.get("rewards/margins"),
+                "delta_norm": delta_norm, "train_seconds": info["seconds"], "cached": cached}
+
+    # -- Figure 5: the alpha sweeps -----------------------------------------------------------------
+
+    def alpha_sweeps(self, progress: bool = True):
+        """Every DPO model (the control's too) at every alpha of the grid on the validation prompts: one row
+        per model and alpha with the mean reward, known quality and length (Figure 5's lines)."""
+        import pandas as pd
+
+        for v in progress_bar(self.variants, desc="alpha sweeps", disable=not progress):
+            model, tokenizer = load_aligned(self.world, self.P.sft_role, self.adapters[v.key])
+            self.scores[v.key] = sweep_scores(model, tokenizer, self.select_prompts, self.P.alphas, self.P.sampling,
+                                              seeds=self.P.sweep_seeds, reward_fn=self.rm.score,
+                                              quality_fn=self.quality_fn, cache=self.adapters[v.key] / "responses",
+                                              progress=False)  # one bar over the models: a step is one sweep
+        self.all_sweeps = pd.concat([summarize_sweep(self.scores[v.key]).assign(
+            model=v.key, data=fraction_label(v.fraction), fraction=v.fraction, control=v.change or "-",
+            delta_norm=self.delta_norms[v.key]) for v in self.variants], ignore_index=True)
+        return self.all_sweeps
+
+    @property
+    def sweeps(self):
+        """The default models' rows of :meth:`alpha_sweeps` (Figure 5; the control's are Figure 6's)."""
+        return self.all_sweeps[self.all_sweeps["control"] == "-"].reset_index(drop=True)
+
+    @cached_property
+    def sft_metrics(self) -> dict:
+        """The SFT model's mean reward, known quality and length on the same prompts and seeds."""
+        responses = [r for s in self.P.sweep_seeds for r in evaluation.role_responses(
+            self.world, self.P.sft_role, self.select_prompts, self.P.sampling, seed=s)]
+        return response_metrics(list(self.select_prompts) * len(self.P.sweep_seeds), responses,
+                                reward_fn=self.rm.score, quality_fn=self.quality_fn)
+
+    def choose_alpha(self):
+        """The reward-optimal alpha of every model with its interval over the validation prompts (the
+        choice redone in every bootstrap replicate), and ||delta theta|| before and after extrapolation."""
+        self.choice = AlphaChoice(self.scores, n_boot=self.P.n_boot, seed=self.P.boot_seed, level=self.level)
+        self.alpha_table = self.choice.table(self.delta_norms)
+        return self.alpha_table
+
+    @property
+    def chosen(self) -> dict[str, float]:
+        """Model key -> the alpha the reward model chose (:meth:`choose_alpha`)."""
+        return dict(zip(self.alpha_table["model"], self.alpha_table["alpha"]))
+
+    def optimal_alphas(self):
+        """Per data fraction: the alpha by reward (with its interval) and by known quality, the values at
+        alpha = 0 and at the choice, the update's size, and the paper's optimal alpha."""
+        interval = self.alpha_table.rename(columns={"model": "data"})[
+            ["data", "alpha_low", "alpha_high", "delta_norm", "extrapolated_norm"]]
+        return optimal_alpha_table(self.sweeps).merge(interval, on="data", how="left")
+
+    # -- Figure 6: the control ----------------------------------------------------------------------
+
+    @property
+    def control_keys(self) -> list[str]:
+        """Figure 6's sweeps: each control model after the default model of its fraction."""
+        return [k for v in self.controls for k in (v.default.key, v.key)]
+
+    def alpha_shift(self):
+        """Each control model's optimal alpha against its default model's (:func:`mfnb.expo.claims.alpha_shift`)."""
+        return alpha_shift(self.choice, self.controls)
+
+    # -- Table 1 on the test prompts ----------------------------------------------------------------
+
+    def role_test_responses(self, role: str) -> dict[int, list[str]]:
+        """Seed -> one of the world's roles' responses to the test prompts."""
+        return {s: evaluation.role_responses(self.world, role, self.report_prompts, self.P.sampling, seed=s)
+                for s in self.P.report_seeds}
+
+    def test_responses(self, key: str, alphas) -> dict[float, dict[int, list[str]]]:
+        """Alpha -> seed -> the responses of model ``key`` extrapolated by alpha, on the test prompts."""
+        model, tokenizer = load_aligned(self.world, self.P.sft_role, self.adapters[key])
+        per_seed = {s: sweep_responses(model, tokenizer, self.report_prompts, alphas, self.P.sampling, seed=s,
+                                       cache=self.adapters[key] / "responses", progress=False)
+                    for s in self.P.report_seeds}
+        return {a: {s: per_seed[s][a] for s in self.P.report_seeds} for a in alphas}
+
+    def test_models(self, progress: bool = True) -> tuple[dict, dict]:
+        """(Table 1 row -> seed -> test responses, Table 1 row -> its alpha): the SFT model (alpha -1), then
+        every DPO model without and with ExPO at its chosen alpha, the full data first, the control last."""
+        models = {"SFT": self.role_test_responses(self.P.sft_role)}
+        alphas = {"SFT": -1.0}
+        order = sorted(self.variants, key=lambda v: (v.is_default, v.fraction), reverse=True)
+        for v in progress_bar(order, desc="test responses", disable=not progress):
+            answers = self.test_responses(v.key, sorted({0.0, self.chosen[v.key]}))
+            for expo_on, alpha in ((False, 0.0), (True, self.chosen[v.key])):
+                models[v.name(expo=expo_on)], alphas[v.name(expo=expo_on)] = answers[alpha], alpha
+        return models, alphas
+
+    def table1(self, progress: bool = True):
+        """Table 1: every model against the baseline role on the test prompts (the same sampling seed for
+        both), judged, with paired bootstrap intervals and the paper's numbers beside."""
+        baseline = self.role_test_responses(self.P.baseline_role)
+        models, alphas = self.test_models(progress)
+        samples = judged_samples(self.judge, self.report_prompts, baseline, models, reward_fn=self.rm.score,
+                                 quality_fn=self.quality_fn, progress=progress)
+        self.stats = SampleStats(samples, n_boot=self.P.n_boot, seed=self.P.boot_seed, level=self.level)
+        return samples_table(self.stats, list(models), alphas=alphas)
+
+    @property
+    def default_rows(self) -> list[str]:
+        """Table 1's rows for the paper's table: SFT and every default model without and with ExPO."""
+        return ["SFT"] + [v.name(expo=e) for v in self.variants if v.is_default for e in (False, True)]
+
+    @property
+    def control_rows(self) -> list[str]:
+        """Table 1's rows of the Figure 6 control's models, without and with ExPO."""
+        return [v.name(expo=e) for v in self.variants if not v.is_default for e in (False, True)]
+
+    @property
+    def control_beside(self) -> list[str]:
+        """The default model + ExPO of each control fraction: what the control is compared with."""
+        return sorted({Variant(v.fraction).name(expo=True) for v in self.controls})
+
+    @property
+    def full_model(self) -> str | None:
+        """The full-data DPO model's row, or None when the fractions leave it out."""
+        return Variant(FULL_DATA).name() if FULL_DATA in self.P.fractions else None
+
+    def comparison_pairs(self) -> list[tuple[str, str]]:
+        """The (a, b) pairs every verdict rests on: each model with ExPO against without, each smaller
+        fraction + ExPO against full-data DPO, each control model (without and with ExPO) against the
+        default model + ExPO."""
+        fractions, full = self.P.fractions, self.full_model
+        pairs = [(Variant(f).name(expo=True), Variant(f).name()) for f in fractions]
+        pairs += [(Variant(f).name(expo=True), full) for f in fractions if full and f < FULL_DATA]
+        pairs += [(v.default.name(expo=True), other) for v in self.controls for other in (v.name(), v.name(expo=True))]
+        return pairs
+
+    def comparisons(self):
+        """Each of :meth:`comparison_pairs` as a - b per metric with its paired interval over test prompts."""
+        return comparisons(self.stats, self.comparison_pairs())
+
+    # -- what the models say, the learning rate -----------------------------------------------------
+
+    def examples(self, n: int = 8):
+        """The first ``n`` validation prompts: the SFT model's answer and the answers of the DPO model
+        closest to 20% data at alpha 0, at its chosen alpha and at the grid's largest, with known quality."""
+        import pandas as pd
+
+        label = fraction_label(min(self.P.fractions, key=lambda f: abs(f - PAPER_BEST_FRACTION)))
+        model, tokenizer = load_aligned(self.world, self.P.sft_role, self.adapters[label])
+        show = sorted({0.0, self.chosen[label], max(self.P.alphas)})
+        prompts, seed = self.select_prompts, self.P.sweep_seeds[0]
+        answers = sweep_responses(model, tokenizer, prompts, show, self.P.sampling, seed=seed,
+                                  cache=self.adapters[label] / "responses", progress=False)
+        sft = evaluation.role_responses(self.world, self.P.sft_role, prompts, self.P.sampling, seed=seed)
+        table = {"prompt": prompts[:n], "SFT": sft[:n]}
+        for alpha in show:
+            table[f"{label}, alpha={alpha:g}"] = answers[alpha][:n]
+            if self.knows_quality:
+                table[f"q(alpha={alpha:g})"] = [fmt(self.world.quality(p, r), 2)
+                                               for p, r in zip(prompts, answers[alpha][:n])]
+        return pd.DataFrame(table)
+
+    def lr_probe(self, progress: bool = True):
+        """DPO on all the data at each learning rate of ``lr_probe`` and ours, each with its own alpha sweep
+        (one sample per prompt; ours reuses its Figure 5 sweep): the update's size and the reward and
+        known quality at the smallest alpha and at the reward-chosen one."""
+        import pandas as pd
+
+        rows = []
+        for lr in progress_bar(sorted(set(self.P.lr_probe) | {self.P.dpo.lr}), desc="learning-rate probe",
+                               disable=not progress):
+            path = train_dpo_adapter(self.world, self.P, FULL_DATA, lr=lr, rows=self.preference_rows)
+            model, tokenizer = load_aligned(self.world, self.P.sft_role, path)
+            if lr == self.P.dpo.lr and FULL_DATA in self.P.fractions:
+                sweep = self.sweeps[self.sweeps["fraction"] == FULL_DATA]
+            else:
+                sweep = alpha_sweep(model, tokenizer, self.select_prompts, self.P.alphas, self.P.sampling,
+                                    seeds=self.P.sweep_seeds[:1], reward_fn=self.rm.score, quality_fn=self.quality_fn,
+                                    cache=path / "responses", progress=False)
+            best = optimal_alpha(sweep, "reward")
+            at0, atb = sweep[sweep["alpha"] == sweep["alpha"].min()].iloc[0], sweep[sweep["alpha"] == best].iloc[0]
+            rows.append({"lr": lr, "used": lr == self.P.dpo.lr, "paper": lr == PAPER_LR,
+                         "delta_norm": lora_delta_norm(model),
+                         "train_loss": adapter_info(path)["metrics"].get("train_loss"),
+                         "alpha_min": float(at0["alpha"]), "reward_at_alpha_min": at0["reward"],
+                         "quality_at_alpha_min": at0.get("quality"), "alpha_by_reward": best,
+                         "reward_at_chosen": atb["reward"], "quality_at_chosen": atb.get("quality")})
+        return pd.DataFrame(rows)
+
+    # -- the claims and what the numbers say --------------------------------------------------------
+
+    def claims(self, reward_doubt: str | None = None):
+        """One row per claim of the paper and per fraction or control model it applies to, with its verdict
+        (:mod:`mfnb.expo.claims`); reward-based verdicts are inconclusive under ``reward_doubt``."""
+        rows = [alpha_trend_claim(self.choice, self.P.fractions, reward_doubt=reward_doubt),
+                medium_best_claim(self.choice, self.P.fractions, reward_doubt=reward_doubt)]
+        rows += table1_claims(self.stats, self.P.fractions, reward_doubt=reward_doubt)
+        rows += figure6_claims(self.stats, self.controls, reward_doubt=reward_doubt)
+        return claims_table(rows)
+
+    def findings(self, verdicts, claims, shift, optimal, probe, reward_doubt: str | None = None) -> list[str]:
+        """The notebook's closing Markdown lines, from its tables: a verdict per claim, what the Figure 6
+        control says, whether the reward model picks the right alpha, length, the learning rate, the judge."""
+        lines = verdict_lines(verdicts)
+        trend = verdicts.set_index("claim")["verdict"].get(TREND_CLAIM, "inconclusive")
+        figure6 = claims[claims["source"] == "Figure 6"].to_dict("records")
+        full = fraction_label(FULL_DATA) if self.full_model else None
+        lines += figure6_lines(shift, self.alpha_table, figure6, self.controls, full, trend)
+        lines += reward_model_lines(optimal)
+        if reward_doubt:
+            lines.append(f"- **The reward model is in doubt:** {reward_doubt}.")
+        lines += length_lines(optimal, self.sweeps, length_bias(self.preference_rows))
+        lines += lr_lines(probe, self.sft_metrics, self.P.dpo.lr, self.knows_quality)
+        judge_stats = getattr(self.judge, "stats", None)
+        if judge_stats is not None:
+            lines.append(f"- Judge: {judge_stats.calls} new calls, {judge_stats.cache_hits} cache hits.")
+        return lines

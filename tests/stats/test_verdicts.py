@@ -1,0 +1,66 @@
+"""The claim helpers every notebook's verdicts share (mfnb.stats.verdicts): the verdict from an interval, one
+verdict from several, how a difference and its interval are written and read, and the claims table."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from mfnb import expo, hbat, stats
+
+
+@pytest.mark.parametrize("low, high, direction, expected", [
+    (0.1, 0.3, 1, "reproduced"), (-0.3, -0.1, 1, "reversed"), (0.0, 0.2, 1, "inconclusive"),
+    (-0.3, -0.1, -1, "reproduced"), (0.1, 0.3, -1, "reversed"), (math.nan, 0.2, 1, "inconclusive"),
+])
+def test_claim_verdict(low, high, direction, expected):
+    assert stats.claim_verdict(low, high, direction) == expected
+
+
+@pytest.mark.parametrize("verdicts, expected", [
+    (["reproduced", "reproduced"], "reproduced"), (["reproduced", "inconclusive"], "inconclusive"),
+    (["reversed", "inconclusive"], "reversed"), (["reversed", "reproduced"], "inconclusive"), ([], "inconclusive"),
+])
+def test_combine_verdicts(verdicts, expected):
+    assert stats.combine_verdicts(verdicts) == expected
+
+
+@pytest.mark.parametrize("diff, low, high, expected", [
+    (0.12, 0.01, 0.23, "+0.120 [0.010, 0.230]"),
+    (-0.0005, -0.0015, 0.0005, "-0.001 [-0.002, 0.001]"),   # half away from zero, as the tables round
+    (0.0, 0.0, 0.0, "+0.000 [0.000, 0.000]"),
+    (0.3, math.nan, math.nan, "+0.300 [n/a, n/a]"),
+])
+def test_difference_text(diff, low, high, expected):
+    assert stats.difference_text(diff, low, high) == expected
+
+
+@pytest.mark.parametrize("low, high, expected", [
+    (0.01, 0.2, "higher"), (-0.2, -0.01, "lower"), (0.0, 0.2, "indistinguishable"), (-0.2, 0.0, "indistinguishable"),
+    (math.nan, 0.2, "no interval"), (0.1, math.nan, "no interval"),
+])
+def test_interval_reading(low, high, expected):
+    assert stats.interval_reading(low, high) == expected
+
+
+def test_interval_reading_says_why_there_is_none():
+    assert stats.interval_reading(math.nan, math.nan, missing="no interval (one seed)") == "no interval (one seed)"
+    assert stats.interval_reading(0.1, 0.2, missing="no interval (one seed)") == "higher"
+
+
+def test_claims_table_keeps_the_columns_in_order():
+    rows = [{"verdict": "reproduced", "claim": "a beats b", "ours": "+0.1"}, {"claim": "c", "paper": "p"}]
+    table = stats.claims_table(rows, ("claim", "paper", "ours", "verdict"))
+    assert table.columns.tolist() == ["claim", "paper", "ours", "verdict"]
+    assert table["claim"].tolist() == ["a beats b", "c"]
+    assert table.loc[0, "verdict"] == "reproduced" and pd.isna(table.loc[1, "verdict"])
+    assert stats.claims_table([], ("claim", "verdict")).columns.tolist() == ["claim", "verdict"]
+
+
+def test_both_papers_write_their_claims_with_the_shared_helpers():
+    assert expo.claims_table([]).columns.tolist() == ["claim", "source", "scope", "paper", "ours", "verdict"]
+    assert hbat.claims_table([]).columns.tolist() == ["claim", "source", "paper", "ours", "per_metric", "verdict"]
+    assert expo.VERDICTS == hbat.VERDICTS == stats.CLAIM_VERDICTS == ("reproduced", "reversed", "inconclusive")
+    assert expo.verdict is hbat.verdict is stats.claim_verdict
+    assert expo.combine is hbat.combine is stats.combine_verdicts
