@@ -152,17 +152,27 @@ def load_model(name_or_path: str | os.PathLike, *, gguf_file: str | None = None,
 
 def gguf_to_safetensors(folder: str | os.PathLike, gguf_file: str, out: str | os.PathLike) -> Path:
     """Re-save a GGUF checkpoint as a plain safetensors folder, once (a GGUF-loaded model refuses
-    ``save_pretrained``): the weights are copied into a fresh model of the same config."""
+    ``save_pretrained``): the weights are copied into a fresh model of the same config. Only the de-quantising
+    bar shows (through :func:`gguf_bars_through_ours`); transformers' own loading and writing bars, which an
+    executed notebook would keep at "0%", stay off."""
+    from transformers.utils import logging as hf_logging
+
     out = Path(out)
     if (out / "config.json").is_file():
         return out
-    loaded = load_model(folder, gguf_file=gguf_file, dtype="float32")
+    loaded = load_model(folder, gguf_file=gguf_file, dtype="float32", show_progress=False)
     tokenizer = load_tokenizer(folder, gguf_file=gguf_file)
     fresh = type(loaded)(loaded.config)
     fresh.load_state_dict(loaded.state_dict())
-    with atomic_dir(out) as tmp:
-        fresh.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+    bars_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        with atomic_dir(out) as tmp:
+            fresh.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+    finally:
+        if bars_on:
+            hf_logging.enable_progress_bar()
     return out
 
 

@@ -46,3 +46,28 @@ def test_gguf_conversion_bar_is_ours_within_a_load_only():
     with pytest.raises(RuntimeError), gguf_bars_through_ours():
         raise RuntimeError("a failed load")
     assert gguf_utils.tqdm is theirs
+
+
+def test_gguf_conversion_shows_no_transformers_bars(tmp_path, monkeypatch):
+    """Converting shows only the de-quantising bar (ours); transformers' loading and writing bars stay off, and
+    the setting is restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    import mfnb.models.loading as loading
+
+    created = []
+    monkeypatch.setattr(loading, "progress_bar", lambda *a, **k: created.append(k.get("desc")) or __import__(
+        "tqdm").tqdm(*a, **{**k, "disable": True}))
+    seen = []
+    real_save = loading.atomic_dir
+
+    def spy(path):
+        seen.append(hf_logging.is_progress_bar_enabled())
+        return real_save(path)
+
+    monkeypatch.setattr(loading, "atomic_dir", spy)
+    hf_logging.enable_progress_bar()
+    package = Path(list(SPEC.submodule_search_locations)[0])
+    loading.gguf_to_safetensors(package, GGUF, tmp_path / "smollm2")
+    assert created == ["Converting and de-quantizing GGUF tensors..."] and seen == [False]
+    assert hf_logging.is_progress_bar_enabled()
