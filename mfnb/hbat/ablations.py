@@ -26,6 +26,7 @@ from mfnb.hbat.algorithm import run_hbat
 from mfnb.hbat.config import HbatNotebookParams, HbatParams, for_method
 from mfnb.hbat.store import clean_store, digest
 from mfnb.models import attach_lora, generate
+from mfnb.training.config import dump_with_logs
 from mfnb.worlds import make_world, require
 
 
@@ -134,7 +135,7 @@ class HbatExperiment:
     def method_params(self, method: str, **ewc_or_top):
         params = for_method(self.hbat, method)
         if ewc_or_top:
-            values = params.model_dump()
+            values = dump_with_logs(params)  # the stages' report_to / logging_dir, which a dump leaves out, kept
             for k, v in ewc_or_top.items():
                 if k in values["ewc"]:
                     values["ewc"][k] = v

@@ -165,7 +165,8 @@ def _train_stage(model, tokenizer, kind: str, rows: list[dict], params: HbatPara
             s = params.sft
             hyper = sft.SFTParams(lr=s.lr, batch_size=s.batch_size, epochs=s.epochs, warmup_ratio=s.warmup_ratio,
                                   max_length=s.max_length, grad_accum=s.grad_accum,
-                                  gradient_checkpointing=s.gradient_checkpointing)
+                                  gradient_checkpointing=s.gradient_checkpointing, report_to=s.report_to,
+                                  logging_dir=s.logging_dir)
             rows_or_data = rows
         else:
             hyper = params.dpo
@@ -178,6 +179,7 @@ def _train_stage(model, tokenizer, kind: str, rows: list[dict], params: HbatPara
         return sft.train(model, tokenizer, rows, lr=s.lr, batch_size=s.batch_size, seed=seed, epochs=s.epochs,
                          warmup_ratio=s.warmup_ratio, max_length=s.max_length,
                          gradient_accumulation_steps=s.grad_accum, gradient_checkpointing=s.gradient_checkpointing,
+                         report_to=s.report_to, logging_dir=s.logging_dir,
                          trainer_cls=ewc_trainer_class("sft") if penalty is not None else None,
                          trainer_kwargs={"ewc": penalty} if penalty is not None else None,
                          show_progress=show_progress)

@@ -21,7 +21,7 @@ from pydantic import Field, field_validator, model_validator
 
 from mfnb.core.params import Params, ParamsError
 from mfnb.models import LoraParams, SamplingParams
-from mfnb.training.config import DPOParams, LaunchParams
+from mfnb.training.config import DPOParams, LaunchParams, TrainingLogs, dump_with_logs
 from mfnb.worlds import WorldSpec
 
 OBJECTIVES = ("sft", "dpo")
@@ -64,8 +64,9 @@ class EWCParams(Params):
         return lam * importance
 
 
-class SFTStageParams(Params):
-    """One SFT stage (paper: lr 1e-5, batch 64, 3 epochs)."""
+class SFTStageParams(TrainingLogs):
+    """One SFT stage (paper: lr 1e-5, batch 64, 3 epochs). ``report_to`` / ``logging_dir``: its training curves, as
+    in :class:`mfnb.training.config.SFTParams` (left out of dumps, so of the stage keys)."""
 
     lr: float = Field(default=1e-5, gt=0)
     batch_size: int = Field(default=64, ge=1)
@@ -119,7 +120,7 @@ def for_method(params: HbatParams, method: str) -> HbatParams:
     """``params`` turned into one of the Table 4 methods (see :data:`METHODS`)."""
     if method not in METHODS:
         raise HbatError(f"method: unknown method {method!r}; known: {list(METHODS)}")
-    values = params.model_dump()
+    values = dump_with_logs(params)  # the stages' report_to / logging_dir, which a dump leaves out, kept
     for key, change in METHODS[method].items():
         values[key] = {**values[key], **change} if isinstance(change, dict) else change
     return HbatParams.validate_mapping(values, source=f"method {method!r}")

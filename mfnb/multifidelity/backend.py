@@ -149,6 +149,7 @@ class PolicyBackend:
                             steps=sft.steps, epochs=sft.epochs, warmup_ratio=sft.warmup_ratio,
                             scheduler=sft.scheduler, max_length=sft.max_length,
                             gradient_accumulation_steps=sft.grad_accum,
-                            gradient_checkpointing=sft.gradient_checkpointing, launch=self.launch)
+                            gradient_checkpointing=sft.gradient_checkpointing, launch=self.launch,
+                            report_to=sft.report_to, logging_dir=sft.logging_dir)
         metrics["rows_used"] = len(rows)
         return metrics

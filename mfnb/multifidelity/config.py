@@ -11,7 +11,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from mfnb.core.params import Params, ParamsError, did_you_mean
 from mfnb.judges import JudgeSpec
 from mfnb.models import LoraParams, SamplingParams
-from mfnb.training.config import DPOParams, LaunchParams, SFTParams
+from mfnb.training.config import DPOParams, LaunchParams, SFTParams, dump_with_logs
 from mfnb.worlds import WorldSpec
 
 
@@ -199,7 +199,8 @@ class TracesParams(AlgorithmParams):
         return [m for m in map(vanilla_fidelity, self.baselines) if m is not None]
 
     def run_config(self, batch_size: int, seed: int) -> RunConfig:
-        fields = {k: v for k, v in self.model_dump().items() if k in AlgorithmParams.model_fields}
+        # dump_with_logs: the dpo / sft steps' report_to and logging_dir, which a dump leaves out, kept
+        fields = {k: v for k, v in dump_with_logs(self).items() if k in AlgorithmParams.model_fields}
         return RunConfig.validate_mapping({**fields, "batch_size": batch_size, "seed": seed}, "TracesParams")
 
 

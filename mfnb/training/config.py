@@ -2,9 +2,10 @@
 the spec a launched process runs: a leaf the method packages and the launch both read."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -13,7 +14,69 @@ from mfnb.core.params import Params
 from mfnb.models.config import LoraParams
 
 
-class SFTParams(Params):
+Reporter = Literal["none", "tensorboard", "trackio", "wandb"]
+# the package each integration of transformers needs (tensorboard: torch's SummaryWriter, or tensorboardX)
+_REPORTER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "trackio": ("trackio",), "wandb": ("wandb",)}
+
+
+def reporters(value: Any) -> Any:
+    """``report_to`` as a list: one name or a list of them (checked by the field's type afterwards)."""
+    return [value] if isinstance(value, str) else value
+
+
+def check_reporters(value: list[str]) -> list[str]:
+    """``none`` stands alone, and each integration's package is installed: a run that would fail only when its
+    first trainer starts, maybe hours in, is refused when the params are read."""
+    if not value:
+        return ["none"]
+    if "none" in value and len(value) > 1:
+        raise ValueError("'none' cannot be combined with other integrations")
+    for name in value:
+        packages = _REPORTER_PACKAGES.get(name, ())
+        if packages and not any(importlib.util.find_spec(p) for p in packages):
+            raise ValueError(f"{name!r} needs the {packages[0]} package (pip install {packages[0]})")
+    return list(dict.fromkeys(value))
+
+
+class TrainingLogs(Params):
+    """Where a training step's curves go (transformers' own integrations). Logging does not change what is trained,
+    so both fields are left out of every dump, hence of every cache key whatever their values; the launch carries
+    them in :class:`TrainSpec`'s own fields, and code that rebuilds params from a dump puts them back with
+    :func:`dump_with_logs`."""
+
+    report_to: list[Reporter] = Field(default_factory=lambda: ["none"], exclude=True)
+    # a run logs to <logging_dir>/<step>-<date>-<time>; None: $MFNB_CACHE/logs/<step> (outlives the step's output)
+    logging_dir: str | None = Field(default=None, exclude=True)
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_a_list(cls, value: Any) -> Any:
+        return reporters(value)
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_reporters(cls, value: list[str]) -> list[str]:
+        return check_reporters(value)
+
+
+def dump_with_logs(params: Params) -> dict[str, Any]:
+    """``params.model_dump()`` with the logging fields of every :class:`TrainingLogs` inside put back: for code
+    that rebuilds params from a dump (a dump alone would reset them to ``none``). Never a cache key."""
+    values = params.model_dump()
+    _put_back_logs(params, values)
+    return values
+
+
+def _put_back_logs(params: Params, values: dict[str, Any]) -> None:
+    if isinstance(params, TrainingLogs):
+        values.update(report_to=list(params.report_to), logging_dir=params.logging_dir)
+    for name in type(params).model_fields:
+        inner = getattr(params, name)
+        if isinstance(inner, Params) and isinstance(values.get(name), dict):
+            _put_back_logs(inner, values[name])
+
+
+class SFTParams(TrainingLogs):
     """One SFT stage (HbAT's paper setting: lr 1e-5, batch 64, 3 epochs)."""
 
     lr: float = Field(default=1e-5, gt=0)
@@ -29,7 +92,7 @@ class SFTParams(Params):
     gradient_checkpointing: bool = Field(default=False, exclude_if=lambda v: not v)
 
 
-class DPOParams(Params):
+class DPOParams(TrainingLogs):
     """One DPO update. Paper defaults where the paper gives them (cosine schedule, 10% warm-up)."""
 
     lr: float = Field(default=5e-6, gt=0)
@@ -78,6 +141,30 @@ class TrainSpec(Params):
     # "module:attr" of plugin(model, penalty, step) -> (trainer class, trainer kwargs) that rebuilds the penalty in
     # each process (HbAT's: mfnb.hbat.ewc:launched_penalty); named, so the launch imports no method package
     penalty_plugin: str | None = None
+    # the step's training curves (as in SFTParams/DPOParams, whose dumps leave them out): None takes the step
+    # params' own; the launch fills them in, with the run's name, so that every process logs to one folder.
+    # Left out of dumps when None, so a spec dumps as it did before they existed
+    report_to: list[Reporter] | None = Field(default=None, exclude_if=lambda v: v is None)
+    logging_dir: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    run_name: str | None = Field(default=None, exclude_if=lambda v: v is None)
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_or_a_list(cls, value: Any) -> Any:
+        return reporters(value)
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_reporters(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else check_reporters(value)
+
+    def logs(self) -> dict[str, Any]:
+        """``report_to``, ``logging_dir`` and ``run_name`` of the step: the spec's own where set, else its
+        step params'."""
+        params = self.sft if self.step == "sft" else self.dpo
+        return {"report_to": self.report_to if self.report_to is not None else list(params.report_to),
+                "logging_dir": self.logging_dir if self.logging_dir is not None else params.logging_dir,
+                "run_name": self.run_name}
 
 
 class LaunchParams(Params):

@@ -19,7 +19,7 @@ from datasets import Dataset
 from transformers import PrinterCallback
 
 from mfnb.training.config import DPOParams
-from mfnb.training.runtime import fp32_master_weights, mixed_precision, quiet_datasets
+from mfnb.training.runtime import fp32_master_weights, mixed_precision, quiet_datasets, reporting
 
 
 def dpo_config(output_dir: str, params: DPOParams, seed: int, show_progress: bool = False, **overrides):
@@ -40,9 +40,12 @@ def dpo_config(output_dir: str, params: DPOParams, seed: int, show_progress: boo
 
 
 def fit(policy, tokenizer, dataset: Dataset, params: DPOParams, *, seed: int = 0, trainer_cls=None,
-        trainer_kwargs: dict | None = None, show_progress: bool = False, config_overrides: dict | None = None) -> dict:
+        trainer_kwargs: dict | None = None, show_progress: bool = False, config_overrides: dict | None = None,
+        run_name: str | None = None) -> dict:
     """Train ``policy`` in place in this process; returns the final metrics. ``trainer_cls``: DPOTrainer or a
-    subclass (HbAT's EWC penalty). An empty dataset is a no-op: ``{"skipped": True}``."""
+    subclass (HbAT's EWC penalty). An empty dataset is a no-op: ``{"skipped": True}``. The training curves go
+    where ``params.report_to`` / ``params.logging_dir`` say, as run ``run_name`` (None: a new one; see
+    :func:`mfnb.training.runtime.reporting`)."""
     from trl import DPOTrainer  # TRL takes seconds to import: only when a step runs
 
     if len(dataset) == 0:
@@ -52,8 +55,9 @@ def fit(policy, tokenizer, dataset: Dataset, params: DPOParams, *, seed: int = 0
     if not is_peft and trainer_kwargs.get("ref_model") is None:
         trainer_kwargs["ref_model"] = _frozen_copy(policy)
     pad_side = tokenizer.padding_side
-    with tempfile.TemporaryDirectory(prefix="mfnb-dpo-") as out, quiet_datasets(), fp32_master_weights(policy):
-        config = dpo_config(out, params, seed, show_progress=show_progress, **(config_overrides or {}))
+    with (tempfile.TemporaryDirectory(prefix="mfnb-dpo-") as out, quiet_datasets(), fp32_master_weights(policy),
+          reporting("dpo", params.report_to, params.logging_dir, run_name) as logs):
+        config = dpo_config(out, params, seed, show_progress=show_progress, **{**logs, **(config_overrides or {})})
         trainer = (trainer_cls or DPOTrainer)(model=policy, args=config, train_dataset=dataset,
                                               processing_class=tokenizer, **trainer_kwargs)
         trainer.remove_callback(PrinterCallback)

@@ -37,7 +37,8 @@ from mfnb.core.imports import resolve
 from mfnb.models import attach_lora, load_adapter, load_model, load_tokenizer, off_accelerator, torch_threads
 from mfnb.training import dpo_trainer, sft_trainer
 from mfnb.training.config import DistributedError, LaunchParams, TrainSpec, config_path, gpu_count, read_config
-from mfnb.training.runtime import free_accelerator, mixed_precision, quiet_datasets
+from mfnb.training.runtime import (free_accelerator, log_root, mixed_precision, new_run_name, quiet_datasets,
+                                   reporting_off)
 
 RESULT_FILE = "mfnb_train.json"
 LAUNCH_RECORD = "launches.jsonl"  # one line per launched step, under <cache>/launch/: what ran where, how long
@@ -118,6 +119,7 @@ def train(spec: TrainSpec | dict, launch: LaunchParams | dict | None = None, *, 
         spec = spec.model_copy(update={"output": str(output)})
         if processes == 1 and config["distributed_type"] != "DEEPSPEED":
             return run_spec(spec)
+        spec = _carry_logs(spec)
         spec_file = workdir / "spec.json"
         write_json(spec_file, spec.model_dump())
         cmd, env = launch_command(spec_file, spec.step, launch, processes=processes, cpu=cpu,
@@ -137,6 +139,17 @@ def train(spec: TrainSpec | dict, launch: LaunchParams | dict | None = None, *, 
         # a failed launch keeps its folder (spec, data, log) for the error message to point at
         if not (launch.keep_workdir or launched):
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _carry_logs(spec: TrainSpec) -> TrainSpec:
+    """The step's logging settings in the spec's own fields (the step params' dump, which the processes read, leaves
+    them out), the run named here so that every process logs to the same folder."""
+    logs = spec.logs()
+    if reporting_off(logs["report_to"]):
+        return spec.model_copy(update={"report_to": ["none"]})
+    root = str(log_root(spec.step, logs["logging_dir"]))
+    return spec.model_copy(update={"report_to": logs["report_to"], "logging_dir": root,
+                                   "run_name": logs["run_name"] or new_run_name(spec.step, root)})
 
 
 def _record_launch(spec: TrainSpec, launch: LaunchParams, processes: int, seconds: float, ok: bool) -> None:
@@ -255,7 +268,7 @@ def train_in_place(model, tokenizer, data, step: str, hyper, launch: LaunchParam
                          show_progress=show_progress, trainable=trainable,
                          penalty=str(tmp / "penalty.safetensors") if penalty is not None and len(penalty) else None,
                          penalty_plugin=penalty.launch_plugin if penalty is not None and len(penalty) else None,
-                         **{step: hyper})
+                         report_to=list(hyper.report_to), logging_dir=hyper.logging_dir, **{step: hyper})
         with off_accelerator(model):  # the training processes need the GPUs this process's models occupy
             result = train(spec, launch, data=data, stream=show_progress)
         out = tmp / "out"
@@ -415,14 +428,17 @@ def run_spec(spec: TrainSpec) -> dict:
         plugin = resolve(spec.penalty_plugin, "spec.penalty_plugin") if spec.penalty else None
         trainer_cls, trainer_kwargs = plugin(model, spec.penalty, spec.step) if plugin else (None, None)
         rows = load_rows(spec.data)
+        logs = spec.logs()
         if spec.step == "dpo":
             from trl import DPOTrainer
 
             base = trainer_cls or DPOTrainer
-            params = spec.dpo.model_copy(update={"batch_size": _per_device(spec, spec.dpo.grad_accum, spec.dpo.batch_size)})
+            per_device = _per_device(spec, spec.dpo.grad_accum, spec.dpo.batch_size)
+            params = spec.dpo.model_copy(update={"batch_size": per_device, "report_to": logs["report_to"],
+                                                 "logging_dir": logs["logging_dir"]})
             metrics = dpo_trainer.fit(model, tokenizer, rows, params, seed=spec.seed, trainer_kwargs=trainer_kwargs,
                                  trainer_cls=_saving(base, partial), show_progress=spec.show_progress,
-                                 config_overrides=_backend_overrides())
+                                 config_overrides=_backend_overrides(), run_name=logs["run_name"])
         else:
             from trl import SFTTrainer
 
@@ -433,7 +449,7 @@ def run_spec(spec: TrainSpec) -> dict:
                                 trainer_cls=_saving(base, partial), warmup_ratio=p.warmup_ratio,
                                 scheduler=p.scheduler, max_length=p.max_length, show_progress=spec.show_progress,
                                 gradient_accumulation_steps=p.grad_accum, gradient_checkpointing=p.gradient_checkpointing,
-                                **_backend_overrides())
+                                **logs, **_backend_overrides())
     import torch
 
     if torch.cuda.is_available():  # this process's GPU peak (Table 7 compares it across EWC variants)

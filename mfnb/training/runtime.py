@@ -1,9 +1,11 @@
 """What every training step sets up around TRL: quiet logs, the GPU freed of sampling engines, mixed precision
-with fp32 master weights."""
+with fp32 master weights, and where its training curves go."""
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import datasets
 import torch
@@ -68,3 +70,64 @@ def fp32_master_weights(model):
         yield model
     finally:
         model.to(dtype)
+
+
+# ------------------------------------------------------------------------------------------ training curves
+
+
+def reporting_off(report_to) -> bool:
+    """No integration asked for (``none``, or nothing)."""
+    return not report_to or report_to == "none" or list(report_to) == ["none"]
+
+
+def log_root(step: str, logging_dir: str | None = None) -> Path:
+    """Where a step's runs log: ``logging_dir``, else ``$MFNB_CACHE/logs/<step>`` (outlives the step's output)."""
+    from mfnb.core import paths
+
+    return Path(logging_dir).expanduser().resolve() if logging_dir else paths.cache_dir("logs", step)
+
+
+def new_run_name(step: str, logging_dir: str | None = None) -> str:
+    """A fresh run's name, ``<step>-<date>-<time>`` (``-2``, ``-3``, ... when taken), its folder under
+    :func:`log_root` created: concurrent runs never share one, and a launch names its run once for all processes."""
+    root = log_root(step, logging_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, n = stamp, 1
+    while True:
+        try:
+            (root / name).mkdir()  # atomic: two runs starting in the same second get different names
+            return name
+        except FileExistsError:
+            n += 1
+            name = f"{stamp}-{n}"
+
+
+@contextmanager
+def reporting(step: str, report_to, logging_dir: str | None = None, run_name: str | None = None):
+    """Around a trainer's construction and ``train``: yields the config's ``report_to``, ``run_name`` and
+    ``project`` and points transformers' own integrations at the run's folder ``<log_root>/<run_name>`` (a new
+    run when ``run_name`` is None): TensorBoard's event files (``TENSORBOARD_LOGGING_DIR``, read when the trainer
+    is built) and wandb's local files (``WANDB_DIR``, unless set); wandb's project is ``mfnb`` unless
+    ``WANDB_PROJECT`` is set, trackio's the config's ``project``. ``none`` sets nothing and creates no folder."""
+    from mfnb.training.config import TrainingLogs
+
+    report_to = TrainingLogs.validate_mapping({"report_to": report_to}, source=f"{step} step").report_to
+    if reporting_off(report_to):
+        yield {"report_to": "none"}
+        return
+    run_name = run_name or new_run_name(step, logging_dir)
+    folder = log_root(step, logging_dir) / run_name
+    folder.mkdir(parents=True, exist_ok=True)
+    env = {"TENSORBOARD_LOGGING_DIR": str(folder), "WANDB_DIR": os.environ.get("WANDB_DIR") or str(folder),
+           "WANDB_PROJECT": os.environ.get("WANDB_PROJECT") or "mfnb"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield {"report_to": list(report_to), "run_name": run_name, "project": "mfnb"}
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -14,7 +14,8 @@ from mfnb.training.runtime import free_accelerator
 
 # sft_config's keyword -> SFTParams field, for what a launched step can carry
 _LAUNCH_FIELDS = {"warmup_ratio": "warmup_ratio", "scheduler": "scheduler", "max_length": "max_length",
-                  "gradient_accumulation_steps": "grad_accum", "gradient_checkpointing": "gradient_checkpointing"}
+                  "gradient_accumulation_steps": "grad_accum", "gradient_checkpointing": "gradient_checkpointing",
+                  "report_to": "report_to", "logging_dir": "logging_dir"}
 
 
 def train(model, tokenizer, rows: list[dict] | Dataset, *, lr: float, batch_size: int, seed: int,
@@ -22,6 +23,7 @@ def train(model, tokenizer, rows: list[dict] | Dataset, *, lr: float, batch_size
           launch=None, **config_overrides) -> dict:
     """Fine-tune ``model`` in place; returns the trainer's final metrics.
 
+    ``report_to`` / ``logging_dir`` (as in :class:`mfnb.training.config.SFTParams`): where the training curves go.
     ``launch`` (:class:`mfnb.training.config.LaunchParams`, or the active :func:`mfnb.training.launch.launching`
     block): several processes through ``accelerate launch`` (DDP, DeepSpeed ZeRO-2/3) with the same global batch,
     the result loaded back into ``model``."""

@@ -8,7 +8,7 @@ import torch
 from datasets import Dataset
 from transformers import PrinterCallback
 
-from mfnb.training.runtime import fp32_master_weights, mixed_precision, quiet_datasets
+from mfnb.training.runtime import fp32_master_weights, mixed_precision, quiet_datasets, reporting
 
 
 def sft_config(output_dir: str, *, lr: float, batch_size: int, seed: int, steps: int | None = None,
@@ -29,14 +29,18 @@ def sft_config(output_dir: str, *, lr: float, batch_size: int, seed: int, steps:
 
 
 def fit(model, tokenizer, dataset: Dataset, *, lr: float, batch_size: int, seed: int, steps: int | None = None,
-        epochs: float = 1.0, trainer_cls=None, trainer_kwargs: dict | None = None, **config_overrides) -> dict:
+        epochs: float = 1.0, trainer_cls=None, trainer_kwargs: dict | None = None, report_to="none",
+        logging_dir: str | None = None, run_name: str | None = None, **config_overrides) -> dict:
     """Fine-tune ``model`` in place in this process; returns the trainer's final metrics. ``trainer_cls``:
-    SFTTrainer or a subclass (HbAT's EWC penalty)."""
+    SFTTrainer or a subclass (HbAT's EWC penalty). ``report_to``: the training curves' integrations, logging to
+    ``<logging_dir>/<run_name>`` (see :func:`mfnb.training.runtime.reporting`), which outlives the temporary
+    output folder."""
     from trl import SFTTrainer
 
-    with tempfile.TemporaryDirectory(prefix="mfnb-sft-") as out, quiet_datasets(), fp32_master_weights(model):
+    with (tempfile.TemporaryDirectory(prefix="mfnb-sft-") as out, quiet_datasets(), fp32_master_weights(model),
+          reporting("sft", report_to, logging_dir, run_name) as logs):
         config = sft_config(out, lr=lr, batch_size=batch_size, seed=seed, steps=steps, epochs=epochs,
-                            **config_overrides)
+                            **{**logs, **config_overrides})
         trainer = (trainer_cls or SFTTrainer)(model=model, args=config, train_dataset=dataset,
                                               processing_class=tokenizer, **(trainer_kwargs or {}))
         trainer.remove_callback(PrinterCallback)

@@ -615,3 +615,15 @@ def test_sigkill_mid_iteration_then_resume_matches_uninterrupted(tmp_path):
     assert sorted((killed / "experts.log").read_text().splitlines()) == \
         sorted((clean / "experts.log").read_text().splitlines())
     assert len(bought_before_kill) == 4  # g1 + g2 validation responses, then iterations 1 and 2
+
+
+def test_run_config_keeps_the_training_curves_out_of_the_run_key():
+    """report_to reaches each run's DPO and SFT steps, and the run's key (its config's dump) is the same with or
+    without it: switching curves on reuses cached runs."""
+    P = mf.TracesParams.for_profile("02_multifidelity_traces", "tiny")
+    values = P.model_dump()
+    values["dpo"] = {**values["dpo"], "report_to": "tensorboard"}
+    values["sft"] = {**values["sft"], "report_to": "tensorboard"}
+    logged = mf.TracesParams.validate_mapping(values).run_config(512, 0)
+    assert logged.dpo.report_to == ["tensorboard"] and logged.sft.report_to == ["tensorboard"]
+    assert logged.model_dump_json() == P.run_config(512, 0).model_dump_json()
