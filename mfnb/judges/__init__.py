@@ -28,7 +28,8 @@ Design choices
   again.  A judge whose verdicts are order-symmetric by construction (``order_symmetric``: the reward
   model, the LLM judge which always asks both orders, the oracle without noise or position bias) may
   answer (b, a) from a cached (a, b) by flipping win <-> lose; the others never do.  One SQLite
-  transaction per batch: a kill loses at most the batch in flight.
+  transaction per batch: a kill loses at most the batches not yet complete (the LLM judge streams its
+  requests across batches, so a few may be open at once; an endpoint outage loses no finished pair).
 
 Layout: :mod:`mfnb.judges.protocol` (outcomes, stats, errors, hashing, :class:`PairwiseJudge`),
 :mod:`mfnb.judges.oracle`, :mod:`mfnb.judges.reward_model`, :mod:`mfnb.judges.llm` (:class:`OpenAIJudge` with

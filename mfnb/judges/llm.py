@@ -1,17 +1,22 @@
 """LLM judge over an OpenAI-compatible endpoint: the papers' judging prompts, reading a verdict from the
-answer's text or log-probabilities, rate limiting, retries and :class:`OpenAIJudge`."""
+answer's text or log-probabilities, a bounded stream of requests under request and token rate limits, retries
+that honour Retry-After, and :class:`OpenAIJudge`."""
 from __future__ import annotations
 
+import email.utils
 import json
 import math
 import os
+import queue
 import re
 import threading
 import time
-from concurrent.futures import CancelledError, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Sequence
+from datetime import timezone
+from typing import Any, Callable, Mapping, Sequence
 
+from mfnb.core.progress import progress as progress_bar
 from mfnb.core.secrets import redact, register_variable
 from mfnb.judges.protocol import (JudgeError, JudgeUnavailableError, Outcome, PairwiseJudge, Triple, _check_nonneg,
                                   _digest)
@@ -115,22 +120,65 @@ def letter_probability(top: Sequence[tuple[str, float]]) -> float | None:
 
 
 class _RateLimiter:
-    """At most ``per_minute`` requests started per minute, spread evenly, across threads."""
+    """At most ``per_minute`` units (requests, or tokens) started per minute, spread evenly, across threads: a start
+    waits until the units started before it have had their share of the minute.  ``correct`` settles an estimate
+    once the true count is known (a request's estimated tokens against the usage its answer reports)."""
 
-    def __init__(self, per_minute: float | None):
-        self.interval = 60.0 / per_minute if per_minute else 0.0
-        self._next = 0.0
+    def __init__(self, per_minute: float | None, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.seconds_per_unit = 60.0 / per_minute if per_minute else 0.0
+        self._clock, self._sleep = clock, sleep
+        self._next = -math.inf
         self._lock = threading.Lock()
 
-    def wait(self) -> None:
-        if not self.interval:
-            return
+    def wait(self, units: float = 1.0) -> float:
+        """Block until ``units`` may start; the seconds waited."""
+        if not self.seconds_per_unit:
+            return 0.0
         with self._lock:
-            now = time.monotonic()
+            now = self._clock()
             start = max(now, self._next)
-            self._next = start + self.interval
+            self._next = start + units * self.seconds_per_unit
         if start > now:
-            time.sleep(start - now)
+            self._sleep(start - now)
+        return start - now
+
+    def correct(self, units: float) -> None:
+        """Charge ``units`` more (or, negative, give them back) for a start already made."""
+        if self.seconds_per_unit:
+            with self._lock:
+                self._next += units * self.seconds_per_unit
+
+
+#: statuses whose Retry-After the judge honours (too many requests, service unavailable)
+_RETRY_AFTER_STATUSES = (429, 503)
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """The wait an endpoint asks for: ``retry-after-ms``, or ``Retry-After`` in seconds or as an HTTP date (compared
+    with ``now``, seconds since the epoch); None when it names none.  Never negative."""
+    for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        value = headers.get(name)
+        try:
+            seconds = float(value) * scale
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(seconds):
+            return max(0.0, seconds)
+    try:
+        when = email.utils.parsedate_to_datetime(headers.get("retry-after"))
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC by RFC 5322
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def _asked_wait(err: Exception) -> float | None:
+    """Retry-After of a 429/503 answer, else None (the judge's own backoff applies)."""
+    if getattr(err, "status_code", None) not in _RETRY_AFTER_STATUSES:
+        return None
+    return retry_after_seconds(getattr(getattr(err, "response", None), "headers", None) or {})
 
 
 class OpenAIJudge(PairwiseJudge):
@@ -142,17 +190,29 @@ class OpenAIJudge(PairwiseJudge):
     (:data:`LETTER_TEMPLATES`) and reads the first answer token's log-probabilities (P(A) vs P(B), as
     alpaca_eval's logprob annotators do), falling back to the answer's text when the endpoint returns no
     logprobs; :meth:`examine` reports each order's letter, how it was read and the preference probability.
-    Requests run ``concurrency`` at a time (a bounded pool), at most ``rate_limit`` per minute.
-    API/connection errors, timeouts, 5xx/429 answers and bodies that are not JSON are retried
-    ``max_retries`` times, waiting ``backoff * 2**attempt`` seconds; one request waits at most
-    ``max_wait_s`` over all its attempts.  When the endpoint stays down, the pairs whose answers arrived
-    are kept (a cached judge stores them), the rest are not invented, and :class:`JudgeUnavailableError`
-    names the endpoint and how many were kept: a rerun asks only for the missing ones.  Tokens are counted
-    from each answer's ``usage`` and priced with ``input_price`` / ``output_price`` (dollars per million
-    tokens) into ``stats.dollars``.  The API key is read from ``$api_key_env`` when the first request is
-    sent, and is never part of the judge's repr, identity, cache or results; every message the judge raises
-    passes through :func:`mfnb.core.secrets.redact`.  ``prompt_template``: a key of :data:`TEMPLATES` or a custom
-    string with ``{prompt}``, ``{response_a}`` and ``{response_b}``.  ``cost_per_call`` is per request.
+
+    Requests stream ``concurrency`` at a time: a new one starts as soon as one finishes, so a slow answer
+    holds up no other.  At most ``rate_limit`` requests and ``tokens_per_minute`` tokens start per minute,
+    each spread evenly (a request's tokens are estimated before it is sent, as its characters / 4 plus
+    ``max_tokens``, and corrected by the usage its answer reports).  ``batch_size`` pairs reach a cache
+    together, as soon as all of them are judged.  API/connection errors, timeouts, 5xx/429 answers and
+    bodies that are not JSON are retried ``max_retries`` times, waiting ``backoff * 2**attempt`` seconds,
+    or as long as a 429/503 answer's ``Retry-After`` asks; one request waits at most ``max_wait_s`` over
+    all its attempts (waits for the judge's own rate limits aside).  A 429/503 that says when to come back
+    (Retry-After) is pacing, not a failure: it is not one of the ``max_retries``, and ``max_wait_s`` bounds
+    it.  When the endpoint stays down, no new
+    pair is started, the pairs whose answers arrived are kept (a cached judge stores them), the rest are
+    not invented, and :class:`JudgeUnavailableError` names the endpoint and how many were kept: a rerun
+    asks only for the missing ones.  Rate limits, ``concurrency`` and ``batch_size`` change no verdict, so
+    they are not part of the judge's identity (its cache key).
+
+    Tokens are counted from each answer's ``usage`` and priced with ``input_price`` / ``output_price``
+    (dollars per million tokens) into ``stats.dollars``; with ``progress``, a call of more than one batch
+    shows a bar with the calls, tokens and dollars so far.  The API key is read from ``$api_key_env`` when
+    the first request is sent, and is never part of the judge's repr, identity, cache or results; every
+    message the judge raises passes through :func:`mfnb.core.secrets.redact`.  ``prompt_template``: a key
+    of :data:`TEMPLATES` or a custom string with ``{prompt}``, ``{response_a}`` and ``{response_b}``.
+    ``cost_per_call`` is per request.
     """
 
     batch_size = 16
@@ -164,7 +224,8 @@ class OpenAIJudge(PairwiseJudge):
                  max_tokens: int | None = None, concurrency: int = 4, batch_size: int | None = None,
                  seed: int = 0, progress: bool | None = None, max_wait_s: float = 120.0,
                  verdict: str = "text", top_logprobs: int = 5, rate_limit: float | None = None,
-                 input_price: float = 0.0, output_price: float = 0.0):
+                 input_price: float = 0.0, output_price: float = 0.0,
+                 tokens_per_minute: float | None = None):
         super().__init__(seed=seed, cost_per_call=cost_per_call, batch_size=batch_size, progress=progress)
         if not isinstance(model, str) or not model:
             raise ValueError(f"OpenAIJudge: model must be a non-empty string, got {model!r}")
@@ -210,9 +271,15 @@ class OpenAIJudge(PairwiseJudge):
                                        or not rate_limit > 0):
             raise ValueError(f"OpenAIJudge: rate_limit must be requests per minute > 0 or None, got {rate_limit!r}")
         self.rate_limit = rate_limit
+        if tokens_per_minute is not None and (isinstance(tokens_per_minute, bool)
+                                              or not isinstance(tokens_per_minute, (int, float))
+                                              or not tokens_per_minute > 0):
+            raise ValueError(f"OpenAIJudge: tokens_per_minute must be a number > 0 or None, got {tokens_per_minute!r}")
+        self.tokens_per_minute = tokens_per_minute
         self.input_price = _check_nonneg("OpenAIJudge", "input_price", input_price)
         self.output_price = _check_nonneg("OpenAIJudge", "output_price", output_price)
         self._limiter = _RateLimiter(rate_limit)
+        self._token_limiter = _RateLimiter(tokens_per_minute)
         self._client = None
 
     def _params(self) -> dict[str, Any]:
@@ -232,12 +299,15 @@ class OpenAIJudge(PairwiseJudge):
         state["_client"] = None  # the client holds the key
         state.pop("_lock", None)
         state.pop("_limiter", None)
+        state.pop("_token_limiter", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("tokens_per_minute", None)  # pickled before the field existed
         self._lock = threading.Lock()
         self._limiter = _RateLimiter(self.rate_limit)
+        self._token_limiter = _RateLimiter(self.tokens_per_minute)
 
     def _where(self) -> str:
         return f"endpoint {self.base_url} (model {self.model!r})"
@@ -308,59 +378,78 @@ class OpenAIJudge(PairwiseJudge):
                 answer.letter, answer.source = letter, "text"
         return answer
 
+    def _estimated_tokens(self, text: str) -> int:
+        """Tokens a request will cost, before it is sent: its characters / 4 and the answer's budget."""
+        return math.ceil(len(text) / 4) + (self.max_tokens or 0)
+
     def _ask(self, text: str) -> Answer | None:
-        """One chat completion with retries, all within ``max_wait_s``; the answer, or None when the endpoint
-        answered with something that is not a chat completion (a failed judgement)."""
+        """One chat completion with retries, all within ``max_wait_s`` (the judge's own rate limits aside); the
+        answer, or None when the endpoint answered with something that is not a chat completion (a failed
+        judgement).  A 429/503 answer's Retry-After replaces the backoff before the next attempt; one that asks
+        for longer than is left gives up at once."""
         import openai
 
         client = self.client()
         kwargs = self._request(text)
+        estimate = self._estimated_tokens(text)
         deadline = time.monotonic() + self.max_wait_s
         last: str = "no attempt made"
-        attempts = 0
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                pause = min(self.backoff * 2 ** (attempt - 1), deadline - time.monotonic())
-                if pause > 0:
-                    time.sleep(pause)
+        attempts = failures = 0
+        asked: float | None = None  # the wait the last answer asked for (Retry-After)
+        while True:
+            if attempts:
+                pause = asked if asked is not None else self.backoff * 2 ** (failures - 1)
+                if pause >= deadline - time.monotonic():
+                    if asked is not None:
+                        last += f" (it asked to retry after {asked:g} s, past max_wait_s)"
+                    break
+                time.sleep(pause)
+            deadline += self._limiter.wait() + self._token_limiter.wait(estimate)
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            if attempt:
+            if attempts:
                 with self._lock:
                     self.stats.retries += 1
             attempts += 1
-            self._limiter.wait()
+            asked = None
             try:
                 response = client.chat.completions.create(**kwargs, timeout=min(self.timeout, left))
             except openai.APIResponseValidationError:
                 return None  # the endpoint answered, but not with a chat completion: a failed judgement
             except json.JSONDecodeError as err:
                 last = f"the answer is not valid JSON ({err})"
-                continue
             except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError) as err:
-                last = f"{type(err).__name__}: {err}"
-                continue
+                last, asked = f"{type(err).__name__}: {err}", _asked_wait(err)
             except openai.APIStatusError as err:
-                if err.status_code in (408, 409, 429) or err.status_code >= 500:
-                    last = f"{type(err).__name__}: {err}"
-                    continue
-                hint = (f"; check the key in ${self.api_key_env}" if err.status_code in (401, 403) else "")
-                raise JudgeError(redact(f"OpenAIJudge: {self._where()} refused the request: HTTP {err.status_code}: "
-                                        f"{err.message}{hint}")) from None
-            if isinstance(response, (str, bytes)):  # a 200 whose body is not JSON (an HTML error page, a proxy)
-                last = f"the answer is not a chat completion: {str(response)[:200]!r}"
-                continue
-            answer = self._answer(response)
-            self._count_calls(1, answer.prompt_tokens, answer.completion_tokens)
-            with self._lock:
-                self.stats.dollars += (answer.prompt_tokens * self.input_price
-                                       + answer.completion_tokens * self.output_price) / 1e6
-            return answer
+                if not (err.status_code in (408, 409, 429) or err.status_code >= 500):
+                    hint = (f"; check the key in ${self.api_key_env}" if err.status_code in (401, 403) else "")
+                    raise JudgeError(redact(f"OpenAIJudge: {self._where()} refused the request: HTTP "
+                                            f"{err.status_code}: {err.message}{hint}")) from None
+                last, asked = f"{type(err).__name__}: {err}", _asked_wait(err)
+            else:
+                if not isinstance(response, (str, bytes)):
+                    return self._counted(self._answer(response), estimate)
+                last = f"the answer is not a chat completion: {str(response)[:200]!r}"  # an HTML page, a proxy
+            # a paced refusal (429/503 with Retry-After: the endpoint says when) is no failure; max_wait_s bounds it
+            if asked is None:
+                failures += 1
+                if failures > self.max_retries:
+                    break
         raise JudgeUnavailableError(redact(
             f"OpenAIJudge: {self._where()} gave no usable answer after {attempts} attempt(s) within "
             f"max_wait_s={self.max_wait_s:g} s per request (timeout={self.timeout:g} s per attempt, "
             f"max_retries={self.max_retries}); last error: {last}"))
+
+    def _counted(self, answer: Answer, estimate: float) -> Answer:
+        """``answer`` counted: calls, tokens, dollars, and the tokens-per-minute limiter's estimate corrected."""
+        self._count_calls(1, answer.prompt_tokens, answer.completion_tokens)
+        with self._lock:
+            self.stats.dollars += (answer.prompt_tokens * self.input_price
+                                   + answer.completion_tokens * self.output_price) / 1e6
+        if answer.prompt_tokens or answer.completion_tokens:
+            self._token_limiter.correct(answer.prompt_tokens + answer.completion_tokens - estimate)
+        return answer
 
     def render(self, prompt: str, response_a: str, response_b: str) -> str:
         """The judging prompt with the pair filled in (one pass: braces in the texts stay as they are); the
@@ -368,26 +457,52 @@ class OpenAIJudge(PairwiseJudge):
         values = {"prompt": self.query(prompt), "response_a": response_a, "response_b": response_b}
         return _FIELD.sub(lambda m: values[m.group(1)], self.template)
 
+    def _stream(self, count: int, text_of: Callable[[int], str],
+                on_answer: Callable[[int, Answer | None], None]) -> str | None:
+        """Ask requests 0 .. count-1 in order (the two orders of pair i are 2i and 2i+1), ``concurrency`` at a time:
+        a new one starts as soon as one finishes, so no slow answer holds up the others.  ``on_answer(j, answer)``
+        runs in this thread as each answer arrives (None: not a chat completion).  After a request gives up, no new
+        pair starts (the other order of a pair already started still goes, so a pair is asked whole) and the
+        outage's message is returned once the requests in flight are done; any other error stops every new
+        request and is raised then."""
+        if not count:
+            return None
+        self.client()  # fail fast on a missing key
+        finished: queue.SimpleQueue = queue.SimpleQueue()
+
+        def ask(j: int) -> None:
+            try:
+                finished.put((j, self._ask(text_of(j)), None))
+            except BaseException as err:  # noqa: BLE001 - handed to the calling thread, which decides
+                finished.put((j, None, err))
+
+        outage: str | None = None
+        error: BaseException | None = None
+        started = in_flight = 0
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, count)) as pool:
+            while True:
+                while (started < count and in_flight < self.concurrency and error is None
+                       and (outage is None or started % 2 == 1)):
+                    pool.submit(ask, started)
+                    started, in_flight = started + 1, in_flight + 1
+                if not in_flight:
+                    break
+                j, answer, err = finished.get()
+                in_flight -= 1
+                if err is None:
+                    on_answer(j, answer)
+                elif isinstance(err, JudgeUnavailableError):
+                    outage = outage or str(err)
+                else:
+                    error = error or err
+        if error is not None:
+            raise error
+        return outage
+
     def _answers(self, texts: Sequence[str]) -> tuple[list[Answer | None], str | None]:
         """Answers in order (None: unusable or never asked) and the outage that stopped the rest, if any."""
-        self.client()  # fail fast on a missing key
         answers: list[Answer | None] = [None] * len(texts)
-        outage: str | None = None
-        pool = ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(texts))))
-        try:
-            futures = {pool.submit(self._ask, t): i for i, t in enumerate(texts)}
-            for future in as_completed(futures):
-                try:
-                    answers[futures[future]] = future.result()
-                except JudgeUnavailableError as err:
-                    if outage is None:
-                        outage = str(err)
-                        for other in futures:  # stop asking a dead endpoint; answers in flight are still kept
-                            other.cancel()
-                except CancelledError:
-                    pass
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+        outage = self._stream(len(texts), texts.__getitem__, answers.__setitem__)
         return answers, outage
 
     @staticmethod
@@ -402,31 +517,70 @@ class OpenAIJudge(PairwiseJudge):
         return Outcome.TIE  # the answer followed the position, not the response
 
     def _judge_presented(self, batch: Sequence[Triple]) -> list[Outcome]:
-        texts = []
-        for p, a, b in batch:
-            texts += [self.render(p, a, b), self.render(p, b, a)]
-        answers, outage = self._answers(texts)
-        out = [self._combine(answers[2 * i], answers[2 * i + 1]) for i in range(len(batch))]
-        if outage is not None:
-            self._outage = (outage, sum(o is not Outcome.FAILED for o in out), len(out))
-        return out
+        return self._run(batch)
+
+    def _progress(self, pairs: int):
+        """A bar over pairs that shows calls, tokens and dollars so far; off for a call of one batch or less."""
+        return progress_bar(total=pairs, desc=f"{type(self).__name__} pairs", unit="pair", leave=False,
+                            disable=not (self.progress and pairs > self.batch_size))
+
+    def _show(self, bar) -> None:
+        if not bar.disable:
+            stats = self.stats
+            bar.set_postfix(calls=stats.calls, tokens=stats.prompt_tokens + stats.completion_tokens,
+                            dollars=f"{stats.dollars:.4f}", refresh=False)
+        bar.update()
 
     def _run(self, shown: Sequence[Triple], on_batch=None) -> list[Outcome]:
-        """As the base class; after a batch hit an outage, its finished pairs are handed to ``on_batch`` (a
-        cache keeps them) and then :class:`JudgeUnavailableError` says how many were kept."""
-        def after(batch, verdicts):
-            if on_batch is not None:
-                on_batch(batch, verdicts)
-            outage, self._outage = getattr(self, "_outage", None), None
-            if outage is not None:
-                message, kept, total = outage
-                raise JudgeUnavailableError(redact(
-                    f"{message}. Of the {total} pairs in the batch that met the outage, {kept} were judged and kept "
-                    f"(a cached judge stored them); the others were not judged, none was counted as a loss, and a "
-                    f"rerun asks only for what is missing"))
+        """Every pair asked in both orders through one stream of requests (no batch waits for another); each batch
+        of ``batch_size`` pairs goes to ``on_batch`` (a cache) as soon as all its pairs are judged.  When the
+        endpoint goes down, the batches' finished pairs are handed over too (the others as FAILED, which a cache
+        does not store) and then :class:`JudgeUnavailableError` says how many were kept."""
+        shown, size = list(shown), self.batch_size
+        verdicts = [Outcome.FAILED] * len(shown)
+        answers: dict[int, Answer | None] = {}
+        waiting = [len(shown[s:s + size]) for s in range(0, len(shown), size)]  # pairs each batch still lacks
+        judged = [0] * len(waiting)
+        bar = self._progress(len(shown))
 
-        self._outage = None
-        return super()._run(shown, after)
+        def hand_over(b: int) -> None:
+            waiting[b] = 0
+            if on_batch is not None:
+                on_batch(shown[b * size:(b + 1) * size], verdicts[b * size:(b + 1) * size])
+
+        def text_of(j: int) -> str:
+            p, a, b = shown[j // 2]
+            return self.render(p, a, b) if j % 2 == 0 else self.render(p, b, a)
+
+        def on_answer(j: int, answer: Answer | None) -> None:
+            answers[j] = answer
+            i = j // 2
+            if 2 * i not in answers or 2 * i + 1 not in answers:
+                return
+            verdicts[i] = self._combine(answers.pop(2 * i), answers.pop(2 * i + 1))
+            self.stats.pairs += 1
+            self.stats.failures += int(verdicts[i] is Outcome.FAILED)
+            self._show(bar)
+            b = i // size
+            judged[b] += 1
+            waiting[b] -= 1
+            if not waiting[b]:
+                hand_over(b)
+
+        try:
+            outage = self._stream(2 * len(shown), text_of, on_answer)
+        finally:
+            bar.close()
+            for b in range(len(waiting)):
+                if waiting[b] and judged[b]:
+                    hand_over(b)
+        if outage is not None:
+            kept = sum(v is not Outcome.FAILED for v in verdicts)
+            raise JudgeUnavailableError(redact(
+                f"{outage}. Of the {len(shown)} pairs to judge, {kept} were judged and kept (a cached judge stored "
+                f"them); the others were not judged, none was counted as a loss, and a rerun asks only for what is "
+                f"missing"))
+        return verdicts
 
     def examine(self, prompts: Sequence[str], first: Sequence[str], second: Sequence[str]) -> list[dict[str, Any]]:
         """Per pair, both orders as asked (no shuffling, no cache): each order's letter, whether it was read
