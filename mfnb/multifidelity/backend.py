@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING, Iterator, Mapping, Protocol
 import numpy as np
 
 from mfnb.models import LoraParams, SamplingParams
+from mfnb.training.config import DPOParams, SFTParams
 
-if TYPE_CHECKING:  # annotations only: importing them pulls in datasets (and TRL), which a sampling-only
-    import torch  # install (a GPU node checking the device tests) may lack
-
-    from mfnb.training.config import DPOParams, SFTParams
+if TYPE_CHECKING:  # annotations only: a sampling-only install (a GPU node checking the device tests) may lack torch
+    import torch
 
 
 @dataclass(frozen=True)

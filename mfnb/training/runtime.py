@@ -10,7 +10,9 @@ from pathlib import Path
 import datasets
 import torch
 
+from mfnb.core import paths
 from mfnb.models.engines import close_all
+from mfnb.training.config import TrainingLogs
 
 
 @contextmanager
@@ -82,8 +84,6 @@ def reporting_off(report_to) -> bool:
 
 def log_root(step: str, logging_dir: str | None = None) -> Path:
     """Where a step's runs log: ``logging_dir``, else ``$MFNB_CACHE/logs/<step>`` (outlives the step's output)."""
-    from mfnb.core import paths
-
     return Path(logging_dir).expanduser().resolve() if logging_dir else paths.cache_dir("logs", step)
 
 
@@ -110,8 +110,6 @@ def reporting(step: str, report_to, logging_dir: str | None = None, run_name: st
     run when ``run_name`` is None): TensorBoard's event files (``TENSORBOARD_LOGGING_DIR``, read when the trainer
     is built) and wandb's local files (``WANDB_DIR``, unless set); wandb's project is ``mfnb`` unless
     ``WANDB_PROJECT`` is set, trackio's the config's ``project``. ``none`` sets nothing and creates no folder."""
-    from mfnb.training.config import TrainingLogs
-
     report_to = TrainingLogs.validate_mapping({"report_to": report_to}, source=f"{step} step").report_to
     if reporting_off(report_to):
         yield {"report_to": "none"}
