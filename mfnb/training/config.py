@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator
 
 from mfnb.core import paths
 from mfnb.core.params import Params
@@ -38,25 +38,19 @@ def check_reporters(value: list[str]) -> list[str]:
     return list(dict.fromkeys(value))
 
 
+# report_to as the params give it (one name or a list), checked when they are read
+Reporters = Annotated[list[Reporter], BeforeValidator(reporters), AfterValidator(check_reporters)]
+
+
 class TrainingLogs(Params):
     """Where a training step's curves go (transformers' own integrations). Logging does not change what is trained,
     so both fields are left out of every dump, hence of every cache key whatever their values; the launch carries
     them in :class:`TrainSpec`'s own fields, and code that rebuilds params from a dump puts them back with
     :func:`dump_with_logs`."""
 
-    report_to: list[Reporter] = Field(default_factory=lambda: ["none"], exclude=True)
+    report_to: Reporters = Field(default_factory=lambda: ["none"], exclude=True)
     # a run logs to <logging_dir>/<step>-<date>-<time>; None: $MFNB_CACHE/logs/<step> (outlives the step's output)
     logging_dir: str | None = Field(default=None, exclude=True)
-
-    @field_validator("report_to", mode="before")
-    @classmethod
-    def _one_or_a_list(cls, value: Any) -> Any:
-        return reporters(value)
-
-    @field_validator("report_to")
-    @classmethod
-    def _known_reporters(cls, value: list[str]) -> list[str]:
-        return check_reporters(value)
 
 
 def dump_with_logs(params: Params) -> dict[str, Any]:
@@ -144,19 +138,9 @@ class TrainSpec(Params):
     # the step's training curves (as in SFTParams/DPOParams, whose dumps leave them out): None takes the step
     # params' own; the launch fills them in, with the run's name, so that every process logs to one folder.
     # Left out of dumps when None, so a spec dumps as it did before they existed
-    report_to: list[Reporter] | None = Field(default=None, exclude_if=lambda v: v is None)
+    report_to: Reporters | None = Field(default=None, exclude_if=lambda v: v is None)
     logging_dir: str | None = Field(default=None, exclude_if=lambda v: v is None)
     run_name: str | None = Field(default=None, exclude_if=lambda v: v is None)
-
-    @field_validator("report_to", mode="before")
-    @classmethod
-    def _one_or_a_list(cls, value: Any) -> Any:
-        return reporters(value)
-
-    @field_validator("report_to")
-    @classmethod
-    def _known_reporters(cls, value: list[str] | None) -> list[str] | None:
-        return None if value is None else check_reporters(value)
 
     def logs(self) -> dict[str, Any]:
         """``report_to``, ``logging_dir`` and ``run_name`` of the step: the spec's own where set, else its
