@@ -1,7 +1,5 @@
-"""Small stand-ins for the paper profile's hub models and datasets, for the tests: the rehearsal's own
-(:mod:`mfnb.rehearsal.stand_ins`: hub-cache entries under the papers' names, dataset folders in each hub
-repository's layout), plus a tiny Llama with a chosen chat template and the paper params' world spec pointed at
-local folders."""
+"""What the paper-world tests add to the rehearsal's stand-ins (:mod:`mfnb.rehearsal.stand_ins`): a tiny Llama with
+a chosen chat template, and the paper params' world spec pointed at local folders."""
 from __future__ import annotations
 
 import json
@@ -11,17 +9,6 @@ from pathlib import Path
 import yaml
 
 from mfnb.rehearsal import stand_ins
-from mfnb.rehearsal.stand_ins import (  # noqa: F401
-    COMMIT,
-    TOPICS,
-    ZEPHYR_TEMPLATE,
-    _parquet,
-    alpaca_eval,
-    alpaca_farm,
-    hub_cache_entry,
-    rm_static,
-    ultrafeedback,
-)
 
 
 def save_llama(folder: Path, *, chat_template: str | None, seed: int, classifier: bool = False) -> Path:

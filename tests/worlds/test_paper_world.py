@@ -10,11 +10,12 @@ import shutil
 import paper_fixtures as fx
 import pytest
 import yaml
-from test_served_engine import _alive
+from fake_vllm import alive, fake_vllm_python
 
 from mfnb.core import paths
 from mfnb.core.params import ParamsError
 from mfnb.models import SamplingParams
+from mfnb.rehearsal import stand_ins as hub  # the rehearsal's stand-ins (a fixture here is named stand_ins)
 from mfnb.worlds import make_world
 from mfnb.worlds.paper.hub_models import HubModelError
 from mfnb.worlds.paper.world import PaperWorldParams
@@ -31,14 +32,14 @@ def stand_ins(tmp_path_factory):
     """Model folders (built once for the module) and a hub cache holding them under the papers' names."""
     root = tmp_path_factory.mktemp("paper-stand-ins")
     plain = fx.save_llama(root / "plain-llama", chat_template=None, seed=0)
-    chat = fx.save_llama(root / "chat-llama", chat_template=fx.ZEPHYR_TEMPLATE, seed=1)
-    rm = fx.save_llama(root / "reward", chat_template=fx.ZEPHYR_TEMPLATE, seed=2, classifier=True)
+    chat = fx.save_llama(root / "chat-llama", chat_template=hub.ZEPHYR_TEMPLATE, seed=1)
+    rm = fx.save_llama(root / "reward", chat_template=hub.ZEPHYR_TEMPLATE, seed=2, classifier=True)
     cache = root / "hub"
     for name in (STUDENT, "meta-llama/Llama-2-7b-hf"):
-        fx.hub_cache_entry(cache, name, plain)
+        hub.hub_cache_entry(cache, name, plain)
     for name in EXPERTS + ["alignment-handbook/zephyr-7b-sft-full"]:
-        fx.hub_cache_entry(cache, name, chat)
-    fx.hub_cache_entry(cache, "weqweasdas/RM-Mistral-7B", rm)
+        hub.hub_cache_entry(cache, name, chat)
+    hub.hub_cache_entry(cache, "weqweasdas/RM-Mistral-7B", rm)
     return {"root": root, "plain": plain, "chat": chat, "rm": rm, "cache": cache}
 
 
@@ -56,7 +57,7 @@ def offline(stand_ins, tmp_path, monkeypatch):
 
 
 def rm_static_world(tmp_path, **changes):
-    spec = fx.paper_world_spec("01_fidelity_winrates", ROOT, source=str(fx.rm_static(tmp_path / "rm-static")))
+    spec = fx.paper_world_spec("01_fidelity_winrates", ROOT, source=str(hub.rm_static(tmp_path / "rm-static")))
     spec["data"].update(n_validation=4, n_test=6)
     spec.update({"engine": "hf", "engine_dtype": "float32", **changes})
     return make_world(spec)
@@ -149,7 +150,7 @@ def test_policy_backend_trains_the_paper_student(tmp_path):
 
 
 def test_errors_name_the_field_the_name_and_the_fix(tmp_path, stand_ins):
-    base = fx.paper_world_spec("01_fidelity_winrates", ROOT, source=str(fx.rm_static(tmp_path / "rm-static")))
+    base = fx.paper_world_spec("01_fidelity_winrates", ROOT, source=str(hub.rm_static(tmp_path / "rm-static")))
     base["data"].update(n_validation=2, n_test=2)
 
     def world_with(role: str, **spec):
@@ -183,14 +184,14 @@ def test_errors_name_the_field_the_name_and_the_fix(tmp_path, stand_ins):
     with pytest.raises(ParamsError, match=r"world: .*prompt_role: 'teacher' is not one of the roles"):
         make_world({**base, "prompt_role": "teacher"})
     bad = tmp_path / "bad-rm-static"
-    fx._parquet(bad, "test", [{"prompt": "p", "answer": "a"}])
+    hub._parquet(bad, "test", [{"prompt": "p", "answer": "a"}])
     with pytest.raises(Exception, match=r"world.data.source: dataset .*bad-rm-static.* lacks the column"):
         _ = make_world({**base, "data": {**base["data"], "source": {"path": str(bad)}}}).prompts
 
 
 def expo_world(tmp_path):
-    spec = fx.paper_world_spec("03_expo_alpha_curves", ROOT, source=str(fx.ultrafeedback(tmp_path / "uf")),
-                               alpaca_eval=str(fx.alpaca_eval(tmp_path / "ae")))
+    spec = fx.paper_world_spec("03_expo_alpha_curves", ROOT, source=str(hub.ultrafeedback(tmp_path / "uf")),
+                               alpaca_eval=str(hub.alpaca_eval(tmp_path / "ae")))
     spec["data"]["n_dev"] = 4
     spec.update(engine="hf", engine_dtype="float32")
     return make_world(spec)
@@ -221,7 +222,7 @@ def test_hbat_conflict_on_alpaca_farm(tmp_path):
     from mfnb.hbat import HbatExperiment, HbatNotebookParams
 
     values = yaml.safe_load((ROOT / "params" / "paper" / "04_hbat_ablations.yaml").read_text())
-    folder = str(fx.alpaca_farm(tmp_path / "alpaca_farm"))
+    folder = str(hub.alpaca_farm(tmp_path / "alpaca_farm"))
     for key in ("instructions", "human_preference", "evaluation"):
         values["world"]["data"][key]["path"] = folder
     values["world"]["data"]["n_validation"] = 4
@@ -251,12 +252,10 @@ def test_hbat_conflict_on_alpaca_farm(tmp_path):
         world.conflict({**values["conflict"], "n_sft": 99})
 
 
-# -- the served vLLM engine, through a fake vLLM venv (tests/models/test_served_engine.py) ----------------------------
+# -- the served vLLM engine, through a fake vLLM venv (tests/fake_vllm.py) ----------------------------
 
 @pytest.fixture
 def fake_vllm(tmp_path) -> str:
-    from test_served_engine import fake_vllm_python
-
     return str(fake_vllm_python(tmp_path / "fake-vllm-venv"))
 
 
@@ -313,17 +312,17 @@ def test_respond_through_served_vllm_starts_stores_and_closes(tmp_path, fake_vll
     lengths = [len(tokenizer(world.render("llama3", t), add_special_tokens=False)["input_ids"]) for t in texts]
     assert out == [f"len={n} seed={candidate_seed(3, t, j)} t=0.7" for n, t, j in zip(lengths, texts, js)]
     server = world._responder[1].server
-    assert server.model_name == "llama3" and _alive(server.process.pid)
+    assert server.model_name == "llama3" and alive(server.process.pid)
     with monkeypatch.context() as patch:  # everything is stored now
         patch.setattr(world, "_engine", lambda role: (_ for _ in ()).throw(AssertionError("regenerated")))
         assert world.respond("llama3", prompts[::-1], SAMPLING, seed=3) == out[:len(prompts)][::-1]
     pid = server.process.pid
-    assert close_all() >= 1 and not _alive(pid)  # what a training step calls first
+    assert close_all() >= 1 and not alive(pid)  # what a training step calls first
     again = world.respond("llama3", prompts[:2], SAMPLING, seed=9)  # a fresh server for new samples
     pid = world._responder[1].server.process.pid
-    assert len(again) == 2 and _alive(pid)
+    assert len(again) == 2 and alive(pid)
     world.close()
-    assert not _alive(pid) and world._responder is None
+    assert not alive(pid) and world._responder is None
 
     per_call = rm_static_world(tmp_path, engine="vllm", vllm={"python": fake_vllm, "lifetime": "per_call"})
     per_call.respond("mistral", prompts[:1], SAMPLING, seed=11)
@@ -353,7 +352,7 @@ def test_judges_and_reward_models_read_the_datasets_question_not_the_template(tm
 def test_a_missing_model_or_gpu_is_named_before_any_training(tmp_path):
     from mfnb.multifidelity import PolicyBackend
 
-    spec = fx.paper_world_spec("02_multifidelity_traces", ROOT, source=str(fx.rm_static(tmp_path / "rm-static")))
+    spec = fx.paper_world_spec("02_multifidelity_traces", ROOT, source=str(hub.rm_static(tmp_path / "rm-static")))
     spec["data"].update(n_validation=2, n_test=2)
     spec["roles"]["qwen2"]["model"] = "Qwen/Qwen2-72B-Instruct"  # the third expert: sampled hours into a run
     with pytest.raises(HubModelError, match=r"world.roles.qwen2.model: hub model 'Qwen/Qwen2-72B-Instruct' cannot be "
