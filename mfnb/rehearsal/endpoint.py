@@ -18,16 +18,26 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 
 
+# alpaca_eval's annotators name the two outputs "m" and "M" (its prompt lists them as model identifiers)
+ALPACA_EVAL_MARK = '"model_identifier": "m"'
+
+
 def stub_answer(body: dict[str, Any]) -> dict[str, Any]:
-    """A chat completion in the papers' answer format, its letter a hash of the request (so the two orders of a
-    pair disagree about half the time, as a position-biased judge would); log-probabilities when asked."""
+    """A stand-in chat completion in the papers' answer format, its letter a hash of the request (so the two
+    orders of a pair disagree about half the time, as a position-biased judge would); log-probabilities when
+    asked. For alpaca_eval's prompts the letters are its ``m`` / ``M``. Nothing is judged: it only keeps the
+    request and answer formats real where llama.cpp cannot run."""
     text = json.dumps(body.get("messages", []), sort_keys=True)
-    letter = "A" if hashlib.sha256(text.encode()).digest()[0] % 2 else "B"
+    first, second = ("m", "M") if json.dumps(ALPACA_EVAL_MARK)[1:-1] in text else ("A", "B")
+    digest = hashlib.sha256(text.encode()).digest()
+    letter = first if digest[0] % 2 else second
     content = letter if body.get("logprobs") else f"Comparison: a stub compared the two responses.\nMore helpful: {letter}"
     choice: dict[str, Any] = {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
     if body.get("logprobs"):
-        other = "B" if letter == "A" else "A"
-        top = [{"token": letter, "logprob": -0.2, "bytes": None}, {"token": other, "logprob": -1.7, "bytes": None}]
+        other = second if letter == first else first
+        # the other letter's log-probability varies with the request, so weighted preferences are not all equal
+        top = [{"token": letter, "logprob": -0.2, "bytes": None},
+               {"token": other, "logprob": -1.0 - digest[1] / 128, "bytes": None}]
         choice["logprobs"] = {"content": [{"token": letter, "logprob": -0.2, "bytes": None, "top_logprobs": top}]}
     prompt_tokens = len(text) // 4
     return {"id": f"stub-{hashlib.sha256(text.encode()).hexdigest()[:12]}", "object": "chat.completion",
