@@ -9,7 +9,8 @@ it, and the message says which cell failed and which tables and figures the run 
 ``python -m mfnb NOTEBOOK -f params.yaml`` is short for ``run`` (a cluster batch job's form); ``--processes`` and
 ``--launch-config`` set the notebook's ``launch`` parameter, which sends its training steps (SFT, DPO, HbAT
 stages) through ``accelerate launch`` (:mod:`mfnb.training.launch`). ``train STEP --spec FILE`` runs one step from a
-:class:`mfnb.training.config.TrainSpec`; ``estimate 02`` scales notebook 02's ledger to another profile's sizes.
+:class:`mfnb.training.config.TrainSpec`; ``estimate`` prints what notebooks 01-04 of a profile will cost
+(:mod:`mfnb.estimate`).
 
 Exit status: 0 success, 1 the notebook failed, 2 bad input (nothing ran), 130 interrupted.
 """
@@ -32,8 +33,6 @@ from mfnb.core import allocator, paths
 from mfnb.core.imports import resolve
 from mfnb.core.params import PROFILES, Params, ParamsError, did_you_mean, load_yaml, merge_overlay, parse_value
 from mfnb.core.secrets import redact
-from mfnb.judges import LETTER_TEMPLATES, TEMPLATES
-from mfnb.multifidelity import estimate
 from mfnb.rehearsal.run import RehearsalError, rehearse
 from mfnb.reports import tables_folder, write_report
 
@@ -346,52 +345,84 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_estimate(args: argparse.Namespace) -> int:
-    name = notebook_name(args.notebook)
-    if name != "02_multifidelity_traces":
-        raise UsageError("estimate: only notebook 02 (the multi-fidelity traces) keeps a ledger to scale")
-    defaults = notebook_defaults(paths.project_root() / "notebooks" / f"{name}.ipynb")
-    schema = schema_for(name)
-    _, values, file = resolve_parameters(name, args.profile or "paper", args.params, args.p)
-    target = schema.validate_mapping({**defaults, **values}, source=str(file))
-    tables = Path(args.ledger)
-    measured_file = Path(args.measured_params) if args.measured_params else \
-        paths.params_file(name, tables.resolve().parent.name if tables.name == "tables" else "tiny")
-    if not measured_file.is_file():
-        raise UsageError(f"--measured-params: {measured_file} not found (the params the ledger was made with)")
-    measured = schema.validate_mapping({**defaults, **load_yaml(measured_file)}, source=str(measured_file))
-    template, counted = args.judge_template_tokens, "given"
-    if template is None:
-        judge = dict(target.judge)
-        text = (LETTER_TEMPLATES if judge.get("verdict") == "logprobs" else TEMPLATES)[judge.get("prompt_template", "dpo")]
-        if args.tokenizer:
-            from mfnb.models import load_tokenizer  # deferred: loads torch
-
-            template, counted = estimate.template_tokens(text, load_tokenizer(args.tokenizer)), f"{args.tokenizer}'s tokenizer"
-        else:
-            template, counted = estimate.template_tokens(text), "characters / 4"
-    inputs = dict(prompt_tokens=args.prompt_tokens, judge_template_tokens=template, model_params=args.model_params,
-                  gpu_tflops=args.gpu_tflops, generate_utilization=args.generate_utilization,
-                  train_utilization=args.train_utilization)
+def _size(text: str) -> tuple[str, int]:
+    name, sep, value = text.partition("=")
     try:
-        table = estimate.from_files(tables, measured, target, response_tokens=args.response_tokens,
-                                    judge_answer_tokens=args.judge_answer_tokens, **inputs)
-    except estimate.EstimateError as err:
-        raise UsageError(str(err)) from None
-    response = args.response_tokens or target.sampling.max_new_tokens
-    root = paths.project_root().resolve()
-    shown_path = lambda p: Path(p).resolve().relative_to(root) if Path(p).resolve().is_relative_to(root) else p
-    print(f"# counts: {shown_path(tables)} (made with {shown_path(measured_file)}), scaled to {shown_path(file)}")
-    print("# inputs: " + ", ".join(f"{k}={v:g}" for k, v in {**inputs, "response_tokens": response}.items())
-          + f" (judge template: {counted}; responses at the cap: an upper bound)")
-    import pandas as pd
+        n = int(value.replace(",", "").replace("_", ""))
+    except ValueError:
+        n = -1
+    if not sep or n < 1:
+        raise argparse.ArgumentTypeError(f"expected NAME=N with N a positive whole number, got {text!r}")
+    return name, n
 
-    shown = ["batch_size", "traces", "student_responses", "expert_responses", "judgements", "judge_requests",
-             "judge_input_tokens", "judge_output_tokens", "judge_dollars", "dpo_pairs_trained",
-             "generation_gpu_hours", "training_gpu_hours", "gpu_hours"]
-    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.float_format", "{:,.1f}".format):
-        print(table[shown].to_string(index=False))
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from mfnb import estimate
+    from mfnb.estimate.show import show
+
+    names = [notebook_name(n) for n in args.notebooks] if args.notebooks else list(estimate.NOTEBOOKS)
+    unknown = [n for n in names if n not in estimate.NOTEBOOKS]
+    if unknown:
+        raise UsageError(f"estimate: {', '.join(unknown)} has no cost to estimate (it samples, trains and judges "
+                         f"nothing); estimate one of {', '.join(estimate.NOTEBOOKS)}")
+    if (args.params or args.p) and len(names) != 1:
+        raise UsageError("estimate: -f and -p apply to one notebook; name it (e.g. python -m mfnb estimate 02 -p ...)")
+    profile = args.profile or "paper"
+    params, files = {}, {}
+    for name in names:
+        overlays = [str(Path(d) / f"{name}.yaml") for d in args.overlay_dir if (Path(d) / f"{name}.yaml").is_file()]
+        _, values, file = resolve_parameters(name, profile, args.params, args.p, overlays)
+        defaults = notebook_defaults(paths.project_root() / "notebooks" / f"{name}.ipynb")
+        params[name] = estimate.validate(name, {**defaults, **values}, str(file))
+        files[name] = " + ".join([str(_shown(file)), *map(str, map(_shown, overlays))])
+    sizes = estimate.Sizes()
+    for key, n in args.size:
+        if key not in sizes.values:
+            raise UsageError(f"--size {key}: unknown dataset; known: {', '.join(sizes.values)}")
+        sizes.set(key, n, "given with --size")
+    ledger = measured = None
+    header = [f"# estimate of {', '.join(n[:2] for n in names)} for profile {profile}: "
+              + "; ".join(f"{n[:2]} {files[n]}" for n in names)]
+    if "02_multifidelity_traces" in names:
+        ledger = Path(args.ledger) if args.ledger else paths.project_root() / "results" / (
+            profile if profile in ("tiny", "smol") else "tiny") / "tables"
+        measured_file = Path(args.measured_params) if args.measured_params else paths.params_file(
+            "02_multifidelity_traces", ledger.resolve().parent.name if ledger.name == "tables" else "tiny")
+        if not measured_file.is_file():
+            raise UsageError(f"--measured-params: {measured_file} not found (the params the ledger was made with)")
+        defaults = notebook_defaults(paths.project_root() / "notebooks" / "02_multifidelity_traces.ipynb")
+        measured = estimate.validate("02_multifidelity_traces", {**defaults, **load_yaml(measured_file)},
+                                     str(measured_file))
+        header.append(f"# 02 is scaled from the ledger in {_shown(ledger)} (made with {_shown(measured_file)}): how "
+                      "many iterations its traces take is known only by running them; 01, 03 and 04 are counted "
+                      "from their params")
+    tokenizer, counted = None, "characters / 4"
+    if args.tokenizer:
+        from mfnb.models import load_tokenizer  # deferred: loads torch
+
+        tokenizer, counted = load_tokenizer(args.tokenizer), f"counted with {args.tokenizer}'s tokenizer"
+    assume = estimate.Assumptions(prompt_tokens=args.prompt_tokens, response_tokens=args.response_tokens,
+                                  judge_latency_s=args.judge_latency, rate_limit=args.judge_rate_limit,
+                                  tokens_per_minute=args.judge_tokens_per_minute)
+    try:
+        items = estimate.count(params, sizes, ledger=ledger, measured=measured)
+        est = estimate.price(items, profile, assume=assume, throughput_file=args.throughputs, tokenizer=tokenizer,
+                             sizes=sizes, sampling=args.sampling_tps, training=args.training_tps,
+                             training_full=args.training_full_tps)
+    except (estimate.EstimateError, estimate.ThroughputError, ValueError) as err:
+        raise UsageError(str(err)) from None
+    show(est, header, template_counted=counted)
+    if args.csv:
+        from mfnb.core.atomic import write_csv
+
+        write_csv(Path(args.csv), est.table.drop(columns=["judge"]))
+        print(f"# items written to {args.csv}")
     return 0
+
+
+def _shown(path) -> Path:
+    root, path = paths.project_root().resolve(), Path(path).resolve()
+    return path.relative_to(root) if path.is_relative_to(root) else path
 
 
 def cmd_rehearse(args: argparse.Namespace) -> int:
@@ -498,30 +529,45 @@ def build_parser() -> argparse.ArgumentParser:
     reh.add_argument("--progress", action="store_true", help="papermill's progress bars in the logs")
     reh.set_defaults(func=cmd_rehearse)
 
-    est = commands.add_parser("estimate", help="scale notebook 02's ledger to a profile's sizes: tokens, dollars, GPU hours",
-                              description="Counts from a results folder's 02_ledger.csv and 02_iterations.csv (made "
-                                          "with --measured-params), scaled to the target params (default: the paper "
-                                          "profile); token sizes, model size and GPU speed as given here.")
-    est.add_argument("notebook", help="02 (the multi-fidelity traces)")
-    est.add_argument("--ledger", default="results/tiny/tables", help="folder with 02_ledger.csv and 02_iterations.csv")
+    est = commands.add_parser("estimate", help="what notebooks 01-04 of a profile will cost: tokens, judge dollars, "
+                              "GPU hours, judge wall-clock",
+                              description="Counts what each notebook will sample, train and judge from its params "
+                                          "(02: scaled from a finished run's ledger), then tokens, judge requests, "
+                                          "tokens and dollars, GPU hours at the stated throughputs and the judge's "
+                                          "wall-clock at its rate limits; every assumption is printed beside them.")
+    est.add_argument("notebooks", nargs="*", help="notebooks or prefixes (default: 01 02 03 04)")
+    est.add_argument("--profile", choices=PROFILES, default=None, help="params profile (default: paper)")
+    est.add_argument("-f", "--params", metavar="FILE", help="another params file (one notebook)")
+    est.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
+                     help="override one parameter (one notebook)")
+    est.add_argument("--overlay-dir", action="append", default=[], metavar="DIR",
+                     help="lay DIR/<notebook>.yaml over each params file, e.g. params/rehearsal (the rehearsal's sizes)")
+    est.add_argument("--ledger", default=None, metavar="DIR",
+                     help="02: folder with 02_ledger.csv and 02_iterations.csv (default: results/<profile>/tables; "
+                          "for paper results/tiny/tables, which runs the paper's sizes)")
     est.add_argument("--measured-params", metavar="FILE",
-                     help="the params the ledger was made with (default: params/<profile of the ledger>/02_...yaml)")
-    est.add_argument("--profile", choices=PROFILES, default=None, help="target params profile (default: paper)")
-    est.add_argument("-f", "--params", metavar="FILE", help="target params file")
-    est.add_argument("-p", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"))
-    est.add_argument("--prompt-tokens", type=float, required=True, help="mean prompt length in tokens (your data's)")
-    est.add_argument("--response-tokens", type=float, default=None, help="mean response length (default: the cap, "
-                     "sampling.max_new_tokens)")
-    est.add_argument("--judge-template-tokens", type=int, default=None,
-                     help="fixed tokens of the judge prompt (default: its characters / 4, or counted with --tokenizer)")
+                     help="02: the params the ledger was made with (default: params/<profile of the ledger>/02_...yaml)")
+    est.add_argument("--prompt-tokens", type=float, default=256.0, help="mean prompt length in tokens (default 256, "
+                     "assumed: pass your data's)")
+    est.add_argument("--response-tokens", type=float, default=None,
+                     help="mean response length (default: each item's max_new_tokens, an upper bound)")
+    est.add_argument("--judge-latency", type=float, default=5.0, metavar="SECONDS",
+                     help="seconds per judge request (default 5, assumed); with the judge's concurrency")
+    est.add_argument("--judge-rate-limit", type=float, default=None, metavar="RPM",
+                     help="requests per minute for judges whose params set no rate_limit (your key's limit)")
+    est.add_argument("--judge-tokens-per-minute", type=float, default=None, metavar="TPM",
+                     help="tokens per minute for judges whose params set no tokens_per_minute (your key's limit)")
     est.add_argument("--tokenizer", default=None, metavar="NAME_OR_FOLDER",
-                     help="count the judge template's tokens with this tokenizer (e.g. the judge model's)")
-    est.add_argument("--judge-answer-tokens", type=float, default=None,
-                     help="judge answer length (default: 1 for logprob verdicts, else judge.max_tokens)")
-    est.add_argument("--model-params", type=float, required=True, help="parameters of the trained / sampled models")
-    est.add_argument("--gpu-tflops", type=float, required=True, help="the GPU's peak dense bf16 TFLOP/s")
-    est.add_argument("--generate-utilization", type=float, required=True, help="fraction of peak while sampling")
-    est.add_argument("--train-utilization", type=float, required=True, help="fraction of peak while training")
+                     help="count the judge template's tokens with this tokenizer (default: characters / 4)")
+    est.add_argument("--throughputs", default=None, metavar="CSV",
+                     help="measured tokens/s: kind,tokens_per_second,source or gpu_scale.py's gpu_scale.csv "
+                          "(default: benchmarks/throughput.csv when present, else the stated defaults)")
+    est.add_argument("--sampling-tps", type=float, default=None, help="sampling tokens/s per GPU")
+    est.add_argument("--training-tps", type=float, default=None, help="LoRA training tokens/s per GPU")
+    est.add_argument("--training-full-tps", type=float, default=None, help="full fine-tuning tokens/s per GPU")
+    est.add_argument("--size", type=_size, action="append", default=[], metavar="NAME=N",
+                     help="a dataset's row count where the params say 'all of it' (e.g. ultrafeedback.train_prefs=61135)")
+    est.add_argument("--csv", default=None, metavar="FILE", help="also write the items as CSV")
     est.set_defaults(func=cmd_estimate)
 
     rep = commands.add_parser("report", help="write results/<profile>/REPORT.md from the profile's result tables",

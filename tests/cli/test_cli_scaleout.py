@@ -1,9 +1,10 @@
 """The cluster-job entry points: ``python -m mfnb NOTEBOOK -f params.yaml [--processes N --launch-config C]``
 (the notebook's training steps under accelerate launch), ``python -m mfnb train`` (one step from a spec) and
-``python -m mfnb estimate`` (notebook 02's ledger scaled to the paper's sizes)."""
+``scale_counts`` (notebook 02's ledger scaled to the paper's sizes; the command is tested in tests/estimate)."""
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pandas as pd
@@ -89,37 +90,15 @@ def test_scale_counts_keeps_the_target_runs_and_traces():
     iterations = pd.DataFrame([{"run": "mf", "batch_size": 10, "D_size": 10}, {"run": "sft", "batch_size": 10, "D_size": 7},
                                {"run": "vanilla-m2", "batch_size": 10, "D_size": 30}])
     measured = _params(baselines=["vanilla-m2", "sft"], monitor=True, judge_train_pairs=True)
-    target = _params(trace_seeds=[0, 1, 2], dpo={"epochs": 2.0})
+    target = _params(trace_seeds=[0, 1, 2], dpo={"epochs": 2.0, "batch_size": 4})
     got = estimate.scale_counts(ledger, iterations, measured, target).iloc[0]
-    # per measured trace (two): experts (10 + 30 + 20) / 2, judgements 4 / 2 + test 120 / 2 * (2 runs / 3 runs)
+    # per measured trace (two): experts (10 + 30 + 20) / 2, judgements 4 / 2 + the analysis 50 / 2 (run in every
+    # trace) + test 120 / 2 * (2 runs / 3 runs); the mf and vanilla iterations (not the sft run's) at 2 epochs
     assert got["expert_responses"] == pytest.approx(3 * 60 / 2) and got["student_responses"] == pytest.approx(3 * 5)
-    assert got["judgements"] == pytest.approx(3 * (2 + 60 * 2 / 3)) and got["dpo_pairs_trained"] == pytest.approx(3 * 40)
+    assert got["judgements"] == pytest.approx(3 * (2 + 25 + 60 * 2 / 3)) and got["dpo_pairs_trained"] == pytest.approx(3 * 40)
+    assert got["training_runs"] == pytest.approx(3 * 2 / 2)
+    assert got["optimizer_steps"] == pytest.approx(3 * (math.ceil(2 * math.ceil(10 / 4)) + 2 * math.ceil(30 / 4)) / 2)
     with pytest.raises(estimate.EstimateError, match=r"baselines \['fixed_ladder'\] at B=10 were not run"):
         estimate.scale_counts(ledger, iterations, measured, _params(baselines=["fixed_ladder"]))
     with pytest.raises(estimate.EstimateError, match="no trace at B=20"):
         estimate.scale_counts(ledger, iterations, measured, _params(batch_sizes=[20]))
-
-
-def test_costs_exact_on_one_row():
-    counts = pd.DataFrame([{"batch_size": 8, "traces": 1, "measured_traces": 1, "student_responses": 2.0,
-                            "expert_responses": 1.0, "judgements": 5.0, "dpo_pairs_trained": 4.0}])
-    got = estimate.costs(counts, prompt_tokens=10, response_tokens=20, judge_template_tokens=30, judge_answer_tokens=1,
-                         input_price=2.0, output_price=10.0, model_params=1e9, gpu_tflops=100, generate_utilization=0.5,
-                         train_utilization=0.25).iloc[0]
-    assert got["judge_requests"] == 10 and got["judge_input_tokens"] == 10 * (30 + 10 + 40)
-    assert got["judge_dollars"] == pytest.approx((800 * 2.0 + 10 * 10.0) / 1e6)
-    assert got["dpo_tokens"] == 4 * 2 * 30 and got["generated_tokens"] == 60
-    assert got["generation_gpu_hours"] == pytest.approx(2e9 * 3 * 30 / (100e12 * 0.5) / 3600)
-    assert got["training_gpu_hours"] == pytest.approx(6e9 * 240 / (100e12 * 0.25) / 3600)
-
-
-def test_estimate_command_prints_its_inputs_and_a_total(capsys):
-    argv = ["estimate", "02", "--ledger", str(paths.project_root() / "results" / "tiny" / "tables"),
-            "--prompt-tokens", "100", "--judge-template-tokens", "50", "--model-params", "7e9", "--gpu-tflops", "312",
-            "--generate-utilization", "0.1", "--train-utilization", "0.3"]
-    assert cli.main(argv) == 0
-    out = capsys.readouterr().out
-    assert "prompt_tokens=100" in out and "response_tokens=256" in out and "judge_template_tokens=50" in out
-    assert any(line.split()[0] == "total" for line in out.splitlines()[2:])
-    assert cli.main(argv[:2] + ["--ledger", "/nowhere"] + argv[4:]) == 2
-    assert "/nowhere/02_ledger.csv not found" in capsys.readouterr().err

@@ -1,0 +1,164 @@
+"""The cost estimate (mfnb.estimate): exact counts on small hand-made params, pricing, throughputs, the rehearsal
+check and the command."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from mfnb import cli, estimate
+from mfnb.core import paths
+from mfnb.core.params import ParamsError, load_yaml, merge_overlay
+from mfnb.estimate import check, counts
+from mfnb.estimate.costs import Assumptions, judge_clock, priced, template_tokens
+from mfnb.estimate.throughput import Throughput, ThroughputError, throughputs
+from mfnb.judges import TEMPLATES
+
+
+def _params(notebook: str, overlay: dict):
+    return estimate.validate(notebook, merge_overlay(load_yaml(paths.params_file(notebook, "paper")), overlay), "test")
+
+
+def _by_item(items: pd.DataFrame, start: str) -> pd.Series:
+    rows = items[items["item"].str.startswith(start)]
+    assert len(rows) == 1, (start, list(items["item"]))
+    return rows.iloc[0]
+
+
+def test_notebook_01_counts_roles_seeds_steps_and_the_judge_check():
+    P = _params("01_fidelity_winrates", {"world": {"data": {"n_validation": 5}}, "chain": ["student", "llama3", "mistral"],
+                                         "sampling_seeds": [0, 1], "sampling": {"max_new_tokens": 20},
+                                         "agreement": {"max_pairs": 3, "judges": {"extra": {"kind": "oracle"}}}})
+    items = estimate.count({"01_fidelity_winrates": P})
+    assert _by_item(items, "responses")["responses"] == 3 * 2 * 5
+    table1 = _by_item(items, "Table 1")
+    assert table1["judge_pairs"] == 2 * 2 * 5 and table1["judge_requests"] == 40 and table1["max_new_tokens"] == 20
+    own, extra = _by_item(items, "judge check (judge)"), _by_item(items, "judge check (extra)")
+    assert own["judge_pairs"] == 3 and own["judge_requests"] == 6      # an LLM judge: both orders
+    assert extra["judge_pairs"] == 3 and extra["judge_requests"] == 0  # an oracle makes no requests
+
+
+def test_notebook_03_counts_adapters_pairs_steps_sweeps_and_table1():
+    P = _params("03_expo_alpha_curves", {
+        "world": {"data": {"n_dev": 10}}, "preference": {"n_pairs": 50}, "fractions": [0.1, 1.0],
+        "figure6": {"fractions": [0.1], "lrs": [1.0e-5], "epochs": [2.0]}, "lr_probe": [5.0e-6, 5.0e-7],
+        "alphas": [0.0, 1.0, 2.0], "sweep_seeds": [0, 1], "n_select": 4, "n_report": 3, "report_seeds": [0],
+        "dpo": {"batch_size": 2, "grad_accum": 2, "epochs": 1.0}})
+    sizes = estimate.Sizes()
+    items = estimate.count({"03_expo_alpha_curves": P}, sizes)
+    # adapters: 10% (5 pairs), 100% (50), 10% at lr 1e-5 (5), 10% for 2 epochs (5); global batch 4
+    adapters = _by_item(items, "DPO adapters (data fractions")
+    assert adapters["training_runs"] == 4 and adapters["train_rows"] == 65
+    assert adapters["optimizer_steps"] == 2 + 13 + 2 + 4 and adapters["train_sequences"] == 2 * (5 + 50 + 5 + 10)
+    probe = _by_item(items, "DPO adapters (learning-rate probe)")  # 5e-7 is dpo.lr on 100%: already trained
+    assert (probe["training_runs"], probe["train_rows"], probe["optimizer_steps"]) == (1, 50, 13)
+    assert _by_item(items, "alpha sweeps")["responses"] == 4 * 3 * 2 * 4
+    assert _by_item(items, "probe sweeps")["responses"] == 1 * 3 * 4
+    assert _by_item(items, "roles on the validation prompts")["responses"] == 2 * 4   # sft, both sweep seeds
+    assert _by_item(items, "Table 1 responses")["responses"] == (1 + 2 * 4) * 3
+    assert _by_item(items, "Table 1:")["judge_requests"] == 2 * 9 * 3
+    assert set(sizes.used) == {"alpaca_eval.eval"}  # n_report 3 of AlpacaEval's 805; n_pairs and n_dev are given
+
+
+def test_notebook_04_counts_each_distinct_stage_once_and_table7():
+    P = _params("04_hbat_ablations", {
+        "conflict": {"n_sft": 10, "n_pref": 7}, "methods": ["SFT", "DPO", "HbAT"], "n_grid": [1, 2], "fmax_grid": [],
+        "hbat": {"n_splits": 2, "sft": {"batch_size": 4, "epochs": 1.0}, "dpo": {"batch_size": 4, "epochs": 1.0}},
+        "n_validation": 3, "n_test": 5, "efficiency_repeats": 1})
+    items = estimate.count({"04_hbat_ablations": P})
+    # runs: SFT, DPO, HbAT (N=2) and the grid's HbAT at N=1 (N=2 and the grid's DPO are the same runs again).
+    # new stages: sft0 on all 10 (SFT's, shared by DPO and HbAT N=1), DPO's dpo0 (7); HbAT N=2: sft0 5, dpo0 4,
+    # sft1 5, dpo1 3; HbAT N=1: dpo0 7 under EWC. Table 7 once: DPO (10, 7), HbAT and the original EWC (5, 4, 5, 3)
+    sft, dpo = _by_item(items, "SFT stages"), _by_item(items, "DPO stages")
+    assert (sft["training_runs"], sft["train_rows"]) == (3 + 5, 20 + 30)
+    assert (dpo["training_runs"], dpo["train_rows"]) == (4 + 5, 21 + 21)
+    assert sft["optimizer_steps"] == (3 + 2 + 2) + (3 + 4 * 2) and dpo["optimizer_steps"] == 6 + 6
+    assert dpo["train_sequences"] == 2 * 42 and sft["full_ft"]
+    assert _by_item(items, "responses")["responses"] == 7 * 3 + 4 * 5
+    assert _by_item(items, "win rate")["judge_requests"] == 2 * 41
+
+
+def test_a_count_that_needs_an_unknown_size_names_the_field():
+    values = merge_overlay(load_yaml(paths.params_file("04_hbat_ablations", "tiny")), {"conflict": {"n_sft": None}})
+    P = estimate.validate("04_hbat_ablations", values, "test")
+    with pytest.raises(ParamsError, match="conflict.n_sft"):
+        estimate.count({"04_hbat_ablations": P})
+    with pytest.raises(ParamsError, match="--size nowhere.train=N"):
+        counts.Sizes()("nowhere.train")
+
+
+def test_pricing_and_the_judge_clock_exact_on_one_item():
+    judge = {"kind": "openai", "model": "m", "max_tokens": 7, "input_price": 2.0, "output_price": 10.0,
+             "rate_limit": 2, "concurrency": 1}
+    items = pd.DataFrame([counts.Item("01_x", "a", responses=10, max_new_tokens=20, judge_pairs=5, judge=judge,
+                                      train_sequences=6, max_length=30).row()])
+    rates = {"sampling": Throughput(100.0, "s"), "training": Throughput(50.0, "t"), "training_full": Throughput(1.0, "f")}
+    got = priced(items, rates, Assumptions(prompt_tokens=10)).iloc[0]
+    per_request = template_tokens(TEMPLATES["dpo"]) + 10 + 2 * 20
+    assert got["generated_tokens"] == 200 and got["trained_tokens"] == 180
+    assert got["judge_input_tokens"] == 10 * per_request and got["judge_output_tokens"] == 70
+    assert got["judge_dollars"] == pytest.approx((10 * per_request * 2.0 + 70 * 10.0) / 1e6)
+    assert got["sampling_gpu_hours"] == pytest.approx(2 / 3600) and got["training_gpu_hours"] == pytest.approx(3.6 / 3600)
+    clock = judge_clock(priced(items, rates, Assumptions(prompt_tokens=10, judge_latency_s=5)), Assumptions()).iloc[0]
+    assert clock["bound"] == "requests/min" and clock["hours"] == pytest.approx(5 / 60)   # 10 requests at 2 a minute
+    slow = judge_clock(priced(items, rates, Assumptions()), Assumptions(judge_latency_s=60)).iloc[0]
+    assert slow["bound"] == "concurrency x latency" and slow["hours"] == pytest.approx(10 / 60)
+
+
+def test_throughputs_from_a_file_defaults_and_errors(tmp_path):
+    assert throughputs("tiny")["sampling"].source.startswith("measured: benchmarks/README.md")
+    assert throughputs("paper")["training"].source.startswith("assumed")
+    own = tmp_path / "t.csv"
+    own.write_text("kind,tokens_per_second,source,profile\nsampling,123,bench,paper\ntraining,7,x,tiny\n")
+    got = throughputs("paper", own, training_full=9)
+    assert got["sampling"].tokens_per_second == 123 and "bench" in got["sampling"].source
+    assert got["training"].source.startswith("assumed") and got["training_full"].source == "given on the command line"
+    scale = tmp_path / "gpu_scale.csv"
+    scale.write_text("part,variant,status,seconds,tokens,tokens_per_s\ndpo,checkpointing on,ok,2,8000,4000\n"
+                     "dpo,checkpointing off,oom,,,\nsample,hf engine,ok,4,4000,1000\n")
+    got = throughputs("paper", scale)
+    assert (got["training"].tokens_per_second, got["sampling"].tokens_per_second) == (4000, 1000)
+    assert throughputs("smol", scale)["training"].source.startswith("measured: benchmarks/README.md")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("kind,tokens_per_second\nsampling,fast\n")
+    with pytest.raises(ThroughputError, match="bad.csv line 2: tokens_per_second 'fast'"):
+        throughputs("paper", bad)
+    with pytest.raises(ThroughputError, match="not found"):
+        throughputs("paper", tmp_path / "none.csv")
+
+
+def test_the_rehearsal_check_names_each_disagreement(tmp_path):
+    items = pd.DataFrame([counts.Item("03_expo_alpha_curves", "DPO adapters (data fractions and Figure 6 controls)",
+                                      train_kind="dpo", training_runs=3, train_rows=10, optimizer_steps=4).row(),
+                          counts.Item("03_expo_alpha_curves", "Table 1", judge_pairs=5, judge={"kind": "openai"}).row()])
+    pd.DataFrame({"pairs": [2, 8], "steps": [1, 3]}).to_csv(tmp_path / "03_dpo_runs.csv", index=False)
+    summary = pd.DataFrame([{"notebook": "03_expo_alpha_curves", "status": "ok", "judge_requests": 8,
+                             "training_launches": 3}])
+    table = check.compare(items, summary, tmp_path)
+    assert table["ok"].all() and len(table) == 4
+    summary.loc[0, ["judge_requests", "training_launches"]] = [11, 2]
+    why = check.failures(check.compare(items, summary, tmp_path))["03_expo_alpha_curves"]
+    assert why == ("estimate disagrees: training launches: estimated 3, rehearsal 2 (must be equal); judge requests: "
+                   "estimated 10, rehearsal 11 (must be at most the estimate)")
+
+
+def test_estimate_command_prints_assumptions_items_and_totals(capsys):
+    assert cli.main(["estimate", "--profile", "paper", "--judge-rate-limit", "500"]) == 0
+    out = capsys.readouterr().out
+    assert "# assumed: prompt_tokens = 256" in out and "# rate_limit = 500" in out
+    assert "# throughput sampling = 2,000.0 tokens/s per GPU (assumed" in out
+    assert "# dataset size ultrafeedback.train_prefs = 61,135" in out
+    assert "02 is scaled from the ledger in results/tiny/tables" in out
+    lines = out.splitlines()
+    totals = lines[lines.index(next(ln for ln in lines if ln.startswith("== totals"))) + 2:]
+    assert [ln.split()[:2] for ln in totals[:4]] == [["01", "params"], ["02", "ledger"], ["03", "params"], ["04", "params"]]
+    assert totals[4].split()[0] == "total" and len(totals) == 5
+    assert cli.main(["estimate", "05"]) == 2
+    assert "05_hoeffding_bounds has no cost to estimate" in capsys.readouterr().err
+    assert cli.main(["estimate", "02", "--ledger", "/nowhere"]) == 2
+    assert "/nowhere/02_ledger.csv not found" in capsys.readouterr().err
+    assert cli.main(["estimate", "03", "--size", "bogus.rows=3"]) == 2
+    assert "--size bogus.rows: unknown dataset" in capsys.readouterr().err
+    assert cli.main(["estimate", "01", "03", "-p", "n_report", "5"]) == 2
+    assert "-f and -p apply to one notebook" in capsys.readouterr().err
