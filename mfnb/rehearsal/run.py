@@ -17,7 +17,9 @@ What stands in for what (everything else is the paper path itself):
 Every run starts from an empty cache, so nothing is skipped because an earlier run made it. The executed
 notebooks, tables and figures go to ``results/rehearsal/paper/`` (not committed), each notebook's log to
 ``results/rehearsal/logs/``, and the summary (status, time, judge calls, training launches and processes) to
-``results/rehearsal/summary.csv``.
+``results/rehearsal/summary.csv``. After the notebooks, the cost estimate at rehearsal sizes is checked
+against what the rehearsal counted (:func:`check_estimate`, ``results/rehearsal/estimate_check.csv``): a
+notebook whose training launches, judge requests or trained pairs the estimate gets wrong is marked failed.
 """
 from __future__ import annotations
 
@@ -78,8 +80,9 @@ def _walk(values: Any, prefix: str = "") -> Iterator[tuple[str, dict]]:
 
 
 def stand_in_overrides(values: dict[str, Any], data: dict[str, Path], judge_url: str) -> list[tuple[str, str]]:
-    """``-p`` overrides pointing every hub dataset ``path`` at its stand-in folder and every OpenAI judge at the
-    rehearsal's endpoint; a hub dataset without a stand-in is an error naming the field."""
+    """``-p`` overrides pointing every hub dataset ``path`` at its stand-in folder, every OpenAI judge and the
+    AlpacaEval scorer at the rehearsal's endpoint, and the scorer's ``difficulty_file`` at the stand-in
+    ``df_gamed.csv``; a hub dataset without a stand-in is an error naming the field."""
     out = []
     for key, mapping in _walk(values):
         path = mapping.get("path")
@@ -88,6 +91,12 @@ def stand_in_overrides(values: dict[str, Any], data: dict[str, Path], judge_url:
                 raise RehearsalError(f"{key}.path: no stand-in for dataset {path!r}; add it to "
                                      "mfnb.rehearsal.stand_ins.datasets")
             out.append((f"{key}.path", str(data[path])))
+        if key == "alpaca_eval" and "annotator" in mapping:  # notebook 03's AlpacaEval 2.0 scorer
+            if "tatsu-lab/alpaca_eval" not in data:
+                raise RehearsalError("alpaca_eval.difficulty_file: no stand-in for dataset 'tatsu-lab/alpaca_eval' "
+                                     "(its df_gamed.csv); add it to mfnb.rehearsal.stand_ins.datasets")
+            out += [("alpaca_eval.base_url", judge_url), ("alpaca_eval.api_key_env", KEY_ENV),
+                    ("alpaca_eval.difficulty_file", str(Path(data["tatsu-lab/alpaca_eval"]) / "df_gamed.csv"))]
         if mapping.get("kind") == "openai":  # a judge spec (never the params' top level)
             out.append((f"{key}.base_url", judge_url))
             if mapping.get("api_key_env", KEY_ENV) != KEY_ENV:
@@ -201,8 +210,57 @@ def rehearse(notebooks: Sequence[str] = NOTEBOOKS, *, judge: str = "llamacpp", p
     finally:
         for thing in closing:
             thing.close()
+    checked = check_estimate(outcomes, results)
     write_summary(outcomes, results, time.perf_counter() - start, judge=judge, out=out)
+    if checked is not None and len(checked):
+        import pandas as pd
+
+        print("\n== the estimate at rehearsal sizes (python -m mfnb estimate --overlay-dir params/rehearsal) against "
+              f"what the rehearsal counted ({results / 'estimate_check.csv'})", file=out)
+        with pd.option_context("display.width", 200, "display.max_colwidth", 50):
+            print(checked.to_string(index=False), file=out, flush=True)
     return outcomes
+
+
+def stand_in_sizes(sizes: stand_ins.DataSizes = stand_ins.DataSizes()) -> dict[str, int]:
+    """The stand-in datasets' row counts under the estimate's names (:data:`mfnb.estimate.DATASET_SIZES`)."""
+    return {"ultrafeedback.train_prefs": sizes.ultrafeedback_train, "ultrafeedback.test_prefs": sizes.ultrafeedback_dev,
+            "alpaca_eval.eval": sizes.alpaca_eval, "alpaca_farm.sft": sizes.alpaca_farm_sft,
+            "alpaca_farm.human_preference": sizes.alpaca_farm_pref, "alpaca_farm.evaluation": sizes.alpaca_farm_eval}
+
+
+def check_estimate(outcomes: list[Outcome], results: Path):
+    """The estimate at rehearsal sizes against the rehearsal's counts (:func:`mfnb.estimate.check.compare`),
+    written to ``<results>/estimate_check.csv``; a notebook whose counts disagree is marked failed, naming them
+    (an estimate that cannot be made at all adds a failed row of its own). Returns the comparison."""
+    import pandas as pd
+
+    from mfnb import estimate
+    from mfnb.estimate import check
+
+    ran = [o.notebook for o in outcomes if o.status == "ok" and o.notebook in estimate.NOTEBOOKS]
+    if not ran:
+        return None
+    root = paths.project_root()
+    tables = results / "paper" / "tables"
+    try:
+        params = {nb: estimate.validate(nb, _values(nb, root / "params" / "rehearsal" / f"{nb}.yaml"),
+                                        f"params/paper/{nb}.yaml + params/rehearsal/{nb}.yaml") for nb in ran}
+        sizes = estimate.Sizes()
+        for name, n in stand_in_sizes().items():
+            sizes.set(name, n, "the rehearsal's stand-in dataset")
+        items = estimate.count(params, sizes, ledger=tables, measured=params.get("02_multifidelity_traces"))
+        table = check.compare(items, pd.DataFrame([o.row() for o in outcomes]), tables)
+    except Exception as err:  # the estimate is part of what the rehearsal checks
+        outcomes.append(Outcome("estimate check", "failed", 0.0, 0, 0, 1,
+                                f"the estimate at rehearsal sizes failed: {type(err).__name__}: {err}"))
+        return None
+    write_csv(results / "estimate_check.csv", table)
+    for o in outcomes:
+        why = check.failures(table).get(o.notebook)
+        if why:
+            o.status, o.failure = "failed", why
+    return table
 
 
 def write_summary(outcomes: Sequence[Outcome], results: Path, seconds: float, *, judge: str, out=sys.stdout) -> None:
