@@ -60,11 +60,14 @@ def forward_to(url: str, timeout: float = 300.0) -> Callable[[dict[str, Any]], d
 
 class JudgeEndpoint:
     """``http://127.0.0.1:<port>/v1``: ``/v1/chat/completions`` and ``/v1/models`` behind a bearer key, and
-    ``/health``; ``requests`` counts the chat completions answered (``refused`` the ones with a wrong key)."""
+    ``/health``; ``requests`` counts the chat completions answered (``refused`` the ones with a wrong key),
+    ``distinct`` the different conversations among them (a request sent again, after a timeout or for a failed
+    verdict, repeats one)."""
 
     def __init__(self, answer: Callable[[dict[str, Any]], dict[str, Any]], key: str, port: int = 0):
         self.answer, self.key = answer, key
         self.requests = self.refused = self.errors = 0
+        self._seen: set[str] = set()
         self._lock = threading.Lock()
         endpoint = self
 
@@ -112,8 +115,10 @@ class JudgeEndpoint:
                         endpoint.errors += 1
                     self._send(502, {"error": {"message": f"judge backend failed: {err}"}})
                     return
+                seen = hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True).encode()).hexdigest()
                 with endpoint._lock:
                     endpoint.requests += 1
+                    endpoint._seen.add(seen)
                 self._send(200, result)
 
         self._server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
@@ -127,7 +132,8 @@ class JudgeEndpoint:
 
     def counts(self) -> dict[str, int]:
         with self._lock:
-            return {"requests": self.requests, "refused": self.refused, "errors": self.errors}
+            return {"requests": self.requests, "refused": self.refused, "errors": self.errors,
+                    "distinct": len(self._seen)}
 
     def close(self) -> None:
         self._server.shutdown()
