@@ -2,8 +2,9 @@
 engine's tests (tests/models) and the paper world's (tests/worlds). Plain stdlib, so the fake vLLM's python imports
 this file (``run_stub_main``) without importing torch or mfnb.
 
-The stub answers ``/v1/completions`` with a text made of what it was asked (prompt length, seed, sampling), so
-a test can read the request back from the response."""
+The stub answers ``/v1/completions`` with a text made of what it was asked (prompt length, seed, sampling, and
+the LoRA adapter a request names), so a test can read the request back from the response; it loads and unloads
+adapters by name as vLLM's runtime LoRA API does (``/v1/load_lora_adapter``, ``/v1/unload_lora_adapter``)."""
 from __future__ import annotations
 
 import json
@@ -28,6 +29,24 @@ class Stub:
         self.attempts = 0
         self.in_flight = self.most_in_flight = 0
         self.lock = threading.Lock()
+        self.served: str | None = None        # the base model's name (--served-model-name), when known
+        self.adapters: dict[str, str] = {}    # loaded LoRA adapters: name -> folder
+        self.adapter_calls: list[tuple[str, str]] = []  # ("load" | "unload", name), in order
+
+    def lora(self, path: str, body: dict) -> tuple[int, dict, dict]:
+        name = body.get("lora_name", "")
+        with self.lock:
+            self.adapter_calls.append((path.rsplit("/", 1)[-1].split("_")[0], name))
+            if path.endswith("load_lora_adapter") and not path.endswith("unload_lora_adapter"):
+                if name in self.adapters:
+                    return 400, {"error": {"message": f"The lora adapter '{name}' has already been loaded."}}, {}
+                if not Path(body.get("lora_path", ""), "adapter_config.json").is_file():
+                    return 400, {"error": {"message": f"no adapter at {body.get('lora_path')}"}}, {}
+                self.adapters[name] = body["lora_path"]
+                return 200, {}, {}
+            if self.adapters.pop(name, None) is None:
+                return 404, {"error": {"message": f"The lora adapter '{name}' cannot be found."}}, {}
+            return 200, {}, {}
 
     def answer(self, body: dict) -> tuple[int, dict, dict]:
         with self.lock:
@@ -42,7 +61,12 @@ class Stub:
             if body.get("max_tokens", 1) > 1000:
                 return 400, {"error": {"message": "max_tokens is too large for this model"}}, {}
             ids = body["prompt"]
+            model = body.get("model")
+            if self.served is not None and model not in (self.served, *self.adapters):
+                return 404, {"error": {"message": f"The model `{model}` does not exist."}}, {}
             text = f"len={len(ids)} seed={body['seed']} t={body['temperature']}"
+            if model in self.adapters:
+                text += f" adapter={model}"
             choice = {"text": text, "index": 0, "finish_reason": "length"}
             if self.token_ids:
                 choice.update(text="(ignored: the ids are decoded)", token_ids=list(reversed(ids))[:3])
@@ -73,6 +97,8 @@ def make_stub_server(stub: Stub, port: int = 0) -> ThreadingHTTPServer:
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path in ("/v1/load_lora_adapter", "/v1/unload_lora_adapter"):
+                return self._send(*stub.lora(self.path, body))
             if self.path != "/v1/completions":
                 return self._send(404, {"error": {"message": f"no {self.path}"}})
             self._send(*stub.answer(body))
@@ -95,7 +121,9 @@ def run_stub_main(argv: list[str]) -> None:
     if os.environ.get("FAKE_VLLM_NEVER_READY"):
         time.sleep(3600)
     port = int(argv[argv.index("--port") + 1])
-    make_stub_server(Stub(), port).serve_forever()
+    stub = Stub()
+    stub.served = argv[argv.index("--served-model-name") + 1] if "--served-model-name" in argv else None
+    make_stub_server(stub, port).serve_forever()
 
 
 def fake_vllm_python(folder: Path) -> Path:

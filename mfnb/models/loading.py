@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from mfnb.core.atomic import atomic_dir
 from mfnb.core.progress import progress as progress_bar
-from mfnb.models.config import LoraParams, ModelLoadError, SamplingParams
+from mfnb.models.config import EngineParams, LoraParams, ModelLoadError, SamplingParams, VLLMServerParams
 from mfnb.models.engines import make_engine
 from mfnb.models.engines.hf import resolve_dtype
 
@@ -267,12 +267,28 @@ def merged_copy(model, dtype: torch.dtype | None = None):
     return out.eval()
 
 
+def trained_engine_kind(model, spec: EngineParams) -> str:
+    """``hf`` or ``vllm`` for sampling ``model`` (``spec.kind``; ``auto``: vLLM where it can serve this model,
+    i.e. a plain LoRA model, vLLM installed and a GPU visible, else our decode loop)."""
+    if spec.kind != "auto":
+        return spec.kind
+    from mfnb.models.engines import adapters, vllm_server  # deferred: starts nothing, but reads peft
+
+    vllm_ready = vllm_server.configured(spec.vllm or VLLMServerParams()) and torch.cuda.is_available()
+    return "vllm" if vllm_ready and adapters.servable(model) is None else "hf"
+
+
 def _generate_with_engine(model, tokenizer, prompts: list[str], sampling: SamplingParams, *, seed: int,
                           show_progress: bool) -> list[str]:
-    spec = sampling.engine  # an hf engine (the field's validator refuses the others)
+    spec = sampling.engine  # hf, vllm or auto (the field's validator refuses llamacpp)
+    if trained_engine_kind(model, spec) == "vllm":
+        from mfnb.models.engines.adapters import generate_with_adapter
+
+        return generate_with_adapter(model, tokenizer, prompts, sampling, seed=seed, params=spec.vllm,
+                                     show_progress=show_progress)
     dtype = resolve_dtype(model, spec.dtype)
     frozen = merged_copy(model, getattr(torch, dtype))  # a second model in memory (14 GB for a 7B in bf16) ...
-    engine = make_engine(spec.model_copy(update={"dtype": dtype}), model=frozen, tokenizer=tokenizer)
+    engine = make_engine(spec.model_copy(update={"dtype": dtype, "kind": "hf"}), model=frozen, tokenizer=tokenizer)
     try:
         return engine.generate(list(prompts), sampling, seed, show_progress=show_progress).texts
     finally:

@@ -160,6 +160,9 @@ def test_make_engine_names_what_is_missing(tiny):
     with pytest.raises(ParamsError, match="needs a GGUF file"):
         make_engine(EngineParams(kind="llamacpp"), tokenizer=tokenizer)
     with pytest.raises(ParamsError, match="'kind'"):
+        make_engine({"kind": "sglang"})
+    with pytest.raises(ParamsError, match=r"engine: kind 'vllm' samples trained LoRA models \(sampling.engine\); a "
+                                          r"frozen model here is sampled by 'hf' or 'llamacpp'"):
         make_engine({"kind": "vllm"})
 
 

@@ -163,3 +163,29 @@ def test_served_seeded_sampling_repeats_per_seed(served, prompts):
     process = served.server.process
     served.close()
     assert process.poll() is not None  # stopped: its memory is free
+
+
+@needs_vllm_python
+def test_served_lora_student_greedy_equals_our_decode_loop(model_dir, adapter_dir, prompts, tmp_path, monkeypatch):
+    """A trained model through sampling.engine kind vllm (the base served once, the adapter per request), ExPO's
+    in-place scaling included, against our decode loop on a merged copy, both float32."""
+    from mfnb.expo.lora import lora_extrapolation
+    from mfnb.models.config import EngineParams, VLLMServerParams
+    from mfnb.models.engines import close_all
+
+    monkeypatch.setenv("MFNB_CACHE", str(tmp_path))
+    tokenizer = load_tokenizer(model_dir)
+    student = load_adapter(load_model(model_dir, dtype="float32", show_progress=False), adapter_dir, trainable=False)
+    params = VLLMServerParams(python=os.environ["MFNB_VLLM_PYTHON"], dtype="float32", enforce_eager=True,
+                              start_timeout=900, env={} if torch.cuda.is_available() else {"VLLM_CPU_KVCACHE_SPACE": "1"})
+    ours = GREEDY.model_copy(update={"engine": EngineParams(kind="hf", dtype="float32")})
+    served = GREEDY.model_copy(update={"engine": EngineParams(kind="vllm", vllm=params)})
+    try:
+        expected = generate(student, tokenizer, prompts, ours, show_progress=False)
+        assert generate(student, tokenizer, prompts, served, show_progress=False) == expected
+        with lora_extrapolation(student, 1.0):
+            doubled = generate(student, tokenizer, prompts, ours, show_progress=False)
+            assert generate(student, tokenizer, prompts, served, show_progress=False) == doubled
+        assert doubled != expected and len(set(expected)) > 1
+    finally:
+        close_all()

@@ -261,7 +261,10 @@ def fake_vllm(tmp_path) -> str:
 
 
 
-def test_vllm_without_vllm_is_one_error_naming_the_field_before_anything_runs(tmp_path):
+def test_vllm_without_vllm_is_one_error_naming_the_field_before_anything_runs(tmp_path, monkeypatch):
+    from mfnb.models.engines import vllm_server
+
+    monkeypatch.setattr(vllm_server, "PROJECT_VENV", "no-such-venv/bin/python")  # as on a machine without one
     with pytest.raises(ParamsError, match=r"world.engine: vllm needs vLLM, which is not installed here; set "
                                           r"world.vllm.python to the python of a venv with vLLM .*pip install vllm.*"
                                           r"or set world.engine: hf"):
@@ -276,12 +279,18 @@ def test_vllm_without_vllm_is_one_error_naming_the_field_before_anything_runs(tm
 def test_auto_engine_serves_vllm_only_where_a_gpu_is_visible(tmp_path, fake_vllm, monkeypatch):
     import torch
 
+    from mfnb.models.engines import vllm_server
+
+    monkeypatch.setattr(vllm_server, "PROJECT_VENV", "no-such-venv/bin/python")
+
     world = rm_static_world(tmp_path, engine="auto", vllm={"python": fake_vllm})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert world.engine_kind() == "hf"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert world.engine_kind() == "vllm"
     assert rm_static_world(tmp_path, engine="auto").engine_kind() == "hf"  # no vLLM anywhere: hf
+    monkeypatch.setattr(vllm_server, "PROJECT_VENV", str(fake_vllm))  # (an absolute path joins as itself)
+    assert rm_static_world(tmp_path, engine="auto").engine_kind() == "vllm"  # `make vllm-venv` built one
 
 
 def test_store_keys_of_the_hf_engine_and_of_served_vllm(tmp_path, fake_vllm):

