@@ -90,6 +90,7 @@ class Estimate:
     throughputs: dict[str, Throughput]
     assumptions: Assumptions
     sizes: dict[str, tuple[int, str]] = field(default_factory=dict)
+    device: str = "GPU"                 # what the hours are hours of
 
     TOTALS = ["responses", "generated_tokens", "training_runs", "train_rows", "optimizer_steps", "trained_tokens",
               "judge_pairs", "judge_requests", "judge_input_tokens", "judge_output_tokens", "judge_dollars",
@@ -112,4 +113,5 @@ def price(items: pd.DataFrame, profile: str, *, assume: Assumptions | None = Non
     assume = assume or Assumptions()
     rates = throughputs(profile, throughput_file, **given)
     table = priced(items, rates, assume, tokenizer)
-    return Estimate(table, judge_clock(table, assume), rates, assume, dict((sizes.used if sizes else {})))
+    return Estimate(table, judge_clock(table, assume), rates, assume, dict((sizes.used if sizes else {})),
+                    "GPU" if profile == "paper" else "CPU machine (2 cores)")

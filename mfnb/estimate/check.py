@@ -6,9 +6,10 @@ Compared, per notebook that ran:
 * training launches (``<cache>/launch/launches.jsonl``, one per SFT / DPO step under ``accelerate launch``)
   against the estimate's training runs: equal (where the notebook launched nothing, it trained in its own
   process and the row says so);
-* judge requests (the rehearsal's endpoint counts them) against the estimate's: at most the estimate, which
-  assumes a cold cache and different answers from different models; the stand-ins' identical answers make
-  repeated pairs that the judge cache answers, so fewer requests is expected, more is a miscount;
+* judge requests (the rehearsal's endpoint counts the different conversations it was sent: a request sent
+  again after a timeout, or a failed verdict asked again, repeats one) against the estimate's: at most the
+  estimate, which assumes a cold cache and different answers from different models; the stand-ins' identical
+  answers make repeated pairs that the judge cache answers, so fewer is expected, more is a miscount;
 * notebook 03's DPO pairs and optimizer steps (``03_dpo_runs.csv``) against the estimate's: equal;
 * notebook 02's trained pairs and DPO iterations (``02_iterations.csv``): equal (the estimate scales the
   rehearsal's own ledger to the same sizes, so this checks the scaling's identity).
@@ -44,8 +45,9 @@ def compare(items: pd.DataFrame, summary: pd.DataFrame, tables: Path) -> pd.Data
         else:
             rows.append({**_row(s.notebook, "training launches", runs, runs, "="),
                          "measured": 0, "note": "trained in the notebook's process (no launches to count)"})
-        rows.append(_row(s.notebook, "judge requests", int(got["judge_requests"].sum()), int(s.judge_requests), "<=",
-                         "the judge cache answers repeated pairs"))
+        distinct = int(getattr(s, "judge_distinct", s.judge_requests))
+        rows.append(_row(s.notebook, "judge requests (distinct)", int(got["judge_requests"].sum()), distinct, "<=",
+                         f"{int(s.judge_requests)} sent; the judge cache answers repeated pairs"))
         if s.notebook == "03_expo_alpha_curves" and (tables / "03_dpo_runs.csv").is_file():
             runs_table = pd.read_csv(tables / "03_dpo_runs.csv")
             adapters = got[got["item"].str.startswith("DPO adapters (data fractions")]

@@ -194,7 +194,8 @@ def count_03(P, sizes: Sizes) -> list[Item]:
     if roles is not None:
         role_seeds = len({P.sweep_seeds[0]} | ({*P.sweep_seeds} if P.sft_role in roles else set()))
         n_role = (len(roles) - 1) * n_select + (role_seeds * n_select if P.sft_role in roles else 0)
-        items.append(_generated(nb, f"roles on the validation prompts: {', '.join(roles)}", n_role, P.sampling))
+        named = ", ".join(roles) if len(roles) <= 4 else f"{len(roles)} roles"
+        items.append(_generated(nb, f"roles on the validation prompts: {named}", n_role, P.sampling))
     models = 1 + 2 * len(variants)
     reports = len(P.report_seeds)
     items.append(_generated(nb, f"Table 1 responses: {models} models x {reports} seeds x {n_report} test prompts",

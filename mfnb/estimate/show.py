@@ -43,7 +43,7 @@ def show(est: Estimate, header: list[str], out: TextIO = sys.stdout, template_co
                  "prices and rate limits: the judge's params")
     lines.append("# trained tokens: rows x epochs (x 2 for DPO's chosen and rejected) x max_length (an upper bound)")
     for kind, t in est.throughputs.items():
-        lines.append(f"# throughput {kind} = {t.tokens_per_second:,.1f} tokens/s per GPU ({t.source})")
+        lines.append(f"# throughput {kind} = {t.tokens_per_second:,.1f} tokens/s per {est.device} ({t.source})")
     for name, (n, source) in est.sizes.items():
         lines.append(f"# dataset size {name} = {n:,} ({source}; --size {name}=N to change)")
     print("\n".join(lines), file=out)

@@ -61,10 +61,13 @@ class Outcome:
     launches: int
     max_processes: int
     failure: str = ""
+    judge_distinct: int | None = None   # different conversations among the judge requests (retries repeat one)
 
     def row(self) -> dict[str, Any]:
         return {"notebook": self.notebook, "status": self.status, "seconds": round(self.seconds, 1),
-                "judge_requests": self.judge_requests, "training_launches": self.launches,
+                "judge_requests": self.judge_requests,
+                "judge_distinct": self.judge_requests if self.judge_distinct is None else self.judge_distinct,
+                "training_launches": self.launches,
                 "max_processes": self.max_processes, "failure": self.failure[:160]}
 
 
@@ -191,7 +194,7 @@ def rehearse(notebooks: Sequence[str] = NOTEBOOKS, *, judge: str = "llamacpp", p
                 cmd += ["--processes", str(processes)]
             if not progress:
                 cmd.append("--no-progress")
-            before_calls, before_launches = endpoint.counts()["requests"], len(_launch_records(cache))
+            before, before_launches = endpoint.counts(), len(_launch_records(cache))
             log = results / "logs" / f"{notebook}.log"
             print(f"{notebook}: running (log: {log})", file=out, flush=True)
             began = time.perf_counter()
@@ -200,10 +203,11 @@ def rehearse(notebooks: Sequence[str] = NOTEBOOKS, *, judge: str = "llamacpp", p
                 handle.flush()
                 code = subprocess.call(cmd, env=env, cwd=root, stdout=handle, stderr=subprocess.STDOUT)
             launches = _launch_records(cache)[before_launches:]
+            after = endpoint.counts()
             outcome = Outcome(notebook, "ok" if code == 0 else "failed", time.perf_counter() - began,
-                              endpoint.counts()["requests"] - before_calls, len(launches),
+                              after["requests"] - before["requests"], len(launches),
                               max((r["processes"] for r in launches), default=1),
-                              "" if code == 0 else _failure(log))
+                              "" if code == 0 else _failure(log), after["distinct"] - before["distinct"])
             outcomes.append(outcome)
             print(f"{notebook}: {outcome.status} in {outcome.seconds:.0f} s" +
                   (f" ({outcome.failure})" if outcome.failure else ""), file=out, flush=True)

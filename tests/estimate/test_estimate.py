@@ -16,8 +16,11 @@ from mfnb.estimate.throughput import Throughput, ThroughputError, throughputs
 from mfnb.judges import TEMPLATES
 
 
-def _params(notebook: str, overlay: dict):
-    return estimate.validate(notebook, merge_overlay(load_yaml(paths.params_file(notebook, "paper")), overlay), "test")
+def _params(notebook: str, overlay: dict, roles: dict | None = None):
+    values = merge_overlay(load_yaml(paths.params_file(notebook, "paper")), overlay)
+    if roles is not None:  # replaced, not merged: the test's roles only
+        values["world"]["roles"] = roles
+    return estimate.validate(notebook, values, "test")
 
 
 def _by_item(items: pd.DataFrame, start: str) -> pd.Series:
@@ -44,7 +47,9 @@ def test_notebook_03_counts_adapters_pairs_steps_sweeps_and_table1():
         "world": {"data": {"n_dev": 10}}, "preference": {"n_pairs": 50}, "fractions": [0.1, 1.0],
         "figure6": {"fractions": [0.1], "lrs": [1.0e-5], "epochs": [2.0]}, "lr_probe": [5.0e-6, 5.0e-7],
         "alphas": [0.0, 1.0, 2.0], "sweep_seeds": [0, 1], "n_select": 4, "n_report": 3, "report_seeds": [0],
-        "dpo": {"batch_size": 2, "grad_accum": 2, "epochs": 1.0}})
+        "dpo": {"batch_size": 2, "grad_accum": 2, "epochs": 1.0}},
+        roles={"sft": {"model": "alignment-handbook/zephyr-7b-sft-full", "cost": 0.0},
+               "gpt4_turbo": {"references": True, "description": "references"}})
     sizes = estimate.Sizes()
     items = estimate.count({"03_expo_alpha_curves": P}, sizes)
     # adapters: 10% (5 pairs), 100% (50), 10% at lr 1e-5 (5), 10% for 2 epochs (5); global batch 4
@@ -137,17 +142,20 @@ def test_the_rehearsal_check_names_each_disagreement(tmp_path):
                              "training_launches": 3}])
     table = check.compare(items, summary, tmp_path)
     assert table["ok"].all() and len(table) == 4
-    summary.loc[0, ["judge_requests", "training_launches"]] = [11, 2]
+    summary["judge_distinct"] = 8
+    summary.loc[0, ["judge_requests", "training_launches"]] = [14, 3]   # retries: more sent, none distinct
+    assert check.compare(items, summary, tmp_path)["ok"].all()
+    summary.loc[0, ["judge_distinct", "training_launches"]] = [11, 2]
     why = check.failures(check.compare(items, summary, tmp_path))["03_expo_alpha_curves"]
-    assert why == ("estimate disagrees: training launches: estimated 3, rehearsal 2 (must be equal); judge requests: "
-                   "estimated 10, rehearsal 11 (must be at most the estimate)")
+    assert why == ("estimate disagrees: training launches: estimated 3, rehearsal 2 (must be equal); judge requests "
+                   "(distinct): estimated 10, rehearsal 11 (must be at most the estimate)")
 
 
 def test_estimate_command_prints_assumptions_items_and_totals(capsys):
     assert cli.main(["estimate", "--profile", "paper", "--judge-rate-limit", "500"]) == 0
     out = capsys.readouterr().out
     assert "# assumed: prompt_tokens = 256" in out and "# rate_limit = 500" in out
-    assert "# throughput sampling = 2,000.0 tokens/s per GPU (assumed" in out
+    assert "# throughput sampling = 2,000.0 tokens/s per GPU (assumed" in out  # no GPU measurement yet
     assert "# dataset size ultrafeedback.train_prefs = 61,135" in out
     assert "02 is scaled from the ledger in results/tiny/tables" in out
     lines = out.splitlines()
@@ -162,3 +170,18 @@ def test_estimate_command_prints_assumptions_items_and_totals(capsys):
     assert "--size bogus.rows: unknown dataset" in capsys.readouterr().err
     assert cli.main(["estimate", "01", "03", "-p", "n_report", "5"]) == 2
     assert "-f and -p apply to one notebook" in capsys.readouterr().err
+
+
+def test_the_rehearsal_endpoint_counts_a_repeated_request_once_among_distinct():
+    import json
+    import urllib.request
+
+    from mfnb.rehearsal.endpoint import JudgeEndpoint, stub_answer
+
+    with JudgeEndpoint(stub_answer, key="sk-k") as endpoint:
+        for text in ("one", "two", "one"):  # "one" sent again, as a retry after a timeout would
+            body = json.dumps({"model": "m", "messages": [{"role": "user", "content": text}]}).encode()
+            request = urllib.request.Request(f"{endpoint.url}/chat/completions", data=body,
+                                             headers={"Content-Type": "application/json", "Authorization": "Bearer sk-k"})
+            urllib.request.urlopen(request, timeout=10).read()
+        assert endpoint.counts()["requests"] == 3 and endpoint.counts()["distinct"] == 2
