@@ -286,11 +286,19 @@ def _generate_with_engine(model, tokenizer, prompts: list[str], sampling: Sampli
 
         return generate_with_adapter(model, tokenizer, prompts, sampling, seed=seed, params=spec.vllm,
                                      show_progress=show_progress)
+    from peft import PeftModel
+
     dtype = resolve_dtype(model, spec.dtype)
-    frozen = merged_copy(model, getattr(torch, dtype))  # a second model in memory (14 GB for a 7B in bf16) ...
+    if isinstance(model, PeftModel):  # a merged copy: a second model in memory (14 GB for a 7B in bf16) ...
+        frozen = merged_copy(model, getattr(torch, dtype))
+    else:  # full weights: sampled as they are (the engine copies only to change the dtype)
+        frozen = model
+    was_training = model.training
+    frozen.eval()
     engine = make_engine(spec.model_copy(update={"dtype": dtype, "kind": "hf"}), model=frozen, tokenizer=tokenizer)
     try:
         return engine.generate(list(prompts), sampling, seed, show_progress=show_progress).texts
     finally:
         engine.close()  # ... freed as soon as the responses are drawn
+        model.train(was_training)
 

@@ -286,3 +286,19 @@ def test_close_all_for_training_frees_accelerator_engines_and_keeps_cpu_samplers
     finally:
         for engine in (cpu, gpu, unsaid):
             engines.untrack(engine)
+
+
+def test_generate_samples_full_weights_without_a_copy_and_keeps_the_training_mode(tiny, monkeypatch):
+    """A fully fine-tuned model (no adapter) in the engine's dtype is sampled as it is: no second 7B in memory."""
+    import mfnb.models.loading as loading
+
+    model, tokenizer = tiny
+    monkeypatch.setattr(loading, "merged_copy", lambda *a, **k: pytest.fail("copied a model without an adapter"))
+    sampling = SamplingParams(temperature=0.0, max_new_tokens=4, engine={"kind": "hf", "dtype": "float32"})
+    model.train()
+    try:
+        texts = generate(model, tokenizer, PROMPTS, sampling, show_progress=False)
+        assert model.training  # restored for the training step that follows
+    finally:
+        model.eval()
+    assert texts == sample(model, tokenizer, PROMPTS, sampling).texts
