@@ -18,6 +18,8 @@ Files, one idea each (read them in this order beside the paper):
 * :mod:`~mfnb.expo.claims` -- the paper's claims, each with a verdict from an interval.
 * :mod:`~mfnb.expo.findings` -- the notebook's other computed statements.
 * :mod:`~mfnb.expo.plots` -- Figures 5 and 6, and Table 1's bars.
+* :mod:`~mfnb.expo.off_the_shelf` -- Table 2: released SFT / aligned pairs extrapolated in full weights (streamed),
+  one extrapolated folder at a time, alpha by reward, scored like Table 1.
 * :mod:`~mfnb.expo.experiment` -- notebook 03 as one object (:class:`ExpoExperiment`): a method per table,
   every model, response and verdict cached.
 

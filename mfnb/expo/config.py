@@ -12,6 +12,8 @@ from pydantic import Field, field_validator
 
 from mfnb.core.params import Params, ParamsError
 from mfnb.judges import JudgeSpec
+from mfnb.expo.off_the_shelf import OffTheShelfPair, check_pairs
+from mfnb.judges.alpaca_eval import AlpacaEvalSpec
 from mfnb.models import LoraParams, SamplingParams
 from mfnb.training.config import DPOParams, LaunchParams
 from mfnb.worlds import WorldSpec, require
@@ -74,6 +76,11 @@ class ExpoParams(Params):
     n_select: int | None = Field(default=None, ge=1)
     n_report: int | None = Field(default=None, ge=1)
     judge: JudgeSpec
+    # AlpacaEval 2.0 as the paper scored it (paper profile): Table 1 judged by alpaca_eval's own annotator, its LC
+    # win rate beside ours, the outputs written in its format; ``judge`` is then not used. None: ``judge``.
+    alpaca_eval: AlpacaEvalSpec | None = None
+    # Table 2: off-the-shelf SFT / aligned pairs (roles of the world) extrapolated in full weights; [] skips it
+    off_the_shelf: list[OffTheShelfPair] = Field(default_factory=list)
     baseline_role: str = "g2"
     report_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     n_boot: int = Field(default=2000, ge=100)     # bootstrap replicates over prompts for every interval
@@ -110,6 +117,7 @@ class ExpoParams(Params):
         require(world, "preference_pairs", field="preference.source", notebook="03")
         if "path" not in self.reward_model:
             require(world, "reward_model", field="reward_model", notebook="03")
+        check_pairs(world, self.off_the_shelf)
         for field, role in (("sft_role", self.sft_role), ("baseline_role", self.baseline_role)):
             if role not in world.roles:
                 raise ParamsError(f"parameter {field!r}: {role!r} is not a role of this world (roles: {world.roles})")

@@ -27,7 +27,7 @@ from mfnb.expo.claims import (TREND_CLAIM, AlphaChoice, alpha_shift, alpha_trend
 from mfnb.expo.control import Variant, control_variants
 from mfnb.expo.findings import figure6_lines, length_lines, lr_lines, reward_model_lines, verdict_lines
 from mfnb.expo.lora import lora_delta_norm
-from mfnb.expo.report import SampleStats, comparisons, departures, judged_samples, samples_table
+from mfnb.expo.report import SampleStats, comparisons, departures, judged_samples, paper_table1, samples_table
 from mfnb.expo.sweep import (alpha_sweep, optimal_alpha, optimal_alpha_table, response_metrics, summarize_sweep,
                              sweep_responses, sweep_scores)
 from mfnb.expo.training import (adapter_info, adapter_path, dpo_steps, fraction_label, length_bias, load_aligned,
@@ -54,7 +54,8 @@ class ExpoExperiment:
         self.P = params
         self.world = make_world(world if world is not None else params.world)
         params.check_world(self.world)
-        self.judge = evaluation.world_judge(self.world, params.judge, notebook="03")
+        self.judge = self._alpaca_eval_judge() if params.alpaca_eval else \
+            evaluation.world_judge(self.world, params.judge, notebook="03")
         if params.torch_threads:
             import torch
 
@@ -70,6 +71,21 @@ class ExpoExperiment:
         self.choice: AlphaChoice | None = None   # choose_alpha
         self.alpha_table = None                  # choose_alpha's table
         self.stats: SampleStats | None = None    # table1's bootstrap over the test prompts
+        self.test_texts: dict[int, tuple[dict, dict]] = {}  # table 1 / 2 -> (baseline, models) responses
+        self.stats2: SampleStats | None = None   # table2's bootstrap over the test prompts
+
+    def _alpaca_eval_judge(self):
+        """alpaca_eval's annotator (``alpaca_eval``), checked before any work: the package, the local
+        instruction-difficulty file its LC win rate needs, the key and the endpoint."""
+        from mfnb.judges.alpaca_eval import AlpacaEvalJudge, difficulty_path, require_alpaca_eval
+
+        require_alpaca_eval("alpaca_eval")
+        difficulty_path(self.P.alpaca_eval.difficulty_file)
+        judge = AlpacaEvalJudge(self.P.alpaca_eval)
+        if has(self.world, "query"):
+            judge.set_query_view(self.world.query, self.world.key)
+        judge.check_access("alpaca_eval")
+        return judge
 
     # -- prompts and the setting --------------------------------------------------------------------
 
@@ -278,10 +294,99 @@ class ExpoExperiment:
         both), judged, with paired bootstrap intervals and the paper's numbers beside."""
         baseline = self.role_test_responses(self.P.baseline_role)
         models, alphas = self.test_models(progress)
+        self.test_texts[1] = (baseline, models)
         samples = judged_samples(self.judge, self.report_prompts, baseline, models, reward_fn=self.rm.score,
                                  quality_fn=self.quality_fn, progress=progress)
         self.stats = SampleStats(samples, n_boot=self.P.n_boot, seed=self.P.boot_seed, level=self.level)
         return samples_table(self.stats, list(models), alphas=alphas)
+
+    # -- AlpacaEval 2.0 as the paper scored it (``alpaca_eval``) ---------------------------------------
+
+    @property
+    def instructions(self) -> list[str]:
+        """The test prompts' own text (AlpacaEval's instructions, in its order, in the paper world)."""
+        query = self.world.query if has(self.world, "query") else (lambda p: p)
+        return [query(p) for p in self.report_prompts]
+
+    def alpaca_eval_table(self, table: int = 1):
+        """Per row of Table ``table`` (1 or 2; first report seed): alpaca_eval's win rate and LC win rate
+        (``get_length_controlled_winrate`` with ``alpaca_eval.glm`` on the annotations that table made), our LC win
+        rate on the same annotations, and the paper's numbers, labelled ``paper_*``."""
+        import pandas as pd
+
+        from mfnb.expo.off_the_shelf import paper_table2
+        from mfnb.judges.alpaca_eval import length_controlled
+
+        if self.P.alpaca_eval is None or table not in self.test_texts:
+            raise RuntimeError(f"alpaca_eval_table({table}) needs alpaca_eval in the params and table{table}() run first")
+        spec, seed = self.P.alpaca_eval, self.P.report_seeds[0]
+        baseline, models = self.test_texts[table]
+        stats = self.stats if table == 1 else self.stats2
+        paper = paper_table1() if table == 1 else {
+            f"{name}+ExPO" if expo_on else name: v for (name, expo_on), v in paper_table2().items()}
+        rows = []
+        for name, by_seed in models.items():
+            sub = stats.samples[(stats.samples["model"] == name) & (stats.samples["seed"] == seed)]
+            prefs = sub.sort_values("prompt")["outcome"].tolist()
+            ae = length_controlled(self.instructions, by_seed[seed], baseline[seed], prefs,
+                                   difficulty_file=spec.difficulty_file, glm=spec.glm, generator=name)
+            rows.append({"model": name, "annotations": ae["n"], "win_rate": ae["win_rate"],
+                         "lc_win_rate": ae["lc_win_rate"], "lc_standard_error": ae["lc_standard_error"],
+                         "lc_win_rate_ours": stats.stat(name, "lc_win_rate")[0],
+                         **{k: v for k, v in paper.get(name, {}).items() if k != "paper_reward"}})
+        return pd.DataFrame(rows)
+
+    def write_alpaca_eval_outputs(self, folder, table: int = 1) -> list:
+        """Every row's test responses of Table ``table`` (first report seed) and the baseline's in AlpacaEval's
+        format, one JSON file per model in ``folder``, so that the official evaluator can be rerun on them."""
+        from mfnb.judges.alpaca_eval import BASELINE, write_model_outputs
+
+        baseline, models = self.test_texts[table]
+        seed = self.P.report_seeds[0]
+        files = [write_model_outputs(Path(folder) / f"{BASELINE}.json", self.instructions, baseline[seed], BASELINE)]
+        for name, by_seed in models.items():
+            slug = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+            files.append(write_model_outputs(Path(folder) / f"{slug}.json", self.instructions, by_seed[seed], name))
+        return files
+
+    # -- Table 2: off-the-shelf pairs ---------------------------------------------------------------
+
+    def table2(self, progress: bool = True):
+        """Table 2: each ``off_the_shelf`` pair's aligned model, extrapolated in full weights at every alpha of
+        its range on the validation prompts (first sweep seed), the alpha with the highest mean reward chosen,
+        then the aligned model and its chosen extrapolation scored on the test prompts like Table 1.
+        Returns (the alpha search: one row per pair and alpha, Table 2 with the paper's numbers beside)."""
+        import numpy as np
+        import pandas as pd
+
+        from mfnb.expo.off_the_shelf import pair_responses, paper_alpha, paper_table2
+
+        device = self.P.world.get("device", "auto") if isinstance(self.P.world, dict) else "auto"
+        baseline = self.role_test_responses(self.P.baseline_role)
+        seed, prompts = self.P.sweep_seeds[0], list(self.select_prompts)
+        search, models, alphas = [], {}, {}
+        for pair in progress_bar(self.P.off_the_shelf, desc="Table 2: off-the-shelf pairs", disable=not progress):
+            grid = [0.0] + list(pair.alphas)
+            dev = pair_responses(self.world, pair, grid, prompts, self.P.sampling, seeds=[seed], device=device)
+            means = {a: float(np.mean(self.rm.score(prompts, dev[a][seed]))) for a in grid}
+            best = max(pair.alphas, key=lambda a: (means[a], -a))  # the smallest alpha on a tie
+            search += [{"model": pair.name, "alpha": a, "reward": means[a],
+                        "length_words": float(np.mean([len(r.split()) for r in dev[a][seed]])),
+                        "chosen": a == best, "paper_optimal_alpha": paper_alpha(pair.name)} for a in grid]
+            test = pair_responses(self.world, pair, [0.0, best], self.report_prompts, self.P.sampling,
+                                  seeds=self.P.report_seeds, device=device)
+            models[pair.name], alphas[pair.name] = test[0.0], 0.0
+            models[f"{pair.name}+ExPO"], alphas[f"{pair.name}+ExPO"] = test[best], best
+        self.test_texts[2] = (baseline, models)
+        samples = judged_samples(self.judge, self.report_prompts, baseline, models, reward_fn=self.rm.score,
+                                 quality_fn=self.quality_fn, progress=progress)
+        self.stats2 = SampleStats(samples, n_boot=self.P.n_boot, seed=self.P.boot_seed, level=self.level)
+        table = samples_table(self.stats2, list(models), alphas=alphas)
+        paper = paper_table2()
+        for column in ("paper_reward", "paper_win_rate", "paper_lc_win_rate"):
+            table[column] = [paper.get((m.removesuffix("+ExPO"), m.endswith("+ExPO")), {}).get(column, float("nan"))
+                             for m in table["model"]]
+        return pd.DataFrame(search), table
 
     @property
     def default_rows(self) -> list[str]:

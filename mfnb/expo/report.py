@@ -233,7 +233,9 @@ def departures(params, n_select: int, n_report: int):
                          else "the world's own reward model (trained on prompts outside every split)"),
         "sweep_seeds": f"{n_select} validation prompts, {len(params.sweep_seeds)} sample(s) per prompt",
         "baseline_role": (f"{n_report} test prompts x {len(params.report_seeds)} seed(s), "
-                          f"judge {params.judge.get('kind')}, baseline {params.baseline_role!r}"),
+                          + (f"alpaca_eval's {params.alpaca_eval.annotator} at {params.alpaca_eval.base_url}"
+                             if getattr(params, "alpaca_eval", None) else f"judge {params.judge.get('kind')}")
+                          + f", baseline {params.baseline_role!r}"),
         "sampling": f"temperature {s.temperature:g}, top-k {s.top_k}, top-p {s.top_p:g}, "
                     f"at most {s.max_new_tokens} new tokens",
         "figure6": (", ".join(f"{f * 100:g}%" for f in params.figure6.fractions) + " data; lr "

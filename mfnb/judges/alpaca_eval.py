@@ -200,19 +200,32 @@ def write_model_outputs(path: str | os.PathLike, instructions: Sequence[str], ou
 
 @contextmanager
 def _quiet_alpaca_eval() -> Iterator[None]:
-    """alpaca_eval logs every step at INFO on the root logger; only its warnings reach the notebook (and not
-    scikit-learn's FutureWarnings about the arguments alpaca_eval's GLM passes)."""
+    """alpaca_eval logs every step at INFO on the root logger: only its warnings reach the notebook (not
+    scikit-learn's FutureWarnings about the arguments alpaca_eval's GLM passes, nor its notices about the settings
+    chosen here on purpose: no client-config file, an explicit cache path)."""
     import warnings
 
     root = logging.getLogger()
     old = root.level
     root.setLevel(max(old, logging.WARNING))
+    root.addFilter(_client_config_notice)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # scikit-learn's about the arguments alpaca_eval passes
             yield
     finally:
         root.setLevel(old)
+        root.removeFilter(_client_config_notice)
+
+
+def _client_config_notice(record: logging.LogRecord) -> bool:
+    """Drop alpaca_eval's warnings about what is chosen here on purpose: no client-config file (the client is
+    configured in memory, see :meth:`AlpacaEvalJudge.annotate`) and an explicit annotation cache path."""
+    message = record.getMessage()
+    return not any(notice in message for notice in _NOTICES)
+
+
+_NOTICES = ("We are using environment variables to construct the client configs", "Saving_path is given but not")
 
 
 class AlpacaEvalJudge:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -70,6 +70,13 @@ RM_MISTRAL = Family("mistral", bos="<s>", eos="</s>", pad="</s>", unk="<unk>", c
                     classifier=True)
 DEBERTA_RM = Family("deberta-v2", bos="[CLS]", eos="[SEP]", pad="[PAD]", unk="[UNK]", classifier=True)
 
+# Notebook 03's Table 2 extrapolates an aligned model away from its SFT checkpoint: the aligned stand-ins are
+# copies of their family under another object, so that hub_models() builds them with their own random weights
+# (a pair of identical stand-ins would make every extrapolation the aligned model itself).
+LLAMA2_ALIGNED = replace(LLAMA2)
+ZEPHYR_ALIGNED = replace(ZEPHYR)
+MISTRAL_ALIGNED = replace(MISTRAL)
+
 #: Every hub model the paper params name (roles and reward models), with the family its stand-in copies.
 HUB_MODELS: dict[str, Family] = {
     "lmsys/vicuna-7b-v1.5": LLAMA2,
@@ -80,6 +87,15 @@ HUB_MODELS: dict[str, Family] = {
     "alignment-handbook/zephyr-7b-sft-full": ZEPHYR,
     "weqweasdas/RM-Mistral-7B": RM_MISTRAL,
     "OpenAssistant/reward-model-deberta-v3-large-v2": DEBERTA_RM,
+    # notebook 03's Table 2: SFT checkpoints and the models aligned from them
+    "allenai/tulu-2-7b": LLAMA2, "allenai/tulu-2-13b": LLAMA2, "allenai/tulu-2-70b": LLAMA2,
+    "allenai/tulu-2-dpo-7b": LLAMA2_ALIGNED, "allenai/tulu-2-dpo-13b": LLAMA2_ALIGNED,
+    "allenai/tulu-2-dpo-70b": LLAMA2_ALIGNED,
+    "HuggingFaceH4/mistral-7b-sft-alpha": ZEPHYR, "HuggingFaceH4/mistral-7b-sft-beta": ZEPHYR,
+    "HuggingFaceH4/zephyr-7b-alpha": ZEPHYR_ALIGNED, "HuggingFaceH4/zephyr-7b-beta": ZEPHYR_ALIGNED,
+    "alignment-handbook/zephyr-7b-dpo-full": ZEPHYR_ALIGNED,
+    "openchat/openchat_3.5": MISTRAL, "openchat/openchat-3.5-0106": MISTRAL,
+    "berkeley-nest/Starling-LM-7B-alpha": MISTRAL_ALIGNED, "Nexusflow/Starling-LM-7B-beta": MISTRAL_ALIGNED,
 }
 
 
@@ -235,7 +251,31 @@ def alpaca_eval(folder: Path, n: int = 8) -> Path:
     _json(folder / "alpaca_eval.json", rows)
     _json(folder / "alpaca_eval_gpt4_baseline.json", [{**r, "output": f"gpt4 answer {i}", "generator": "gpt4_1106_preview"}
                                                       for i, r in enumerate(rows)])
+    alpaca_eval_difficulty(folder / "df_gamed.csv")
     return folder
+
+
+def alpaca_eval_difficulty(path: Path, n: int = 805, seed: int = 0) -> Path:
+    """A stand-in for tatsu-lab/alpaca_eval's ``df_gamed.csv``, which alpaca_eval's length-controlled win rate
+    reads: its columns (``model, index, preference, std_delta_len, instruction_difficulty,
+    not_gamed_baseline``), one difficulty per instruction and two "gamed" baselines' annotations over all ``n``
+    instructions, all of it synthetic (seeded draws; the model names say ``stand-in``), so the LC code path runs
+    offline. The real file holds fitted difficulties and the annotations of GPT-4 told to be verbose / concise."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    difficulty = rng.normal(0.0, 1.0, n)
+    frames = []
+    for model, shift in (("stand-in_gamed_verbose", 1.0), ("stand-in_gamed_concise", -1.0)):
+        delta = rng.normal(-shift, 0.5, n)  # AlpacaEval's std_delta_len: baseline minus model length, standardised
+        p = 1 / (1 + np.exp(-(0.3 * difficulty - 0.8 * np.tanh(delta))))
+        frames.append(pd.DataFrame({"model": model, "index": np.arange(n), "preference": p.round(4),
+                                    "std_delta_len": delta.round(4), "instruction_difficulty": difficulty.round(4),
+                                    "not_gamed_baseline": False}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.concat(frames, ignore_index=True).to_csv(path, index=False)
+    return path
 
 
 def alpaca_farm(folder: Path, n_sft: int = 12, n_pref: int = 12, n_eval: int = 10) -> Path:

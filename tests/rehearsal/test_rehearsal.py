@@ -200,3 +200,28 @@ def test_a_refused_judge_key_stops_the_paper_notebook_through_the_cli_before_any
     assert "sk-a-wrong-key" not in done.stderr + done.stdout
     assert endpoint.counts() == {"requests": 0, "refused": 1, "errors": 0}
     assert not (tmp_path / "cache" / "paper_responses").exists()  # nothing was sampled
+
+
+def test_notebook_03s_alpaca_eval_scorer_is_pointed_at_the_endpoint_and_the_stand_in_difficulty_file(tmp_path):
+    values = cli.resolve_parameters("03_expo_alpha_curves", "paper", None, [],
+                                    [str(ROOT / "params" / "rehearsal" / "03_expo_alpha_curves.yaml")])[1]
+    data = {"HuggingFaceH4/ultrafeedback_binarized": Path("/data/uf"), "tatsu-lab/alpaca_eval": Path("/data/ae")}
+    overrides = dict(stand_in_overrides(values, data, "http://127.0.0.1:1/v1"))
+    assert {k: v for k, v in overrides.items() if k.startswith("alpaca_eval.")} == {
+        "alpaca_eval.base_url": "http://127.0.0.1:1/v1", "alpaca_eval.api_key_env": "OPENAI_API_KEY",
+        "alpaca_eval.difficulty_file": "/data/ae/df_gamed.csv"}
+    assert len(values["off_the_shelf"]) <= 2  # the overlay keeps Table 2 short
+
+
+def test_the_stand_in_difficulty_file_runs_alpaca_evals_regularised_lc(tmp_path):
+    from mfnb.judges.alpaca_eval import AlpacaEvalError, length_controlled, require_alpaca_eval
+
+    try:
+        require_alpaca_eval()
+    except AlpacaEvalError as missing:
+        pytest.skip(str(missing))
+    file = stand_ins.alpaca_eval_difficulty(tmp_path / "df_gamed.csv")
+    prefs = [0.9, 0.2, 0.7, 0.6, 0.1, 0.8, 0.4, 0.3]
+    lc = length_controlled([f"i{i}" for i in range(8)], ["a" * (10 + 7 * i) for i in range(8)], ["b" * 40] * 8, prefs,
+                           difficulty_file=file, glm="length_controlled_v1")
+    assert lc["n"] == 8 and lc["win_rate"] == pytest.approx(sum(prefs) / 8) and 0 < lc["lc_win_rate"] < 1
