@@ -198,7 +198,7 @@ def test_a_refused_judge_key_stops_the_paper_notebook_through_the_cli_before_any
     assert done.returncode == 1, done.stderr[-2000:]
     assert "failed at In [" in done.stderr and "refused the key in $OPENAI_API_KEY (HTTP 401" in done.stderr
     assert "sk-a-wrong-key" not in done.stderr + done.stdout
-    assert endpoint.counts() == {"requests": 0, "refused": 1, "errors": 0}
+    assert endpoint.counts() == {"requests": 0, "refused": 1, "errors": 0, "distinct": 0}
     assert not (tmp_path / "cache" / "paper_responses").exists()  # nothing was sampled
 
 
