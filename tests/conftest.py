@@ -31,3 +31,12 @@ def committed_results_untouched():
     after = _results_state(folder)
     changed = sorted(str(p.relative_to(folder)) for p in set(before) | set(after) if before.get(p) != after.get(p))
     assert not changed, f"tests changed the project's results/: {changed[:10]}"
+
+
+@pytest.fixture(autouse=True)
+def no_project_vllm_venv(monkeypatch):
+    """A .venv-vllm that `make vllm-venv` built on this machine is found without params (engine: auto); the
+    tests see the machine CI sees, without one. The opt-in vLLM tests name theirs (MFNB_VLLM_PYTHON)."""
+    from mfnb.models.engines import vllm_server
+
+    monkeypatch.setattr(vllm_server, "PROJECT_VENV", "no-such-venv/bin/python")

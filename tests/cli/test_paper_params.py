@@ -39,11 +39,8 @@ def test_a_stale_paper_field_is_named(tmp_path, capsys):
 def test_vllm_asked_for_where_it_is_not_installed_is_refused_by_the_cli_check(capsys, monkeypatch):
     import importlib.util
 
-    from mfnb.models.engines import vllm_server
-
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
-    monkeypatch.setattr(vllm_server, "PROJECT_VENV", "no-such-venv/bin/python")  # no `make vllm-venv` either
     assert cli.main(["run", "01", "--profile", "paper", "-p", "world.engine", "vllm", "--check"]) == 2
     err = capsys.readouterr().err
     assert "world.engine: vllm needs vLLM" in err and "world.vllm.python" in err and "nothing was run" in err

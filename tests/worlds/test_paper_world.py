@@ -261,10 +261,7 @@ def fake_vllm(tmp_path) -> str:
 
 
 
-def test_vllm_without_vllm_is_one_error_naming_the_field_before_anything_runs(tmp_path, monkeypatch):
-    from mfnb.models.engines import vllm_server
-
-    monkeypatch.setattr(vllm_server, "PROJECT_VENV", "no-such-venv/bin/python")  # as on a machine without one
+def test_vllm_without_vllm_is_one_error_naming_the_field_before_anything_runs(tmp_path):
     with pytest.raises(ParamsError, match=r"world.engine: vllm needs vLLM, which is not installed here; set "
                                           r"world.vllm.python to the python of a venv with vLLM .*pip install vllm.*"
                                           r"or set world.engine: hf"):
@@ -280,8 +277,6 @@ def test_auto_engine_serves_vllm_only_where_a_gpu_is_visible(tmp_path, fake_vllm
     import torch
 
     from mfnb.models.engines import vllm_server
-
-    monkeypatch.setattr(vllm_server, "PROJECT_VENV", "no-such-venv/bin/python")
 
     world = rm_static_world(tmp_path, engine="auto", vllm={"python": fake_vllm})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
