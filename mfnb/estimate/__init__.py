@@ -94,7 +94,7 @@ class Estimate:
 
     TOTALS = ["responses", "generated_tokens", "training_runs", "train_rows", "optimizer_steps", "trained_tokens",
               "judge_pairs", "judge_requests", "judge_input_tokens", "judge_output_tokens", "judge_dollars",
-              "sampling_gpu_hours", "training_gpu_hours", "gpu_hours"]
+              "sampling_gpu_hours", "training_gpu_hours", "gpu_hours", "extrapolations", "extrapolated_gb"]
 
     def totals(self) -> pd.DataFrame:
         """One row per notebook and one for all of them."""

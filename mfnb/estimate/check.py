@@ -10,7 +10,9 @@ Compared, per notebook that ran:
   again after a timeout, or a failed verdict asked again, repeats one) against the estimate's: at most the
   estimate, which assumes a cold cache and different answers from different models; the stand-ins' identical
   answers make repeated pairs that the judge cache answers, so fewer is expected, more is a miscount;
-* notebook 03's DPO pairs and optimizer steps (``03_dpo_runs.csv``) against the estimate's: equal;
+* notebook 03's DPO pairs and optimizer steps (``03_dpo_runs.csv``) against the estimate's: equal; its Table 2
+  extrapolations (``03_table2_alpha_search.csv``: each pair's nonzero alphas, and its chosen alpha again for the
+  test prompts) against the estimate's: equal;
 * notebook 02's trained pairs and DPO iterations (``02_iterations.csv``): equal (the estimate scales the
   rehearsal's own ledger to the same sizes, so this checks the scaling's identity).
 """
@@ -55,6 +57,12 @@ def compare(items: pd.DataFrame, summary: pd.DataFrame, tables: Path) -> pd.Data
                              int(runs_table["pairs"].sum()), "="))
             rows.append(_row(s.notebook, "DPO optimizer steps (fractions and controls)",
                              int(adapters["optimizer_steps"].sum()), int(runs_table["steps"].sum()), "="))
+        if s.notebook == "03_expo_alpha_curves" and (tables / "03_table2_alpha_search.csv").is_file():
+            search = pd.read_csv(tables / "03_table2_alpha_search.csv")
+            # every nonzero alpha of a pair's range extrapolated for the search, and its chosen one again for the test
+            measured = int((search["alpha"] != 0).sum()) + int(search["model"].nunique())
+            rows.append(_row(s.notebook, "Table 2 extrapolations (folders written)",
+                             int(got["extrapolations"].sum()) if "extrapolations" in got else 0, measured, "="))
         if s.notebook == "02_multifidelity_traces" and (tables / "02_iterations.csv").is_file():
             its = pd.read_csv(tables / "02_iterations.csv")
             dpo = got[got["train_kind"] == "dpo"]

@@ -32,15 +32,20 @@ class Assumptions:
 
 
 def template_tokens(template: str, tokenizer=None) -> int:
-    """Tokens of a judge template with its three fields empty (the fixed part of every judge request), counted
+    """Tokens of a judge template with its fields empty (the fixed part of every judge request), counted
     by ``tokenizer``, or without one by OpenAI's rule of thumb of four characters of English per token."""
-    empty = template.replace("{prompt}", "").replace("{response_a}", "").replace("{response_b}", "")
+    empty = template
+    for name in ("{prompt}", "{response_a}", "{response_b}", "{instruction}", "{output_1}", "{output_2}"):
+        empty = empty.replace(name, "")  # the project's fields and alpaca_eval's
     if tokenizer is None:
         return math.ceil(len(empty) / 4)
     return len(tokenizer(empty, add_special_tokens=False)["input_ids"])
 
 
 def judge_template(judge: Mapping) -> str:
+    """The judge's prompt: alpaca_eval's annotator carries its own (``template``), the project's judges name one."""
+    if judge.get("template") is not None:
+        return judge["template"]
     return (LETTER_TEMPLATES if judge.get("verdict") == "logprobs" else TEMPLATES)[judge.get("prompt_template", "dpo")]
 
 

@@ -2,7 +2,8 @@
 
 One row (an :class:`Item`) per piece of work: the responses generated (an upper bound on tokens: each at its
 ``max_new_tokens`` cap), the training runs (rows x epochs, sequences of at most ``max_length`` tokens, optimizer
-steps), and the pairs sent to the judge (an LLM judge asks each pair in both orders: two requests). Counts are
+steps), and the pairs sent to the judge (an LLM judge asks each pair in both orders: two requests; alpaca_eval's
+annotator asks each pair once, in an order it randomises: one request). Counts are
 what the code asks for with a cold cache; a run whose cache already holds responses, stages or verdicts, or whose
 models happen to give identical answers (the judge cache answers repeated pairs), asks for less. Notebook 02's
 work depends on the course its traces take, so it is scaled from a finished run's ledger
@@ -14,7 +15,9 @@ from ``sizes`` (:data:`DATASET_SIZES` by default), and the row says so.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 from mfnb.core.params import ParamsError
@@ -48,12 +51,16 @@ class Item:
     max_length: int = 0
     optimizer_steps: int = 0
     full_ft: bool = False              # full fine-tuning (else LoRA)
+    extrapolations: int = 0            # full-model folders written by ExPO's weight extrapolation (one at a time)
+    extrapolated_gb: float = 0.0       # their bytes written in all, in GB (from the parameter count in the hub name)
     note: str = ""
 
     @property
     def judge_requests(self) -> int:
-        """Requests to an LLM judge: every pair in both orders (other judges make none)."""
-        return 2 * self.judge_pairs if self.judge and self.judge.get("kind") == "openai" else 0
+        """Requests to an LLM judge: every pair in both orders for the pairwise judge (``kind: openai``), once for
+        alpaca_eval's annotator (``kind: alpaca_eval``); other judges make none."""
+        kind = (self.judge or {}).get("kind")
+        return 2 * self.judge_pairs if kind == "openai" else self.judge_pairs if kind == "alpaca_eval" else 0
 
     def row(self) -> dict[str, Any]:
         out = asdict(self)
@@ -117,6 +124,70 @@ def split_size(world: Mapping, split: str, sizes: Sizes) -> int:
     raise ParamsError(f"world.kind {kind!r}: the estimate does not know its split sizes")
 
 
+# ------------------------------------------------------------------------------------------ alpaca_eval
+
+#: Dollars per million input / output tokens of the models alpaca_eval's annotators call (its configs give none).
+ANNOTATOR_PRICES: dict[str, tuple[float, float, str]] = {
+    "gpt-4-1106-preview": (10.0, 30.0, "OpenAI's list price of gpt-4-1106-preview (GPT-4 Turbo): $10 / $30 per "
+                                       "million input / output tokens"),
+}
+# weighted_alpaca_eval_gpt4_turbo's configs.yaml in alpaca_eval 0.6.6, used where the package is not installed
+_DEFAULT_ANNOTATOR = {"model_name": "gpt-4-1106-preview", "max_tokens": 1, "logprobs": True, "top_logprobs": 5,
+                      "template_chars": 1_365, "batch_size": 1}
+
+
+def alpaca_eval_judge(spec) -> dict:
+    """The judge spec (as the items carry it) of notebook 03's ``alpaca_eval`` block: its annotator's model,
+    answer length, prompt template and batch size read from the installed alpaca_eval's ``evaluators_configs``
+    (without importing alpaca_eval; alpaca_eval 0.6.6's ``weighted_alpaca_eval_gpt4_turbo`` where it is not
+    installed), prices from :data:`ANNOTATOR_PRICES`. ``AlpacaEvalJudge.annotate`` sends one request per pair
+    (``batch_size`` 1: the instruction, the baseline's output and the model's, in an order alpaca_eval
+    randomises), answered with one token and its top log-probabilities."""
+    import importlib.util
+
+    import yaml
+
+    name = getattr(spec, "annotator", "weighted_alpaca_eval_gpt4_turbo")
+    config, template, source = dict(_DEFAULT_ANNOTATOR), None, "alpaca_eval 0.6.6's config (not installed here)"
+    found = importlib.util.find_spec("alpaca_eval")
+    if found and found.submodule_search_locations:
+        root = Path(list(found.submodule_search_locations)[0]) / "evaluators_configs"
+        file = root / name / "configs.yaml"
+        if file.is_file():
+            cfg = (yaml.safe_load(file.read_text()) or {}).get(name, {})
+            kwargs = cfg.get("completions_kwargs") or {}
+            config = {"model_name": kwargs.get("model_name", config["model_name"]),
+                      "max_tokens": kwargs.get("max_tokens", config["max_tokens"]),
+                      "logprobs": bool(kwargs.get("logprobs")), "top_logprobs": kwargs.get("top_logprobs"),
+                      "batch_size": int(cfg.get("batch_size", 1))}
+            if (root / cfg.get("prompt_template", "")).is_file():
+                template = (root / cfg["prompt_template"]).read_text()
+            source = f"alpaca_eval's {file.relative_to(root.parent.parent)}"
+    if config.get("batch_size", 1) != 1:
+        raise ParamsError(f"alpaca_eval.annotator {name!r}: batch_size {config['batch_size']} (several pairs per "
+                          "request) is not counted by the estimate")
+    model = config["model_name"]
+    price_in, price_out, price_source = ANNOTATOR_PRICES.get(model, (0.0, 0.0, f"no price known for {model}: $0"))
+    return {"kind": "alpaca_eval", "model": f"alpaca_eval:{name} ({model})", "annotator": name,
+            "verdict": "logprobs" if config.get("logprobs") else "text", "max_tokens": config["max_tokens"],
+            "template": template if template is not None else "x" * config.get("template_chars", 0),
+            "input_price": price_in, "output_price": price_out, "price_source": price_source,
+            "config_source": source, "concurrency": spec.concurrency, "base_url": spec.base_url}
+
+
+#: A parameter count in a hub name ("tulu-2-dpo-70b", "Starling-LM-7B-beta"): billions.
+_BILLIONS = re.compile(r"(?<![0-9.])(\d+(?:\.\d+)?)[bB](?![a-zA-Z0-9])")
+#: Bytes per parameter of a checkpoint stored in bf16 (the extrapolated folder keeps the aligned model's dtype).
+BYTES_PER_PARAMETER = 2
+
+
+def model_billions(world: Mapping, role: str) -> float | None:
+    """The role's parameter count in billions, from its hub name (None where the name gives none)."""
+    spec = ((world.get("roles") or {}).get(role) or {})
+    hit = _BILLIONS.search(str(spec.get("model") or ""))
+    return float(hit.group(1)) if hit else None
+
+
 def _generated(notebook: str, item: str, responses: int, sampling, **kw) -> Item:
     return Item(notebook, item, responses=responses, max_new_tokens=sampling.max_new_tokens, **kw)
 
@@ -152,8 +223,14 @@ def count_03(P, sizes: Sizes) -> list[Item]:
     """Notebook 03 (:class:`mfnb.expo.ExpoExperiment`): one LoRA DPO adapter per data fraction and Figure 6
     control (fraction f trains on ceil(f * n) pairs), the learning-rate probe's extra adapters on all the data;
     each adapter's alpha sweep on the validation prompts (every alpha, every sweep seed; the probe's with one
-    seed), the world's roles on those prompts, Table 1's test responses (the SFT role, and every model at
-    alpha 0 and at its chosen alpha, per report seed) each judged against the baseline role."""
+    seed), the world's roles on those prompts (the paper world, which knows no quality, samples only the SFT
+    role there, for its metrics on every sweep seed), Table 1's test responses (the SFT role, and every model at
+    alpha 0 and at its chosen alpha, per report seed) each judged against the baseline role: by ``judge``, or,
+    where ``alpaca_eval`` is set, by alpaca_eval's annotator (one request per pair). Table 2 (``off_the_shelf``,
+    :meth:`mfnb.expo.ExpoExperiment.table2`): per pair, alpha 0 (the aligned model) and every alpha of its range
+    on the validation prompts (first sweep seed), each nonzero alpha extrapolated into a full-model folder; then
+    the aligned model and the chosen alpha (extrapolated again) on the test prompts per report seed, both judged
+    against the baseline like Table 1."""
     nb = "03_expo_alpha_curves"
     dpo = P.dpo
     if P.preference.n_pairs is not None:
@@ -189,9 +266,11 @@ def count_03(P, sizes: Sizes) -> list[Item]:
     if probe_new:
         items.append(_generated(nb, f"probe sweeps: {len(probe_new)} models x {alphas} alphas x {n_select} prompts",
                                 len(probe_new) * alphas * n_select, P.sampling))
-    roles = [r for r in (P.world.get("roles") or {}) if not (P.world["roles"][r] or {}).get("references")] \
-        if _world_kind(P.world) == "paper" else None
-    if roles is not None:
+    # the paper world has no known quality: ExpoExperiment.role_answers (every role) is never asked for there, only
+    # sft_metrics (the SFT role on every sweep seed); Table 2's roles are sampled by table2 (below)
+    roles = [r for r in (P.world.get("roles") or {}) if r == P.sft_role
+             and not (P.world["roles"][r] or {}).get("references")] if _world_kind(P.world) == "paper" else None
+    if roles:
         role_seeds = len({P.sweep_seeds[0]} | ({*P.sweep_seeds} if P.sft_role in roles else set()))
         n_role = (len(roles) - 1) * n_select + (role_seeds * n_select if P.sft_role in roles else 0)
         named = ", ".join(roles) if len(roles) <= 4 else f"{len(roles)} roles"
@@ -200,8 +279,28 @@ def count_03(P, sizes: Sizes) -> list[Item]:
     reports = len(P.report_seeds)
     items.append(_generated(nb, f"Table 1 responses: {models} models x {reports} seeds x {n_report} test prompts",
                             models * reports * n_report, P.sampling))
-    items.append(Item(nb, f"Table 1: {models} models x {reports} seeds x {n_report} pairs against {P.baseline_role}",
-                      judge_pairs=models * reports * n_report, judge=dict(P.judge)))
+    judge = alpaca_eval_judge(P.alpaca_eval) if getattr(P, "alpaca_eval", None) else dict(P.judge)
+    by = f" by {judge['annotator']}" if judge.get("kind") == "alpaca_eval" else ""
+    items.append(Item(nb, f"Table 1: {models} models x {reports} seeds x {n_report} pairs against {P.baseline_role}{by}",
+                      judge_pairs=models * reports * n_report, judge=judge))
+    pairs = list(getattr(P, "off_the_shelf", None) or [])
+    for pair in pairs:
+        size = model_billions(P.world, pair.aligned_role)
+        gb = lambda n: n * size * BYTES_PER_PARAMETER if size else 0.0
+        unsized = "" if size else f"; no parameter count in {pair.aligned_role}'s model name: its GB not counted"
+        grid = 1 + len(pair.alphas)
+        note = (f"{size:g}B parameters (from the name), one {size * BYTES_PER_PARAMETER:g} GB folder at a time; "
+                if size else "") + "sampled by mfnb.models.generate at the sampling rate" + unsized
+        items.append(_generated(nb, f"Table 2 alpha search ({pair.name}): {grid} alphas (0 and {len(pair.alphas)} "
+                                    f"extrapolated) x {n_select} validation prompts", grid * n_select, P.sampling,
+                                extrapolations=len(pair.alphas), extrapolated_gb=gb(len(pair.alphas)), note=note))
+        items.append(_generated(nb, f"Table 2 test responses ({pair.name}): aligned and chosen alpha x {reports} seeds "
+                                    f"x {n_report} test prompts", 2 * reports * n_report, P.sampling,
+                                extrapolations=1, extrapolated_gb=gb(1), note=note))
+    if pairs:
+        items.append(Item(nb, f"Table 2: {2 * len(pairs)} models x {reports} seeds x {n_report} pairs against "
+                              f"{P.baseline_role}{by}", judge_pairs=2 * len(pairs) * reports * n_report,
+                          judge=judge))
     return items
 
 

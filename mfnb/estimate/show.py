@@ -44,12 +44,23 @@ def show(est: Estimate, header: list[str], out: TextIO = sys.stdout, template_co
     lines.append("# trained tokens: rows x epochs (x 2 for DPO's chosen and rejected) x max_length (an upper bound)")
     for kind, t in est.throughputs.items():
         lines.append(f"# throughput {kind} = {t.tokens_per_second:,.1f} tokens/s per {est.device} ({t.source})")
+    judges = [j for j in est.table["judge"] if j and j.get("kind") == "alpaca_eval"]
+    for j in {j["model"]: j for j in judges}.values():
+        lines.append(f"# judge {j['model']}: one request per pair (one order, alpaca_eval randomises which output "
+                     f"is shown first), {j['max_tokens']} output token(s)" + (" with log-probabilities"
+                     if j.get("verdict") == "logprobs" else "") + f", its prompt template and model from "
+                     f"{j['config_source']}; prices: {j['price_source']}; concurrency {j['concurrency']}")
+    if est.table["extrapolations"].sum() if "extrapolations" in est.table else 0:
+        lines.append("# extrapolations: full-model folders ExPO writes (one at a time, deleted after sampling); GB "
+                     "from the parameter count in the aligned model's hub name at 2 bytes per parameter (bf16); Table 2's "
+                     "models are sampled at the sampling throughput above whatever their size (a 13B or 70B pair's "
+                     "hours are underestimated)")
     for name, (n, source) in est.sizes.items():
         lines.append(f"# dataset size {name} = {n:,} ({source}; --size {name}=N to change)")
     print("\n".join(lines), file=out)
     items = est.table[["notebook", "source", "item", "responses", "generated_tokens", "training_runs",
                        "optimizer_steps", "trained_tokens", "judge_requests", "judge_input_tokens",
-                       "judge_output_tokens", "judge_dollars", "gpu_hours"]].copy()
+                       "judge_output_tokens", "judge_dollars", "gpu_hours"] + _extrapolated(est.table)].copy()
     items["notebook"] = items["notebook"].str[:2]
     items["source"] = items["source"].where(items["source"] == "params", "ledger")
     print("\n== items (counts from params are upper bounds: a cold cache, every response at its cap)", file=out)
@@ -66,4 +77,10 @@ def show(est: Estimate, header: list[str], out: TextIO = sys.stdout, template_co
           file=out)
     print(_table(totals[["notebook", "source", "responses", "generated_tokens", "training_runs", "trained_tokens",
                          "judge_requests", "judge_input_tokens", "judge_output_tokens", "judge_dollars",
-                         "sampling_gpu_hours", "training_gpu_hours", "gpu_hours", "judge_hours"]]), file=out)
+                         "sampling_gpu_hours", "training_gpu_hours", "gpu_hours", "judge_hours"]
+                        + _extrapolated(est.table)]), file=out)
+
+
+def _extrapolated(table: pd.DataFrame) -> list[str]:
+    """The extrapolation columns, where any folder is written."""
+    return ["extrapolations", "extrapolated_gb"] if "extrapolations" in table and table["extrapolations"].sum() else []

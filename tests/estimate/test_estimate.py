@@ -47,7 +47,7 @@ def test_notebook_03_counts_adapters_pairs_steps_sweeps_and_table1():
         "world": {"data": {"n_dev": 10}}, "preference": {"n_pairs": 50}, "fractions": [0.1, 1.0],
         "figure6": {"fractions": [0.1], "lrs": [1.0e-5], "epochs": [2.0]}, "lr_probe": [5.0e-6, 5.0e-7],
         "alphas": [0.0, 1.0, 2.0], "sweep_seeds": [0, 1], "n_select": 4, "n_report": 3, "report_seeds": [0],
-        "dpo": {"batch_size": 2, "grad_accum": 2, "epochs": 1.0}},
+        "dpo": {"batch_size": 2, "grad_accum": 2, "epochs": 1.0}, "alpaca_eval": None, "off_the_shelf": []},
         roles={"sft": {"model": "alignment-handbook/zephyr-7b-sft-full", "cost": 0.0},
                "gpt4_turbo": {"references": True, "description": "references"}})
     sizes = estimate.Sizes()
@@ -64,6 +64,54 @@ def test_notebook_03_counts_adapters_pairs_steps_sweeps_and_table1():
     assert _by_item(items, "Table 1 responses")["responses"] == (1 + 2 * 4) * 3
     assert _by_item(items, "Table 1:")["judge_requests"] == 2 * 9 * 3
     assert set(sizes.used) == {"alpaca_eval.eval"}  # n_report 3 of AlpacaEval's 805; n_pairs and n_dev are given
+
+
+_SMALL_03 = {"world": {"data": {"n_dev": 10}}, "preference": {"n_pairs": 50}, "fractions": [1.0],
+             "figure6": {"fractions": [], "lrs": [], "epochs": []}, "lr_probe": [], "alphas": [0.0, 1.0],
+             "sweep_seeds": [3, 4], "n_select": 4, "n_report": 3, "report_seeds": [0, 1],
+             "sampling": {"max_new_tokens": 10}}
+_ROLES_03 = {"sft": {"model": "alignment-handbook/zephyr-7b-sft-full", "cost": 0.0},
+             "gpt4_turbo": {"references": True, "description": "references"},
+             "tulu": {"model": "allenai/tulu-2-13b", "cost": 0.0}, "tulu_dpo": {"model": "allenai/tulu-2-dpo-13b", "cost": 0.0},
+             "oc": {"model": "openchat/openchat-3.5", "cost": 0.0}, "star": {"model": "x/Starling", "cost": 0.0}}
+
+
+def test_notebook_03_alpaca_eval_judges_each_pair_once_and_table2_counts_each_pair():
+    P = _params("03_expo_alpha_curves", {**_SMALL_03, "off_the_shelf": [
+        {"name": "tulu", "sft_role": "tulu", "aligned_role": "tulu_dpo", "alphas": [0.1, 0.3, 0.5]},
+        {"name": "star", "sft_role": "oc", "aligned_role": "star", "alphas": [0.2]}]}, roles=_ROLES_03)
+    items = estimate.count({"03_expo_alpha_curves": P})
+    table1 = _by_item(items, "Table 1:")
+    # 1 fraction: SFT + the adapter at alpha 0 and at its alpha = 3 models, 2 report seeds, 3 prompts; one order each
+    assert table1["judge_kind"] == "alpaca_eval" and table1["judge_pairs"] == 3 * 2 * 3 and table1["judge_requests"] == 18
+    assert table1["judge"]["max_tokens"] == 1 and table1["judge"]["verdict"] == "logprobs"
+    assert "gpt-4-1106-preview" in table1["judge_model"] and table1["judge"]["input_price"] == 10.0
+    # the paper world samples only the SFT role on the validation prompts (no known quality): both sweep seeds
+    assert _by_item(items, "roles on the validation prompts")["responses"] == 2 * 4
+    # Table 2, per pair: alpha 0 and every alpha on the 4 validation prompts (first sweep seed only); aligned and
+    # chosen alpha on the 3 test prompts per report seed; every nonzero alpha extrapolated, the chosen one again
+    tulu, star = _by_item(items, "Table 2 alpha search (tulu)"), _by_item(items, "Table 2 alpha search (star)")
+    assert (tulu["responses"], tulu["extrapolations"], tulu["extrapolated_gb"]) == (4 * 4, 3, 3 * 26)
+    assert (star["responses"], star["extrapolations"], star["extrapolated_gb"]) == (2 * 4, 1, 0)  # no size in the name
+    test = _by_item(items, "Table 2 test responses (tulu)")
+    assert (test["responses"], test["extrapolations"], test["extrapolated_gb"]) == (2 * 2 * 3, 1, 26)
+    table2 = _by_item(items, "Table 2:")
+    assert table2["judge_pairs"] == 4 * 2 * 3 and table2["judge_requests"] == 24 and table2["max_new_tokens"] == 10
+    assert items["extrapolations"].sum() == 3 + 1 + 1 + 1
+    rates = {k: Throughput(1.0, "x") for k in ("sampling", "training", "training_full")}
+    got = priced(items, rates, Assumptions(prompt_tokens=10))
+    t2 = got[got["item"].str.startswith("Table 2:")].iloc[0]
+    per_request = template_tokens(counts.alpaca_eval_judge(P.alpaca_eval)["template"]) + 10 + 2 * 10
+    assert per_request > 300 + 30   # alpaca_eval's own prompt (~1,360 characters without its fields)
+    assert t2["judge_input_tokens"] == 24 * per_request and t2["judge_output_tokens"] == 24
+    assert t2["judge_dollars"] == pytest.approx((24 * per_request * 10.0 + 24 * 30.0) / 1e6)
+    # the pairwise judge (alpaca_eval unset) asks every pair of both tables in both orders
+    P = _params("03_expo_alpha_curves", {**_SMALL_03, "alpaca_eval": None, "off_the_shelf": [
+        {"name": "tulu", "sft_role": "tulu", "aligned_role": "tulu_dpo", "alphas": [0.1]}]}, roles=_ROLES_03)
+    items = estimate.count({"03_expo_alpha_curves": P})
+    assert _by_item(items, "Table 1:")["judge_requests"] == 2 * 18 and _by_item(items, "Table 2:")["judge_requests"] == 2 * 12
+    assert "Table 2" not in " ".join(estimate.count({"03_expo_alpha_curves": _params(
+        "03_expo_alpha_curves", {**_SMALL_03, "off_the_shelf": []}, roles=_ROLES_03)})["item"])
 
 
 def test_notebook_04_counts_each_distinct_stage_once_and_table7():
@@ -149,6 +197,16 @@ def test_the_rehearsal_check_names_each_disagreement(tmp_path):
     why = check.failures(check.compare(items, summary, tmp_path))["03_expo_alpha_curves"]
     assert why == ("estimate disagrees: training launches: estimated 3, rehearsal 2 (must be equal); judge requests "
                    "(distinct): estimated 10, rehearsal 11 (must be at most the estimate)")
+    # Table 2: each pair's nonzero alphas extrapolated for the search, its chosen alpha again for the test
+    items = pd.concat([items, pd.DataFrame([counts.Item("03_expo_alpha_curves", "Table 2 alpha search (a)",
+                                                        extrapolations=2).row(),
+                                            counts.Item("03_expo_alpha_curves", "Table 2 test responses (a)",
+                                                        extrapolations=1).row()])], ignore_index=True)
+    pd.DataFrame({"model": ["a", "a", "a"], "alpha": [0.0, 0.1, 0.5]}).to_csv(tmp_path / "03_table2_alpha_search.csv",
+                                                                             index=False)
+    summary.loc[0, ["judge_distinct", "training_launches"]] = [8, 3]
+    row = check.compare(items, summary, tmp_path).set_index("quantity").loc["Table 2 extrapolations (folders written)"]
+    assert (row["estimated"], row["measured"], row["ok"]) == (3, 3, True)
 
 
 def test_estimate_command_prints_assumptions_items_and_totals(capsys):
