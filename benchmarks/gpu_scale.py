@@ -26,7 +26,11 @@ memory allocated and reserved, and the error's last lines where a part failed (t
     python benchmarks/gpu_scale.py --shape tiny --device cpu   # a 2-layer model: the code path on CPU (tests)
 
 With ``--out DIR`` (default: ``$OUT`` when set) the table is also written as gpu_scale.csv and gpu_scale.json,
-rewritten after every row. Exit status 1 if a row failed (an out-of-memory error counts as a failure except
+rewritten after every row. At the 7b shape, the measured rates the cost estimate uses (``python -m mfnb estimate
+--profile paper``: sampling from the ``sample`` row, LoRA training from the fastest ``dpo`` row) are recorded at
+the end with the date and the card (``mfnb.estimate.throughput.record``, replacing this benchmark's earlier rows)
+in ``--throughputs`` (default benchmarks/throughput.csv) and, with ``--out``, in ``DIR/throughput.csv`` too (a lent
+GPU machine's tree is not kept: copy that file to benchmarks/throughput.csv here). Exit status 1 if a row failed (an out-of-memory error counts as a failure except
 for the DPO step without activation checkpointing, where it is the expected figure on an 80 GB card).
 """
 from __future__ import annotations
@@ -425,6 +429,48 @@ class Bench:
         return "\n".join(out)
 
 
+def measured_rates(bench) -> list:
+    """The rates the cost estimate reads (``mfnb.estimate.throughput.Measured``) from the rows that ran: sampling
+    from the ``sample`` row, LoRA training from the fastest ``dpo`` row; none but at the 7b shape (the paper's)."""
+    from mfnb.estimate.throughput import Measured
+
+    if bench.args.shape != "7b":
+        return []
+    s, dtype, out = bench.sizes, str(bench.dtype).removeprefix("torch."), []
+    shape = f"Llama-2-7B shapes with random weights, {dtype}"
+    sample = [r for r in bench.rows if r.part == "sample" and r.status == "ok" and r.tokens_per_s]
+    if sample:
+        out.append(Measured("sampling", sample[-1].tokens_per_s, "gpu_scale.py",
+                            f"{shape}, our decode loop (HFEngine), {s['n_prompts']} prompts x {s['sample_prompt']} "
+                            f"tokens, up to {s['new_tokens']} new", variant="sample", profile="paper", engine="hf"))
+    dpo = [r for r in bench.rows if r.part == "dpo" and r.status == "ok" and r.tokens_per_s]
+    if dpo:
+        best = max(dpo, key=lambda r: r.tokens_per_s)
+        out.append(Measured("training", best.tokens_per_s, "gpu_scale.py",
+                            f"{shape}, one LoRA DPO optimizer step ({best.variant}), "
+                            f"{s['dpo_batch'] * s['grad_accum']} pairs x {s['max_length']} tokens", variant="dpo",
+                            profile="paper"))
+    return out
+
+
+def record_throughputs(bench) -> None:
+    """The measured rates into ``--throughputs`` and ``<--out>/throughput.csv`` (see the module docstring)."""
+    rates = measured_rates(bench)
+    if not rates:
+        return
+    from mfnb.estimate.throughput import machine, record
+
+    where = machine(device=str(bench.device)) if bench.cuda else machine(threads=torch.get_num_threads())
+    files = ([] if bench.args.throughputs in ("", "none") else [Path(bench.args.throughputs)]) + \
+        ([bench.out / "throughput.csv"] if bench.out else [])
+    for file in files:
+        try:
+            record(rates, file, machine_text=where)
+            print(f"# measured rates ({', '.join(r.kind for r in rates)}) recorded in {file}", flush=True)
+        except OSError as err:  # the measurements are in the table still
+            print(f"!! could not record the rates in {file}: {err}", flush=True)
+
+
 def _is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
@@ -455,6 +501,9 @@ def parse_args(argv=None):
                         help="skip the rows that would start after this many seconds (the table is still written)")
     parser.add_argument("--out", default=os.environ.get("OUT") or None,
                         help="folder for gpu_scale.csv and gpu_scale.json (default: $OUT when set)")
+    parser.add_argument("--throughputs", default=str(ROOT / "benchmarks" / "throughput.csv"),
+                        help="the cost estimate's measured-throughput file the 7b shape's rates are recorded in "
+                             "(default benchmarks/throughput.csv; 'none': not recorded)")
     args = parser.parse_args(argv)
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     bad = [p for p in args.parts if p not in PARTS]
@@ -503,6 +552,7 @@ def main(argv=None) -> int:
         status = 130
     bench.meta["total_seconds"] = round(bench.elapsed(), 1)
     bench.write()
+    record_throughputs(bench)
     print()
     print(bench.table())
     failed = [f"{r.part}/{r.variant} ({r.status})" for r in bench.rows if r.failed]

@@ -1,25 +1,39 @@
 """Tokens per second that turn the counts into GPU (or CPU) hours: measured where a file gives them, else stated
 defaults, each with its source.
 
-A measured-throughput file is a CSV with ``kind,tokens_per_second,source[,profile]`` (a row with a profile
-applies to that profile only; kind: ``sampling``, ``training``
-for LoRA steps, ``training_full`` for full fine-tuning), or ``benchmarks/gpu_scale.py``'s own ``gpu_scale.csv``
-(``part,variant,status,...,tokens_per_s``, for the paper profile: its ``sample`` rows give sampling, its ``dpo``
-rows training).
-:data:`MEASURED` is where the estimate looks when no file is named: copy a GPU machine's ``gpu_scale.csv``
-there (``make gpu-check`` writes it to ``$OUT``).
+A measured-throughput file is a CSV with ``kind,tokens_per_second,source[,profile,engine,benchmark,variant,date,
+machine]`` (a row with a profile applies to that profile only; kind: ``sampling``, ``training`` for LoRA steps,
+``training_full`` for full fine-tuning; engine: the sampling engine measured, ``hf`` for our decode loop or
+``vllm``), or ``benchmarks/gpu_scale.py``'s own ``gpu_scale.csv`` (``part,variant,status,...,tokens_per_s``, for
+the paper profile: its ``sample`` rows give sampling, its ``dpo`` rows training). Where several rows give a kind
+to a profile, a sampling row of the engine the profile's notebooks sample with (:data:`ENGINES`) wins, then the
+last row.
+
+:data:`MEASURED` is where the estimate looks when no file is named. The project's benchmarks write their measured
+rates there with :func:`record` (each replaces its own earlier row: same benchmark, variant, kind and profile),
+with the date and the machine (:func:`machine`); ``benchmarks/gpu_scale.py`` also writes a copy beside its
+``gpu_scale.csv`` in ``--out`` (``$OUT`` on a lent GPU machine: copy it here).
 """
 from __future__ import annotations
 
 import csv
+import datetime
+import io
+import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from mfnb.core import paths
 
 #: Where a measured file is read from when none is named (relative to the project root).
 MEASURED = Path("benchmarks") / "throughput.csv"
 KINDS = ("sampling", "training", "training_full")
+#: The sampling engine each profile's notebooks sample with (a measured row of that engine is preferred).
+ENGINES = {"tiny": "hf", "smol": "hf", "paper": "vllm"}
+#: The columns :func:`record` writes.
+FIELDS = ("kind", "tokens_per_second", "profile", "engine", "source", "benchmark", "variant", "date", "machine")
 
 # On CPU: the project's own measurements (benchmarks/README.md). On GPUs none has been measured yet (no GPU lent
 # so far): stated assumptions, to be replaced by gpu_scale.py's numbers.
@@ -52,6 +66,80 @@ class ThroughputError(ValueError):
 class Throughput:
     tokens_per_second: float
     source: str
+    engine: str = ""   # the sampling engine measured, where a row says
+
+
+@dataclass
+class Measured:
+    """One rate a benchmark measured, as :func:`record` writes it: ``source`` says what was timed (model, dtype,
+    batch, lengths), ``variant`` tells the benchmark's rows of one kind apart."""
+
+    kind: str
+    tokens_per_second: float
+    benchmark: str
+    source: str
+    variant: str = ""
+    profile: str = ""
+    engine: str = ""
+
+
+def machine(threads: int | None = None, device: str | None = None) -> str:
+    """This machine in words: the GPU's name when ``device`` is a CUDA device, else the CPU model (from
+    /proc/cpuinfo, else :func:`platform.processor`), its logical cores, and ``threads`` when given."""
+    if device and str(device).startswith("cuda"):
+        import torch
+
+        index = torch.device(device).index or 0
+        return f"{torch.cuda.get_device_name(index)} ({torch.cuda.device_count()} visible)"
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine() or "unknown CPU"
+    cores = f"{os.cpu_count()} logical cores"
+    return f"{model}, {cores}" + (f", {threads} threads" if threads else "")
+
+
+def record(rows: Iterable[Measured], file: str | Path | None = None, *, date: str | None = None,
+           machine_text: str | None = None) -> Path:
+    """Write ``rows`` into the measured-throughput file (``file``, else :data:`MEASURED` under the project root),
+    each replacing an earlier row of the same benchmark, variant, kind and profile and keeping every other row,
+    with ``date`` (default: today, UTC) and ``machine_text`` (default: :func:`machine`). Returns the file."""
+    from mfnb.core.atomic import write_text
+
+    path = Path(file) if file else paths.project_root() / MEASURED
+    new = [r for r in rows]
+    for r in new:
+        if r.kind not in KINDS:
+            raise ThroughputError(f"record: kind {r.kind!r} is not one of {KINDS}")
+        if not r.tokens_per_second > 0:
+            raise ThroughputError(f"record: {r.benchmark} {r.variant or r.kind}: tokens_per_second must be > 0, "
+                                  f"got {r.tokens_per_second!r}")
+    kept = []
+    if path.is_file():
+        with path.open() as f:
+            kept = list(csv.DictReader(f))
+    keys = {(r.benchmark, r.variant, r.kind, r.profile) for r in new}
+    kept = [k for k in kept if (k.get("benchmark") or "", k.get("variant") or "", k.get("kind") or "",
+                                k.get("profile") or "") not in keys]
+    date = date or datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+    machine_text = machine_text or machine()
+    for r in new:
+        kept.append({"kind": r.kind, "tokens_per_second": f"{float(r.tokens_per_second):.6g}", "profile": r.profile,
+                     "engine": r.engine, "source": f"{r.benchmark}: {r.source}", "benchmark": r.benchmark,
+                     "variant": r.variant, "date": date, "machine": machine_text})
+    columns = list(FIELDS) + sorted({c for k in kept for c in k if c and c not in FIELDS})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({c: k.get(c) or "" for c in columns} for k in kept)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, text.getvalue())
+    return path
 
 
 def _read(file: Path, profile: str) -> dict[str, Throughput]:
@@ -73,6 +161,7 @@ def _read(file: Path, profile: str) -> dict[str, Throughput]:
     if not {"kind", "tokens_per_second"} <= columns:
         raise ThroughputError(f"--throughputs: {file} needs the columns kind,tokens_per_second[,source] (or "
                               f"gpu_scale.py's part,...,tokens_per_s); it has {sorted(columns)}")
+    preferred = ENGINES.get(profile)
     for i, r in enumerate(rows, 2):
         if r.get("profile") and r["profile"] != profile:
             continue
@@ -85,7 +174,12 @@ def _read(file: Path, profile: str) -> dict[str, Throughput]:
                                   "is not a number") from None
         if not value > 0:
             raise ThroughputError(f"--throughputs: {file} line {i}: tokens_per_second must be > 0, got {value:g}")
-        out[r["kind"]] = Throughput(value, f"measured: {file}" + (f" ({r['source']})" if r.get("source") else ""))
+        said = "; ".join(x for x in (r.get("source"), r.get("date"), r.get("machine")) if x)
+        engine = r.get("engine") or ""
+        if r["kind"] == "sampling" and r["kind"] in out and engine != preferred and \
+                getattr(out[r["kind"]], "engine", "") == preferred:
+            continue  # a row of the engine this profile samples with stays
+        out[r["kind"]] = Throughput(value, f"measured: {file}" + (f" ({said})" if said else ""), engine)
     return out
 
 

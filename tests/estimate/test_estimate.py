@@ -243,3 +243,56 @@ def test_the_rehearsal_endpoint_counts_a_repeated_request_once_among_distinct():
                                              headers={"Content-Type": "application/json", "Authorization": "Bearer sk-k"})
             urllib.request.urlopen(request, timeout=10).read()
         assert endpoint.counts()["requests"] == 3 and endpoint.counts()["distinct"] == 2
+
+
+def test_benchmarks_record_their_rates_replacing_their_own_rows(tmp_path):
+    from mfnb.estimate.throughput import Measured, machine, record
+
+    file = tmp_path / "throughput.csv"
+    file.write_text("kind,tokens_per_second,source,profile\ntraining,7,by hand,smol\n")
+    ours = Measured("sampling", 140.0, "bench_x.py", "ours, bf16", variant="ours", profile="smol", engine="hf")
+    served = Measured("sampling", 300.0, "bench_x.py", "served vLLM", variant="vllm", profile="smol", engine="vllm")
+    record([ours, served], file, date="2026-12-07", machine_text="CPU Z, 2 threads")
+    got = throughputs("smol", file)
+    # the smol profile samples with our decode loop: its row wins over the vLLM one; the hand-written row stays
+    assert got["sampling"].tokens_per_second == 140.0
+    assert got["sampling"].source == f"measured: {file} (bench_x.py: ours, bf16; 2026-12-07; CPU Z, 2 threads)"
+    assert got["training"].tokens_per_second == 7
+    record([Measured("sampling", 150.0, "bench_x.py", "ours, bf16", variant="ours", profile="smol", engine="hf")],
+           file, date="2026-12-08", machine_text="CPU Y")
+    rows = pd.read_csv(file)
+    assert len(rows) == 3 and list(rows["tokens_per_second"]) == [7, 300, 150]   # replaced, not appended
+    assert throughputs("smol", file)["sampling"].source.endswith("2026-12-08; CPU Y)")
+    assert throughputs("paper", file)["sampling"].source.startswith("assumed")    # smol's rows only
+    with pytest.raises(ThroughputError, match="kind 'decode'"):
+        record([Measured("decode", 1.0, "b", "s")], file)
+    assert "logical cores, 3 threads" in machine(threads=3)
+
+
+def test_gpu_scale_records_its_sampling_and_fastest_dpo_rate(tmp_path, monkeypatch):
+    import importlib.util
+    import os
+    import sys
+    from types import SimpleNamespace
+
+    for name, value in (("HF_HUB_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):  # the module sets them
+        monkeypatch.setenv(name, os.environ.get(name, value))
+    spec = importlib.util.spec_from_file_location("gpu_scale_under_test", paths.project_root() / "benchmarks" / "gpu_scale.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "gpu_scale_under_test", module)
+    spec.loader.exec_module(module)
+    Row = module.Row
+    rows = [Row("build", "random weights"), Row("dpo", "checkpointing off", "oom"),
+            Row("dpo", "checkpointing on", tokens_per_s=2500.0), Row("dpo", "checkpointing x", tokens_per_s=2400.0),
+            Row("sample", "hf engine", tokens_per_s=900.0)]
+    sizes = {"n_prompts": 64, "sample_prompt": 256, "new_tokens": 256, "dpo_batch": 8, "grad_accum": 8, "max_length": 1024}
+    bench = SimpleNamespace(args=SimpleNamespace(shape="7b", throughputs=str(tmp_path / "t.csv")), rows=rows,
+                            sizes=sizes, dtype=module.torch.bfloat16, cuda=False, device="cpu", out=tmp_path / "out")
+    module.record_throughputs(bench)
+    for file in (tmp_path / "t.csv", tmp_path / "out" / "throughput.csv"):
+        got = throughputs("paper", file)
+        assert (got["sampling"].tokens_per_second, got["training"].tokens_per_second) == (900.0, 2500.0)
+        assert got["training"].source.startswith(f"measured: {file} (gpu_scale.py: Llama-2-7B shapes")
+        assert "checkpointing on" in got["training"].source and "logical cores" in got["training"].source
+    bench.args.shape = "tiny"   # the CPU test shape records nothing
+    assert module.measured_rates(bench) == []
