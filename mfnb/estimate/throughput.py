@@ -23,7 +23,7 @@ import os
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 from mfnb.core import paths
 
@@ -197,3 +197,23 @@ def throughputs(profile: str, file: str | Path | None = None, **given: float | N
         if value is not None:
             out[kind] = Throughput(float(value), "given on the command line")
     return out
+
+
+def record_rates(benchmark: str, what: str, rates: Mapping[str, tuple[float, str]], *, kind: str = "sampling",
+                 profile: str = "", threads: int | None = None, device: str | None = None,
+                 file: str | Path | None = None) -> Path | None:
+    """A benchmark's one-line recording: ``rates`` (variant -> (tokens/s, engine)) as :class:`Measured` rows of
+    ``kind`` for ``profile``, ``what`` saying what was timed, into ``file`` (default :data:`MEASURED`) with
+    :func:`machine` (``threads`` or ``device``). Prints what it wrote; a file that cannot be written is reported,
+    not raised (the benchmark's printed figures stand). Returns the file, or None."""
+    rows = [Measured(kind, rate, benchmark, f"{what}, {variant}", variant=variant, profile=profile, engine=engine)
+            for variant, (rate, engine) in rates.items() if rate and rate > 0]
+    if not rows:
+        return None
+    try:
+        path = record(rows, file, machine_text=machine(threads=threads, device=device))
+    except (OSError, ThroughputError) as err:
+        print(f"{benchmark}: the measured rates were not recorded ({err})", flush=True)
+        return None
+    print(f"{benchmark}: {len(rows)} measured rate(s) recorded in {path} for the cost estimate", flush=True)
+    return path

@@ -296,3 +296,16 @@ def test_gpu_scale_records_its_sampling_and_fastest_dpo_rate(tmp_path, monkeypat
         assert "checkpointing on" in got["training"].source and "logical cores" in got["training"].source
     bench.args.shape = "tiny"   # the CPU test shape records nothing
     assert module.measured_rates(bench) == []
+
+
+def test_a_benchmark_records_its_rates_in_one_call(tmp_path, capsys):
+    from mfnb.estimate.throughput import record_rates
+
+    file = tmp_path / "throughput.csv"
+    got = record_rates("bench_y.py", "SmolLM2 + LoRA, 4 prompts x 8 tokens",
+                       {"ours, bf16": (120.0, "hf"), "vLLM, bf16": (240.0, "vllm"), "failed": (0.0, "hf")},
+                       profile="smol", threads=2, file=file)
+    assert got == file and "2 measured rate(s) recorded" in capsys.readouterr().out
+    rate = throughputs("smol", file)["sampling"]
+    assert rate.tokens_per_second == 120.0 and "bench_y.py: SmolLM2 + LoRA, 4 prompts x 8 tokens, ours, bf16" in rate.source
+    assert record_rates("bench_y.py", "x", {}, file=file) is None
