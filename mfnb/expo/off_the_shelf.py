@@ -11,7 +11,6 @@ model and its chosen extrapolation are scored on the test prompts like Table 1.
 """
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import shutil
@@ -104,7 +103,7 @@ def pair_responses(world, pair: OffTheShelfPair, alphas: Sequence[float], prompt
     """alpha -> seed -> responses to ``prompts`` of the aligned model extrapolated by alpha (0: the aligned model
     itself); cached under ``$MFNB_CACHE/expo/off_the_shelf/<pair key>/``. An extrapolated model is written,
     sampled for every seed and deleted before the next alpha."""
-    from mfnb.models import generate, load_model, load_tokenizer
+    from mfnb.models import sample_folder
 
     cache = work or paths.cache_dir("expo", "off_the_shelf", pair_key(world, pair))
     cache.mkdir(parents=True, exist_ok=True)
@@ -126,29 +125,18 @@ def pair_responses(world, pair: OffTheShelfPair, alphas: Sequence[float], prompt
             except ExpoError as err:
                 raise ExpoError(f"off_the_shelf {pair.name!r} ({pair.sft_role} -> {pair.aligned_role}): {err}") from None
         try:
-            model = load_model(folder, dtype=pair.dtype, device=_device(device), show_progress=False)
-            tokenizer = load_tokenizer(folder)
+            todo = [s for s in seeds if not files[s].is_file()]
+            drawn = sample_folder(folder, rendered, sampling, todo, dtype=pair.dtype, device=_device(device),
+                                  show_progress=progress)  # vLLM serving the folder where sampling.engine says so
             out[alpha] = {}
             for s in seeds:
-                if files[s].is_file():
-                    out[alpha][s] = json.loads(files[s].read_text())["responses"]
-                    continue
-                out[alpha][s] = generate(model, tokenizer, rendered, sampling, seed=s, show_progress=progress)
-                write_json(files[s], {"pair": pair.name, "alpha": alpha, "seed": s, "responses": out[alpha][s]})
-            del model
-            gc.collect()
-            _empty_cuda()
+                if s in drawn:
+                    write_json(files[s], {"pair": pair.name, "alpha": alpha, "seed": s, "responses": drawn[s]})
+                out[alpha][s] = drawn[s] if s in drawn else json.loads(files[s].read_text())["responses"]
         finally:
             if folder != strong:
                 shutil.rmtree(folder, ignore_errors=True)
     return out
-
-
-def _empty_cuda() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def paper_table2() -> dict[str, dict]:

@@ -15,7 +15,7 @@ _HOME = {
     **dict.fromkeys(["EngineParams", "LoraParams", "ModelLoadError", "SamplingParams"], "config"),
     **dict.fromkeys(["count_parameters", "off_accelerator", "resident", "torch_threads"], "devices"),
     **dict.fromkeys(["attach_lora", "generate", "gguf_to_safetensors", "load_adapter", "load_model", "load_tokenizer",
-                     "merged_copy", "save_adapter"], "loading"),
+                     "merged_copy", "sample_folder", "save_adapter"], "loading"),
 }
 __all__ = sorted(_HOME)
 

@@ -302,3 +302,40 @@ def _generate_with_engine(model, tokenizer, prompts: list[str], sampling: Sampli
         engine.close()  # ... freed as soon as the responses are drawn
         model.train(was_training)
 
+
+
+def sample_folder(folder: str | os.PathLike, prompts: list[str], sampling: SamplingParams, seeds=(0,), *,
+                  dtype: str = "auto", device: str | None = None, trust_remote_code: bool = False,
+                  show_progress: bool = False) -> dict[int, list[str]]:
+    """seed -> responses of the model saved in ``folder`` (a model written once and sampled, such as one of ExPO's
+    full-weight extrapolations), through ``sampling.engine``: vLLM serving the folder (``vllm``, or ``auto`` where
+    vLLM is installed and a GPU is visible: one server for every seed, stopped at the end), else the model loaded
+    here and sampled by :func:`generate`. Nothing of the model stays in memory afterwards."""
+    import gc
+
+    spec = sampling.engine
+    if spec is not None and spec.kind in ("vllm", "auto"):
+        from mfnb.models.engines import vllm_server
+
+        vllm = spec.vllm or VLLMServerParams()
+        if spec.kind == "vllm" or (vllm_server.configured(vllm) and torch.cuda.is_available()):
+            from mfnb.models.engines.served import ServedEngine
+
+            server = vllm_server.VLLMServer(folder, vllm, trust_remote_code=trust_remote_code, name="model",
+                                            field="sampling.engine.vllm")
+            with ServedEngine(load_tokenizer(folder), server=server, concurrency=vllm.concurrency,
+                              timeout=vllm.request_timeout, retries=vllm.retries,
+                              name=f"vLLM {Path(folder).name}") as engine:
+                return {s: engine.generate(list(prompts), sampling, s, show_progress=show_progress).texts
+                        for s in seeds}
+        sampling = sampling.model_copy(update={"engine": spec.model_copy(update={"kind": "hf"})})
+    model = load_model(folder, dtype=dtype, device=device, trust_remote_code=trust_remote_code, show_progress=False)
+    tokenizer = load_tokenizer(folder)
+    try:
+        return {s: generate(model, tokenizer, list(prompts), sampling, seed=s, show_progress=show_progress)
+                for s in seeds}
+    finally:
+        del model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()

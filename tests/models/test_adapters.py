@@ -29,6 +29,7 @@ def base(tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("base") / "tiny-llama"
     _new_model(TinyWorldParams(), tokenizer).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
     tokenizer.padding_side = "left"
     return folder, tokenizer
 
@@ -142,3 +143,24 @@ def test_data_parallel_all_counts_the_visible_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     assert data_parallel_size(VLLMServerParams(data_parallel_size="all", tensor_parallel_size=2)) == 4
+
+
+def test_a_model_folder_is_served_by_vllm_for_every_seed_then_stopped(base, fake_python, tmp_path):
+    """ExPO's full-weight extrapolations are folders: sample_folder serves one with vLLM (one server, every seed)
+    or, without vLLM and a GPU under auto, loads it and samples it here."""
+    from mfnb.models import sample_folder
+    from mfnb.models.engines import open_engines
+    from mfnb.models.engines.hf import sample
+
+    folder, tokenizer = base
+    params = VLLMServerParams(python=str(fake_python))
+    served = SamplingParams(temperature=0.7, max_new_tokens=4, engine=EngineParams(kind="vllm", vllm=params))
+    out = sample_folder(folder, PROMPTS, served, seeds=[0, 5])
+    assert sorted(out) == [0, 5] and out[0] != out[5] and all("adapter=" not in t for t in out[0])
+    argv = json.loads((tmp_path / "record.json").read_text())["argv"]
+    assert argv[argv.index("--model") + 1] == str(folder) and "--enable-lora" not in argv
+    assert not open_engines()  # the server was stopped: its GPU memory is free for the next folder
+    auto = served.model_copy(update={"temperature": 0.0, "engine": EngineParams(kind="auto", dtype="float32",
+                                                                                vllm=params)})
+    here = load_model(folder, dtype="float32", show_progress=False).eval()
+    assert sample_folder(folder, PROMPTS, auto, seeds=[1]) == {1: sample(here, tokenizer, PROMPTS, auto).texts}
