@@ -302,3 +302,14 @@ def test_generate_samples_full_weights_without_a_copy_and_keeps_the_training_mod
     finally:
         model.eval()
     assert texts == sample(model, tokenizer, PROMPTS, sampling).texts
+
+
+def test_native_bf16_asks_for_the_instructions_not_onednn(monkeypatch):
+    """oneDNN calls bf16 supported on any AVX512F CPU, where it is emulated and several times slower than fp32."""
+    from mfnb.models.engines.hf import native_bf16
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert native_bf16() is False
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert native_bf16() is True

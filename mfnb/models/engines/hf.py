@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -235,10 +236,16 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
     emulated and slower than fp32."""
     if torch.device(device).type == "cuda":
         return torch.cuda.is_bf16_supported()
+    # not oneDNN's own "bf16 supported": it says yes on any AVX512F CPU, where bf16 is emulated (SmolLM2 sampled
+    # 4-5x slower than in fp32 on such a CPU, benchmarks/bench_served_lora.py, 2026-12-07)
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # another torch: read the CPU's flags (Linux)
+        try:
+            flags = Path("/proc/cpuinfo").read_text().split()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def resolve_dtype(model, dtype: str) -> str:
