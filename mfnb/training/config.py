@@ -104,6 +104,22 @@ class DPOParams(TrainingLogs):
     # recompute activations in the backward: less memory, ~30% more time; left out of dumps when off, so the
     # cache keys made before it existed stay the same
     gradient_checkpointing: bool = Field(default=False, exclude_if=lambda v: not v)
+    # The step's speed levers (issue 28), each off by default and left out of dumps when off, so committed results
+    # and the cache keys made before they existed stay the same (see benchmarks/bench_smol_dpo.py for what each buys).
+    # The reference's log-probs computed once, before the first step, in batches of ``precompute_ref_batch_size``
+    # (None: ``batch_size``), instead of a reference forward every step (TRL's ``precompute_ref_log_probs``): the
+    # reference is fixed during an update, so the loss is the same up to float rounding.
+    precompute_ref_log_probs: bool = Field(default=False, exclude_if=lambda v: not v)
+    precompute_ref_batch_size: int | None = Field(default=None, ge=1, exclude_if=lambda v: v is None)
+    # The LM head and its log-softmax over completion positions only (prompt and padding positions skipped). TRL's
+    # fused LM head does this on Triton devices only and scores every position elsewhere (CPU included); the masked
+    # positions are discarded, so the result is the same up to float rounding.
+    completion_only_logits: bool = Field(default=False, exclude_if=lambda v: not v)
+    # Batches of pairs of similar length (transformers' group_by_length sampler): less padding, but other batches
+    # than the default random order, so a different (not worse) update. TRL 1.16's own ``padding_free`` is
+    # "temporarily unavailable" in its DPOTrainer (it warns and pads) and needs FlashAttention anyway, which does not
+    # run on CPU: length grouping is the padding lever that does.
+    group_by_length: bool = Field(default=False, exclude_if=lambda v: not v)
 
 
 SHIPPED_CONFIGS = ("ddp", "deepspeed_zero2", "deepspeed_zero3")

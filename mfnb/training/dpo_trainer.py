@@ -12,6 +12,7 @@ which is not the in-memory model after earlier training), unless ``trainer_kwarg
 """
 from __future__ import annotations
 
+import contextlib
 import tempfile
 
 import torch
@@ -35,6 +36,13 @@ def dpo_config(output_dir: str, params: DPOParams, seed: int, show_progress: boo
                   bf16=mixed_precision(), activation_checkpointing=params.gradient_checkpointing,
                   report_to="none", save_strategy="no", logging_steps=10, disable_tqdm=not show_progress,
                   dataloader_pin_memory=gpu)
+    # the speed levers (each off by default: TRL's and transformers' defaults); see DPOParams
+    if params.precompute_ref_log_probs:
+        kwargs.update(precompute_ref_log_probs=True, precompute_ref_batch_size=params.precompute_ref_batch_size)
+    if params.group_by_length:
+        # the sampler reads the "length" column :func:`fit` adds to TRL's tokenised rows; the collator reads only
+        # its own columns, so the rows may keep theirs
+        kwargs.update(train_sampling_strategy="group_by_length", remove_unused_columns=False)
     kwargs.update(overrides)
     return DPOConfig(**kwargs)
 
@@ -55,9 +63,17 @@ def fit(policy, tokenizer, dataset: Dataset, params: DPOParams, *, seed: int = 0
     if not is_peft and trainer_kwargs.get("ref_model") is None:
         trainer_kwargs["ref_model"] = _frozen_copy(policy)
     pad_side = tokenizer.padding_side
+    # TRL precomputes the reference's log-probs while the trainer is built, with its "ref" adapter (a copy of the
+    # adapter as it is) where the reference is to be the base model: then they are computed here once that adapter
+    # is gone (below)
+    late_precompute = params.precompute_ref_log_probs and is_peft and params.reference == "base"
+    overrides = {**(config_overrides or {})}
+    if late_precompute:
+        overrides.setdefault("precompute_ref_log_probs", False)
     with (tempfile.TemporaryDirectory(prefix="mfnb-dpo-") as out, quiet_datasets(), fp32_master_weights(policy),
-          reporting("dpo", params.report_to, params.logging_dir, run_name) as logs):
-        config = dpo_config(out, params, seed, show_progress=show_progress, **{**logs, **(config_overrides or {})})
+          reporting("dpo", params.report_to, params.logging_dir, run_name) as logs,
+          completion_only_lm_head(params.completion_only_logits)):
+        config = dpo_config(out, params, seed, show_progress=show_progress, **{**logs, **overrides})
         trainer = (trainer_cls or DPOTrainer)(model=policy, args=config, train_dataset=dataset,
                                               processing_class=tokenizer, **trainer_kwargs)
         trainer.remove_callback(PrinterCallback)
@@ -65,6 +81,11 @@ def fit(policy, tokenizer, dataset: Dataset, params: DPOParams, *, seed: int = 0
             # TRL copied the adapter into a frozen "ref" adapter; without it the reference log-probs are
             # computed with adapters disabled, i.e. by the base model.
             policy.delete_adapter("ref")
+        if late_precompute and not config.precompute_ref_log_probs:
+            _precompute_reference(trainer, config, params)
+        if params.group_by_length:
+            trainer.train_dataset = trainer.train_dataset.map(
+                lambda row: {"length": len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"]))})
         try:
             result = trainer.train()
         finally:
@@ -79,6 +100,38 @@ def fit(policy, tokenizer, dataset: Dataset, params: DPOParams, *, seed: int = 0
     if history:
         metrics.update({k: v for k, v in history[-1].items() if k.startswith(("rewards/", "logps/", "loss"))})
     return metrics
+
+
+@contextlib.contextmanager
+def completion_only_lm_head(on: bool):
+    """Within the block, TRL's fused LM head projects and scores only the positions with a label (the completions),
+    on every device. TRL 1.16 takes that path only where Triton runs (``trl.trainer.utils._use_triton``) and scores
+    every position elsewhere, so that a compiling backend (Neuron) sees one tile shape; on CPU that is wasted work
+    (about a fifth of a SmolLM2 DPO step), and its only switch is that function, so it is replaced here."""
+    if not on:
+        yield
+        return
+    from trl.trainer import utils as trl_utils
+
+    original = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: True
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+def _precompute_reference(trainer, config, params: DPOParams) -> None:
+    """The reference's log-probs of every row, computed once by the adapter-disabled model, as TRL's
+    ``precompute_ref_log_probs`` computes them while the trainer is built (its ``_precompute_ref_logps``; called
+    here because TRL computes them before its "ref" adapter can be removed)."""
+    from trl.trainer.utils import hash_module
+
+    config.precompute_ref_log_probs = True
+    trainer.precompute_ref_logps = True
+    trainer._precompute_model_hash = hash_module(trainer.model)
+    trainer.train_dataset = trainer._precompute_ref_logps(
+        trainer.train_dataset, "train", params.precompute_ref_batch_size or params.batch_size)
 
 
 def _frozen_copy(model):
