@@ -5,6 +5,7 @@ responses equal to our engine's) is the opt-in test in tests/models/test_vllm_en
 from __future__ import annotations
 
 import copy
+import sys
 import json
 
 import httpx
@@ -164,3 +165,8 @@ def test_a_model_folder_is_served_by_vllm_for_every_seed_then_stopped(base, fake
                                                                                 vllm=params)})
     here = load_model(folder, dtype="float32", show_progress=False).eval()
     assert sample_folder(folder, PROMPTS, auto, seeds=[1]) == {1: sample(here, tokenizer, PROMPTS, auto).texts}
+    from mfnb.models.engines.vllm_server import VLLMServer
+
+    command = VLLMServer("/m", VLLMServerParams(python=sys.executable, data_parallel_size="all",
+                                                tensor_parallel_size=2)).command(8000)
+    assert command[command.index("--data-parallel-size") + 1] == "4"  # 8 GPUs, 2 per replica
