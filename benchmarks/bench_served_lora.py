@@ -143,6 +143,13 @@ def main() -> None:
           f"{args.threads} cores, {args.rounds} round(s); median tok/s and its ratio to ours:")
     for name, _ in configs:
         print(f"  {name:42s} {statistics.median(speed[name]):6.1f} tok/s  {statistics.median(speed[name]) / reference:4.2f}x")
+    if not args.quick:  # the cost estimate's smol sampling rate (ours; vLLM's beside it), in benchmarks/throughput.csv
+        from mfnb.estimate.throughput import record_rates
+
+        record_rates("bench_served_lora.py", f"SmolLM2-135M-Instruct + LoRA, {args.prompts} prompts x {args.new_tokens} "
+                     f"new tokens, T {args.temperature:g}, median of {args.rounds} round(s)",
+                     {name: (statistics.median(speed[name]), "vllm" if name.startswith("vLLM") else "hf")
+                      for name, _ in configs if speed[name]}, profile="smol", threads=args.threads)
 
 
 if __name__ == "__main__":
