@@ -17,11 +17,20 @@ same threads. Printed, all from one run:
   matmul / linear, attention, optimizer (grad clipping, AdamW, zero_grad), data (batch fetch, collation),
   other torch ops, and the rest outside any torch op: Python in the Trainer, TRL, peft), and the top ops;
 * peak RSS during the DPO update (trainer setup and TRL's tokenisation included) and RSS before it;
-* with ``--world-build [CMD]``: the peak RSS of a world build in a fresh process (default: the smol world).
+* with ``--world-build [CMD]``: the peak RSS of a world build in a fresh process (default: the smol world);
+* the step's speed levers (:class:`mfnb.training.config.DPOParams`), ``--levers``: the plain step and each lever,
+  interleaved in one run (``--rounds`` times over), each from the same fresh adapter on the same rows and seed:
+  seconds per step, the ratio to the matmul (real tokens only; for the precomputed reference, also amortised over
+  the precompute, which is one reference forward per row done before the first step instead of in each step), the
+  peak RSS above the RSS before it (in one process: after the first variant, freed memory stays in the process's
+  heap under the allocator setting, so only the first variant's figure is clean; ``--levers all`` alone gives the
+  clean figure of all the levers together), and the effect on the result: the mean DPO loss of the update and the
+  adapter after it against the plain step's (``|a - a_plain| / |a_plain - a_0|``, tolerance ``TOLERANCE``).
 
     python benchmarks/bench_smol_dpo.py                       # batch 4, 3 timed steps, 1 thread (~5 min, shared)
     python benchmarks/bench_smol_dpo.py --threads 2 --bf16    # levers: threads, bf16 autocast (native bf16 only)
     python benchmarks/bench_smol_dpo.py --steps 0 --world-build   # only the world build's peak memory
+    python benchmarks/bench_smol_dpo.py --batch 8 --threads 2 --steps 2 --levers plain,precompute,completion,grouped,all
 """
 from __future__ import annotations
 
@@ -40,6 +49,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peak_memory import current_peak, current_rss, peak_rss_of_command, reset_peak  # noqa: E402
 
 GOAL = 0.5
+# the levers of DPOParams each variant turns on; "all": every lever
+LEVERS = {"plain": {}, "precompute": {"precompute_ref_log_probs": True},
+          "completion": {"completion_only_logits": True}, "grouped": {"group_by_length": True}}
+LEVERS["all"] = {k: v for lever in LEVERS.values() for k, v in lever.items()}
+# the adapter after the update within this of the plain update's (relative to the plain update's change), and the
+# mean loss within TOLERANCE_LOSS: exact levers (float rounding only) pass, length grouping (other batches) need not
+TOLERANCE, TOLERANCE_LOSS = 1e-3, 1e-4
 WORLD_BUILD = "from mfnb.worlds import make_world; make_world({'kind': 'smol'}).build()"
 LM_HEAD = "LM-head log-probs, non-matmul"
 GROUPS = ("matmul / linear", "attention", LM_HEAD, "optimizer", "data (fetch, collation)", "other torch ops",
@@ -118,20 +134,25 @@ def make_callback(record: dict, profiler=None):
     return Timing()
 
 
-def run_dpo(model, tokenizer, rows, batch: int, steps: int, *, bf16: bool, profiler=None) -> dict:
-    """``steps`` DPO steps of ``batch`` pairs through :func:`mfnb.training.dpo.dpo_update`; timings and token counts."""
+def run_dpo(model, tokenizer, rows, batch: int, steps: int, *, bf16: bool, profiler=None,
+            levers: dict | None = None) -> dict:
+    """``steps`` DPO steps of ``batch`` pairs through :func:`mfnb.training.dpo.dpo_update` with the DPOParams
+    ``levers``; timings, token counts and the update's metrics."""
     from mfnb.training.config import DPOParams
     from mfnb.training.dpo import dpo_update, preference_dataset
 
     prompts, chosen, rejected = rows
-    n = batch * steps
-    data = preference_dataset(prompts[:n], chosen[:n], rejected[:n])
+    # every row sampled (at least ``steps`` batches' worth) is in the dataset, the update stopped after ``steps``
+    # steps: length grouping sorts within groups of up to 50 batches, so it needs more rows than the steps take
+    data = preference_dataset(prompts, chosen, rejected)
     record = {"tokens": [], "padded": [], "steps": []}
     start = time.perf_counter()
-    dpo_update(model, tokenizer, data, DPOParams(batch_size=batch, epochs=1, lr=1e-5), seed=0,
-               trainer_cls=make_trainer_cls(record),
-               trainer_kwargs={"callbacks": [make_callback(record, profiler)]},
-               config_overrides={"bf16": True, "use_cpu": not torch.cuda.is_available()} if bf16 else None)
+    params = DPOParams(batch_size=batch, epochs=1, lr=1e-5, **(levers or {}))
+    record["metrics"] = dpo_update(
+        model, tokenizer, data, params, seed=0, trainer_cls=make_trainer_cls(record),
+        trainer_kwargs={"callbacks": [make_callback(record, profiler)]},
+        config_overrides={"max_steps": steps,
+                          **({"bf16": True, "use_cpu": not torch.cuda.is_available()} if bf16 else {})})
     record["setup"] = record["train_begin"] - start
     record["wall"] = time.perf_counter() - start
     return record
@@ -195,6 +216,14 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: best on a busy CPU; 0: torch's default)")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast in the trainer (DPOConfig bf16=True)")
     ap.add_argument("--no-profile", action="store_true", help="skip the profiled step")
+    ap.add_argument("--levers", default="plain", help="comma-separated variants of the step, run interleaved: "
+                                                      f"{', '.join(LEVERS)} (default: plain only)")
+    ap.add_argument("--pairs", type=int, default=None,
+                    help="rows in the dataset (default and least: enough for the steps); the update stops after the "
+                         "steps, so more rows cost only sampling (and the precompute), and let length grouping "
+                         "group (transformers groups within megabatches of N / (4 x batch) batches, at most 50)")
+    ap.add_argument("--rounds", type=int, default=1, help="times over the variants (interleaved; medians printed)")
+    ap.add_argument("--profile-variant", default=None, help="the variant profiled (default: the last of --levers)")
     ap.add_argument("--world-build", nargs="?", const=f"{shlex.quote(sys.executable)} -c {shlex.quote(WORLD_BUILD)}",
                     default=None, metavar="CMD", help="also the peak RSS of a world build in a fresh process "
                                                      "(default command: build the smol world)")
@@ -231,7 +260,8 @@ def dpo_benchmark(args) -> None:
     threads = torch.get_num_threads()
     steps = 1 + args.steps
     t0 = time.perf_counter()
-    rows = preference_rows(model, tokenizer, args.batch * max(steps, 3), args.response_tokens, args.seed)
+    rows = preference_rows(model, tokenizer, max(args.pairs or 0, args.batch * max(steps, 3)), args.response_tokens,
+                           args.seed)
     sampled = time.perf_counter() - t0
     policy = attach_lora(model, LoraParams())
     lora = sum(p.numel() for p in policy.parameters() if p.requires_grad)
@@ -245,61 +275,114 @@ def dpo_benchmark(args) -> None:
     shapes = [(tokens_guess, cfg.hidden_size, cfg.intermediate_size), (2048, 2048, 2048)]
     peak_before = {s: matmul_flops(*s) for s in shapes}
 
-    rss_before = current_rss()
-    exact_peak = reset_peak()
-    record = run_dpo(policy, tokenizer, rows, args.batch, steps, bf16=args.bf16)
-    peak_dpo = current_peak()
+    variants = [v.strip() for v in args.levers.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in LEVERS]
+    if unknown:
+        raise SystemExit(f"--levers: unknown {unknown}; known: {list(LEVERS)}")
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
-    timed = record["steps"][1:]
-    tokens, padded = record["tokens"][1:], record["padded"][1:]
-    m = int(statistics.mean(padded))
+    initial = {k: v.clone() for k, v in get_peft_model_state_dict(policy).items()}
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    for _ in range(args.rounds):
+        for variant in variants:  # interleaved: each round runs every variant once, from the same fresh adapter
+            set_peft_model_state_dict(policy, initial)
+            rss_before = current_rss()
+            exact_peak = reset_peak()
+            record = run_dpo(policy, tokenizer, rows, args.batch, steps, bf16=args.bf16, levers=LEVERS[variant])
+            record.update(rss_before=rss_before, peak=current_peak(), exact_peak=exact_peak,
+                          adapter={k: v.clone() for k, v in get_peft_model_state_dict(policy).items()})
+            runs[variant].append(record)
+    set_peft_model_state_dict(policy, initial)
+
+    record = runs[variants[0]][0]
+    padded_all = [p for v in variants for r in runs[v] for p in r["padded"][1:]]
+    m = int(statistics.mean(padded_all))
     shapes[0] = (m, cfg.hidden_size, cfg.intermediate_size)
     peak_after = {s: matmul_flops(*s) for s in shapes}
     # the yardstick: the best matmul rate seen (before or after the steps), by wall and by CPU time
     mm = {s: tuple(max(x) for x in zip(peak_before.get(s, (0.0, 0.0)), peak_after[s])) for s in shapes}
     yard_shape = max(mm, key=lambda s: mm[s][0])
     yard_wall, yard_cpu = mm[yard_shape][0], max(v[1] for v in mm.values())
-    effective = statistics.median(6 * n_params * t / s["total"] for t, s in zip(tokens, timed))
-    effective_cpu = statistics.median(6 * n_params * t / s["cpu"] for t, s in zip(tokens, timed))
-    ratio, ratio_cpu = effective / yard_wall, effective_cpu / yard_cpu
-    share = statistics.median(s["cpu"] / s["total"] for s in timed)
-
-    print(f"\nDPO step: {args.batch} pairs = {2 * args.batch} sequences, padded to {m / (2 * args.batch):.0f} tokens "
-          f"on average; {statistics.mean(tokens):.0f} real tokens per step ({statistics.mean(tokens) / m:.0%} of "
-          f"the padded batch)")
-    print(f"  seconds per step (median of {len(timed)} after a warm-up step): "
-          f"{statistics.median(s['total'] for s in timed):.2f} s wall "
-          f"[data {statistics.median(s['data'] for s in timed):.2f}, forward+backward "
-          f"{statistics.median(s['forward_backward'] for s in timed):.2f}, optimizer "
-          f"{statistics.median(s['optimizer'] for s in timed):.2f}], "
-          f"{statistics.median(s['cpu'] for s in timed):.2f} s "
-          f"CPU ({share:.0%} of wall x 1 core); warm-up step {record['steps'][0]['total']:.2f} s; trainer setup "
-          f"(TRL tokenisation included) {record['setup']:.1f} s")
+    yard = yard_wall
     for s in shapes:
         print(f"  fp32 matmul {s[0]}x{s[1]} @ {s[1]}x{s[2]}, {threads} thread(s): {mm[s][0] / 1e9:.1f} GFLOP/s "
               f"by wall, {mm[s][1] / 1e9:.1f} by CPU time")
-    print(f"  effective FLOP/s (6N x real tokens / step time): {effective / 1e9:.1f} GFLOP/s by wall, "
-          f"{effective_cpu / 1e9:.1f} by CPU time")
-    print(f"  RATIO effective / fp32 matmul: {ratio:.2f} by wall, {ratio_cpu:.2f} by CPU time (goal >= {GOAL}; "
-          f"on a shared CPU the CPU-time ratio is the steadier one{'' if threads == 1 else ', for 1 thread'})"
-          f"{'' if max(ratio, ratio_cpu) >= GOAL else '  BELOW GOAL'}")
-    print(f"  counting padding tokens too: ratio {ratio * m / statistics.mean(tokens):.2f} by wall, "
-          f"{ratio_cpu * m / statistics.mean(tokens):.2f} by CPU time (the gap is what padding costs)")
-    yard = yard_wall
-    print(f"\npeak memory: RSS {rss_before / 2**20:.0f} MiB before the DPO update (model loaded, responses sampled), "
-          f"{peak_dpo / 2**20:.0f} MiB peak during it (+{(peak_dpo - rss_before) / 2**20:.0f} MiB)"
-          + ("" if exact_peak else " [high-water mark since process start: /proc/self/clear_refs not writable]"))
+
+    plain = runs.get("plain", [None])[0]
+    setup_plain = statistics.median(r["setup"] for r in runs["plain"]) if "plain" in runs else None
+    for variant in variants:
+        recs = runs[variant]
+        timed = [s for r in recs for s in r["steps"][1:]]
+        tokens = [t for r in recs for t in r["tokens"][1:]]
+        padded = [p for r in recs for p in r["padded"][1:]]
+        effective = statistics.median(6 * n_params * t / s["total"] for t, s in zip(tokens, timed))
+        effective_cpu = statistics.median(6 * n_params * t / s["cpu"] for t, s in zip(tokens, timed))
+        ratio, ratio_cpu = effective / yard_wall, effective_cpu / yard_cpu
+        share = statistics.median(s["cpu"] / s["total"] for s in timed)
+        setup = statistics.median(r["setup"] for r in recs)
+        print(f"\n[{variant}] DPOParams {LEVERS[variant] or '(no lever)'}: {args.batch} pairs = {2 * args.batch} "
+              f"sequences, padded to {statistics.mean(padded) / (2 * args.batch):.0f} tokens on average; "
+              f"{statistics.mean(tokens):.0f} real tokens per step ({sum(tokens) / sum(padded):.0%} of the padded "
+              f"batch)")
+        print(f"  seconds per step (median of {len(timed)} after a warm-up step): "
+              f"{statistics.median(s['total'] for s in timed):.2f} s wall "
+              f"[data {statistics.median(s['data'] for s in timed):.2f}, forward+backward "
+              f"{statistics.median(s['forward_backward'] for s in timed):.2f}, optimizer "
+              f"{statistics.median(s['optimizer'] for s in timed):.2f}], "
+              f"{statistics.median(s['cpu'] for s in timed):.2f} s "
+              f"CPU ({share:.0%} of wall x 1 core); warm-up step {recs[0]['steps'][0]['total']:.2f} s; trainer setup "
+              f"(TRL tokenisation included) {setup:.1f} s")
+        print(f"  effective FLOP/s (6N x real tokens / step time): {effective / 1e9:.1f} GFLOP/s by wall, "
+              f"{effective_cpu / 1e9:.1f} by CPU time")
+        print(f"  RATIO effective / fp32 matmul: {ratio:.2f} by wall, {ratio_cpu:.2f} by CPU time (goal >= {GOAL}; "
+              f"on a shared CPU the CPU-time ratio is the steadier one{'' if threads == 1 else ', for 1 thread'})"
+              f"{'' if max(ratio, ratio_cpu) >= GOAL else '  BELOW GOAL'}")
+        if variant == "plain":
+            print(f"  counting padding tokens too: ratio {ratio * sum(padded) / sum(tokens):.2f} by wall, "
+                  f"{ratio_cpu * sum(padded) / sum(tokens):.2f} by CPU time (the gap is what padding costs)")
+        if LEVERS[variant].get("precompute_ref_log_probs") and setup_plain is not None:
+            # every step of the update (the warm-up one included) and the precompute, against the plain update's
+            # the precompute covers every row once: its share of a step is its time x batch / rows (one epoch)
+            extra = setup - setup_plain
+            per_step = extra * args.batch / len(rows[0])
+            step_wall = statistics.median(s["total"] for s in timed)
+            amortised = statistics.median(6 * n_params * t / (s["total"] + per_step) for t, s in zip(tokens, timed))
+            print(f"  with the precompute amortised over one epoch ({extra:.1f} s more setup than plain for "
+                  f"{len(rows[0])} rows: {per_step:.2f} s a step): {step_wall + per_step:.2f} s a step, ratio "
+                  f"{amortised / yard_wall:.2f} by wall")
+        rec = recs[0]
+        print(f"  peak memory: RSS {rec['rss_before'] / 2**20:.0f} MiB before the update, {rec['peak'] / 2**20:.0f} "
+              f"MiB peak during it (+{(rec['peak'] - rec['rss_before']) / 2**20:.0f} MiB)"
+              + ("" if rec["exact_peak"] else " [high-water mark since process start: /proc/self/clear_refs not "
+                                               "writable]")
+              + ("" if variant == variants[0] else " [after another variant: memory it freed is reused unseen]"))
+        if plain is not None and variant != "plain":
+            change = torch.sqrt(sum(((plain["adapter"][k] - initial[k]) ** 2).sum() for k in initial))
+            diff = torch.sqrt(sum(((rec["adapter"][k] - plain["adapter"][k]) ** 2).sum() for k in initial))
+            rel = float(diff / change)
+            loss, loss_plain = rec["metrics"]["train_loss"], plain["metrics"]["train_loss"]
+            same = rel <= TOLERANCE and abs(loss - loss_plain) <= TOLERANCE_LOSS
+            print(f"  result: mean DPO loss {loss:.6f} (plain {loss_plain:.6f}, diff {loss - loss_plain:+.2e}); "
+                  f"adapter |a - a_plain| / |a_plain - a_0| = {rel:.2e}: "
+                  f"{'within' if same else 'NOT within'} tolerance (adapter {TOLERANCE:g}, loss {TOLERANCE_LOSS:g})"
+                  + (" [other batches than plain's: not expected to match]"
+                     if LEVERS[variant].get("group_by_length") else ""))
+        elif variant == "plain":
+            print(f"  result: mean DPO loss {rec['metrics']['train_loss']:.6f}")
 
     if not args.no_profile:
+        profiled = args.profile_variant or variants[-1]
+        set_peft_model_state_dict(policy, initial)
         from torch.profiler import ProfilerActivity, profile, schedule
 
         # step 1: warm-up (not recorded), step 2: profiler warm-up, step 3: recorded
         with profile(activities=[ProfilerActivity.CPU], schedule=schedule(wait=1, warmup=1, active=1),
                      with_flops=True, record_shapes=False) as prof:
-            prof_record = run_dpo(policy, tokenizer, rows, args.batch, 3, bf16=args.bf16, profiler=prof)
+            prof_record = run_dpo(policy, tokenizer, rows, args.batch, 3, bf16=args.bf16, profiler=prof,
+                                  levers=LEVERS[profiled])
         step_wall = prof_record["steps"][2]["total"]
         groups, top, mm_rate = breakdown(prof)
-        print(f"\nwhere a step goes (one profiled step, {step_wall:.2f} s wall with the profiler on: self time of the "
+        print(f"\nwhere a step goes ([{profiled}]: one profiled step, {step_wall:.2f} s wall with the profiler on: self time of the "
               f"torch ops in each group and the step's Python time outside any op, as shares of that wall):")
         for g in GROUPS:
             print(f"  {g:30s} {groups.get(g, 0.0):6.2f} s  {groups.get(g, 0.0) / step_wall:6.1%}")
