@@ -10,8 +10,8 @@ The check fails on any digit in a markdown cell of a committed notebook once the
 * citations of a paper's own numbered parts: ``Table 4``, ``Tables 2-3``, ``Figure 5``, ``Eq. 2``, ``Eqs. 2-3``,
   ``Section 2``, ``Lemma 1``, ``Theorem 5``, ``Algorithm 2``, ``Assumption 3``, ``Appendix B``, and of other
   papers by author and year (``Maurer & Pontil 2009``, ``Howard et al. 2021``);
-* names that contain digits: a word that starts with a letter (``GPT-4o``, ``Llama3-8B``, ``g1``, ``SmolLM2``) or
-  a model size (``7B``, ``135M``).
+* names that contain digits: a word that starts with a letter (``GPT-4o``, ``Llama3-8B``, ``g1``, ``SmolLM2``),
+  a model size (``7B``, ``135M``), or a benchmark named with its version (``AlpacaEval 2.0``).
 
 Anything else with a digit (``0.3``, ``200 prompts``, ``1:4:16``, ``1/2``) is typed and fails: print it from code,
 or write it as a symbol or a code span that names the parameter it comes from.
@@ -33,7 +33,8 @@ _HEADING = re.compile(r"^(#+\s+)[0-9]+[a-z]?(?:\.[0-9]+)*\b", re.M)
 _LIST = re.compile(r"^(\s*)[0-9]+\.(?=\s)", re.M)
 _CITATION = re.compile(r"\b(?:Tables?|Figures?|Fig\.|Eqs?\.|Equations?|Sections?|Lemmas?|Theorems?|Algorithms?|"
                        r"Assumptions?|Appendix)\s+[0-9A-Z]+(?:\s*(?:[-–,/]|and)\s*[0-9]+)*"
-                       r"|\b[A-Z][A-Za-z-]+(?:\s+et al\.)?,?\s+(?:19|20)[0-9]{2}\b")
+                       r"|\b[A-Z][A-Za-z-]+(?:\s+et al\.)?,?\s+(?:19|20)[0-9]{2}\b"
+                       r"|\bAlpacaEval\s+[0-9](?:\.[0-9])?\b")
 _TOKEN = re.compile(r"[^\s=()\[\]{},;:!?/<>*\"'’“”|+~^&]+")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9._-]*[A-Za-z0-9]?$|^[0-9]+(?:\.[0-9]+)?[A-Za-z]{1,2}$")
 
@@ -56,7 +57,7 @@ def typed_numbers(markdown: str) -> list[str]:
 def test_the_check_itself():
     allowed = ("## 2b · Repeated checks\n1. radius of Lemma 1 ($\\sqrt{\\log(2/\\delta)/n}$), Tables 2-3, Eqs. 2-3, Eqs. 6/9\n"
                "`n_reps = 4000` judged by GPT-4o on Llama3-8B and Qwen2-7B (7B models), g1 < g2, Table 4, Section 5, "
-               "Maurer & Pontil 2009, Howard et al. 2021")
+               "Maurer & Pontil 2009, Howard et al. 2021, AlpacaEval 2.0")
     assert typed_numbers(allowed) == []
     assert typed_numbers("the radius is 0.136 at 200 prompts") == ["0.136", "200"]
     assert typed_numbers("costs 1:4:16, ties count 1/2") == ["1", "4", "16", "1", "2"]

@@ -144,6 +144,11 @@ def test_data_parallel_all_counts_the_visible_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
     assert data_parallel_size(VLLMServerParams(data_parallel_size="all", tensor_parallel_size=2)) == 4
+    from mfnb.models.engines.vllm_server import VLLMServer
+
+    command = VLLMServer("/m", VLLMServerParams(python=sys.executable, data_parallel_size="all",
+                                                tensor_parallel_size=2)).command(8000)
+    assert command[command.index("--data-parallel-size") + 1] == "4"  # 8 GPUs, 2 per replica
 
 
 def test_a_model_folder_is_served_by_vllm_for_every_seed_then_stopped(base, fake_python, tmp_path):
@@ -165,8 +170,3 @@ def test_a_model_folder_is_served_by_vllm_for_every_seed_then_stopped(base, fake
                                                                                 vllm=params)})
     here = load_model(folder, dtype="float32", show_progress=False).eval()
     assert sample_folder(folder, PROMPTS, auto, seeds=[1]) == {1: sample(here, tokenizer, PROMPTS, auto).texts}
-    from mfnb.models.engines.vllm_server import VLLMServer
-
-    command = VLLMServer("/m", VLLMServerParams(python=sys.executable, data_parallel_size="all",
-                                                tensor_parallel_size=2)).command(8000)
-    assert command[command.index("--data-parallel-size") + 1] == "4"  # 8 GPUs, 2 per replica
