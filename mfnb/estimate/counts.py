@@ -310,20 +310,10 @@ def count_03(P, sizes: Sizes) -> list[Item]:
 def _hbat_runs(P) -> list[tuple[Any, int]]:
     """(HbatParams, seed) of every distinct run notebook 04 makes (Table 4, Figure 2, the lambda runs), as
     :class:`mfnb.hbat.HbatExperiment` does; a run with the params and seed of an earlier one is read back."""
-    from mfnb.hbat.config import HbatParams, for_method
-    from mfnb.training.config import dump_with_logs
+    from mfnb.hbat.config import method_params
 
     def method(name: str, **changes):
-        params = for_method(P.hbat, name)
-        if changes:
-            values = dump_with_logs(params)
-            for k, v in changes.items():
-                if k in values["ewc"]:
-                    values["ewc"][k] = v
-                else:
-                    values[k] = v
-            params = HbatParams.validate_mapping(values, source=f"{name} {changes}")
-        return params
+        return method_params(P.hbat, name, **changes)
 
     jobs = [(method(m), s) for s in P.seeds for m in P.methods]
     for n in P.n_grid:

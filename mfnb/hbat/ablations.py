@@ -23,10 +23,9 @@ from mfnb.core.atomic import write_json
 from mfnb.core.params import ParamsError
 from mfnb.core.progress import progress as progress_bar
 from mfnb.hbat.algorithm import run_hbat
-from mfnb.hbat.config import HbatNotebookParams, HbatParams, for_method
+from mfnb.hbat.config import HbatNotebookParams, method_params
 from mfnb.hbat.store import clean_store, digest
 from mfnb.models import attach_lora, generate
-from mfnb.training.config import dump_with_logs
 from mfnb.worlds import make_world, require
 
 
@@ -133,16 +132,7 @@ class HbatExperiment:
     # -- the notebook's sets of runs --------------------------------------------------------------
 
     def method_params(self, method: str, **ewc_or_top):
-        params = for_method(self.hbat, method)
-        if ewc_or_top:
-            values = dump_with_logs(params)  # the stages' report_to / logging_dir, which a dump leaves out, kept
-            for k, v in ewc_or_top.items():
-                if k in values["ewc"]:
-                    values["ewc"][k] = v
-                else:
-                    values[k] = v
-            params = HbatParams.validate_mapping(values, source=f"{method} {ewc_or_top}")
-        return params
+        return method_params(self.hbat, method, **ewc_or_top)
 
     def table4_runs(self, progress: bool = True):
         import pandas as pd

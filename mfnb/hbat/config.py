@@ -126,6 +126,21 @@ def for_method(params: HbatParams, method: str) -> HbatParams:
     return HbatParams.validate_mapping(values, source=f"method {method!r}")
 
 
+def method_params(params: HbatParams, method: str, **ewc_or_top) -> HbatParams:
+    """One run's params: a Table 4 method (:func:`for_method`) with changes to its ``ewc`` block or top-level
+    fields (the grids of Figure 2 and the lambda runs: ``n_splits``, ``fmax``, ``lam``...)."""
+    params = for_method(params, method)
+    if not ewc_or_top:
+        return params
+    values = dump_with_logs(params)  # the stages' report_to / logging_dir, which a dump leaves out, kept
+    for key, value in ewc_or_top.items():
+        if key in values["ewc"]:
+            values["ewc"][key] = value
+        else:
+            values[key] = value
+    return HbatParams.validate_mapping(values, source=f"{method} {ewc_or_top}")
+
+
 class HbatNotebookParams(Params):
     """Parameters of notebook 04 (``params/<profile>/04_hbat_ablations.yaml``).
 
