@@ -268,24 +268,31 @@ def merged_copy(model, dtype: torch.dtype | None = None):
 
 
 def trained_engine_kind(model, spec: EngineParams) -> str:
-    """``hf`` or ``vllm`` for sampling ``model`` (``spec.kind``; ``auto``: vLLM where it can serve this model,
-    i.e. a plain LoRA model, vLLM installed and a GPU visible, else our decode loop)."""
+    """``hf`` or ``vllm`` for sampling ``model`` (``spec.kind``; ``auto``: vLLM where it is installed and a GPU
+    is visible, for a plain LoRA model or full weights, else our decode loop)."""
     if spec.kind != "auto":
         return spec.kind
+    from peft import PeftModel
+
     from mfnb.models.engines import adapters, vllm_server  # deferred: starts nothing, but reads peft
 
     vllm_ready = vllm_server.configured(spec.vllm or VLLMServerParams()) and torch.cuda.is_available()
-    return "vllm" if vllm_ready and adapters.servable(model) is None else "hf"
+    return "vllm" if vllm_ready and (not isinstance(model, PeftModel) or adapters.servable(model) is None) else "hf"
 
 
 def _generate_with_engine(model, tokenizer, prompts: list[str], sampling: SamplingParams, *, seed: int,
                           show_progress: bool) -> list[str]:
     spec = sampling.engine  # hf, vllm or auto (the field's validator refuses llamacpp)
     if trained_engine_kind(model, spec) == "vllm":
-        from mfnb.models.engines.adapters import generate_with_adapter
+        from peft import PeftModel
 
-        return generate_with_adapter(model, tokenizer, prompts, sampling, seed=seed, params=spec.vllm,
-                                     show_progress=show_progress)
+        if isinstance(model, PeftModel):  # the base served once, the adapter per request
+            from mfnb.models.engines.adapters import generate_with_adapter
+
+            return generate_with_adapter(model, tokenizer, prompts, sampling, seed=seed, params=spec.vllm,
+                                         show_progress=show_progress)
+        return _generate_full_weights_served(model, tokenizer, prompts, sampling, seed=seed,
+                                             show_progress=show_progress)
     from peft import PeftModel
 
     dtype = resolve_dtype(model, spec.dtype)
@@ -302,6 +309,22 @@ def _generate_with_engine(model, tokenizer, prompts: list[str], sampling: Sampli
         engine.close()  # ... freed as soon as the responses are drawn
         model.train(was_training)
 
+
+
+def _generate_full_weights_served(model, tokenizer, prompts: list[str], sampling: SamplingParams, *, seed: int,
+                                  show_progress: bool) -> list[str]:
+    """Fully fine-tuned weights (HbAT's stages) through vLLM: written tensor by tensor to a folder of the cache
+    (as safetensors: no second model in memory), served by :func:`sample_folder`, and deleted."""
+    import tempfile
+
+    from mfnb.core import paths
+
+    with tempfile.TemporaryDirectory(prefix="weights-", dir=paths.cache_dir("served_models")) as folder:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        return sample_folder(folder, prompts, sampling.model_copy(update={
+            "engine": sampling.engine.model_copy(update={"kind": "vllm"})}), [seed],
+            show_progress=show_progress)[seed]
 
 
 def sample_folder(folder: str | os.PathLike, prompts: list[str], sampling: SamplingParams, seeds=(0,), *,

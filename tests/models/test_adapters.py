@@ -116,7 +116,7 @@ def test_vllm_serves_the_base_once_and_each_adapter_per_call(base, fake_python, 
     assert again is not server
 
 
-def test_auto_is_our_decode_loop_without_a_gpu_and_vllm_refuses_full_models(base, fake_python, monkeypatch):
+def test_auto_picks_vllm_on_gpus_and_full_weights_are_served_from_a_folder(base, fake_python, monkeypatch, tmp_path):
     folder, tokenizer = base
     model = lora_model(folder)
     params = VLLMServerParams(python=str(fake_python))
@@ -126,14 +126,24 @@ def test_auto_is_our_decode_loop_without_a_gpu_and_vllm_refuses_full_models(base
     hf = auto.model_copy(update={"engine": EngineParams(kind="hf", dtype="float32")})
     assert generate(model, tokenizer, PROMPTS, auto, show_progress=False) == \
         generate(model, tokenizer, PROMPTS, hf, show_progress=False)
+
+    full = copy.deepcopy(model).merge_and_unload()  # fully fine-tuned weights (HbAT's stages without LoRA)
+    vllm = auto.model_copy(update={"engine": EngineParams(kind="vllm", vllm=params)})
+    texts = generate(full, tokenizer, PROMPTS, vllm, show_progress=False)
+    assert len(texts) == 3 and all(t.startswith("len=") and "adapter=" not in t for t in texts)
+    argv = json.loads((tmp_path / "record.json").read_text())["argv"]
+    served = tmp_path / "cache" / "served_models"
+    assert argv[argv.index("--model") + 1].startswith(str(served)) and "--enable-lora" not in argv
+    assert not list(served.iterdir())  # the weights written for the server are gone
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert trained_engine_kind(model, auto.engine) == "vllm"
-    assert trained_engine_kind(model.get_base_model(), auto.engine) == "hf"  # full weights: not servable
-    full = copy.deepcopy(model).merge_and_unload()
-    vllm = auto.model_copy(update={"engine": EngineParams(kind="vllm", vllm=params)})
-    with pytest.raises(ModelLoadError, match=r"kind 'vllm' cannot sample this model: LlamaForCausalLM is not a "
-                                             r"LoRA-wrapped model .* use kind 'hf' or 'auto'"):
-        generate(full, tokenizer, PROMPTS, vllm, show_progress=False)
+    assert trained_engine_kind(full, auto.engine) == "vllm"
+    model.peft_config["default"].use_dora = True
+    assert trained_engine_kind(model, auto.engine) == "hf"  # vLLM cannot apply it: our loop
+    with pytest.raises(ModelLoadError, match=r"kind 'vllm' cannot sample this model: a DoRA adapter .* use kind "
+                                             r"'hf' or 'auto'"):
+        adapters.generate_with_adapter(model, tokenizer, PROMPTS, vllm, params=params)
 
 
 def test_data_parallel_all_counts_the_visible_gpus(monkeypatch):
