@@ -288,7 +288,7 @@ def test_sigterm_and_ctrl_c_keep_the_partial_notebook(tmp_path, signum, status, 
 
 
 def test_an_api_key_echoed_by_the_endpoint_never_reaches_the_notebook(tmp_path, monkeypatch):
-    from test_secrets import KEY, Endpoint  # tests/ is on sys.path (pytest rootdir, no __init__.py)
+    from misbehaving_endpoint import KEY, Endpoint
 
     monkeypatch.setenv("MFNB_CLI_TEST_KEY", KEY)  # the kernel inherits the environment
     server = Endpoint("echo401")
