@@ -267,6 +267,13 @@ def merged_copy(model, dtype: torch.dtype | None = None):
     return out.eval()
 
 
+def _vllm_ready(spec: EngineParams) -> bool:
+    """What ``auto`` asks before it picks vLLM: vLLM installed (or named) and a GPU visible."""
+    from mfnb.models.engines import vllm_server
+
+    return vllm_server.configured(spec.vllm or VLLMServerParams()) and torch.cuda.is_available()
+
+
 def trained_engine_kind(model, spec: EngineParams) -> str:
     """``hf`` or ``vllm`` for sampling ``model`` (``spec.kind``; ``auto``: vLLM where it is installed and a GPU
     is visible, for a plain LoRA model or full weights, else our decode loop)."""
@@ -274,10 +281,9 @@ def trained_engine_kind(model, spec: EngineParams) -> str:
         return spec.kind
     from peft import PeftModel
 
-    from mfnb.models.engines import adapters, vllm_server  # deferred: starts nothing, but reads peft
+    from mfnb.models.engines import adapters  # deferred: starts nothing, but reads peft
 
-    vllm_ready = vllm_server.configured(spec.vllm or VLLMServerParams()) and torch.cuda.is_available()
-    return "vllm" if vllm_ready and (not isinstance(model, PeftModel) or adapters.servable(model) is None) else "hf"
+    return "vllm" if _vllm_ready(spec) and (not isinstance(model, PeftModel) or adapters.servable(model) is None) else "hf"
 
 
 def _generate_with_engine(model, tokenizer, prompts: list[str], sampling: SamplingParams, *, seed: int,
@@ -341,7 +347,7 @@ def sample_folder(folder: str | os.PathLike, prompts: list[str], sampling: Sampl
         from mfnb.models.engines import vllm_server
 
         vllm = spec.vllm or VLLMServerParams()
-        if spec.kind == "vllm" or (vllm_server.configured(vllm) and torch.cuda.is_available()):
+        if spec.kind == "vllm" or _vllm_ready(spec):
             from mfnb.models.engines.served import ServedEngine
 
             server = vllm_server.VLLMServer(folder, vllm, trust_remote_code=trust_remote_code, name="model",

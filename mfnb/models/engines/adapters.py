@@ -63,10 +63,14 @@ def servable(model) -> str | None:
         return f"modules_to_save {config.modules_to_save} (full weights vLLM does not load with an adapter)"
     if getattr(config, "bias", "none") != "none":
         return f"trained biases (bias={config.bias!r})"
-    ranks = [config.r, *dict(getattr(config, "rank_pattern", None) or {}).values()]
-    if max(ranks) > VLLM_LORA_RANKS[-1]:
-        return f"rank {max(ranks)} (vLLM takes LoRA ranks up to {VLLM_LORA_RANKS[-1]})"
+    if max_rank(config) > VLLM_LORA_RANKS[-1]:
+        return f"rank {max_rank(config)} (vLLM takes LoRA ranks up to {VLLM_LORA_RANKS[-1]})"
     return None
+
+
+def max_rank(config) -> int:
+    """The largest rank of a ``LoraConfig`` (its ``r`` or any ``rank_pattern`` override)."""
+    return max([config.r, *dict(getattr(config, "rank_pattern", None) or {}).values()])
 
 
 def served_rank(rank: int) -> int:
@@ -91,8 +95,7 @@ def serving_state(model) -> dict:
     :func:`mfnb.expo.lora.lora_extrapolation`) is written into the weights. Host copies of the adapter only."""
     import math
 
-    import torch  # deferred: loads torch
-    from peft import get_peft_model_state_dict
+    from peft import get_peft_model_state_dict  # deferred: loads torch
     from peft.tuners.lora import LoraLayer
 
     adapter = getattr(model, "active_adapter", "default")
@@ -176,7 +179,7 @@ def generate_with_adapter(model, tokenizer, prompts: Sequence[str], sampling: Sa
                              f"'auto'")
     params = params or VLLMServerParams()
     name, folder = save_for_serving(model)
-    rank = max([lora_config(model).r, *dict(lora_config(model).rank_pattern or {}).values()])
+    rank = max_rank(lora_config(model))
     trust = bool(getattr(getattr(model.get_base_model(), "config", None), "trust_remote_code", False))
     server = lora_server(base_folder(model), rank, params, field=field, trust_remote_code=trust)
     engine = ServedEngine(tokenizer, server=server, model=name, concurrency=params.concurrency,
