@@ -153,6 +153,22 @@ def start_judge(kind: str, key: str):
     return endpoint, [endpoint, server]
 
 
+def stand_in_hub(hub: Path, builds: Path) -> bool:
+    """Build the stand-in hub cache unless the one in ``hub`` was built by this version of the stand-ins.
+
+    The hub lives in the (persistent) cache, so a hub built before a model was added to the stand-ins must not
+    be reused: its marker holds the signature of the code that built it. Returns whether it was (re)built.
+    """
+    marker, signature = hub / ".complete", stand_ins.signature()
+    if marker.is_file() and marker.read_text() == signature:
+        return False
+    shutil.rmtree(hub, ignore_errors=True)
+    shutil.rmtree(builds, ignore_errors=True)
+    stand_ins.hub_models(hub, work=builds)
+    marker.write_text(signature)
+    return True
+
+
 def rehearse(notebooks: Sequence[str] = NOTEBOOKS, *, judge: str = "llamacpp", processes: int | None = 2,
              device: str = "auto", work: Path | None = None, results: Path | None = None,
              progress: bool = False, out=sys.stdout) -> list[Outcome]:
@@ -168,10 +184,7 @@ def rehearse(notebooks: Sequence[str] = NOTEBOOKS, *, judge: str = "llamacpp", p
     start = time.perf_counter()
     hub = work / "hub"
     with _quiet():
-        if not (hub / ".complete").is_file():
-            shutil.rmtree(hub, ignore_errors=True)
-            stand_ins.hub_models(hub, work=work / "builds")
-            (hub / ".complete").write_text("")
+        stand_in_hub(hub, work / "builds")
         data = stand_ins.datasets(work / "data")
     print(f"stand-ins ready in {time.perf_counter() - start:.0f} s: {hub}, {work / 'data'}", file=out, flush=True)
     key = "sk-rehearsal-" + secrets.token_hex(8)

@@ -14,6 +14,7 @@ Used by ``python -m mfnb rehearse`` (:mod:`mfnb.rehearsal.run`) and by the tests
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field, replace
@@ -179,6 +180,11 @@ def hub_cache_entry(cache: Path, name: str, source: Path) -> Path:
     (root / "refs").mkdir(exist_ok=True)
     (root / "refs" / "main").write_text(COMMIT)
     return snapshot
+
+
+def signature() -> str:
+    """What identifies the stand-ins a hub cache holds: this module's source (names, families, sizes, seeds)."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
 
 
 def hub_models(cache: Path, names: Sequence[str] = tuple(HUB_MODELS), *, work: Path | None = None) -> dict[str, Path]:

@@ -16,7 +16,7 @@ from mfnb.judges import JudgeError, OpenAIJudge
 from mfnb.judges.llm import parse_verdict
 from mfnb.rehearsal import stand_ins
 from mfnb.rehearsal.endpoint import JudgeEndpoint, stub_answer
-from mfnb.rehearsal.run import NOTEBOOKS, RehearsalError, stand_in_overrides
+from mfnb.rehearsal.run import NOTEBOOKS, RehearsalError, stand_in_hub, stand_in_overrides
 
 ROOT = paths.project_root()
 
@@ -51,6 +51,20 @@ def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("rehearsal-hub")
     stand_ins.hub_models(root / "hub", work=root / "builds")
     return root / "hub"
+
+
+def test_a_hub_built_by_older_stand_ins_is_rebuilt_and_a_current_one_reused(tmp_path, monkeypatch):
+    # the hub lives in the persistent cache: one built before a model joined the stand-ins lacks that model
+    built = []
+    monkeypatch.setattr(stand_ins, "hub_models", lambda hub, work: (built.append(hub), hub.mkdir(parents=True)))
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / ".complete").write_text("")                    # the marker an older version wrote
+    (hub / "models--old--one").mkdir()
+    assert stand_in_hub(hub, tmp_path / "builds") is True
+    assert built == [hub] and not (hub / "models--old--one").exists()
+    assert (hub / ".complete").read_text() == stand_ins.signature()
+    assert stand_in_hub(hub, tmp_path / "builds") is False and len(built) == 1
 
 
 def test_stand_ins_load_by_hub_name_offline_with_their_family(hub, monkeypatch):
