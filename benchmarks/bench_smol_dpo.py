@@ -22,23 +22,31 @@ same threads. Printed, all from one run:
   interleaved in one run (``--rounds`` times over), each from the same fresh adapter on the same rows and seed:
   seconds per step, the ratio to the matmul (real tokens only; for the precomputed reference, also amortised over
   the precompute, which is one reference forward per row done before the first step instead of in each step), the
-  peak RSS above the RSS before it (in one process: after the first variant, freed memory stays in the process's
-  heap under the allocator setting, so only the first variant's figure is clean; ``--levers all`` alone gives the
-  clean figure of all the levers together), and the effect on the result: the mean DPO loss of the update and the
-  adapter after it against the plain step's (``|a - a_plain| / |a_plain - a_0|``, tolerance ``TOLERANCE``).
+  peak RSS above the RSS before it and the bytes the autograd graph keeps for a backward (in one process: after
+  the first variant, freed memory stays in the process's heap under the allocator setting, so only the first
+  variant's figure is clean; ``--isolate`` runs each variant's update in a fresh process, on the rows sampled once,
+  so that every figure is), and the effect on the result: the mean DPO loss of the update and the adapter after it
+  against the plain step's (``|a - a_plain| / |a_plain - a_0|``, tolerance ``TOLERANCE``). The variants: ``plain``
+  (every lever off), one per lever (``precompute``, ``completion``, ``micro``: ``--micro`` pairs per forward,
+  ``grouped``), ``exact`` (the levers that keep the update: the params' defaults plus the micro-batch) and ``all``.
 
     python benchmarks/bench_smol_dpo.py                       # batch 4, 3 timed steps, 1 thread (~5 min, shared)
     python benchmarks/bench_smol_dpo.py --threads 2 --bf16    # levers: threads, bf16 autocast (native bf16 only)
     python benchmarks/bench_smol_dpo.py --steps 0 --world-build   # only the world build's peak memory
-    python benchmarks/bench_smol_dpo.py --batch 8 --threads 2 --steps 2 --levers plain,precompute,completion,grouped,all
+    python benchmarks/bench_smol_dpo.py --batch 8 --threads 2 --steps 2 --isolate --no-profile \\
+        --levers plain,completion,micro,precompute,exact,all       # each lever, a clean memory figure for each
 """
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import os
 import shlex
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections import defaultdict
@@ -48,11 +56,22 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from peak_memory import current_peak, current_rss, peak_rss_of_command, reset_peak  # noqa: E402
 
-GOAL = 0.5
-# the levers of DPOParams each variant turns on; "all": every lever
-LEVERS = {"plain": {}, "precompute": {"precompute_ref_log_probs": True},
-          "completion": {"completion_only_logits": True}, "grouped": {"group_by_length": True}}
-LEVERS["all"] = {k: v for lever in LEVERS.values() for k, v in lever.items()}
+GOAL = 0.6  # issue 28: the step's effective FLOP/s (real tokens) over the plain matmul's
+MEMORY_GOAL_GIB = 4.0  # peak RSS above the loaded model at 8 pairs
+
+
+def levers(micro: int) -> dict[str, dict]:
+    """The DPOParams of each variant: "plain" turns every lever off, each other variant turns one on (the micro-batch
+    ``micro`` pairs); "exact": the levers that leave the update as it was (the params' defaults and the memory lever);
+    "all": every lever."""
+    plain = {"completion_only_logits": False}
+    one = {"precompute": {"precompute_ref_log_probs": True}, "completion": {"completion_only_logits": True},
+           "micro": {"micro_batch_size": micro}, "grouped": {"group_by_length": True}}
+    exact = {**one["completion"], **one["precompute"], **one["micro"]}
+    return {"plain": plain, **{k: {**plain, **v} for k, v in one.items()}, "exact": exact,
+            "all": {**exact, **one["grouped"]}}
+
+
 # the adapter after the update within this of the plain update's (relative to the plain update's change), and the
 # mean loss within TOLERANCE_LOSS: exact levers (float rounding only) pass, length grouping (other batches) need not
 TOLERANCE, TOLERANCE_LOSS = 1e-3, 1e-4
@@ -92,16 +111,31 @@ def preference_rows(model, tokenizer, n_pairs: int, response_tokens: int, seed: 
 
 
 def make_trainer_cls(record: dict):
-    """DPOTrainer recording each batch's real and padded token counts (the collated [chosen; rejected] batch)."""
+    """DPOTrainer recording each forward's real and padded token counts (the collated [chosen; rejected] batch of
+    a micro-batch) and the bytes its autograd graph keeps for the backward (activations and the LM head's saved
+    tensors; the model's own weights, which the graph also holds, not counted)."""
     from trl import DPOTrainer
 
     class CountingDPOTrainer(DPOTrainer):
         def compute_loss(self, model, inputs, *args, **kwargs):
-            if model.training:
-                record["tokens"].append(int(inputs["attention_mask"].sum()))
-                record["padded"].append(int(inputs["attention_mask"].numel()))
-                record["shape"] = tuple(inputs["input_ids"].shape)
-            return super().compute_loss(model, inputs, *args, **kwargs)
+            if not model.training:
+                return super().compute_loss(model, inputs, *args, **kwargs)
+            record["tokens"].append(int(inputs["attention_mask"].sum()))
+            record["padded"].append(int(inputs["attention_mask"].numel()))
+            record["shape"] = tuple(inputs["input_ids"].shape)
+            weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+            saved: dict[int, int] = {}
+
+            def pack(t):
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in weights and t.device.type != "meta":
+                    saved[storage.data_ptr()] = storage.nbytes()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                loss = super().compute_loss(model, inputs, *args, **kwargs)
+            record["saved"].append(sum(saved.values()))
+            return loss
 
     return CountingDPOTrainer
 
@@ -128,6 +162,12 @@ def make_callback(record: dict, profiler=None):
                                     "forward_backward": record["pre_opt"] - record["step_begin"],
                                     "optimizer": now - record["pre_opt"]})
             record["last_end"], record["last_end_cpu"] = now, now_cpu
+            # the step's forwards (one per micro-batch): their tokens, and the largest graph kept for a backward
+            mark = record.get("mark", 0)
+            record["step_tokens"].append(sum(record["tokens"][mark:]))
+            record["step_padded"].append(sum(record["padded"][mark:]))
+            record["step_saved"].append(max(record["saved"][mark:], default=0))
+            record["mark"] = len(record["tokens"])
             if profiler is not None:
                 profiler.step()
 
@@ -145,7 +185,8 @@ def run_dpo(model, tokenizer, rows, batch: int, steps: int, *, bf16: bool, profi
     # every row sampled (at least ``steps`` batches' worth) is in the dataset, the update stopped after ``steps``
     # steps: length grouping sorts within groups of up to 50 batches, so it needs more rows than the steps take
     data = preference_dataset(prompts, chosen, rejected)
-    record = {"tokens": [], "padded": [], "steps": []}
+    record = {"tokens": [], "padded": [], "saved": [], "steps": [], "step_tokens": [], "step_padded": [],
+              "step_saved": []}
     start = time.perf_counter()
     params = DPOParams(batch_size=batch, epochs=1, lr=1e-5, **(levers or {}))
     record["metrics"] = dpo_update(
@@ -217,7 +258,13 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast in the trainer (DPOConfig bf16=True)")
     ap.add_argument("--no-profile", action="store_true", help="skip the profiled step")
     ap.add_argument("--levers", default="plain", help="comma-separated variants of the step, run interleaved: "
-                                                      f"{', '.join(LEVERS)} (default: plain only)")
+                                                      f"{', '.join(levers(2))} (default: plain only)")
+    ap.add_argument("--micro", type=int, default=None, help="pairs per micro-batch of the micro variant (default: "
+                                                            "half the batch)")
+    ap.add_argument("--isolate", action="store_true",
+                    help="each variant's update in a fresh process (the rows sampled once, here): a clean peak-memory "
+                         "figure for every variant, at the cost of a model load per variant")
+    ap.add_argument("--child", default=None, help=argparse.SUPPRESS)       # --isolate's worker: <variant>:<dir>
     ap.add_argument("--pairs", type=int, default=None,
                     help="rows in the dataset (default and least: enough for the steps); the update stops after the "
                          "steps, so more rows cost only sampling (and the precompute), and let length grouping "
@@ -232,6 +279,9 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.child:
+        child(args)
+        return
     if args.steps > 0:
         dpo_benchmark(args)
     if args.world_build:
@@ -241,20 +291,92 @@ def main() -> None:
         print(f"world build: peak RSS {run.peak_mib:.0f} MiB, {run.seconds:.1f} s wall, {status}")
 
 
+LEVERS: dict[str, dict] = {}  # the variants' DPOParams, as this run's --micro made them
+
+
+def measure(policy, tokenizer, rows, args, lever: dict, initial: dict) -> dict:
+    """One update of ``1 + args.steps`` steps from the adapter ``initial``: its record (timings, tokens, memory, the
+    adapter after it)."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    set_peft_model_state_dict(policy, initial)
+    gc.collect()
+    rss_before = current_rss()
+    exact_peak = reset_peak()
+    record = run_dpo(policy, tokenizer, rows, args.batch, 1 + args.steps, bf16=args.bf16, levers=lever)
+    record.update(rss_before=rss_before, peak=current_peak(), exact_peak=exact_peak,
+                  adapter={k: v.clone() for k, v in get_peft_model_state_dict(policy).items()})
+    return record
+
+
+def _load_policy(args):
+    """SmolLM2-135M-Instruct and its tokenizer."""
+    from mfnb.models import load_model, load_tokenizer
+    from mfnb.worlds.smol.smollm2 import smollm2_path
+
+    folder = smollm2_path()
+    tokenizer, model = load_tokenizer(folder), load_model(folder, show_progress=False)
+    return tokenizer, model
+
+
+def _fresh_adapter(model, seed: int):
+    """The model with a fresh LoRA adapter, the same one for a given seed in every process."""
+    from mfnb.models import LoraParams, attach_lora
+
+    torch.manual_seed(seed)
+    return attach_lora(model, LoraParams())
+
+
+def child(args) -> None:
+    """--isolate's worker: one variant's update in this fresh process, its record and adapter written to files."""
+    import transformers
+    from safetensors.torch import save_file
+
+    transformers.logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    variant, scratch, round_ = args.child.split(":")
+    with open(os.path.join(scratch, "rows.json")) as f:
+        rows = tuple(json.load(f))
+    tokenizer, model = _load_policy(args)
+    policy = _fresh_adapter(model, args.seed)
+    from peft import get_peft_model_state_dict
+
+    initial = {k: v.clone() for k, v in get_peft_model_state_dict(policy).items()}
+    record = measure(policy, tokenizer, rows, args, levers(args.micro or max(1, args.batch // 2))[variant], initial)
+    stem = os.path.join(scratch, f"{variant}-{round_}")
+    save_file({k: v.contiguous() for k, v in record.pop("adapter").items()}, stem + ".safetensors")
+    with open(stem + ".json", "w") as f:
+        json.dump(record, f, default=list)
+
+
+def run_child(args, variant: str, scratch: str, round_: int) -> dict:
+    """One variant's update in a fresh process (see :func:`child`); its record, with the adapter read back."""
+    from safetensors.torch import load_file
+
+    argv = [a for a in sys.argv[1:] if a != "--isolate"]
+    command = [sys.executable, os.path.abspath(__file__), *argv, "--child", f"{variant}:{scratch}:{round_}"]
+    done = subprocess.run(command, check=False)
+    stem = os.path.join(scratch, f"{variant}-{round_}")
+    if done.returncode != 0 or not os.path.exists(stem + ".json"):
+        raise SystemExit(f"[{variant}] the isolated update failed (exit status {done.returncode}): {shlex.join(command)}")
+    with open(stem + ".json") as f:
+        record = json.load(f)
+    record["adapter"] = load_file(stem + ".safetensors")
+    return record
+
+
 def dpo_benchmark(args) -> None:
     import transformers
     import trl
 
-    from mfnb.models import LoraParams, attach_lora, load_model, load_tokenizer
+    from mfnb.models import LoraParams
     from mfnb.models.engines.hf import native_bf16
-    from mfnb.worlds.smol.smollm2 import smollm2_path
 
     transformers.logging.set_verbosity_error()
     warnings.filterwarnings("ignore", category=FutureWarning)
     if args.bf16 and not native_bf16():
         print("note: bf16 is emulated on this CPU (no AVX512-BF16/AMX): expect it slower than fp32")
-    folder = smollm2_path()
-    tokenizer, model = load_tokenizer(folder), load_model(folder, show_progress=False)
+    tokenizer, model = _load_policy(args)
     n_params = sum(p.numel() for p in model.parameters())
     cfg = model.config
     threads = torch.get_num_threads()
@@ -263,7 +385,7 @@ def dpo_benchmark(args) -> None:
     rows = preference_rows(model, tokenizer, max(args.pairs or 0, args.batch * max(steps, 3)), args.response_tokens,
                            args.seed)
     sampled = time.perf_counter() - t0
-    policy = attach_lora(model, LoraParams())
+    policy = _fresh_adapter(model, args.seed)
     lora = sum(p.numel() for p in policy.parameters() if p.requires_grad)
     print(f"SmolLM2-135M-Instruct: N = {n_params / 1e6:.1f}M parameters, LoRA {LoraParams().model_dump()} "
           f"({lora / 1e6:.2f}M trainable); trl {trl.__version__}, torch {torch.__version__}, {threads} thread(s), "
@@ -276,27 +398,30 @@ def dpo_benchmark(args) -> None:
     peak_before = {s: matmul_flops(*s) for s in shapes}
 
     variants = [v.strip() for v in args.levers.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in LEVERS]
+    lever_params = levers(args.micro or max(1, args.batch // 2))
+    unknown = [v for v in variants if v not in lever_params]
     if unknown:
-        raise SystemExit(f"--levers: unknown {unknown}; known: {list(LEVERS)}")
+        raise SystemExit(f"--levers: unknown {unknown}; known: {list(lever_params)}")
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     initial = {k: v.clone() for k, v in get_peft_model_state_dict(policy).items()}
     runs: dict[str, list[dict]] = {v: [] for v in variants}
-    for _ in range(args.rounds):
-        for variant in variants:  # interleaved: each round runs every variant once, from the same fresh adapter
-            set_peft_model_state_dict(policy, initial)
-            rss_before = current_rss()
-            exact_peak = reset_peak()
-            record = run_dpo(policy, tokenizer, rows, args.batch, steps, bf16=args.bf16, levers=LEVERS[variant])
-            record.update(rss_before=rss_before, peak=current_peak(), exact_peak=exact_peak,
-                          adapter={k: v.clone() for k, v in get_peft_model_state_dict(policy).items()})
-            runs[variant].append(record)
+    with tempfile.TemporaryDirectory(prefix="bench-smol-dpo-") as scratch:
+        if args.isolate:
+            with open(os.path.join(scratch, "rows.json"), "w") as f:
+                json.dump(rows, f)
+        for round_ in range(args.rounds):
+            for variant in variants:  # interleaved: each round runs every variant once, from the same fresh adapter
+                if args.isolate:
+                    runs[variant].append(run_child(args, variant, scratch, round_))
+                else:
+                    runs[variant].append(measure(policy, tokenizer, rows, args, lever_params[variant], initial))
     set_peft_model_state_dict(policy, initial)
+    LEVERS.update(lever_params)
 
-    record = runs[variants[0]][0]
-    padded_all = [p for v in variants for r in runs[v] for p in r["padded"][1:]]
-    m = int(statistics.mean(padded_all))
+    padded_all = [p / max(1, len(r["padded"]) // len(r["steps"])) for v in variants for r in runs[v]
+                  for p in r["step_padded"][1:]]
+    m = int(statistics.mean(padded_all))  # tokens of one forward (a micro-batch where the step has several)
     shapes[0] = (m, cfg.hidden_size, cfg.intermediate_size)
     peak_after = {s: matmul_flops(*s) for s in shapes}
     # the yardstick: the best matmul rate seen (before or after the steps), by wall and by CPU time
@@ -313,8 +438,8 @@ def dpo_benchmark(args) -> None:
     for variant in variants:
         recs = runs[variant]
         timed = [s for r in recs for s in r["steps"][1:]]
-        tokens = [t for r in recs for t in r["tokens"][1:]]
-        padded = [p for r in recs for p in r["padded"][1:]]
+        tokens = [t for r in recs for t in r["step_tokens"][1:]]
+        padded = [p for r in recs for p in r["step_padded"][1:]]
         effective = statistics.median(6 * n_params * t / s["total"] for t, s in zip(tokens, timed))
         effective_cpu = statistics.median(6 * n_params * t / s["cpu"] for t, s in zip(tokens, timed))
         ratio, ratio_cpu = effective / yard_wall, effective_cpu / yard_cpu
@@ -351,11 +476,21 @@ def dpo_benchmark(args) -> None:
                   f"{len(rows[0])} rows: {per_step:.2f} s a step): {step_wall + per_step:.2f} s a step, ratio "
                   f"{amortised / yard_wall:.2f} by wall")
         rec = recs[0]
-        print(f"  peak memory: RSS {rec['rss_before'] / 2**20:.0f} MiB before the update, {rec['peak'] / 2**20:.0f} "
-              f"MiB peak during it (+{(rec['peak'] - rec['rss_before']) / 2**20:.0f} MiB)"
+        above = (rec["peak"] - rec["rss_before"]) / 2**30
+        clean = args.isolate or variant == variants[0]
+        print(f"  peak memory: RSS {rec['rss_before'] / 2**20:.0f} MiB before the update (model loaded: its weights "
+              f"{4 * n_params / 2**20:.0f} MiB in fp32), {rec['peak'] / 2**20:.0f} MiB peak during it "
+              f"(+{above:.2f} GiB; goal <= {MEMORY_GOAL_GIB:g} GiB at 8 pairs"
+              f"{'' if above <= MEMORY_GOAL_GIB else ', ABOVE GOAL'})"
               + ("" if rec["exact_peak"] else " [high-water mark since process start: /proc/self/clear_refs not "
                                                "writable]")
-              + ("" if variant == variants[0] else " [after another variant: memory it freed is reused unseen]"))
+              + ("" if clean else " [after another variant in this process: memory it freed is reused unseen; "
+                                  "--isolate gives every variant a clean figure]"))
+        forwards = max(1, len(rec["padded"]) // len(rec["steps"]))
+        print(f"    of which the autograd graph one forward keeps for its backward (activations, the LM head's saved "
+              f"tensors; largest of the step's {forwards} forward(s)): {max(rec['step_saved']) / 2**30:.2f} GiB; "
+              f"the rest is the step's transient tensors (logit tiles, attention scores, gradients), TRL's "
+              f"tokenised rows and the allocator's slack")
         if plain is not None and variant != "plain":
             change = torch.sqrt(sum(((plain["adapter"][k] - initial[k]) ** 2).sum() for k in initial))
             diff = torch.sqrt(sum(((rec["adapter"][k] - plain["adapter"][k]) ** 2).sum() for k in initial))

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
 from mfnb.core import paths
 from mfnb.core.params import Params
@@ -104,8 +104,9 @@ class DPOParams(TrainingLogs):
     # recompute activations in the backward: less memory, ~30% more time; left out of dumps when off, so the
     # cache keys made before it existed stay the same
     gradient_checkpointing: bool = Field(default=False, exclude_if=lambda v: not v)
-    # The step's speed levers (issue 28), each off by default and left out of dumps when off, so committed results
-    # and the cache keys made before they existed stay the same (see benchmarks/bench_smol_dpo.py for what each buys).
+    # The step's speed and memory levers, each left out of dumps at its default, so committed results and the cache
+    # keys made before they existed stay the same (see benchmarks/bench_smol_dpo.py for what each buys). The exact
+    # ones (same update up to float rounding) are on by default; those that change the update are off.
     # The reference's log-probs computed once, before the first step, in batches of ``precompute_ref_batch_size``
     # (None: ``batch_size``), instead of a reference forward every step (TRL's ``precompute_ref_log_probs``): the
     # reference is fixed during an update, so the loss is the same up to float rounding.
@@ -113,13 +114,36 @@ class DPOParams(TrainingLogs):
     precompute_ref_batch_size: int | None = Field(default=None, ge=1, exclude_if=lambda v: v is None)
     # The LM head and its log-softmax over completion positions only (prompt and padding positions skipped). TRL's
     # fused LM head does this on Triton devices only and scores every position elsewhere (CPU included); the masked
-    # positions are discarded, so the result is the same up to float rounding.
-    completion_only_logits: bool = Field(default=False, exclude_if=lambda v: not v)
+    # positions are discarded, so the result is the same up to float rounding: on by default.
+    completion_only_logits: bool = Field(default=True, exclude_if=lambda v: v)
+    # Pairs per forward/backward (None: batch_size): each update's batch_size pairs run as batch_size /
+    # micro_batch_size micro-batches with gradient accumulation, the same pairs in the same order, so the update is
+    # the same up to float rounding (except an epoch's last update when its pairs do not fill whole micro-batches),
+    # with the activations, logits and padding of the smaller batch. A memory lever: a micro-batch of 4 pairs keeps
+    # a SmolLM2 step on CPU within a few GiB.
+    micro_batch_size: int | None = Field(default=None, ge=1, exclude_if=lambda v: v is None)
     # Batches of pairs of similar length (transformers' group_by_length sampler): less padding, but other batches
     # than the default random order, so a different (not worse) update. TRL 1.16's own ``padding_free`` is
     # "temporarily unavailable" in its DPOTrainer (it warns and pads) and needs FlashAttention anyway, which does not
     # run on CPU: length grouping is the padding lever that does.
     group_by_length: bool = Field(default=False, exclude_if=lambda v: not v)
+
+
+    @model_validator(mode="after")
+    def _micro_batches_fill_the_batch(self) -> DPOParams:
+        if self.micro_batch_size is not None and self.batch_size % min(self.micro_batch_size, self.batch_size):
+            raise ValueError(f"micro_batch_size ({self.micro_batch_size}) must divide batch_size ({self.batch_size}): "
+                             f"each update's pairs run as whole micro-batches")
+        return self
+
+    def micro_batches(self) -> tuple[int, int]:
+        """(pairs per forward/backward, micro-batches per update): ``batch_size`` as micro-batches. A launch splits
+        the batch over processes (``model_copy``, unvalidated): each then takes the largest micro-batch up to
+        ``micro_batch_size`` that divides its share, so the update's batch is never cut."""
+        micro = min(self.micro_batch_size or self.batch_size, self.batch_size)
+        while self.batch_size % micro:
+            micro -= 1
+        return micro, self.batch_size // micro
 
 
 SHIPPED_CONFIGS = ("ddp", "deepspeed_zero2", "deepspeed_zero3")

@@ -28,9 +28,10 @@ def dpo_config(output_dir: str, params: DPOParams, seed: int, show_progress: boo
     from trl import DPOConfig
 
     gpu = torch.cuda.is_available()
+    micro, accumulate = params.micro_batches()
     kwargs = dict(output_dir=output_dir, learning_rate=params.lr, beta=params.beta,
-                  num_train_epochs=params.epochs, per_device_train_batch_size=params.batch_size,
-                  gradient_accumulation_steps=params.grad_accum, warmup_steps=params.warmup_ratio,
+                  num_train_epochs=params.epochs, per_device_train_batch_size=micro,
+                  gradient_accumulation_steps=params.grad_accum * accumulate, warmup_steps=params.warmup_ratio,
                   lr_scheduler_type=params.scheduler, loss_type=list(params.loss_type),
                   loss_weights=params.loss_weights, max_length=params.max_length, seed=seed, data_seed=seed,
                   bf16=mixed_precision(), activation_checkpointing=params.gradient_checkpointing,
@@ -38,7 +39,7 @@ def dpo_config(output_dir: str, params: DPOParams, seed: int, show_progress: boo
                   dataloader_pin_memory=gpu)
     # the speed levers (each off by default: TRL's and transformers' defaults); see DPOParams
     if params.precompute_ref_log_probs:
-        kwargs.update(precompute_ref_log_probs=True, precompute_ref_batch_size=params.precompute_ref_batch_size)
+        kwargs.update(precompute_ref_log_probs=True, precompute_ref_batch_size=params.precompute_ref_batch_size or micro)
     if params.group_by_length:
         # the sampler reads the "length" column :func:`fit` adds to TRL's tokenised rows; the collator reads only
         # its own columns, so the rows may keep theirs
@@ -131,7 +132,7 @@ def _precompute_reference(trainer, config, params: DPOParams) -> None:
     trainer.precompute_ref_logps = True
     trainer._precompute_model_hash = hash_module(trainer.model)
     trainer.train_dataset = trainer._precompute_ref_logps(
-        trainer.train_dataset, "train", params.precompute_ref_batch_size or params.batch_size)
+        trainer.train_dataset, "train", params.precompute_ref_batch_size or params.micro_batches()[0])
 
 
 def _frozen_copy(model):
