@@ -12,7 +12,6 @@ which is not the in-memory model after earlier training), unless ``trainer_kwarg
 """
 from __future__ import annotations
 
-import contextlib
 import tempfile
 
 import torch
@@ -20,7 +19,8 @@ from datasets import Dataset
 from transformers import PrinterCallback
 
 from mfnb.training.config import DPOParams
-from mfnb.training.runtime import fp32_master_weights, mixed_precision, quiet_datasets, reporting
+from mfnb.training.runtime import (completion_only_lm_head, fp32_master_weights, mixed_precision, quiet_datasets,
+                                   reporting)
 
 
 def dpo_config(output_dir: str, params: DPOParams, seed: int, show_progress: bool = False, **overrides):
@@ -101,25 +101,6 @@ def fit(policy, tokenizer, dataset: Dataset, params: DPOParams, *, seed: int = 0
     if history:
         metrics.update({k: v for k, v in history[-1].items() if k.startswith(("rewards/", "logps/", "loss"))})
     return metrics
-
-
-@contextlib.contextmanager
-def completion_only_lm_head(on: bool):
-    """Within the block, TRL's fused LM head projects and scores only the positions with a label (the completions),
-    on every device. TRL 1.16 takes that path only where Triton runs (``trl.trainer.utils._use_triton``) and scores
-    every position elsewhere, so that a compiling backend (Neuron) sees one tile shape; on CPU that is wasted work
-    (about a fifth of a SmolLM2 DPO step), and its only switch is that function, so it is replaced here."""
-    if not on:
-        yield
-        return
-    from trl.trainer import utils as trl_utils
-
-    original = trl_utils._use_triton
-    trl_utils._use_triton = lambda device: True
-    try:
-        yield
-    finally:
-        trl_utils._use_triton = original
 
 
 def _precompute_reference(trainer, config, params: DPOParams) -> None:

@@ -129,3 +129,24 @@ def reporting(step: str, report_to, logging_dir: str | None = None, run_name: st
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextmanager
+def completion_only_lm_head(on: bool):
+    """Within the block, TRL's fused LM head (DPO's and SFT's) projects and scores only the positions with a label
+    (the completions), on every device. TRL 1.16 takes that path only where Triton runs
+    (``trl.trainer.utils._use_triton``) and scores every position elsewhere, so that a compiling backend (Neuron)
+    sees one tile shape; on CPU that is wasted work (about a fifth of a SmolLM2 DPO step), and its only switch is
+    that function, so it is replaced here. The masked positions' outputs are zeroed either way: the loss and the
+    gradients are the same up to float rounding."""
+    if not on:
+        yield
+        return
+    from trl.trainer import utils as trl_utils
+
+    original = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: True
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original

@@ -8,7 +8,8 @@ import torch
 from datasets import Dataset
 from transformers import PrinterCallback
 
-from mfnb.training.runtime import fp32_master_weights, mixed_precision, quiet_datasets, reporting
+from mfnb.training.runtime import (completion_only_lm_head, fp32_master_weights, mixed_precision, quiet_datasets,
+                                   reporting)
 
 
 def sft_config(output_dir: str, *, lr: float, batch_size: int, seed: int, steps: int | None = None,
@@ -30,15 +31,17 @@ def sft_config(output_dir: str, *, lr: float, batch_size: int, seed: int, steps:
 
 def fit(model, tokenizer, dataset: Dataset, *, lr: float, batch_size: int, seed: int, steps: int | None = None,
         epochs: float = 1.0, trainer_cls=None, trainer_kwargs: dict | None = None, report_to="none",
-        logging_dir: str | None = None, run_name: str | None = None, **config_overrides) -> dict:
+        logging_dir: str | None = None, run_name: str | None = None, completion_only_logits: bool = True,
+        **config_overrides) -> dict:
     """Fine-tune ``model`` in place in this process; returns the trainer's final metrics. ``trainer_cls``:
     SFTTrainer or a subclass (HbAT's EWC penalty). ``report_to``: the training curves' integrations, logging to
     ``<logging_dir>/<run_name>`` (see :func:`mfnb.training.runtime.reporting`), which outlives the temporary
-    output folder."""
+    output folder. ``completion_only_logits``: the LM head over completion tokens only (exact; see
+    :func:`mfnb.training.runtime.completion_only_lm_head`)."""
     from trl import SFTTrainer
 
     with (tempfile.TemporaryDirectory(prefix="mfnb-sft-") as out, quiet_datasets(), fp32_master_weights(model),
-          reporting("sft", report_to, logging_dir, run_name) as logs):
+          reporting("sft", report_to, logging_dir, run_name) as logs, completion_only_lm_head(completion_only_logits)):
         config = sft_config(out, lr=lr, batch_size=batch_size, seed=seed, steps=steps, epochs=epochs,
                             **{**logs, **config_overrides})
         trainer = (trainer_cls or SFTTrainer)(model=model, args=config, train_dataset=dataset,

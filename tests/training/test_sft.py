@@ -1,6 +1,7 @@
 """The precision every training step shares (mfnb.training.runtime)."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 
@@ -41,3 +42,33 @@ def test_full_fine_tuning_updates_fp32_master_weights_and_keeps_the_model_dtype(
               max_length=32)
     assert seen and all(s == {torch.float32} for s in seen)
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+def test_the_completion_only_lm_head_leaves_an_sft_step_as_it_was():
+    """SFT's loss is over completion tokens; scoring only those positions (on by default) trains the same weights
+    as TRL's CPU path, which scores every position and zeroes the rest."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from mfnb.training import sft_trainer
+    from mfnb.worlds.tiny.task import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    rows = [{"prompt": "sort these words: fox cat owl . answer:", "completion": " cat fox owl"},
+            {"prompt": "sort these words: owl fox . answer:", "completion": " fox owl"}] * 3
+    from datasets import Dataset
+
+    trained, losses = [], []
+    for completion_only in (False, True):
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                             num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                             pad_token_id=tokenizer.pad_token_id))
+        metrics = sft_trainer.fit(model, tokenizer, Dataset.from_list(rows), lr=1e-2, batch_size=3, seed=0, steps=3,
+                                  max_length=32, completion_only_logits=completion_only)
+        trained.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        losses.append(metrics["train_loss"])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    assert all(torch.allclose(trained[0][k], trained[1][k], atol=1e-6) for k in trained[0])
+    torch.manual_seed(0)
+    initial = LlamaForCausalLM(model.config).state_dict()
+    assert max(float((trained[1][k] - initial[k]).abs().max()) for k in initial) > 1e-3  # the steps trained
