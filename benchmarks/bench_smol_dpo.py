@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import json
 import os
 import shlex
@@ -117,6 +118,13 @@ def make_trainer_cls(record: dict):
     from trl import DPOTrainer
 
     class CountingDPOTrainer(DPOTrainer):
+        def _precompute_ref_logps(self, *args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return super()._precompute_ref_logps(*args, **kwargs)
+            finally:
+                record["precompute"] = record.get("precompute", 0.0) + time.perf_counter() - start
+
         def compute_loss(self, model, inputs, *args, **kwargs):
             if not model.training:
                 return super().compute_loss(model, inputs, *args, **kwargs)
@@ -342,6 +350,10 @@ def child(args) -> None:
     from peft import get_peft_model_state_dict
 
     initial = {k: v.clone() for k, v in get_peft_model_state_dict(policy).items()}
+    importlib.import_module("trl")  # importing TRL is not the update's memory
+
+    with torch.no_grad():  # the process's one-time costs (first kernels), as the in-process variants had them paid
+        policy(**tokenizer([rows[0][0] + rows[1][0]], return_tensors="pt"))
     record = measure(policy, tokenizer, rows, args, levers(args.micro or max(1, args.batch // 2))[variant], initial)
     stem = os.path.join(scratch, f"{variant}-{round_}")
     save_file({k: v.contiguous() for k, v in record.pop("adapter").items()}, stem + ".safetensors")
@@ -434,7 +446,6 @@ def dpo_benchmark(args) -> None:
               f"by wall, {mm[s][1] / 1e9:.1f} by CPU time")
 
     plain = runs.get("plain", [None])[0]
-    setup_plain = statistics.median(r["setup"] for r in runs["plain"]) if "plain" in runs else None
     for variant in variants:
         recs = runs[variant]
         timed = [s for r in recs for s in r["steps"][1:]]
@@ -465,16 +476,16 @@ def dpo_benchmark(args) -> None:
         if variant == "plain":
             print(f"  counting padding tokens too: ratio {ratio * sum(padded) / sum(tokens):.2f} by wall, "
                   f"{ratio_cpu * sum(padded) / sum(tokens):.2f} by CPU time (the gap is what padding costs)")
-        if LEVERS[variant].get("precompute_ref_log_probs") and setup_plain is not None:
-            # every step of the update (the warm-up one included) and the precompute, against the plain update's
-            # the precompute covers every row once: its share of a step is its time x batch / rows (one epoch)
-            extra = setup - setup_plain
+        if LEVERS[variant].get("precompute_ref_log_probs"):
+            # the precompute covers every row once: its share of a step is its time x batch / rows (one epoch); in a
+            # fresh process (--isolate) it is the process's first forward, so it carries the warm-up too
+            extra = statistics.median(r.get("precompute", 0.0) for r in recs)
             per_step = extra * args.batch / len(rows[0])
             step_wall = statistics.median(s["total"] for s in timed)
             amortised = statistics.median(6 * n_params * t / (s["total"] + per_step) for t, s in zip(tokens, timed))
-            print(f"  with the precompute amortised over one epoch ({extra:.1f} s more setup than plain for "
-                  f"{len(rows[0])} rows: {per_step:.2f} s a step): {step_wall + per_step:.2f} s a step, ratio "
-                  f"{amortised / yard_wall:.2f} by wall")
+            print(f"  with the precompute amortised over one epoch ({extra:.1f} s for {len(rows[0])} rows: "
+                  f"{per_step:.2f} s a step): {step_wall + per_step:.2f} s a step, ratio {amortised / yard_wall:.2f} "
+                  f"by wall")
         rec = recs[0]
         above = (rec["peak"] - rec["rss_before"]) / 2**30
         clean = args.isolate or variant == variants[0]
