@@ -160,7 +160,8 @@ def _record_launch(spec: TrainSpec, launch: LaunchParams, processes: int, second
         f.write(json.dumps(line) + "\n")
 
 
-_WORKER_ERROR = re.compile(r"^(\[rank\d+\]: )?[\w.]*(Error|Exception)\b.*")
+_WORKER_ERROR = re.compile(r"^(\[rank\d+\]: )?([\w.]*(Error|Exception)\b|terminate called|\s*what\(\):|"
+                           r"Fatal Python error|Segmentation fault|Aborted).*")
 
 
 def _run_logged(cmd: list[str], env: dict[str, str], log: Path, stream: bool) -> None:
@@ -179,7 +180,11 @@ def _run_logged(cmd: list[str], env: dict[str, str], log: Path, stream: bool) ->
                 print(line, end="", flush=True)
         code = proc.wait()
     if code != 0:
-        raise DistributedError(f"training processes failed (exit code {code}); full log: {log}\n"
+        # the launch's folder may sit in a caller's temporary folder, gone once the error unwinds: keep the log
+        kept = paths.cache_dir("launch") / "failed" / f"{time.strftime('%Y%m%d-%H%M%S')}-{log.parent.name}.log"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(log, kept)
+        raise DistributedError(f"training processes failed (exit code {code}); full log: {kept}\n"
                                f"workers' errors:\n{''.join(errors[-4:]) or '(none found)'}\n"
                                f"command: {' '.join(cmd)}\nlast lines:\n{''.join(tail)}")
 

@@ -169,3 +169,25 @@ def yaml_params(notebook):
     from mfnb.core import paths
 
     return yaml.safe_load((paths.project_root() / "params" / "tiny" / f"{notebook}.yaml").read_text())
+
+
+def test_a_failed_launch_names_the_workers_abort_and_keeps_its_log_after_its_folder_is_gone(tmp_path, monkeypatch):
+    """A worker killed by an abort (a C++ exception in a collective) prints no Python error; its lines are named, and
+    the log outlives the launch's folder, which a caller's temporary folder may take with it."""
+    import shutil
+    import sys
+
+    monkeypatch.setenv("MFNB_CACHE", str(tmp_path / "cache"))
+    workdir = tmp_path / "out.launch-x"
+    workdir.mkdir()
+    script = ("import sys; print('step 1'); print(\"terminate called after throwing an instance of "
+              "'gloo::IoException'\"); print('  what():  Connection reset by peer'); sys.exit(134)")
+    with pytest.raises(D.DistributedError) as failed:
+        D._run_logged([sys.executable, "-c", script], {}, workdir / "launch.log", stream=False)
+    message = str(failed.value)
+    assert "exit code 134" in message and "gloo::IoException" in message and "Connection reset by peer" in message
+    kept = message.split("full log: ")[1].split("\n")[0]
+    assert kept.startswith(str(tmp_path / "cache" / "launch" / "failed"))
+    shutil.rmtree(workdir)
+    with open(kept) as f:
+        assert "terminate called" in f.read()
