@@ -129,7 +129,7 @@ def train(spec: TrainSpec | dict, launch: LaunchParams | dict | None = None, *, 
         launched = True
         began = time.perf_counter()
         try:
-            _run_logged(cmd, {**os.environ, **env}, log, stream)
+            _run_retrying_a_signal(cmd, {**os.environ, **env}, log, stream)
         finally:
             _record_launch(spec, launch, processes, time.perf_counter() - began, ok=(output / RESULT_FILE).is_file())
         shutil.copy(log, output / "launch.log")
@@ -160,8 +160,30 @@ def _record_launch(spec: TrainSpec, launch: LaunchParams, processes: int, second
         f.write(json.dumps(line) + "\n")
 
 
+_PYTHON_ERROR = re.compile(r"^(\[rank\d+\]: )?[\w.]*(Error|Exception)\b")
 _WORKER_ERROR = re.compile(r"^(\[rank\d+\]: )?([\w.]*(Error|Exception)\b|terminate called|\s*what\(\):|"
                            r"Fatal Python error|Segmentation fault|Aborted).*")
+
+
+_SIGNAL_DEATH = re.compile(r"exitcode\s*:\s*-(\d+)")
+
+
+def _run_retrying_a_signal(cmd: list[str], env: dict[str, str], log: Path, stream: bool) -> None:
+    """:func:`_run_logged`, once more when the launch failed only because a worker was killed by a signal (an abort in
+    a collective's connection setup, seen now and then with two CPU processes on one machine) and no worker raised a
+    Python error: a step that fails for a reason of its own fails the same way twice, so is not retried."""
+    try:
+        _run_logged(cmd, env, log, stream)
+    except DistributedError as err:
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        signals = sorted(set(_SIGNAL_DEATH.findall(text)))
+        if not signals or getattr(err, "worker_errors_in_python", True):
+            raise
+        first = log.with_name(log.stem + ".attempt1.log")
+        log.replace(first)
+        print(f"launch: a worker died by signal {', '.join(signals)} without a Python error; running the step once "
+              f"more (the first attempt's log: {first})", file=sys.stderr, flush=True)
+        _run_logged(cmd, env, log, stream)
 
 
 def _run_logged(cmd: list[str], env: dict[str, str], log: Path, stream: bool) -> None:
@@ -184,9 +206,11 @@ def _run_logged(cmd: list[str], env: dict[str, str], log: Path, stream: bool) ->
         kept = paths.cache_dir("launch") / "failed" / f"{time.strftime('%Y%m%d-%H%M%S')}-{log.parent.name}.log"
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(log, kept)
-        raise DistributedError(f"training processes failed (exit code {code}); full log: {kept}\n"
-                               f"workers' errors:\n{''.join(errors[-4:]) or '(none found)'}\n"
-                               f"command: {' '.join(cmd)}\nlast lines:\n{''.join(tail)}")
+        failed = DistributedError(f"training processes failed (exit code {code}); full log: {kept}\n"
+                                  f"workers' errors:\n{''.join(errors[-4:]) or '(none found)'}\n"
+                                  f"command: {' '.join(cmd)}\nlast lines:\n{''.join(tail)}")
+        failed.worker_errors_in_python = any(_PYTHON_ERROR.match(e) for e in errors)
+        raise failed
 
 
 # -------------------------------------------------------------------- dispatch from mfnb.training.dpo / mfnb.training.sft

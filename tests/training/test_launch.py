@@ -191,3 +191,26 @@ def test_a_failed_launch_names_the_workers_abort_and_keeps_its_log_after_its_fol
     shutil.rmtree(workdir)
     with open(kept) as f:
         assert "terminate called" in f.read()
+
+
+@pytest.mark.parametrize("first_failure, retried", [
+    ("print('  exitcode  : -6 (pid: 1)'); print('  traceback : Signal 6 (SIGABRT) received by PID 1')", True),
+    ("print('[rank1]: ValueError: the data has no rows'); print('  exitcode  : 1 (pid: 1)')", False),
+    ("print('[rank1]: ValueError: bad'); print('  exitcode  : -6 (pid: 1)')", False),
+])
+def test_a_launch_killed_by_a_signal_alone_runs_once_more_and_a_python_error_does_not(tmp_path, monkeypatch,
+                                                                                     first_failure, retried):
+    import sys
+
+    monkeypatch.setenv("MFNB_CACHE", str(tmp_path / "cache"))
+    marker = tmp_path / "ran-once"
+    script = (f"import pathlib, sys; m = pathlib.Path({str(marker)!r})\n"
+              f"if not m.exists():\n    m.touch(); {first_failure}; sys.exit(1)\nprint('trained')")
+    log = tmp_path / "launch.log"
+    if retried:
+        D._run_retrying_a_signal([sys.executable, "-c", script], {}, log, stream=False)
+        assert "trained" in log.read_text() and "SIGABRT" in (tmp_path / "launch.attempt1.log").read_text()
+    else:
+        with pytest.raises(D.DistributedError, match="ValueError"):
+            D._run_retrying_a_signal([sys.executable, "-c", script], {}, log, stream=False)
+        assert not (tmp_path / "launch.attempt1.log").exists()
