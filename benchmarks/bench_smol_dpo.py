@@ -439,7 +439,9 @@ def dpo_benchmark(args) -> None:
     # the yardstick: the best matmul rate seen (before or after the steps), by wall and by CPU time
     mm = {s: tuple(max(x) for x in zip(peak_before.get(s, (0.0, 0.0)), peak_after[s])) for s in shapes}
     yard_shape = max(mm, key=lambda s: mm[s][0])
-    yard_wall, yard_cpu = mm[yard_shape][0], max(v[1] for v in mm.values())
+    # by CPU time, the square matmul only: a small one's CPU time is under-counted with several threads (seen: the
+    # same GFLOP/s by CPU time as by wall on 2 threads), which would halve the CPU-time ratio
+    yard_wall, yard_cpu = mm[yard_shape][0], mm[(2048, 2048, 2048)][1]
     yard = yard_wall
     for s in shapes:
         print(f"  fp32 matmul {s[0]}x{s[1]} @ {s[1]}x{s[2]}, {threads} thread(s): {mm[s][0] / 1e9:.1f} GFLOP/s "
@@ -515,6 +517,15 @@ def dpo_benchmark(args) -> None:
                      if LEVERS[variant].get("group_by_length") else ""))
         elif variant == "plain":
             print(f"  result: mean DPO loss {rec['metrics']['train_loss']:.6f}")
+        if variant == "completion" and args.batch >= 4 and not args.bf16:
+            # the step as the smol params run it (DPOParams' defaults), for the cost estimate: real tokens a second
+            from mfnb.estimate.throughput import record_rates
+
+            rate = statistics.median(t / s["total"] for t, s in zip(tokens, timed))
+            record_rates("bench_smol_dpo.py", f"SmolLM2-135M-Instruct LoRA DPO, {args.batch} pairs a step, real "
+                         f"tokens / step wall, median of {len(timed)} step(s)",
+                         {"DPOParams defaults (completion-only LM head)": (rate, "")}, kind="training",
+                         profile="smol", threads=threads)
 
     if not args.no_profile:
         profiled = args.profile_variant or variants[-1]
