@@ -9,8 +9,10 @@ tolerance on point estimates.
 * :func:`combine`: a claim the paper makes on several metrics (or several models) is *reproduced* only when
   every one is, *reversed* when at least one is reversed and none reproduced, otherwise *inconclusive*.
 * :func:`reward_model_doubt`: a reward model not shown to beat chance against the world's quality picks
-  alpha at random and its reward differences say nothing; every verdict that rests on its reward (the chosen
-  alpha's trend, the best fraction, the reward columns of Table 1 and Figure 6) is then *inconclusive*.
+  alpha at random and its reward differences say nothing; every verdict that rests on its reward or on the
+  alpha it chose (the chosen alpha's trend, the best fraction, every comparison of an ExPO model, which is the
+  model at that alpha: Table 1 and Figure 6) is then *not testable* here, with the reason, never *reversed*:
+  the instrument cannot tell. The differences are still printed.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from mfnb.expo.training import fraction_label
 from mfnb.stats import difference_text, interval_reading
 
 VERDICTS = stats.CLAIM_VERDICTS
+NOT_TESTABLE = stats.NOT_TESTABLE
 CLAIM_COLUMNS = ("claim", "source", "scope", "paper", "ours", "verdict")
 TABLE1_METRICS = ("reward", "win_rate", "lc_win_rate")   # the paper's Table 1 columns
 TREND_CLAIM = "the optimal alpha falls as the data grows"
@@ -57,15 +60,15 @@ def reward_model_doubt(accuracy, delta: float = 0.05) -> str | None:
     if not failing:
         return None
     return ("the reward model is not shown to beat chance (pairwise accuracy against the world's quality, exact "
-            f"{1 - delta:.0%} interval: " + "; ".join(failing) + "), so its reward and its choice of alpha are not "
-            "counted")
+            f"{1 - delta:.0%} interval: " + "; ".join(failing) + "), so what rests on its reward or on its choice of "
+            "alpha cannot be tested here")
 
 
 def _doubted(row: dict, doubt: str | None) -> dict:
-    """``row`` with an inconclusive verdict and the reason, when the reward model is in doubt."""
+    """``row`` as *not testable*, with the reason, when the reward model is in doubt."""
     if doubt is None:
         return row
-    return {**row, "ours": f"{row['ours']}; not counted: {doubt}", "verdict": "inconclusive"}
+    return {**row, "ours": f"{row['ours']}; not testable here: {doubt}", "verdict": NOT_TESTABLE}
 
 
 # ---------------------------------------------------------------------------- choosing alpha (validation)
@@ -141,7 +144,7 @@ def medium_best_claim(choice: AlphaChoice, fractions: Sequence[float], medium: f
              "source": "Section 3.3, Figure 5", "scope": ", ".join(fraction_label(f) for f in figure5),
              "paper": f"{fraction_label(medium)} beats the smaller and the larger fractions"}
     if medium not in figure5 or len(figure5) < 3:
-        return {**claim, "ours": "not tested (the fractions do not hold it)", "verdict": "inconclusive"}
+        return {**claim, "ours": "not testable here: the fractions do not hold it", "verdict": NOT_TESTABLE}
     key = fraction_label(medium)
     others = [fraction_label(f) for f in figure5 if f != medium]
     reps = choice.best[key] - np.max(np.stack([choice.best[k] for k in others], axis=1), axis=1)
@@ -163,13 +166,13 @@ def _paper_table1_pct() -> dict[str, dict[str, float]]:
 
 def _metric_verdicts(stats: SampleStats, a: str, b: str, metrics: Sequence[str], direction: int = 1,
                      reward_doubt: str | None = None):
-    """Per metric: the difference a - b with its interval, and its verdict (inconclusive for the reward when
+    """Per metric: the difference a - b with its interval, and its verdict (not testable for the reward when
     the reward model is in doubt)."""
     parts, verdicts = [], []
     for m in metrics:
         diff, low, high = stats.difference(a, b, m)
         parts.append(f"{METRIC_NAMES[m]} {difference_text(diff, low, high)}")
-        verdicts.append("inconclusive" if m == "reward" and reward_doubt else verdict(low, high, direction))
+        verdicts.append(NOT_TESTABLE if m == "reward" and reward_doubt else verdict(low, high, direction))
     return "; ".join(parts), verdicts
 
 
@@ -191,11 +194,10 @@ def table1_claims(stats: SampleStats, fractions: Sequence[float], reward_doubt: 
         ours, verdicts = _metric_verdicts(stats, a, b, TABLE1_METRICS, reward_doubt=reward_doubt)
         if all(stats.difference(a, b, m) == (0.0, 0.0, 0.0) for m in TABLE1_METRICS):
             ours += " (the reward model chose alpha = 0: the ExPO model is the DPO model)"
-        if reward_doubt:
-            ours += "; the reward difference is not counted: " + reward_doubt
         paper = _paper_diff(a, b, TABLE1_METRICS) or "no Table 1 row (Figure 5: development-set reward only)"
-        rows.append({"claim": "ExPO improves the DPO model", "source": "Table 1", "scope": fraction_label(f),
-                     "paper": paper, "ours": ours, "verdict": combine(verdicts)})
+        # the ExPO model is the model at the alpha the reward model chose: in doubt, no metric can test ExPO
+        rows.append(_doubted({"claim": "ExPO improves the DPO model", "source": "Table 1", "scope": fraction_label(f),
+                              "paper": paper, "ours": ours, "verdict": combine(verdicts)}, reward_doubt))
     if 1.0 in fractions:
         full = Variant(1.0).name()
         for f in sorted(x for x in fractions if x < 1.0):
@@ -203,10 +205,10 @@ def table1_claims(stats: SampleStats, fractions: Sequence[float], reward_doubt: 
             ours, verdicts = _metric_verdicts(stats, a, full, ("lc_win_rate",))
             others, _ = _metric_verdicts(stats, a, full, ("reward", "win_rate"))
             paper = _paper_diff(a, full, ("lc_win_rate",))
-            rows.append({"claim": "DPO with less data + ExPO matches or beats full-data DPO", "source": "Table 1",
-                         "scope": fraction_label(f), "paper": paper or "no Table 1 row",
-                         "ours": f"{ours} ({reading_words(verdicts[0])}); also {others}",
-                         "verdict": verdicts[0]})
+            rows.append(_doubted({"claim": "DPO with less data + ExPO matches or beats full-data DPO",
+                                  "source": "Table 1", "scope": fraction_label(f), "paper": paper or "no Table 1 row",
+                                  "ours": f"{ours} ({reading_words(verdicts[0])}); also {others}",
+                                  "verdict": verdicts[0]}, reward_doubt))
     return rows
 
 
@@ -233,7 +235,7 @@ def figure6_claims(stats: SampleStats, variants: Sequence[Variant], metric: str 
                    "ours": f"{best} minus {other}, {METRIC_NAMES[metric]}: {difference_text(diff, low, high)} "
                            f"({interval_reading(low, high)})",
                    "verdict": verdict(low, high)}
-            rows.append(_doubted(row, reward_doubt if metric == "reward" else None))
+            rows.append(_doubted(row, reward_doubt))  # both sides' ExPO model is at the reward model's alpha
     return rows
 
 
@@ -259,12 +261,13 @@ def claims_table(rows: Sequence[dict]):
 
 
 def overall(claims) -> "object":
-    """One verdict per claim (over its scopes: fractions or control models), by :func:`combine`."""
+    """One verdict per claim (over its scopes: fractions or control models), by :func:`combine` over the scopes
+    that could be tested (*not testable* when none could), with the count of each verdict."""
     import pandas as pd
 
     rows = []
     for (claim, source), group in claims.groupby(["claim", "source"], sort=False):
         counts = group["verdict"].value_counts()
-        rows.append({"claim": claim, "source": source, "verdict": combine(group["verdict"].tolist()),
-                     **{v: int(counts.get(v, 0)) for v in VERDICTS}})
+        rows.append({"claim": claim, "source": source, "verdict": stats.combine_testable(group["verdict"].tolist()),
+                     **{v: int(counts.get(v, 0)) for v in VERDICTS}, "not_testable": int(counts.get(NOT_TESTABLE, 0))})
     return pd.DataFrame(rows)

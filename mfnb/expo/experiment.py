@@ -475,7 +475,7 @@ class ExpoExperiment:
 
     def claims(self, reward_doubt: str | None = None):
         """One row per claim of the paper and per fraction or control model it applies to, with its verdict
-        (:mod:`mfnb.expo.claims`); reward-based verdicts are inconclusive under ``reward_doubt``."""
+        (:mod:`mfnb.expo.claims`); what rests on the reward model is not testable under ``reward_doubt``."""
         rows = [alpha_trend_claim(self.choice, self.P.fractions, reward_doubt=reward_doubt),
                 medium_best_claim(self.choice, self.P.fractions, reward_doubt=reward_doubt)]
         rows += table1_claims(self.stats, self.P.fractions, reward_doubt=reward_doubt)

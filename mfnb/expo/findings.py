@@ -25,10 +25,14 @@ def claim_lines(claims) -> list[str]:
 def verdict_lines(verdicts) -> list[str]:
     """One Markdown line per claim (:func:`mfnb.expo.claims.overall`): its verdict, and how many of its rows
     said what when it rests on several."""
-    return [f"- **{r.claim}** ({r.source}): **{r.verdict}**"
-            + (f" ({r.reproduced} reproduced, {r.reversed} reversed, {r.inconclusive} inconclusive)"
-               if r.reproduced + r.reversed + r.inconclusive > 1 else "")
-            for r in verdicts.itertuples()]
+    lines = []
+    for r in verdicts.itertuples():
+        untestable = int(getattr(r, "not_testable", 0))
+        counts = [f"{r.reproduced} reproduced", f"{r.reversed} reversed", f"{r.inconclusive} inconclusive"]
+        counts += [f"{untestable} not testable"] if untestable else []
+        several = r.reproduced + r.reversed + r.inconclusive + untestable > 1
+        lines.append(f"- **{r.claim}** ({r.source}): **{r.verdict}**" + (f" ({', '.join(counts)})" if several else ""))
+    return lines
 
 
 def reward_model_lines(optimal) -> list[str]:

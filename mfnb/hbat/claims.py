@@ -45,11 +45,9 @@ PAIRWISE = (
 verdict, combine = stats.claim_verdict, stats.combine_verdicts  # one rule for every paper's claims
 
 
-def combine_testable(verdicts: Sequence[str]) -> str:
-    """:func:`combine` over the metrics that could be tested; *not testable* when none could (a world
-    with no known quality cannot test a claim made on quality alone)."""
-    testable = [v for v in verdicts if v != NOT_TESTABLE]
-    return combine(testable) if testable else NOT_TESTABLE
+# :func:`combine` over the metrics that could be tested; *not testable* when none could (a world with no known
+# quality cannot test a claim made on quality alone)
+combine_testable = stats.combine_testable
 
 
 def paired(runs, a: str, b: str, metric: str, by: str = "method", key: str = "seed") -> tuple[float, float, float, int]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+from mfnb import stats
 from mfnb.core import reference
 from mfnb.core.formatting import fmt, fmt_interval
 from mfnb.hbat.config import EWCParams, HbatParams
@@ -31,7 +32,7 @@ _t_interval = t_interval
 
 
 METRICS = ("quality", "reward", "win_rate")
-NOT_TESTABLE = "not testable"   # the verdict where a score was never measured (a judge-only world's quality)
+NOT_TESTABLE = stats.NOT_TESTABLE   # the verdict where a score was never measured (a judge-only world's quality)
 # our score -> the paper's Table 4 column it stands in for
 PAPER_COLUMNS = {"quality": "pandalm", "reward": "reward", "win_rate": "gpt4_win"}
 PAPER_NAMES = {"w/o alternating": "w/o Alternating Alignment"}

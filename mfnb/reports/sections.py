@@ -131,9 +131,9 @@ def expo(t: Tables) -> list[str]:
     """ExPO: one verdict per claim, the optimal alpha per data fraction, Table 1 and the reward model behind it."""
     verdicts, claims = t.csv("03_verdicts"), t.csv("03_claims")
     blocks = ["One verdict per claim, over the data fractions or control models it applies to:\n\n" + table(
-        ["claim", "source", "verdict", "reproduced / reversed / inconclusive"],
+        ["claim", "source", "verdict", "reproduced / reversed / inconclusive / not testable"],
         [[r["claim"], r["source"], f"**{r['verdict']}**",
-          " / ".join(count(r[k]) for k in ("reproduced", "reversed", "inconclusive"))]
+          " / ".join(count(r.get(k, 0)) for k in ("reproduced", "reversed", "inconclusive", "not_testable"))]
          for r in verdicts.to_dict("records")])]
     optimal = t.csv("03_optimal_alpha")
     if optimal is not None:

@@ -57,6 +57,9 @@ def seed_prompt_interval(scores, delta: float = 0.05) -> dict:
 
 VERDICTS = ("multi-fidelity better", "multi-fidelity worse", "inconclusive")
 CLAIM_VERDICTS = ("reproduced", "reversed", "inconclusive")
+# the verdict where the instrument cannot tell: a score never measured (a judge-only world's quality), or one read
+# by an instrument not shown to beat chance (a reward model at chance choosing ExPO's alpha); never "reversed"
+NOT_TESTABLE = "not testable"
 
 
 def claim_verdict(low: float, high: float, direction: int = 1) -> str:
@@ -78,6 +81,12 @@ def combine_verdicts(verdicts: Sequence[str]) -> str:
     if "reversed" in verdicts and "reproduced" not in verdicts:
         return "reversed"
     return "inconclusive"
+
+
+def combine_testable(verdicts: Sequence[str]) -> str:
+    """:func:`combine_verdicts` over the rows that could be tested; *not testable* when none could."""
+    testable = [v for v in verdicts if v != NOT_TESTABLE]
+    return combine_verdicts(testable) if testable else NOT_TESTABLE
 
 
 def difference_text(diff: float, low: float, high: float) -> str:

@@ -223,15 +223,33 @@ def test_reward_model_doubt_follows_the_exact_interval_of_its_accuracy():
     assert expo.reward_model_doubt(borderline, delta=0.2) is None     # 80% lower bound 0.535
 
 
-def test_a_doubted_reward_model_turns_reward_verdicts_inconclusive():
+def test_a_reward_model_at_chance_makes_every_claim_on_its_alpha_not_testable_never_reversed():
+    """The ExPO model is the model at the alpha the reward model chose: with that instrument at chance, a
+    comparison that would read reversed (or reproduced) cannot test ExPO; the differences are still shown."""
     good, bad = [1.0] * 30, [0.0] * 15 + [0.5] * 15
-    stats = expo.SampleStats(_samples({"DPO(10% data)": bad, "DPO(10% data)+ExPO": good}), n_boot=200)
-    rows = expo.table1_claims(stats, [0.1], reward_doubt="at chance")
-    assert rows[0]["verdict"] == "inconclusive" and "not counted: at chance" in rows[0]["ours"]
-    assert expo.table1_claims(stats, [0.1])[0]["verdict"] == "reproduced"
+    for expo_scores, plain in ((good, "reproduced"), (bad, "reversed")):
+        other = bad if expo_scores is good else good
+        stats = expo.SampleStats(_samples({"DPO(10% data)": other, "DPO(10% data)+ExPO": expo_scores,
+                                           "DPO(100% data)": other, "DPO(100% data)+ExPO": expo_scores}),
+                                 n_boot=200)
+        assert expo.table1_claims(stats, [0.1])[0]["verdict"] == plain
+        rows = expo.table1_claims(stats, [0.1, 1.0], reward_doubt="at chance")
+        assert {r["verdict"] for r in rows} == {expo.NOT_TESTABLE}
+        assert all("; not testable here: at chance" in r["ours"] and "[" in r["ours"] for r in rows)
     choice = expo.AlphaChoice({"5%": _scores(5.0), "20%": _scores(1.0), "100%": _scores(0.0)}, n_boot=200)
     trend = expo.alpha_trend_claim(choice, [0.05, 0.2, 1.0], reward_doubt="at chance")
-    assert trend["verdict"] == "inconclusive" and trend["ours"].endswith("not counted: at chance")
+    assert trend["verdict"] == expo.NOT_TESTABLE and trend["ours"].endswith("not testable here: at chance")
+
+
+def test_a_claims_overall_verdict_combines_its_testable_scopes_and_counts_the_rest():
+    claims = pd.DataFrame([
+        {"claim": "c", "source": "s", "verdict": "reproduced"}, {"claim": "c", "source": "s", "verdict": "not testable"},
+        {"claim": "d", "source": "s", "verdict": "not testable"}, {"claim": "d", "source": "s", "verdict": "not testable"}])
+    table = expo.overall(claims).set_index("claim")
+    assert table.loc["c", "verdict"] == "reproduced" and table.loc["d", "verdict"] == "not testable"
+    assert table.loc["d", ["reproduced", "reversed", "inconclusive", "not_testable"]].tolist() == [0, 0, 0, 2]
+    lines = expo.verdict_lines(table.reset_index())
+    assert lines[1] == "- **d** (s): **not testable** (0 reproduced, 0 reversed, 0 inconclusive, 2 not testable)"
 
 
 def test_judged_samples_rows_by_hand():

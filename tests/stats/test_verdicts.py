@@ -64,3 +64,10 @@ def test_both_papers_write_their_claims_with_the_shared_helpers():
     assert expo.VERDICTS == hbat.VERDICTS == stats.CLAIM_VERDICTS == ("reproduced", "reversed", "inconclusive")
     assert expo.verdict is hbat.verdict is stats.claim_verdict
     assert expo.combine is hbat.combine is stats.combine_verdicts
+
+
+def test_combine_testable_leaves_out_what_could_not_be_tested():
+    assert stats.combine_testable(["reproduced", stats.NOT_TESTABLE]) == "reproduced"
+    assert stats.combine_testable(["reversed", stats.NOT_TESTABLE, "inconclusive"]) == "reversed"
+    assert stats.combine_testable([stats.NOT_TESTABLE] * 2) == stats.NOT_TESTABLE == "not testable"
+    assert stats.combine_testable([]) == stats.NOT_TESTABLE
