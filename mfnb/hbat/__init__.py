@@ -15,6 +15,8 @@ Files, one idea each (read :mod:`~mfnb.hbat.algorithm` beside the paper's Algori
 * :mod:`~mfnb.hbat.report`, :mod:`~mfnb.hbat.plots`, :mod:`~mfnb.hbat.efficiency` -- notebook 04's tables,
   figures, and Table 7 (time and memory, each method in a fresh process).
 * :mod:`~mfnb.hbat.claims` -- a verdict per claim of the paper, from intervals over seeds.
+* :mod:`~mfnb.hbat.mechanism` -- does the importance weighting matter? HbAT against a uniform anchor of the same
+  strength and the released code's importance.
 
 Every public name is importable from ``mfnb.hbat``.
 """
@@ -30,6 +32,8 @@ from mfnb.hbat.fisher import empirical_fisher, scaled_fisher
 from mfnb.hbat.importance import (accumulate_changes, canonical_name, importance_from_changes, snapshot,
                                   squared_change_sums, tensor_changes, tensor_importance, top_fraction,
                                   trainable_tensors)
+from mfnb.hbat.mechanism import CONTROLS as MECHANISM_CONTROLS
+from mfnb.hbat.mechanism import importance_spread, mechanism_lines, mechanism_table
 from mfnb.hbat.plots import plot_figure2, plot_tradeoff
 from mfnb.hbat.report import (METRICS, PAPER_COLUMNS, PAPER_NAMES, conflict_check, departures, effective_tensors,
                               importance_table, ordering_statement, orderings, paper_table4, seed_summary, t_interval,

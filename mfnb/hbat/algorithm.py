@@ -267,6 +267,8 @@ def _run_stages(model, tokenizer, sft_rows, preference_rows, params, seed, store
                 importance = {}
             elif fisher:
                 importance = scaled_fisher(fishers[other], ewc)
+            elif ewc.importance == "uniform":   # the control: the same total weight on every tensor
+                importance = {k: ewc.fmax / len(accumulated[other]) for k in accumulated[other]}
             else:
                 importance = importance_from_changes(accumulated[other], ewc.fmax, ewc.change_scale)
             penalty, frozen = None, []

@@ -34,8 +34,10 @@ class HbatError(ValueError):
 class EWCParams(Params):
     """The modified EWC. Defaults follow the paper's equations; see the module docstring for the code's."""
 
-    importance: Literal["changes", "fisher"] = "changes"  # changes: the modified EWC (Eqs. 6-7, 9-10);
-    # fisher: the original EWC, the diagonal empirical Fisher per element (Appendix B, mfnb.hbat.fisher)
+    importance: Literal["changes", "fisher", "uniform"] = "changes"  # changes: the modified EWC (Eqs. 6-7, 9-10);
+    # fisher: the original EWC, the diagonal empirical Fisher per element (Appendix B, mfnb.hbat.fisher);
+    # uniform: F_i = fmax / #tensors for every tensor, a plain L2 anchor of the modified EWC's total strength (not in
+    # the paper: the control that tells whether the importance weighting matters)
     fisher_scale: Literal["raw", "fmax"] = "raw"  # raw: as estimated (classic EWC, the paper's original);
     # fmax: rescaled to the modified EWC's mean weight per element, fmax / #tensors (same lambda, same overall
     # strength; only where the weight goes differs)
@@ -98,9 +100,9 @@ class HbatParams(Params):
 
     @model_validator(mode="after")
     def _fisher_needs_the_penalty(self):
-        if self.ewc.importance == "fisher" and self.constraint == "freeze":
-            raise ValueError("ewc.importance 'fisher' (the original EWC) is a penalty; it cannot rank tensors "
-                             "for constraint 'freeze' (use importance 'changes')")
+        if self.ewc.importance in ("fisher", "uniform") and self.constraint == "freeze":
+            raise ValueError(f"ewc.importance {self.ewc.importance!r} is a penalty that does not rank tensors; "
+                             "constraint 'freeze' needs importance 'changes'")
         return self
 
 
@@ -113,6 +115,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "w/o alternating": dict(n_splits=1),
     "HbAT-Freeze": dict(constraint="freeze"),
     "HbAT w/ original EWC": dict(ewc=dict(importance="fisher")),   # Table 7: the Fisher instead of Eqs. 6-7
+    # not in the paper: does the importance weighting matter? (mfnb.hbat.mechanism)
+    "HbAT w/ uniform anchor": dict(ewc=dict(importance="uniform")),  # every tensor fmax / #tensors
+    "HbAT w/ released importance": dict(ewc=dict(reduce="sum", change_scale=1e10)),  # the authors' code's F_i
 }
 
 

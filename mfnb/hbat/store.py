@@ -60,7 +60,10 @@ def stage_key(prev: str, kind: str, part: int, rows: Sequence[Mapping], params: 
         spec["ewc"] = {"reduce": e.reduce, "change_scale": e.change_scale, "accumulate": e.accumulate,
                        "fmax": e.fmax, **({"lam": e.lam, "lam_placement": e.lam_placement, "min_fraction": e.min_fraction}
                                           if constraint == "ewc" else {"freeze_fraction": e.freeze_fraction})}
-        if constraint == "ewc" and e.importance != "changes":  # (absent for the default: older keys stay valid)
+        if constraint == "ewc" and e.importance == "uniform":  # every tensor fmax / #tensors: no changes read
+            spec["ewc"] = {"importance": e.importance, "fmax": e.fmax, "lam": e.lam, "lam_placement": e.lam_placement,
+                           "min_fraction": e.min_fraction}
+        elif constraint == "ewc" and e.importance != "changes":  # (absent for the default: older keys stay valid)
             spec["ewc"] = {"importance": e.importance, "fisher_scale": e.fisher_scale, "lam": e.lam,
                            "lam_placement": e.lam_placement, "accumulate": e.accumulate,
                            **({"fmax": e.fmax} if e.fisher_scale == "fmax" else {})}

@@ -196,6 +196,14 @@ def hbat(t: Tables) -> list[str]:
                           ["our score", "paper's score", "reproduced", "reversed", "inconclusive"],
                           [[metric, paper_metric, *(str(int(row.get(v, 0))) for v in stats.CLAIM_VERDICTS)]
                            for (metric, paper_metric), row in counts.iterrows()]))
+    mechanism = t.csv("04_mechanism")
+    if mechanism is not None and len(mechanism):
+        blocks.append("Does the importance weighting matter? HbAT minus the same penalty with other weights (not in the "
+                      "paper; `04_mechanism.csv`):\n\n" + table(
+                          ["control", "score", "HbAT minus control", "paired over", "reading"],
+                          [[r["control"], r["metric"], estimate(r["difference"], r["low"], r["high"], signed=True),
+                            "" if missing(r["over"]) else f"{count(r['n'])} {r['over']}", r["reading"]]
+                           for r in mechanism.to_dict("records")]))
     t7 = t.csv("04_table7")
     if t7 is None:
         blocks.append("Table 7 (time and memory) was not measured in this profile (no `04_table7.csv`).")

@@ -42,10 +42,10 @@ def _run(*argv) -> tuple[int, str]:
     ("04", ["-p", "seeds", "[1, 1]"], "parameter 'seeds': Value error, seeds: [1] repeated in [1, 1]"),
     ("04", ["-p", "lam_grid", "[-1.0]"], "parameter 'lam_grid': Value error, lam_grid: lambda must be >= 0"),
     ("04", ["-p", "methods", "[HbAT, original EWC]"], "methods: unknown ['original EWC']"),
-    ("04", ["-p", "hbat.ewc.importance", "hessian"], "parameter 'hbat.ewc.importance': Input should be 'changes' or"),
+    ("04", ["-p", "hbat.ewc.importance", "hessian"], "parameter 'hbat.ewc.importance': Input should be 'changes', 'fisher' or 'uniform'"),
     ("04", ["-p", "hbat.ewc.fisher_scale", "max"], "parameter 'hbat.ewc.fisher_scale'"),
     ("04", ["-p", "hbat.constraint", "freeze", "-p", "hbat.ewc.importance", "fisher"],
-     "importance 'fisher' (the original EWC) is a penalty; it cannot rank tensors for constraint 'freeze'"),
+     "ewc.importance 'fisher' is a penalty that does not rank tensors; constraint 'freeze' needs importance"),
 ])
 def test_cli_names_the_field(results, notebook, argv, message):
     status, err = _run("run", notebook, "--check", *argv)

@@ -226,6 +226,17 @@ def test_stage_plan_and_methods():
     assert hbat.for_method(base, "HbAT-Freeze").constraint == "freeze"
     with pytest.raises(hbat.HbatError, match="method"):
         hbat.for_method(base, "RLHF")
+    # the mechanism's controls change only where the penalty's weight goes, nothing else of HbAT
+    uniform, released = hbat.for_method(base, "HbAT w/ uniform anchor"), hbat.for_method(base, "HbAT w/ released importance")
+    assert uniform.ewc.importance == "uniform" and (released.ewc.reduce, released.ewc.change_scale) == ("sum", 1e10)
+    for variant in (uniform, released):
+        assert variant.model_copy(update={"ewc": base.ewc}) == base
+    assert released.ewc.lam_placement == "outside"   # the released code's importance, not its lambda placement
+    from mfnb.hbat.store import stage_key
+
+    keys = {stage_key("p", "dpo", 0, [], p, 0, "ewc") for p in (
+        base, uniform, uniform.model_copy(update={"ewc": uniform.ewc.model_copy(update={"fmax": 5.0})}), released)}
+    assert len(keys) == 4   # each weighting, and the uniform anchor's strength, its own stages
 
 
 # -- a whole run on a micro model: constraints, anchors and resume ----------------------------------
@@ -254,8 +265,9 @@ def test_run_hbat_resumes_from_store_with_same_importances(tmp_path):
     sft_prompts, pref_prompts = world.split_prompts(prompts, 0)
     sft_rows, pref_rows = world.sft_rows(sft_prompts), world.preference_rows(pref_prompts, 0)
     params = hbat.HbatParams.validate_mapping({
-        "n_splits": 2, "sft": {"lr": 1e-2, "batch_size": 4, "epochs": 1.0},
-        "dpo": {"lr": 1e-2, "batch_size": 4, "epochs": 1.0}, "ewc": {"fmax": 10.0, "lam": 1.0}, "select_by": "last"})
+        "n_splits": 2, "sft": {"lr": 1e-2, "batch_size": 4, "epochs": 1.0, "warmup_ratio": 0.0},
+        "dpo": {"lr": 1e-2, "batch_size": 4, "epochs": 1.0, "warmup_ratio": 0.0},
+        "ewc": {"fmax": 10.0, "lam": 1.0}, "select_by": "last"})   # no warm-up: a part's one step trains
     calls = []
 
     def evaluate(model, tok, split):
@@ -282,6 +294,18 @@ def test_run_hbat_resumes_from_store_with_same_importances(tmp_path):
     assert second.stages[-1].importance_used == pytest.approx(first.stages[-1].importance_used)
     for k, v in resumed_model.state_dict().items():
         torch.testing.assert_close(v, final[k], atol=1e-5, rtol=1e-4)
+
+    # the uniform anchor: the modified EWC's total weight spread evenly over the tensors
+    model = _micro(tokenizer)
+    run = hbat.run_hbat(model, tokenizer, sft_rows, pref_rows, hbat.for_method(params, "HbAT w/ uniform anchor"), seed=0)
+    used = run.stages[1].importance_used
+    assert set(used) == set(hbat.trainable_tensors(model))
+    assert list(used.values()) == pytest.approx([10.0 / len(used)] * len(used)) and sum(used.values()) == pytest.approx(10.0)
+    # the released code's importance (summed changes x 1e10 before the softmax) puts all of fmax on one tensor
+    run = hbat.run_hbat(_micro(tokenizer), tokenizer, sft_rows, pref_rows,
+                        hbat.for_method(params, "HbAT w/ released importance"), seed=0)
+    released = sorted(run.stages[1].importance_used.values())
+    assert released[-1] == pytest.approx(10.0) and sum(released[:-1]) == pytest.approx(0.0, abs=1e-6)
 
     # HbAT-Freeze trains with the top 20% tensors frozen, and restores requires_grad afterwards
     freeze = hbat.for_method(params, "HbAT-Freeze")

@@ -110,8 +110,10 @@ def test_original_ewc_method_preset():
     assert params.ewc.importance == "fisher" and params.ewc.lam == 0.01 and params.ewc.fmax == 50.0
     assert params.constraint == "ewc" and params.n_splits == 2
     assert hbat.for_method(hbat.HbatParams(), "HbAT").ewc.importance == "changes"
-    with pytest.raises(ParamsError, match="importance 'fisher'.*cannot rank tensors for constraint 'freeze'"):
-        hbat.HbatParams.validate_mapping({"constraint": "freeze", "ewc": {"importance": "fisher"}})
+    for importance in ("fisher", "uniform"):
+        with pytest.raises(ParamsError, match=f"importance '{importance}' is a penalty that does not rank tensors; "
+                                              "constraint 'freeze' needs importance 'changes'"):
+            hbat.HbatParams.validate_mapping({"constraint": "freeze", "ewc": {"importance": importance}})
     with pytest.raises(ParamsError, match="ewc.importance"):
         hbat.HbatParams.validate_mapping({"ewc": {"importance": "hessian"}})
 

@@ -30,7 +30,10 @@ def test_notebook_04_runs_and_writes_tables(tmp_path, monkeypatch):
     tables = tmp_path / "results" / "tiny" / "tables"
     table4 = pd.read_csv(tables / "04_table4.csv")
     assert list(table4["method"]) == ["SFT", "DPO", "HbAT", "w/o EWC", "w/o alternating", "HbAT-Freeze",
-                                      "HbAT w/ original EWC"]
+                                      "HbAT w/ original EWC", "HbAT w/ uniform anchor", "HbAT w/ released importance"]
+    mechanism = pd.read_csv(tables / "04_mechanism.csv")
+    assert set(mechanism["control"]) == {"HbAT w/ uniform anchor", "HbAT w/ released importance"}
+    assert set(mechanism["over"]) <= {"test prompts", "seeds"} and (mechanism["n"] > 0).all()   # one seed: prompts
     assert table4[["quality", "reward", "win_rate"]].apply(lambda c: c.between(0, 1)).all().all()
     assert (table4["seeds"] == 1).all()
     assert table4.set_index("method").loc["SFT", "reward"] == 0.0       # demonstrations never carry the style

@@ -89,3 +89,21 @@ def test_report_command(tmp_path, monkeypatch, capsys):
     assert "profile 'smol' has no tables" in err and not (tmp_path / "tiny" / "REPORT.md").exists()
     assert main(["report", "--profile", "all"]) == 0
     assert (tmp_path / "tiny" / "REPORT.md").read_text(encoding="utf-8") == render_report("tiny", tmp_path)
+
+
+def test_the_hbat_section_renders_the_mechanism_table_when_measured(tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from mfnb.reports import sections
+    from mfnb.reports.tables import Tables
+
+    folder = tmp_path / "tables"
+    shutil.copytree(RESULTS / "tiny" / "tables", folder)
+    assert not any(b.startswith("Does the importance weighting matter?") for b in sections.hbat(Tables(folder)))
+    pd.DataFrame([{"control": "HbAT w/ uniform anchor", "metric": "reward", "difference": 0.1, "low": 0.05,
+                   "high": 0.15, "n": 3, "over": "seeds", "reading": "higher"}]).to_csv(folder / "04_mechanism.csv",
+                                                                                      index=False)
+    block = next(b for b in sections.hbat(Tables(folder)) if b.startswith("Does the importance weighting matter?"))
+    assert "| HbAT w/ uniform anchor | reward | +0.100 [0.050, 0.150] | 3 seeds | higher |" in block
