@@ -28,6 +28,7 @@ from mfnb.stats import difference_text, interval_reading
 VERDICTS = stats.CLAIM_VERDICTS
 CLAIM_COLUMNS = ("claim", "source", "paper", "ours", "per_metric", "verdict")
 ONE_SEED = "no interval (one seed)"   # how a difference over a single seed reads
+MIN_MEMORY_REPEATS = 3   # fresh-process repeats behind Table 7's memory ratio before it counts
 ORIGINAL_EWC = "HbAT w/ original EWC"
 FIGURE2_METRICS = ("quality", "reward")   # the paper's Figure 2 plots PandaLM and Reward
 METRIC_NAMES = {"quality": "quality", "reward": "reward", "win_rate": "win rate"}
@@ -151,15 +152,20 @@ def original_ewc_claims(runs, costs=None) -> list[dict]:
         mem = costs.pivot_table(index="repeat", columns="method", values=column)
         ratio = np.log(mem[ORIGINAL_EWC] / mem["HbAT"]).dropna()
         m, sd, lo, hi = t_interval(ratio)
-        if len(ratio) >= 2 and sd == 0:  # identical in every repeat: the measurement has no spread
-            lo = hi = m
         state = costs.groupby("method")["state_mb"].median() if "state_mb" in costs else None
         extra = (f"; the constraint's own state (anchors, coefficients, kept importances): "
                  f"{fmt(state[ORIGINAL_EWC], 2)} MB vs {fmt(state['HbAT'], 2)} MB") if state is not None else ""
         ours = (f"original / modified {measure} over {len(ratio)} fresh-process repeats: "
-                f"{fmt(math.exp(m), 4)} {fmt_interval(*_exp(lo, hi), 4)}"
-                + extra)
+                f"{fmt(math.exp(m), 4)} {fmt_interval(*_exp(lo, hi), 4)}")
         v = verdict(lo, hi)
+        # a peak that did not move between repeats has no interval (the same page count every time says the
+        # measurement's resolution, not that the ratio is known exactly), nor do fewer repeats than an interval needs
+        if len(ratio) < MIN_MEMORY_REPEATS or sd == 0 or math.isnan(sd):
+            why = (f"only {len(ratio)} repeat(s); an interval needs {MIN_MEMORY_REPEATS} (efficiency_repeats)"
+                   if len(ratio) < MIN_MEMORY_REPEATS else "the ratio was the same in every repeat, so the repeats "
+                   "give no interval")
+            ours, v = f"{ours}; not shown: {why}", "inconclusive"
+        ours += extra
     else:
         ours, v = "not measured (efficiency_repeats is 0)", "inconclusive"
     rows.append({"claim": "the modified EWC needs less memory than the original EWC", "source": "Table 7",

@@ -73,6 +73,14 @@ def test_original_ewc_claims():
     faster = rows["the modified EWC trains faster than the original EWC"]
     assert faster["verdict"] == "reproduced" and ": 2.00 [" in faster["ours"]
     assert rows["the modified EWC needs less memory than the original EWC"]["verdict"] == "reproduced"
+    # the same ratio in every repeat, or too few repeats, shows nothing (tiny's 1.15 came out 1.0 in 3 of 4 runs)
+    memory = "the modified EWC needs less memory than the original EWC"
+    same = costs.assign(peak_rss_mb=costs["method"].map({"HbAT": 600.0, hbat.ORIGINAL_EWC: 690.0}))
+    row = {r["claim"]: r for r in hbat.original_ewc_claims(runs, same)}[memory]
+    assert row["verdict"] == "inconclusive" and "1.1500" in row["ours"]
+    assert "not shown: the ratio was the same in every repeat, so the repeats give no interval" in row["ours"]
+    row = {r["claim"]: r for r in hbat.original_ewc_claims(runs, costs[costs["repeat"] < 2])}[memory]
+    assert row["verdict"] == "inconclusive" and "not shown: only 2 repeat(s); an interval needs 3" in row["ours"]
     runs["cpu_seconds"] = runs["train_seconds"] * runs["method"].map({"HbAT": 1.0, hbat.ORIGINAL_EWC: 0.5})
     cpu = hbat.original_ewc_claims(runs)[1]   # CPU seconds win over wall seconds when every run has them
     assert "training CPU seconds" in cpu["ours"] and ": 1.00 [" in cpu["ours"] and cpu["verdict"] == "inconclusive"
