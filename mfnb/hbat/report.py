@@ -136,10 +136,12 @@ def _paper_claims():
     return claims
 
 
-def orderings(runs, metrics: Sequence[str] = METRICS):
+def orderings(runs, metrics: Sequence[str] = METRICS, records: Sequence[dict] = ()):
     """Every pairwise ordering of the paper's Table 4 (and HbAT-Freeze vs HbAT / DPO within Table 1), with
     ours beside it: ``reproduced`` when our mean difference has the paper's sign, ``resolved`` when the
-    95% t-interval of the per-seed (paired) difference excludes zero."""
+    95% t-interval of the per-seed (paired) difference excludes zero. With a single seed the difference is
+    paired over test prompts where ``records`` keep per-prompt scores (:func:`prompt_paired`), exactly as the
+    claims table does (:func:`mfnb.hbat.claims.pairwise_claims`), so the two agree by construction."""
     import pandas as pd
 
     present = set(runs["method"])
@@ -153,14 +155,20 @@ def orderings(runs, metrics: Sequence[str] = METRICS):
         if not known(runs, m):   # e.g. no known quality: the ordering cannot be tested
             rows.append({"metric": m, "paper_metric": col, "source": source, "paper_says": f"{better} > {worse}",
                          "paper_gap": abs(pa - pb), "our_gap": math.nan, "our_low": math.nan, "our_high": math.nan,
-                         "seeds": 0, "ours": unknown_text(m), "reproduced": False, "resolved": False,
-                         "verdict": NOT_TESTABLE})
+                         "seeds": 0, "paired_over": "", "ours": unknown_text(m), "reproduced": False,
+                         "resolved": False, "verdict": NOT_TESTABLE})
             continue
         diff = paired_difference(runs, m, better, worse)
         mean, _, low, high = _t_interval(diff)
+        over = f"{len(diff)} seeds"
+        by_prompt = prompt_paired(runs, records, better, worse, m) if len(diff) < 2 else None
+        if by_prompt is not None:
+            mean, _, low, high, prompts = by_prompt
+            over = f"{prompts} test prompts (one seed)"
         rows.append({"metric": m, "paper_metric": col, "source": source, "paper_says": f"{better} > {worse}",
                      "paper_gap": abs(pa - pb), "our_gap": mean, "our_low": low, "our_high": high,
-                     "seeds": len(diff), "ours": "same order" if mean > 0 else "tie" if mean == 0 else "opposite",
+                     "seeds": len(diff), "paired_over": over,
+                     "ours": "same order" if mean > 0 else "tie" if mean == 0 else "opposite",
                      "reproduced": bool(mean > 0),
                      "resolved": bool(low > 0 or high < 0) if not math.isnan(low) else False,
                      "verdict": "inconclusive" if math.isnan(low) or low <= 0 <= high
@@ -170,7 +178,7 @@ def orderings(runs, metrics: Sequence[str] = METRICS):
 
 def ordering_statement(table, level: float = 0.95) -> str:
     """A plain-text verdict computed from :func:`orderings`: every ordering is reproduced, reversed or
-    inconclusive by the t-interval of its paired difference over seeds."""
+    inconclusive by the t-interval of its paired difference over seeds (over test prompts with one seed)."""
     lines = []
     n, k = len(table), int(table["reproduced"].sum())
     counts = table["verdict"].value_counts()
@@ -178,7 +186,7 @@ def ordering_statement(table, level: float = 0.95) -> str:
     untestable = int(counts.get(NOT_TESTABLE, 0))
     lines.append(f"Of the paper's {n} pairwise orderings (over {table['metric'].nunique()} scores), our mean differences "
                  f"point the paper's way in {k}{f' ({ties} exact ties)' if ties else ''}; by the {level:.0%} t-interval "
-                 f"of the paired difference over seeds, {int(counts.get('reproduced', 0))} are reproduced, "
+                 f"of the paired difference over {_over(table)}, {int(counts.get('reproduced', 0))} are reproduced, "
                  f"{int(counts.get('reversed', 0))} reversed and {int(counts.get('inconclusive', 0))} inconclusive"
                  + (f"; {untestable} are not testable ("
                     + ", ".join(sorted({o for o in table.loc[table["verdict"] == NOT_TESTABLE, "ours"]})) + ")"
@@ -192,6 +200,13 @@ def ordering_statement(table, level: float = 0.95) -> str:
                  for v in ("reproduced", "reversed", "inconclusive")]
         lines.append(f"- {metric} (paper: {group.paper_metric.iloc[0]}): " + "; ".join(parts) + ".")
     return "\n".join(lines)
+
+
+def _over(table) -> str:
+    """What the orderings' intervals are over, in words: seeds, or test prompts where there was one seed."""
+    if "paired_over" in table and table["paired_over"].astype(str).str.contains("test prompts").any():
+        return "test prompts (one seed: seed noise is not in the interval)"
+    return "seeds"
 
 
 def departures(params):

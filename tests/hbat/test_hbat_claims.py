@@ -259,3 +259,21 @@ def test_one_seed_without_known_quality_pairs_reward_over_prompts():
     out, text = hbat.conflict_check(runs, records)
     assert out["quality"]["verdict"] == "not testable" and out["reward"]["prompts"] == 4
     assert "over 4 test prompts, paired" in text and "not testable" in text
+
+
+def test_with_one_seed_the_orderings_pair_over_test_prompts_as_the_claims_do():
+    """smol's one-seed run had every ordering inconclusive with NaN intervals while the claims table, paired over
+    test prompts, resolved HbAT > SFT on reward: both now pair the same way and agree."""
+    runs = pd.DataFrame([{"method": m, "seed": 0, "key": m, "quality": q, "reward": r, "win_rate": 0.5}
+                         for m, q, r in (("SFT", 0.6, 0.1), ("HbAT", 0.6, 0.5))])
+    per_prompt = {"SFT": {"quality": [0.6] * 20, "reward": [0.0, 0.2] * 10, "win_rate": [0.5] * 20},
+                  "HbAT": {"quality": [0.6] * 20, "reward": [0.4, 0.6] * 10, "win_rate": [0.5] * 20}}
+    records = [{"key": m, "label": m, "seed": 0, "per_prompt": s} for m, s in per_prompt.items()]
+    order = hbat.orderings(runs, records=records).set_index("metric")
+    reward = order.loc["reward"]
+    assert reward["paired_over"] == "20 test prompts (one seed)" and reward["our_gap"] == pytest.approx(0.4)
+    assert reward["verdict"] == "reproduced" and reward["our_low"] == pytest.approx(0.4)   # no spread: [0.4, 0.4]
+    claim = {r["claim"]: r for r in hbat.pairwise_claims(runs, records=records)}["HbAT beats SFT"]
+    assert "reward: reproduced" in claim["per_metric"]
+    assert "over test prompts (one seed: seed noise is not in the interval)" in hbat.ordering_statement(order.reset_index())
+    assert hbat.orderings(runs).set_index("metric").loc["reward", "verdict"] == "inconclusive"   # no records: NaN

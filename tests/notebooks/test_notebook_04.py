@@ -45,7 +45,12 @@ def test_notebook_04_runs_and_writes_tables(tmp_path, monkeypatch):
     assert runs.loc["HbAT w/ original EWC", "state_bytes"] > runs.loc["HbAT", "state_bytes"]  # a Fisher per element
     order = pd.read_csv(tables / "04_orderings.csv")
     assert len(order) == 36 and set(order["metric"]) == {"quality", "reward", "win_rate"}
-    assert set(order["verdict"]) == {"inconclusive"}               # one seed: no interval, no verdict
+    # one seed: paired over the test prompts, as the claims are, so the two tables agree
+    assert set(order["paired_over"]) == {"100 test prompts (one seed)"}
+    claims = pd.read_csv(tables / "04_claims.csv").set_index("claim")
+    beats = order[(order["paper_says"] == "HbAT > DPO") & (order["source"] == "Table 4")].set_index("metric")
+    for metric, verdict in (p.split(": ") for p in claims.loc["HbAT beats two-stage DPO", "per_metric"].split(", ")):
+        assert beats.loc[metric, "verdict"] == verdict, metric
     grid = pd.read_csv(tables / "04_figure2_runs.csv")
     assert set(grid["axis"]) == {"N", "Fmax", "DPO"}
     table7 = pd.read_csv(tables / "04_table7.csv").set_index("method")
