@@ -20,12 +20,12 @@ import csv
 import datetime
 import io
 import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from mfnb.core import paths
+from mfnb.core.machine import cpu_model
 
 #: Where a measured file is read from when none is named (relative to the project root).
 MEASURED = Path("benchmarks") / "throughput.csv"
@@ -91,17 +91,8 @@ def machine(threads: int | None = None, device: str | None = None) -> str:
 
         index = torch.device(device).index or 0
         return f"{torch.cuda.get_device_name(index)} ({torch.cuda.device_count()} visible)"
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    model = model or platform.processor() or platform.machine() or "unknown CPU"
     cores = f"{os.cpu_count()} logical cores"
-    return f"{model}, {cores}" + (f", {threads} threads" if threads else "")
+    return f"{cpu_model()}, {cores}" + (f", {threads} threads" if threads else "")
 
 
 def record(rows: Iterable[Measured], file: str | Path | None = None, *, date: str | None = None,

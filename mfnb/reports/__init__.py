@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mfnb.core.atomic import atomic_path
+from mfnb.core.machine import describe
 from mfnb.reports.sections import SECTIONS, missing_line
 from mfnb.reports.tables import Tables, results_root
 
@@ -53,6 +54,10 @@ def render_report(profile: str, results: Path | None = None) -> str:
         executed = folder.parent / "notebooks" / f"{notebook}.ipynb"
         if executed.is_file():
             parts.append(f"Executed notebook: [notebooks/{notebook}.ipynb](notebooks/{notebook}.ipynb).")
+        machine = t.json(f"{notebook[:2]}_machine")
+        parts.append(f"Ran on: {describe(machine)}." if machine else
+                     "The machine behind these tables is not recorded (they predate the record): CPU kernels differ "
+                     "between machines, so a rerun elsewhere may move their numbers.")
         parts += section(t)
     return "\n\n".join(parts) + "\n"
 

@@ -203,7 +203,8 @@ def _run_logged(cmd: list[str], env: dict[str, str], log: Path, stream: bool) ->
         code = proc.wait()
     if code != 0:
         # the launch's folder may sit in a caller's temporary folder, gone once the error unwinds: keep the log
-        kept = paths.cache_dir("launch") / "failed" / f"{time.strftime('%Y%m%d-%H%M%S')}-{log.parent.name}.log"
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        kept = paths.cache_dir("launch") / "failed" / f"{stamp}-{log.parent.name.lstrip('.')}" / log.name
         kept.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(log, kept)
         failed = DistributedError(f"training processes failed (exit code {code}); full log: {kept}\n"

@@ -107,3 +107,17 @@ def test_the_hbat_section_renders_the_mechanism_table_when_measured(tmp_path):
                                                                                       index=False)
     block = next(b for b in sections.hbat(Tables(folder)) if b.startswith("Does the importance weighting matter?"))
     assert "| HbAT w/ uniform anchor | reward | +0.100 [0.050, 0.150] | 3 seeds | higher |" in block
+
+
+def test_each_notebook_section_names_the_machine_its_tables_came_from(tmp_path):
+    import json
+    import shutil
+
+    shutil.copytree(RESULTS / "tiny" / "tables", tmp_path / "tiny" / "tables")
+    record = {"cpu": "Test CPU", "logical_cores": 2, "torch_threads": 2, "native_bf16": False, "gpus": [],
+              "torch": "2.13.0", "date": "2026-12-07"}
+    (tmp_path / "tiny" / "tables" / "02_machine.json").write_text(json.dumps(record))
+    text = render_report("tiny", tmp_path)
+    section = text.split("## 02")[1].split("## 03")[0]
+    assert "Ran on: Test CPU, 2 logical cores, torch 2.13.0 on 2 threads, no native bf16, no GPU (2026-12-07)." in section
+    assert "is not recorded (they predate the record)" in text.split("## 01")[1].split("## 02")[0]

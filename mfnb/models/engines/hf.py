@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import copy
 import time
-from pathlib import Path
 from typing import Sequence
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from mfnb.core.machine import cpu_has_native_bf16
 from mfnb.core.progress import progress as progress_bar
 from mfnb.models.devices import torch_threads
 from mfnb.models.engines import Generation, row_seeds, track, untrack
@@ -236,16 +236,7 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
     emulated and slower than fp32."""
     if torch.device(device).type == "cuda":
         return torch.cuda.is_bf16_supported()
-    # not oneDNN's own "bf16 supported": it says yes on any AVX512F CPU, where bf16 is emulated (SmolLM2 sampled
-    # 4-5x slower than in fp32 on such a CPU, benchmarks/bench_served_lora.py, 2026-12-07)
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # another torch: read the CPU's flags (Linux)
-        try:
-            flags = Path("/proc/cpuinfo").read_text().split()
-        except OSError:
-            return False
-        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return cpu_has_native_bf16()
 
 
 def resolve_dtype(model, dtype: str) -> str:
