@@ -41,7 +41,8 @@ def machine_record() -> dict[str, Any]:
     Python and torch, and the date (UTC)."""
     import torch
 
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            if torch.cuda.is_available() else [])
     return {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "native_bf16": cpu_has_native_bf16(), "gpus": gpus, "python": platform.python_version(),
             "torch": torch.__version__, "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat()}

@@ -198,8 +198,8 @@ def hbat(t: Tables) -> list[str]:
                            for (metric, paper_metric), row in counts.iterrows()]))
     mechanism = t.csv("04_mechanism")
     if mechanism is not None and len(mechanism):
-        blocks.append("Does the importance weighting matter? HbAT minus the same penalty with other weights (not in the "
-                      "paper; `04_mechanism.csv`):\n\n" + table(
+        blocks.append("Does the importance weighting matter? HbAT minus the same penalty with other weights "
+                      "(not in the paper; `04_mechanism.csv`):\n\n" + table(
                           ["control", "score", "HbAT minus control", "paired over", "reading"],
                           [[r["control"], r["metric"], estimate(r["difference"], r["low"], r["high"], signed=True),
                             "" if missing(r["over"]) else f"{count(r['n'])} {r['over']}", r["reading"]]

@@ -37,9 +37,10 @@ def dpo_config(output_dir: str, params: DPOParams, seed: int, show_progress: boo
                   bf16=mixed_precision(), activation_checkpointing=params.gradient_checkpointing,
                   report_to="none", save_strategy="no", logging_steps=10, disable_tqdm=not show_progress,
                   dataloader_pin_memory=gpu)
-    # the speed levers (each off by default: TRL's and transformers' defaults); see DPOParams
+    # the levers that change the update are off by default (TRL's and transformers' defaults); see DPOParams
     if params.precompute_ref_log_probs:
-        kwargs.update(precompute_ref_log_probs=True, precompute_ref_batch_size=params.precompute_ref_batch_size or micro)
+        kwargs.update(precompute_ref_log_probs=True,
+                      precompute_ref_batch_size=params.precompute_ref_batch_size or micro)
     if params.group_by_length:
         # the sampler reads the "length" column :func:`fit` adds to TRL's tokenised rows; the collator reads only
         # its own columns, so the rows may keep theirs
