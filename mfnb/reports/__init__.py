@@ -44,7 +44,8 @@ def render_report(profile: str, results: Path | None = None) -> str:
               "the notebooks set beside ours."),
              ("Tables found for notebooks: " + (", ".join(found) if found else "none") + ". A claim is *reproduced* "
               "when our interval lies on the paper's side, *reversed* when it lies on the other side, *inconclusive* "
-              "otherwise; each notebook says which interval it uses.")]
+              "otherwise, and *not testable* where the instrument cannot tell (a score never measured, a reward model "
+              "not shown to beat chance); each notebook says which interval it uses.")]
     for notebook, title, required, section in SECTIONS:
         parts.append(f"## {notebook}: {title}")
         absent = [name for name in required if not t.has(name)]
