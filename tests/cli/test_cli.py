@@ -185,8 +185,9 @@ def test_failed_run_keeps_the_good_notebook_then_a_good_run_replaces_it(results)
     assert f"notebook {NB05} failed at In [" in err and "FileExistsError" in err
     assert f"partial notebook: {notebooks / (NB05 + '.failed.ipynb')}" in err
     assert f"last good run, unchanged: {good}" in err
+    tables = results / "tiny" / "tables"
     assert f"files this run rewrote (each written whole, atomically; the others are untouched):\n" \
-           f"    {results / 'tiny' / 'tables' / '05_radius_vs_n.csv'}\n" in err + "\n"
+           f"    {tables / '05_machine.json'}\n    {tables / '05_radius_vs_n.csv'}\n" in err + "\n"
     assert good.read_text() == '{"the": "last good run"}'
     failed = nbformat.read(notebooks / f"{NB05}.failed.ipynb", as_version=4)
     assert any(o.get("ename") == "FileExistsError" for c in failed.cells for o in c.get("outputs", []))
