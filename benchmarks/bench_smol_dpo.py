@@ -317,7 +317,7 @@ def measure(policy, tokenizer, rows, args, lever: dict, initial: dict) -> dict:
     return record
 
 
-def _load_policy(args):
+def _load_smollm2(args):
     """SmolLM2-135M-Instruct and its tokenizer."""
     from mfnb.models import load_model, load_tokenizer
     from mfnb.worlds.smol.smollm2 import smollm2_path
@@ -345,7 +345,7 @@ def child(args) -> None:
     variant, scratch, round_ = args.child.split(":")
     with open(os.path.join(scratch, "rows.json")) as f:
         rows = tuple(json.load(f))
-    tokenizer, model = _load_policy(args)
+    tokenizer, model = _load_smollm2(args)
     policy = _fresh_adapter(model, args.seed)
     from peft import get_peft_model_state_dict
 
@@ -388,7 +388,7 @@ def dpo_benchmark(args) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     if args.bf16 and not native_bf16():
         print("note: bf16 is emulated on this CPU (no AVX512-BF16/AMX): expect it slower than fp32")
-    tokenizer, model = _load_policy(args)
+    tokenizer, model = _load_smollm2(args)
     n_params = sum(p.numel() for p in model.parameters())
     cfg = model.config
     threads = torch.get_num_threads()

@@ -44,6 +44,9 @@ def _run(*argv) -> tuple[int, str]:
     ("04", ["-p", "methods", "[HbAT, original EWC]"], "methods: unknown ['original EWC']"),
     ("04", ["-p", "hbat.ewc.importance", "hessian"], "parameter 'hbat.ewc.importance': Input should be 'changes', 'fisher' or 'uniform'"),
     ("04", ["-p", "hbat.ewc.fisher_scale", "max"], "parameter 'hbat.ewc.fisher_scale'"),
+    ("03", ["-p", "dpo.micro_batch_size", "3"], "micro_batch_size (3) must divide batch_size"),
+    ("04", ["-p", "hbat.ewc.importance", "uniform", "-p", "hbat.constraint", "freeze"],
+     "ewc.importance 'uniform' is a penalty that does not rank tensors; constraint 'freeze' needs importance"),
     ("04", ["-p", "hbat.constraint", "freeze", "-p", "hbat.ewc.importance", "fisher"],
      "ewc.importance 'fisher' is a penalty that does not rank tensors; constraint 'freeze' needs importance"),
 ])
