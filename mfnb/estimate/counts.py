@@ -230,7 +230,8 @@ def count_03(P, sizes: Sizes) -> list[Item]:
     :meth:`mfnb.expo.ExpoExperiment.table2`): per pair, alpha 0 (the aligned model) and every alpha of its range
     on the validation prompts (first sweep seed), each nonzero alpha extrapolated into a full-model folder; then
     the aligned model and the chosen alpha (extrapolated again) on the test prompts per report seed, both judged
-    against the baseline like Table 1."""
+    against the baseline like Table 1.  Every default and control model is trained, swept and tested once per
+    training seed (``train_seeds``)."""
     nb = "03_expo_alpha_curves"
     dpo = P.dpo
     if P.preference.n_pairs is not None:
@@ -250,19 +251,24 @@ def count_03(P, sizes: Sizes) -> list[Item]:
     variants += [(f, dpo.lr, e) for f in P.figure6.fractions for e in P.figure6.epochs]
     probe = [(1.0, lr, dpo.epochs) for lr in sorted(set(P.lr_probe) | {dpo.lr})]
     probe_new = [v for v in probe if v not in variants]
+    trains = len(P.train_seeds)  # every default and control model once per training seed; the probe on the first
     items = []
-    for label, group in (("data fractions and Figure 6 controls", variants), ("learning-rate probe", probe_new)):
+    for label, group, times in (("data fractions and Figure 6 controls", variants, trains),
+                                ("learning-rate probe", probe_new, 1)):
         if not group:
             continue
-        n_rows = sum(rows(f) for f, _, _ in group)
-        items.append(Item(nb, f"DPO adapters ({label}): {len(group)} runs, {n_rows} pairs", train_kind="dpo",
-                          training_runs=len(group), train_rows=n_rows,
-                          train_sequences=sum(2 * rows(f) * e for f, _, e in group), max_length=dpo.max_length,
-                          optimizer_steps=sum(_steps(rows(f), dpo.batch_size, dpo.grad_accum, e) for f, _, e in group),
+        n_rows = times * sum(rows(f) for f, _, _ in group)
+        over = f" ({times} training seeds)" if times > 1 else ""
+        items.append(Item(nb, f"DPO adapters ({label}): {times * len(group)} runs{over}, {n_rows} pairs",
+                          train_kind="dpo", training_runs=times * len(group), train_rows=n_rows,
+                          train_sequences=times * sum(2 * rows(f) * e for f, _, e in group), max_length=dpo.max_length,
+                          optimizer_steps=times * sum(_steps(rows(f), dpo.batch_size, dpo.grad_accum, e)
+                                                      for f, _, e in group),
                           full_ft=P.lora is None))
     alphas, seeds = len(P.alphas), len(P.sweep_seeds)
-    items.append(_generated(nb, f"alpha sweeps: {len(variants)} models x {alphas} alphas x {seeds} seeds x "
-                                f"{n_select} prompts", len(variants) * alphas * seeds * n_select, P.sampling))
+    swept = trains * len(variants)
+    items.append(_generated(nb, f"alpha sweeps: {swept} models x {alphas} alphas x {seeds} seeds x "
+                                f"{n_select} prompts", swept * alphas * seeds * n_select, P.sampling))
     if probe_new:
         items.append(_generated(nb, f"probe sweeps: {len(probe_new)} models x {alphas} alphas x {n_select} prompts",
                                 len(probe_new) * alphas * n_select, P.sampling))
@@ -275,7 +281,7 @@ def count_03(P, sizes: Sizes) -> list[Item]:
         n_role = (len(roles) - 1) * n_select + (role_seeds * n_select if P.sft_role in roles else 0)
         named = ", ".join(roles) if len(roles) <= 4 else f"{len(roles)} roles"
         items.append(_generated(nb, f"roles on the validation prompts: {named}", n_role, P.sampling))
-    models = 1 + 2 * len(variants)
+    models = 1 + 2 * trains * len(variants)
     reports = len(P.report_seeds)
     items.append(_generated(nb, f"Table 1 responses: {models} models x {reports} seeds x {n_report} test prompts",
                             models * reports * n_report, P.sampling))

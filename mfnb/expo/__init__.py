@@ -32,7 +32,7 @@ from mfnb.expo.alpha_judge import (accuracy_on_pairs, accuracy_on_responses, pai
 from mfnb.expo.bootstrap import (bootstrap_counts, lc_replicates, percentile_interval, rank_correlation_replicates,
                                  replicate_means)
 from mfnb.expo.claims import (CLAIM_COLUMNS, NOT_TESTABLE, TREND_CLAIM, VERDICTS, AlphaChoice, alpha_shift,
-                              alpha_trend_claim, claims_table, combine, figure6_claims, medium_best_claim, overall,
+                              alpha_summary, alpha_trend_claim, claims_table, combine, figure6_claims, medium_best_claim, overall,
                               reward_model_doubt, table1_claims, verdict)
 from mfnb.expo.control import Variant, control_variants
 from mfnb.expo.experiment import ExpoExperiment
@@ -41,10 +41,10 @@ from mfnb.expo.extrapolation import (CHUNK_ELEMENTS, INDEX_FILE, SINGLE_FILE, WE
 from mfnb.expo.findings import claim_lines, figure6_lines, length_lines, lr_lines, reward_model_lines, verdict_lines
 from mfnb.expo.lora import ADAPTER_FILE, lora_delta_norm, lora_extrapolation, scale_lora_adapter
 from mfnb.expo.plots import plot_alpha_curves, plot_figure6, winrate_rows
-from mfnb.expo.report import (METRIC_NAMES, SampleStats, comparisons, comparisons_wide, departures, judged_samples,
+from mfnb.expo.report import (METRIC_NAMES, NOT_TRAINED, SampleStats, comparisons, comparisons_wide, departures, judged_samples,
                               length_controlled_win_rate, paper_table1, samples_table)
 from mfnb.expo.sweep import (alpha_sweep, is_non_increasing, optimal_alpha, optimal_alpha_table, paper_alpha_grid,
-                             paper_optimal_alpha, response_metrics, score_matrix, summarize_sweep, sweep_responses,
+                             paper_optimal_alpha, response_metrics, score_matrix, seed_mean, summarize_sweep, sweep_responses,
                              sweep_scores)
 from mfnb.expo.training import (EXPO_VERSION, adapter_info, adapter_key, adapter_path, dpo_steps, fraction_label,
                                 fraction_rows, length_bias, load_aligned, preference_rows, train_dpo_adapter)

@@ -116,29 +116,76 @@ class AlphaChoice:
         return pd.DataFrame(rows)
 
 
-def alpha_trend_claim(choice: AlphaChoice, fractions: Sequence[float], reward_doubt: str | None = None) -> dict:
+def per_seed(choice) -> list[AlphaChoice]:
+    """``choice`` as a list of one :class:`AlphaChoice` per training seed (a mapping seed -> choice, a list,
+    or one choice)."""
+    if isinstance(choice, AlphaChoice):
+        return [choice]
+    return list(choice.values()) if isinstance(choice, Mapping) else list(choice)
+
+
+def _crossed(choices: Sequence[AlphaChoice], points, replicates, discrete: bool = False) -> tuple[float, float, float]:
+    """A statistic's mean over training seeds with its interval (:func:`mfnb.stats.seed_replicate_interval`)."""
+    return stats.seed_replicate_interval(points, replicates, choices[0].level, n_prompts=choices[0].counts.shape[1],
+                                         discrete=discrete)
+
+
+def _seed_alphas(choices: Sequence[AlphaChoice], key: str) -> str:
+    """The optimal alpha under each training seed, with its interval over the validation prompts."""
+    return ", ".join(f"{fmt(c.point[key], 1)} {fmt_interval(*c.interval(key), 1)}" for c in choices)
+
+
+def alpha_summary(choice, delta_norms: Mapping[int, Mapping[str, float]] | None = None):
+    """Per model: the optimal alpha over the training seeds (the mean, its interval crossed over seeds and
+    validation prompts; one seed: :meth:`AlphaChoice.table`'s choice and interval), the mean ||delta theta||
+    and the mean extrapolated update (1 + alpha) ||delta theta||.  ``delta_norms``: seed -> model key -> norm."""
+    import pandas as pd
+
+    seeds = list(choice) if isinstance(choice, Mapping) else None
+    choices = per_seed(choice)
+    rows = []
+    for key in choices[0].matrices:
+        alpha, low, high = _crossed(choices, [c.point[key] for c in choices], [c.replicates[key] for c in choices],
+                                    discrete=True)
+        row = {"model": key, "alpha": alpha, "alpha_low": low, "alpha_high": high, "seeds": len(choices)}
+        if delta_norms and seeds is not None and all(key in delta_norms.get(s, {}) for s in seeds):
+            norms = [delta_norms[s][key] for s in seeds]
+            row["delta_norm"] = float(np.mean(norms))
+            row["extrapolated_norm"] = float(np.mean([(1 + c.point[key]) * n for c, n in zip(choices, norms)]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def alpha_trend_claim(choice, fractions: Sequence[float], reward_doubt: str | None = None) -> dict:
     """The paper (Figure 5, Table 3): the optimal alpha falls as the data grows.  Ours: Spearman's rho
-    between data fraction and the optimal alpha, with its interval (verdict: rho < 0)."""
+    between data fraction and the optimal alpha, with its interval (verdict: rho < 0); over several training
+    seeds, the mean rho with the interval crossed over seeds and validation prompts.  ``choice``: one
+    :class:`AlphaChoice` or one per training seed."""
+    choices = per_seed(choice)
     keys = [fraction_label(f) for f in sorted(fractions)]
-    reps = np.stack([choice.replicates[k] for k in keys], axis=1)
-    point = bootstrap.rank_correlation_replicates(sorted(fractions), np.array([[choice.point[k] for k in keys]]))[0]
-    low, high = bootstrap.percentile_interval(bootstrap.rank_correlation_replicates(sorted(fractions), reps),
-                                              choice.level, discrete=True)
+    points, reps = [], []
+    for c in choices:
+        points.append(bootstrap.rank_correlation_replicates(sorted(fractions), np.array([[c.point[k] for k in keys]]))[0])
+        reps.append(bootstrap.rank_correlation_replicates(sorted(fractions),
+                                                          np.stack([c.replicates[k] for k in keys], axis=1)))
+    point, low, high = _crossed(choices, points, reps, discrete=True)
     paper = paper_optimal_alpha()
-    alphas = "; ".join(f"{k}: {fmt(choice.point[k], 1)} {fmt_interval(*choice.interval(k), 1)}" for k in keys)
+    alphas = "; ".join(f"{k}: {_seed_alphas(choices, k)}" for k in keys)
+    over = f" (mean over {len(choices)} training seeds; each seed's alpha below)" if len(choices) > 1 else ""
     return _doubted({"claim": TREND_CLAIM, "source": "Figure 5, Table 3",
                      "scope": "all fractions",
                      "paper": "optimal alpha " + ", ".join(f"{k}: {fmt(v, 1)}" for k, v in paper.items()),
-                     "ours": f"Spearman rho(fraction, optimal alpha) {fmt(point, 2)} {fmt_interval(low, high, 2)}; "
-                             f"optimal alpha {alphas}",
+                     "ours": f"Spearman rho(fraction, optimal alpha) {fmt(point, 2)} {fmt_interval(low, high, 2)}"
+                             f"{over}; optimal alpha {alphas}",
                      "verdict": verdict(low, high, direction=-1)}, reward_doubt)
 
 
-def medium_best_claim(choice: AlphaChoice, fractions: Sequence[float], medium: float = 0.2,
+def medium_best_claim(choice, fractions: Sequence[float], medium: float = 0.2,
                       reward_doubt: str | None = None) -> dict:
     """The paper (Section 3.3): the best reward after ExPO comes from the 20% model, not from the smaller
     (5%, 10%) or larger (40%) ones of Figure 5.  Ours: that model's best validation reward minus the best
-    of the other Figure 5 fractions (below 100%), alpha re-chosen in every replicate."""
+    of the other Figure 5 fractions (below 100%), alpha re-chosen in every replicate (and per training seed)."""
+    choices = per_seed(choice)
     figure5 = sorted(f for f in fractions if f < 1.0)
     claim = {"claim": f"the best reward after ExPO comes from the {fraction_label(medium)} model",
              "source": "Section 3.3, Figure 5", "scope": ", ".join(fraction_label(f) for f in figure5),
@@ -147,10 +194,12 @@ def medium_best_claim(choice: AlphaChoice, fractions: Sequence[float], medium: f
         return {**claim, "ours": "not testable here: the fractions do not hold it", "verdict": NOT_TESTABLE}
     key = fraction_label(medium)
     others = [fraction_label(f) for f in figure5 if f != medium]
-    reps = choice.best[key] - np.max(np.stack([choice.best[k] for k in others], axis=1), axis=1)
-    diff = choice.best_point[key] - max(choice.best_point[k] for k in others)
-    low, high = bootstrap.percentile_interval(reps, choice.level)
+    points = [c.best_point[key] - max(c.best_point[k] for k in others) for c in choices]
+    reps = [c.best[key] - np.max(np.stack([c.best[k] for k in others], axis=1), axis=1) for c in choices]
+    diff, low, high = _crossed(choices, points, reps)
     ours = f"{key} minus the best other fraction, reward at the optimal alpha: {difference_text(diff, low, high)}"
+    if len(choices) > 1:
+        ours += f" (mean over {len(choices)} training seeds: " + ", ".join(fmt(p, signed=True) for p in points) + ")"
     return _doubted({**claim, "ours": ours, "verdict": verdict(low, high)}, reward_doubt)
 
 
@@ -238,19 +287,22 @@ def figure6_claims(stats: SampleStats, variants: Sequence[Variant], metric: str 
     return rows
 
 
-def alpha_shift(choice: AlphaChoice, variants: Sequence[Variant]):
+def alpha_shift(choice, variants: Sequence[Variant]):
     """Per control model: its optimal alpha against the default model's at the same fraction (paired over
-    the same resampled validation prompts), and the sizes of both updates."""
+    the same resampled validation prompts; over several training seeds, the mean difference with its interval
+    crossed over seeds and prompts).  ``choice``: one :class:`AlphaChoice` or one per training seed."""
     import pandas as pd
 
+    choices = per_seed(choice)
     rows = []
     for v in variants:
         base, ctrl = v.default.key, v.key
-        low, high = bootstrap.percentile_interval(choice.replicates[base] - choice.replicates[ctrl], choice.level,
-                                                  discrete=True)
-        rows.append({"control": ctrl, "default_alpha": choice.point[base], "control_alpha": choice.point[ctrl],
-                     "difference": choice.point[base] - choice.point[ctrl], "low": low, "high": high,
-                     "alpha_falls": low > 0, "alpha_rises": high < 0})
+        diff, low, high = _crossed(choices, [c.point[base] - c.point[ctrl] for c in choices],
+                                   [c.replicates[base] - c.replicates[ctrl] for c in choices], discrete=True)
+        rows.append({"control": ctrl, "default_alpha": float(np.mean([c.point[base] for c in choices])),
+                     "control_alpha": float(np.mean([c.point[ctrl] for c in choices])),
+                     "difference": diff, "low": low, "high": high, "alpha_falls": low > 0, "alpha_rises": high < 0,
+                     "seeds": len(choices)})
     return pd.DataFrame(rows)
 
 

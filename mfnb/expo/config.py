@@ -85,12 +85,14 @@ class ExpoParams(Params):
     report_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     n_boot: int = Field(default=2000, ge=100)     # bootstrap replicates over prompts for every interval
     boot_seed: int = 0
-    train_seed: int = 0
+    # training seeds: each trains every DPO model again on its own draw of the data (order and subsets), and
+    # every interval crosses them with the prompts; the first is the one the learning-rate probe uses
+    train_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     torch_threads: int | None = Field(default=None, ge=1)
     delta: float = Field(default=0.05, gt=0, lt=1)
     launch: LaunchParams | None = None   # DPO steps under accelerate launch (mfnb.training.launch); None: here
 
-    @field_validator("fractions", "alphas", "sweep_seeds", "report_seeds", "lr_probe")
+    @field_validator("fractions", "alphas", "sweep_seeds", "report_seeds", "lr_probe", "train_seeds")
     @classmethod
     def _distinct(cls, value: list, info) -> list:
         if len(set(value)) != len(value):

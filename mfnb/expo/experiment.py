@@ -22,14 +22,15 @@ from mfnb import evaluation
 from mfnb.core.formatting import fmt
 from mfnb.core.progress import progress as progress_bar
 from mfnb.expo.alpha_judge import accuracy_on_pairs, accuracy_on_responses, reward_judge, sweep_pairs
-from mfnb.expo.claims import (TREND_CLAIM, AlphaChoice, alpha_shift, alpha_trend_claim, claims_table,
+from mfnb.expo.claims import (TREND_CLAIM, AlphaChoice, alpha_shift, alpha_summary, alpha_trend_claim, claims_table,
                               figure6_claims, medium_best_claim, table1_claims)
 from mfnb.expo.control import Variant, control_variants
 from mfnb.expo.findings import figure6_lines, length_lines, lr_lines, reward_model_lines, verdict_lines
 from mfnb.expo.lora import lora_delta_norm
-from mfnb.expo.report import SampleStats, comparisons, departures, judged_samples, paper_table1, samples_table
-from mfnb.expo.sweep import (alpha_sweep, optimal_alpha, optimal_alpha_table, response_metrics, summarize_sweep,
-                             sweep_responses, sweep_scores)
+from mfnb.expo.report import (NOT_TRAINED, SampleStats, comparisons, departures, judged_samples, paper_table1,
+                              samples_table)
+from mfnb.expo.sweep import (alpha_sweep, optimal_alpha, optimal_alpha_table, response_metrics, seed_mean,
+                             summarize_sweep, sweep_responses, sweep_scores)
 from mfnb.expo.training import (adapter_info, adapter_path, dpo_steps, fraction_label, length_bias, load_aligned,
                                 preference_rows, train_dpo_adapter)
 from mfnb.worlds import has, make_world
@@ -64,12 +65,15 @@ class ExpoExperiment:
         self.controls = control_variants(params)
         self.variants = [Variant(f) for f in params.fractions] + self.controls
         self.rm = reward
-        self.adapters: dict[str, Path] = {}      # variant key -> adapter folder (train_adapters)
-        self.delta_norms: dict[str, float] = {}  # variant key -> ||delta theta|| (train_adapters)
-        self.scores: dict[str, object] = {}      # variant key -> per-prompt sweep scores (alpha_sweeps)
+        self.seeds = list(params.train_seeds)    # every model is trained, swept and tested once per seed
+        # per training seed: variant key -> adapter folder, ||delta theta|| (train_adapters), per-prompt sweep
+        # scores (alpha_sweeps), and the seed's alpha choice (choose_alpha)
+        self.adapters: dict[int, dict[str, Path]] = {s: {} for s in self.seeds}
+        self.delta_norms: dict[int, dict[str, float]] = {s: {} for s in self.seeds}
+        self.scores: dict[int, dict[str, object]] = {s: {} for s in self.seeds}
+        self.choice: dict[int, AlphaChoice] = {}
         self.all_sweeps = None                   # alpha_sweeps' table
-        self.choice: AlphaChoice | None = None   # choose_alpha
-        self.alpha_table = None                  # choose_alpha's table
+        self.alpha_table = None                  # choose_alpha's table: one row per model and training seed
         self.stats: SampleStats | None = None    # table1's bootstrap over the test prompts
         self.test_texts: dict[int, tuple[dict, dict]] = {}  # table 1 / 2 -> (baseline, models) responses
         self.stats2: SampleStats | None = None   # table2's bootstrap over the test prompts
@@ -151,16 +155,17 @@ class ExpoExperiment:
 
     def accuracy_on_sweeps(self, accuracy):
         """``accuracy`` with a row for the ExPO models' own responses: for every Figure 5 model and sweep
-        seed, the response at each alpha != 0 against the one at alpha = 0 (same prompt, same seed)."""
+        seed (and training seed), the response at each alpha != 0 against the one at alpha = 0 (same prompt,
+        same seed)."""
         import pandas as pd
 
         pairs = []
-        for fraction in self.P.fractions:
-            key = fraction_label(fraction)
-            model, tokenizer = load_aligned(self.world, self.P.sft_role, self.adapters[key])
+        for train_seed, fraction in ((t, f) for t in self.seeds for f in self.P.fractions):
+            adapter = self.adapters[train_seed][fraction_label(fraction)]
+            model, tokenizer = load_aligned(self.world, self.P.sft_role, adapter)
             for seed in self.P.sweep_seeds:
                 answers = sweep_responses(model, tokenizer, self.select_prompts, self.P.alphas, self.P.sampling,
-                                          seed=seed, cache=self.adapters[key] / "responses", progress=False)
+                                          seed=seed, cache=adapter / "responses", progress=False)
                 pairs += sweep_pairs(self.select_prompts, answers)
         if not pairs:
             return accuracy
@@ -170,32 +175,40 @@ class ExpoExperiment:
 
     # -- the DPO models -----------------------------------------------------------------------------
 
-    @cached_property
+    @property
     def preference_rows(self) -> list[dict]:
-        """The full preference set in its seeded order (each fraction trains on a prefix)."""
-        return preference_rows(self.world, self.P.preference)
+        """The full preference set in the first training seed's order (each fraction trains on a prefix)."""
+        return self.seed_preference_rows(self.seeds[0])
+
+    def seed_preference_rows(self, train_seed: int) -> list[dict]:
+        """The full preference set in ``train_seed``'s order (:func:`mfnb.expo.training.preference_rows`)."""
+        cache = self.__dict__.setdefault("_preference_rows", {})
+        if train_seed not in cache:
+            cache[train_seed] = preference_rows(self.world, self.P.preference, train_seed)
+        return cache[train_seed]
 
     def train_adapters(self, progress: bool = True):
-        """One LoRA DPO adapter per data fraction and control model, trained where not cached; a row each:
-        data, pairs, learning rate, epochs, steps, training loss and margin, ||delta theta||, seconds, and
-        whether it came from the cache."""
+        """One LoRA DPO adapter per data fraction and control model and training seed, trained where not
+        cached; a row each: model, training seed, data, pairs, learning rate, epochs, steps, training loss and
+        margin, ||delta theta||, seconds, and whether it came from the cache."""
         import pandas as pd
 
         rows = []
-        for v in progress_bar(self.variants, desc="DPO per data fraction (and the Figure 6 control)",
-                              disable=not progress):
-            cached = (adapter_path(self.world, self.P, v.fraction, v.lr, epochs=v.epochs) / "dpo.json").is_file()
-            self.adapters[v.key] = train_dpo_adapter(self.world, self.P, v.fraction, lr=v.lr, epochs=v.epochs,
-                                                     rows=self.preference_rows)
-            model, _ = load_aligned(self.world, self.P.sft_role, self.adapters[v.key])
-            rows.append(self._run_row(v, adapter_info(self.adapters[v.key]), lora_delta_norm(model), cached))
-        runs = pd.DataFrame(rows)
-        self.delta_norms = dict(zip(runs["model"], runs["delta_norm"]))
-        return runs
+        runs = [(seed, v) for seed in self.seeds for v in self.variants]
+        for seed, v in progress_bar(runs, desc="DPO per data fraction, control model and training seed",
+                                    disable=not progress):
+            path = adapter_path(self.world, self.P, v.fraction, v.lr, epochs=v.epochs, seed=seed)
+            cached = (path / "dpo.json").is_file()
+            self.adapters[seed][v.key] = train_dpo_adapter(self.world, self.P, v.fraction, lr=v.lr, epochs=v.epochs,
+                                                           rows=self.seed_preference_rows(seed), seed=seed)
+            model, _ = load_aligned(self.world, self.P.sft_role, self.adapters[seed][v.key])
+            norm = self.delta_norms[seed][v.key] = lora_delta_norm(model)
+            rows.append(self._run_row(v, seed, adapter_info(self.adapters[seed][v.key]), norm, cached))
+        return pd.DataFrame(rows)
 
-    def _run_row(self, v: Variant, info: dict, delta_norm: float, cached: bool) -> dict:
+    def _run_row(self, v: Variant, seed: int, info: dict, delta_norm: float, cached: bool) -> dict:
         metrics = info.get("metrics", {})
-        return {"model": v.key, "data": fraction_label(v.fraction), "control": v.change or "-",
+        return {"model": v.key, "train_seed": seed, "data": fraction_label(v.fraction), "control": v.change or "-",
                 "pairs": info["pairs"], "lr": info["lr"], "epochs": info.get("epochs", self.P.dpo.epochs),
                 "steps": info.get("steps", dpo_steps(info["pairs"], self.P.dpo)),
                 "train_loss": metrics.get("train_loss"), "reward_margin": metrics.get("rewards/margins"),
@@ -204,19 +217,22 @@ class ExpoExperiment:
     # -- Figure 5: the alpha sweeps -----------------------------------------------------------------
 
     def alpha_sweeps(self, progress: bool = True):
-        """Every DPO model (the control's too) at every alpha of the grid on the validation prompts: one row
-        per model and alpha with the mean reward, known quality and length (Figure 5's lines)."""
+        """Every DPO model (the control's too) of every training seed at every alpha of the grid on the
+        validation prompts: one row per model, training seed and alpha with the mean reward, known quality and
+        length (Figure 5's lines; :func:`mfnb.expo.sweep.seed_mean` averages the seeds)."""
         import pandas as pd
 
-        for v in progress_bar(self.variants, desc="alpha sweeps", disable=not progress):
-            model, tokenizer = load_aligned(self.world, self.P.sft_role, self.adapters[v.key])
-            self.scores[v.key] = sweep_scores(model, tokenizer, self.select_prompts, self.P.alphas, self.P.sampling,
-                                              seeds=self.P.sweep_seeds, reward_fn=self.rm.score,
-                                              quality_fn=self.quality_fn, cache=self.adapters[v.key] / "responses",
-                                              progress=False)  # one bar over the models: a step is one sweep
-        self.all_sweeps = pd.concat([summarize_sweep(self.scores[v.key]).assign(
-            model=v.key, data=fraction_label(v.fraction), fraction=v.fraction, control=v.change or "-",
-            delta_norm=self.delta_norms[v.key]) for v in self.variants], ignore_index=True)
+        runs = [(seed, v) for seed in self.seeds for v in self.variants]
+        for seed, v in progress_bar(runs, desc="alpha sweeps", disable=not progress):
+            adapter = self.adapters[seed][v.key]
+            model, tokenizer = load_aligned(self.world, self.P.sft_role, adapter)
+            self.scores[seed][v.key] = sweep_scores(model, tokenizer, self.select_prompts, self.P.alphas,
+                                                    self.P.sampling, seeds=self.P.sweep_seeds, reward_fn=self.rm.score,
+                                                    quality_fn=self.quality_fn, cache=adapter / "responses",
+                                                    progress=False)  # one bar over the models: a step is one sweep
+        self.all_sweeps = pd.concat([summarize_sweep(self.scores[seed][v.key]).assign(
+            model=v.key, train_seed=seed, data=fraction_label(v.fraction), fraction=v.fraction,
+            control=v.change or "-", delta_norm=self.delta_norms[seed][v.key]) for seed, v in runs], ignore_index=True)
         return self.all_sweeps
 
     @property
@@ -233,23 +249,48 @@ class ExpoExperiment:
                                 reward_fn=self.rm.score, quality_fn=self.quality_fn)
 
     def choose_alpha(self):
-        """The reward-optimal alpha of every model with its interval over the validation prompts (the
-        choice redone in every bootstrap replicate), and ||delta theta|| before and after extrapolation."""
-        self.choice = AlphaChoice(self.scores, n_boot=self.P.n_boot, seed=self.P.boot_seed, level=self.level)
-        self.alpha_table = self.choice.table(self.delta_norms)
+        """The reward-optimal alpha of every model and training seed with its interval over the validation
+        prompts (the choice redone in every bootstrap replicate; the same resampled prompts for every seed),
+        and ||delta theta|| before and after extrapolation."""
+        import pandas as pd
+
+        self.choice = {seed: AlphaChoice(self.scores[seed], n_boot=self.P.n_boot, seed=self.P.boot_seed,
+                                         level=self.level) for seed in self.seeds}
+        tables = [c.table(self.delta_norms[seed]).assign(train_seed=seed) for seed, c in self.choice.items()]
+        table = pd.concat(tables, ignore_index=True)
+        self.alpha_table = table[["model", "train_seed"] + [c for c in table if c not in ("model", "train_seed")]]
         return self.alpha_table
+
+    def seed_chosen(self, train_seed: int) -> dict[str, float]:
+        """Model key -> the alpha the reward model chose for ``train_seed``'s model (:meth:`choose_alpha`)."""
+        return {k: self.choice[train_seed].point[k] for k in self.choice[train_seed].point}
 
     @property
     def chosen(self) -> dict[str, float]:
-        """Model key -> the alpha the reward model chose (:meth:`choose_alpha`)."""
-        return dict(zip(self.alpha_table["model"], self.alpha_table["alpha"]))
+        """Model key -> the alpha the reward model chose (the median over training seeds: what the figures mark)."""
+        import numpy as np
+
+        return {k: float(np.median([self.seed_chosen(s)[k] for s in self.seeds])) for k in self.seed_chosen(self.seeds[0])}
+
+    def alpha_summary(self):
+        """Per model: its optimal alpha over the training seeds (mean, interval crossed over seeds and validation
+        prompts; one seed: the choice and its interval), ||delta theta|| and (1 + alpha) ||delta theta||."""
+        return alpha_summary(self.choice, self.delta_norms)
+
+    def quality_best_alphas(self) -> dict[str, float] | None:
+        """Data label -> the alpha best by known quality on the seed-averaged curves (what Figure 5 marks
+        dotted), or None where the world knows no quality."""
+        if not self.knows_quality:
+            return None
+        table = optimal_alpha_table(seed_mean(self.sweeps).drop(columns=["train_seed"], errors="ignore"))
+        return dict(zip(table["data"], table["alpha_by_quality"]))
 
     def optimal_alphas(self):
-        """Per data fraction: the alpha by reward (with its interval) and by known quality, the values at
-        alpha = 0 and at the choice, the update's size, and the paper's optimal alpha."""
+        """Per data fraction and training seed: the alpha by reward (with its interval) and by known quality,
+        the values at alpha = 0 and at the choice, the update's size, and the paper's optimal alpha."""
         interval = self.alpha_table.rename(columns={"model": "data"})[
-            ["data", "alpha_low", "alpha_high", "delta_norm", "extrapolated_norm"]]
-        return optimal_alpha_table(self.sweeps).merge(interval, on="data", how="left")
+            ["data", "train_seed", "alpha_low", "alpha_high", "delta_norm", "extrapolated_norm"]]
+        return optimal_alpha_table(self.sweeps).merge(interval, on=["data", "train_seed"], how="left")
 
     # -- Figure 6: the control ----------------------------------------------------------------------
 
@@ -269,36 +310,52 @@ class ExpoExperiment:
         return {s: evaluation.role_responses(self.world, role, self.report_prompts, self.P.sampling, seed=s)
                 for s in self.P.report_seeds}
 
-    def test_responses(self, key: str, alphas) -> dict[float, dict[int, list[str]]]:
-        """Alpha -> seed -> the responses of model ``key`` extrapolated by alpha, on the test prompts."""
-        model, tokenizer = load_aligned(self.world, self.P.sft_role, self.adapters[key])
+    def test_responses(self, key: str, alphas, train_seed: int | None = None) -> dict[float, dict[int, list[str]]]:
+        """Alpha -> seed -> the responses of model ``key`` (of ``train_seed``, the first by default)
+        extrapolated by alpha, on the test prompts."""
+        adapter = self.adapters[self.seeds[0] if train_seed is None else train_seed][key]
+        model, tokenizer = load_aligned(self.world, self.P.sft_role, adapter)
         per_seed = {s: sweep_responses(model, tokenizer, self.report_prompts, alphas, self.P.sampling, seed=s,
-                                       cache=self.adapters[key] / "responses", progress=False)
+                                       cache=adapter / "responses", progress=False)
                     for s in self.P.report_seeds}
         return {a: {s: per_seed[s][a] for s in self.P.report_seeds} for a in alphas}
 
-    def test_models(self, progress: bool = True) -> tuple[dict, dict]:
-        """(Table 1 row -> seed -> test responses, Table 1 row -> its alpha): the SFT model (alpha -1), then
-        every DPO model without and with ExPO at its chosen alpha, the full data first, the control last."""
-        models = {"SFT": self.role_test_responses(self.P.sft_role)}
-        alphas = {"SFT": -1.0}
+    def test_models(self, train_seed: int, progress: bool = True) -> tuple[dict, dict]:
+        """(Table 1 row -> seed -> test responses, Table 1 row -> its alpha) for one training seed: every DPO
+        model without and with ExPO at its chosen alpha, the full data first, the control last."""
+        models, alphas, chosen = {}, {}, self.seed_chosen(train_seed)
         order = sorted(self.variants, key=lambda v: (v.is_default, v.fraction), reverse=True)
-        for v in progress_bar(order, desc="test responses", disable=not progress):
-            answers = self.test_responses(v.key, sorted({0.0, self.chosen[v.key]}))
-            for expo_on, alpha in ((False, 0.0), (True, self.chosen[v.key])):
+        for v in progress_bar(order, desc=f"test responses (training seed {train_seed})", disable=not progress):
+            answers = self.test_responses(v.key, sorted({0.0, chosen[v.key]}), train_seed)
+            for expo_on, alpha in ((False, 0.0), (True, chosen[v.key])):
                 models[v.name(expo=expo_on)], alphas[v.name(expo=expo_on)] = answers[alpha], alpha
         return models, alphas
 
     def table1(self, progress: bool = True):
-        """Table 1: every model against the baseline role on the test prompts (the same sampling seed for
-        both), judged, with paired bootstrap intervals and the paper's numbers beside."""
+        """Table 1: the SFT model and every model of every training seed against the baseline role on the test
+        prompts (the same sampling seed for both), judged, with intervals over prompts (paired) and training
+        seeds, the paper's numbers beside; a row's alpha is the median of its seeds' choices."""
+        import numpy as np
+        import pandas as pd
+
         baseline = self.role_test_responses(self.P.baseline_role)
-        models, alphas = self.test_models(progress)
-        self.test_texts[1] = (baseline, models)
-        samples = judged_samples(self.judge, self.report_prompts, baseline, models, reward_fn=self.rm.score,
-                                 quality_fn=self.quality_fn, progress=progress)
-        self.stats = SampleStats(samples, n_boot=self.P.n_boot, seed=self.P.boot_seed, level=self.level)
-        return samples_table(self.stats, list(models), alphas=alphas)
+        sft = {"SFT": self.role_test_responses(self.P.sft_role)}
+        common = dict(reward_fn=self.rm.score, quality_fn=self.quality_fn, progress=progress)
+        frames = [judged_samples(self.judge, self.report_prompts, baseline, sft, **common)]
+        per_seed = {}
+        for seed in self.seeds:
+            models, alphas = per_seed[seed] = self.test_models(seed, progress)
+            frames.append(judged_samples(self.judge, self.report_prompts, baseline, models, train_seed=seed, **common))
+        first = per_seed[self.seeds[0]][0]
+        self.test_texts[1] = (baseline, {**sft, **first})
+        self.stats = SampleStats(pd.concat(frames, ignore_index=True), n_boot=self.P.n_boot, seed=self.P.boot_seed,
+                                 level=self.level)
+        alphas = {"SFT": -1.0, **{name: float(np.median([per_seed[s][1][name] for s in self.seeds])) for name in first}}
+        table = samples_table(self.stats, ["SFT", *first], alphas=alphas)
+        if len(self.seeds) > 1:
+            table.insert(2, "alpha_per_seed", ["" if n == "SFT" else ", ".join(f"{per_seed[s][1][n]:g}" for s in self.seeds)
+                                               for n in table["model"]])
+        return table
 
     # -- AlpacaEval 2.0 as the paper scored it (``alpaca_eval``) ---------------------------------------
 
@@ -326,7 +383,8 @@ class ExpoExperiment:
             f"{name}+ExPO" if expo_on else name: v for (name, expo_on), v in paper_table2().items()}
         rows = []
         for name, by_seed in models.items():
-            sub = stats.samples[(stats.samples["model"] == name) & (stats.samples["seed"] == seed)]
+            sub = stats.samples[(stats.samples["model"] == name) & (stats.samples["seed"] == seed)
+                                & stats.samples["train_seed"].isin([self.seeds[0], NOT_TRAINED])]
             prefs = sub.sort_values("prompt")["outcome"].tolist()
             ae = length_controlled(self.instructions, by_seed[seed], baseline[seed], prefs,
                                    difficulty_file=spec.difficulty_file, glm=spec.glm, generator=name)
@@ -426,15 +484,17 @@ class ExpoExperiment:
 
     def examples(self, n: int = 8):
         """The first ``n`` validation prompts: the SFT model's answer and the answers of the DPO model
-        closest to 20% data at alpha 0, at its chosen alpha and at the grid's largest, with known quality."""
+        closest to 20% data (first training seed) at alpha 0, at its chosen alpha and at the grid's largest,
+        with known quality."""
         import pandas as pd
 
         label = fraction_label(min(self.P.fractions, key=lambda f: abs(f - PAPER_BEST_FRACTION)))
-        model, tokenizer = load_aligned(self.world, self.P.sft_role, self.adapters[label])
-        show = sorted({0.0, self.chosen[label], max(self.P.alphas)})
+        adapter = self.adapters[self.seeds[0]][label]
+        model, tokenizer = load_aligned(self.world, self.P.sft_role, adapter)
+        show = sorted({0.0, self.seed_chosen(self.seeds[0])[label], max(self.P.alphas)})
         prompts, seed = self.select_prompts, self.P.sweep_seeds[0]
         answers = sweep_responses(model, tokenizer, prompts, show, self.P.sampling, seed=seed,
-                                  cache=self.adapters[label] / "responses", progress=False)
+                                  cache=adapter / "responses", progress=False)
         sft = evaluation.role_responses(self.world, self.P.sft_role, prompts, self.P.sampling, seed=seed)
         table = {"prompt": prompts[:n], "SFT": sft[:n]}
         for alpha in show:
@@ -446,17 +506,18 @@ class ExpoExperiment:
 
     def lr_probe(self, progress: bool = True):
         """DPO on all the data at each learning rate of ``lr_probe`` and ours, each with its own alpha sweep
-        (one sample per prompt; ours reuses its Figure 5 sweep): the update's size and the reward and
-        known quality at the smallest alpha and at the reward-chosen one."""
+        (one sample per prompt; ours reuses its Figure 5 sweep; first training seed): the update's size and the
+        reward and known quality at the smallest alpha and at the reward-chosen one."""
         import pandas as pd
 
-        rows = []
+        rows, seed = [], self.seeds[0]
         for lr in progress_bar(sorted(set(self.P.lr_probe) | {self.P.dpo.lr}), desc="learning-rate probe",
                                disable=not progress):
-            path = train_dpo_adapter(self.world, self.P, FULL_DATA, lr=lr, rows=self.preference_rows)
+            path = train_dpo_adapter(self.world, self.P, FULL_DATA, lr=lr, rows=self.seed_preference_rows(seed),
+                                     seed=seed)
             model, tokenizer = load_aligned(self.world, self.P.sft_role, path)
             if lr == self.P.dpo.lr and FULL_DATA in self.P.fractions:
-                sweep = self.sweeps[self.sweeps["fraction"] == FULL_DATA]
+                sweep = self.sweeps[(self.sweeps["fraction"] == FULL_DATA) & (self.sweeps["train_seed"] == seed)]
             else:
                 sweep = alpha_sweep(model, tokenizer, self.select_prompts, self.P.alphas, self.P.sampling,
                                     seeds=self.P.sweep_seeds[:1], reward_fn=self.rm.score, quality_fn=self.quality_fn,
@@ -489,11 +550,11 @@ class ExpoExperiment:
         trend = verdicts.set_index("claim")["verdict"].get(TREND_CLAIM, "inconclusive")
         figure6 = claims[claims["source"] == "Figure 6"].to_dict("records")
         full = fraction_label(FULL_DATA) if self.full_model else None
-        lines += figure6_lines(shift, self.alpha_table, figure6, self.controls, full, trend)
+        lines += figure6_lines(shift, self.alpha_summary(), figure6, self.controls, full, trend)
         lines += reward_model_lines(optimal)
         if reward_doubt:
             lines.append(f"- **The reward model is in doubt:** {reward_doubt}.")
-        lines += length_lines(optimal, self.sweeps, length_bias(self.preference_rows))
+        lines += length_lines(optimal, seed_mean(self.sweeps), length_bias(self.preference_rows))
         lines += lr_lines(probe, self.sft_metrics, self.P.dpo.lr, self.knows_quality)
         judge_stats = getattr(self.judge, "stats", None)
         if judge_stats is not None:

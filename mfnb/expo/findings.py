@@ -35,29 +35,38 @@ def verdict_lines(verdicts) -> list[str]:
     return lines
 
 
+def _labels(optimal) -> list[str]:
+    """Each row's data fraction, with its training seed where the table holds several."""
+    if "train_seed" in optimal and optimal["train_seed"].nunique() > 1:
+        return [f"{d} (seed {s})" for d, s in zip(optimal["data"], optimal["train_seed"])]
+    return list(optimal["data"])
+
+
 def reward_model_lines(optimal) -> list[str]:
     """Does the reward model pick the alpha that is best by the known quality (validation)?"""
     if "alpha_by_quality" not in optimal:
         return []
     same = int((optimal["alpha_by_reward"] == optimal["alpha_by_quality"]).sum())
     loss = float((optimal["quality_at_best"] - optimal["quality_at_chosen"]).max())
+    models = "models (fraction and training seed)" if "seed" in _labels(optimal)[0] else "fractions"
     return [f"- **Does the reward model pick the right alpha?** It picks the quality-best alpha for {same} of "
-            f"{len(optimal)} fractions; the most known quality its choice gives up is {fmt(loss)} (validation "
+            f"{len(optimal)} {models}; the most known quality its choice gives up is {fmt(loss)} (validation "
             "means). Alphas by known quality: "
-            + ", ".join(f"{d}: {_alpha(a)}" for d, a in zip(optimal["data"], optimal["alpha_by_quality"])) + "."]
+            + ", ".join(f"{d}: {_alpha(a)}" for d, a in zip(_labels(optimal), optimal["alpha_by_quality"])) + "."]
 
 
 def figure6_lines(shift, alphas, verdicts, variants: Sequence[Variant], full_key: str | None,
                   trend: str = "inconclusive") -> list[str]:
     """Why does the optimal alpha fall with data?  ``shift``: :func:`mfnb.expo.claims.alpha_shift`;
-    ``alphas``: :meth:`AlphaChoice.table` (with delta norms); ``verdicts``: the Figure 6 claim rows;
+    ``alphas``: :func:`mfnb.expo.claims.alpha_summary` (with delta norms); ``verdicts``: the Figure 6 claim rows;
     ``trend``: the verdict on "the optimal alpha falls as the data grows" (the reading depends on it)."""
     if not len(variants):
         return []
     a = alphas.set_index("model")
+    over = ("95% paired bootstrap interval over those prompts" if int(a["seeds"].max() if "seeds" in a else 1) <= 1
+            else f"mean over {int(a['seeds'].max())} training seeds, 95% interval crossed over seeds and those prompts")
     lines = ["- **Why does the optimal alpha fall with data?** (the Figure 6 control: the same data trained "
-             "harder; optimal alpha chosen by reward on the validation prompts, 95% paired bootstrap interval "
-             "over those prompts)"]
+             f"harder; optimal alpha chosen by reward on the validation prompts, {over})"]
     falls = 0
     peak = {r["scope"]: r["verdict"] for r in verdicts if r["claim"].startswith("training harder lowers")}
     for row in shift.itertuples():
@@ -108,8 +117,8 @@ def length_lines(optimal, sweeps, length_bias: float, threshold: float = 0.25) -
         moved = sw[(sw["length_words"] - base).abs() > threshold * base]
         shifts[label] = float(moved["alpha"].iloc[0]) if len(moved) else math.inf
     change = float((optimal["length_at_chosen"] - optimal["length_at_0"]).abs().max())
-    lengths = ", ".join(f"{r.data}: {fmt(r.length_at_0, 2)} -> {fmt(r.length_at_chosen, 2)}"
-                        for r in optimal.itertuples())
+    lengths = ", ".join(f"{label}: {fmt(r.length_at_0, 2)} -> {fmt(r.length_at_chosen, 2)}"
+                        for label, r in zip(_labels(optimal), optimal.itertuples()))
     departs = ", ".join(f"{k}: {_alpha(v) if math.isfinite(v) else 'never'}" for k, v in shifts.items())
     return [f"- **Length** (words, validation, alpha 0 -> the chosen alpha): {lengths}; no chosen alpha changes the "
             f"mean length by more than {fmt(change, 2)} words. The smallest alpha at which the mean length moves by "

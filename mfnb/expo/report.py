@@ -13,7 +13,7 @@ from mfnb.core import reference
 from mfnb.core.progress import progress as progress_bar
 from mfnb.expo import bootstrap
 from mfnb.expo.sweep import add_scores
-from mfnb.stats import difference_text, interval_reading
+from mfnb.stats import difference_text, interval_reading, seed_replicate_interval
 
 _OUTCOME_VALUE = {"win": 1.0, "tie": 0.5, "lose": 0.0}
 
@@ -85,12 +85,16 @@ METRIC_NAMES = {"reward": "reward", "quality": "known quality", "win_rate": "win
                 "lc_win_rate": "LC win rate", "length_words": "length (words)"}
 
 
+NOT_TRAINED = -1  # the train_seed of a model no training seed made here (the SFT model, an off-the-shelf one)
+
+
 def judged_samples(judge, prompts: Sequence[str], baseline: Mapping[int, Sequence[str]],
                  models: Mapping[str, Mapping[int, Sequence[str]]], *, reward_fn: Callable | None = None,
-                 quality_fn: Callable | None = None, progress: bool = True):
+                 quality_fn: Callable | None = None, progress: bool = True, train_seed: int = NOT_TRAINED):
     """One row per (model, sampling seed, prompt): the judge's outcome against the baseline's response
     with the same seed (win 1, tie 1/2, lose 0; NaN when the judgement failed), reward, known quality and
-    both lengths.  ``baseline``: seed -> responses; ``models``: name -> seed -> responses on ``prompts``."""
+    both lengths.  ``baseline``: seed -> responses; ``models``: name -> seed -> responses on ``prompts``;
+    ``train_seed``: the training seed that made these models (a column, :data:`NOT_TRAINED` for none)."""
     import pandas as pd
 
     frames = []
@@ -100,7 +104,7 @@ def judged_samples(judge, prompts: Sequence[str], baseline: Mapping[int, Sequenc
             if seed not in baseline:
                 raise ValueError(f"model {name!r}: no baseline responses for seed {seed}")
             outcomes = judge.compare(list(prompts), list(responses), list(baseline[seed]))
-            frame = pd.DataFrame({"model": name, "seed": seed, "prompt": range(len(prompts)),
+            frame = pd.DataFrame({"model": name, "train_seed": train_seed, "seed": seed, "prompt": range(len(prompts)),
                                   "outcome": [_outcome_number(o) for o in outcomes],
                                   "length_words": [len(r.split()) for r in responses],
                                   "baseline_length": [len(r.split()) for r in baseline[seed]]})
@@ -110,46 +114,70 @@ def judged_samples(judge, prompts: Sequence[str], baseline: Mapping[int, Sequenc
 
 
 class SampleStats:
-    """Bootstrap replicates of every metric of every model in ``judged_samples``' frame, from one matrix of
-    resampling counts over the prompts (so any two models' replicates are paired)."""
+    """Every metric of every model in ``judged_samples``' frame, with intervals over prompts and training seeds.
+
+    One matrix of resampling counts over the prompts serves every model and training seed, so any two models'
+    replicates are paired.  A model trained under several seeds (the ``train_seed`` column) is measured per
+    seed and its interval crosses seeds and prompts (:func:`mfnb.stats.seed_replicate_interval`); a model no
+    seed trained (:data:`NOT_TRAINED`, e.g. the SFT model) stands beside every seed.  With one training seed
+    the intervals are the percentile bootstrap over prompts."""
 
     def __init__(self, samples, n_boot: int = 2000, seed: int = 0, level: float = 0.95):
+        if "train_seed" not in samples:
+            samples = samples.assign(train_seed=NOT_TRAINED)
         self.samples = samples
         self.level = level
         self.n_prompts = int(samples["prompt"].max()) + 1
         self.counts = bootstrap.bootstrap_counts(self.n_prompts, n_boot, seed)
-        self._cache: dict[tuple[str, str], tuple[float, np.ndarray]] = {}
+        trained = sorted(int(s) for s in samples["train_seed"].unique() if s != NOT_TRAINED)
+        self.train_seeds = trained or [NOT_TRAINED]
+        self._cache: dict[tuple[str, str, int], tuple[float, np.ndarray]] = {}
 
-    def _matrix(self, model: str, column: str) -> np.ndarray:
+    def _matrix(self, model: str, column: str, train_seed: int) -> np.ndarray:
         sub = self.samples[self.samples["model"] == model]
         if sub.empty:
             raise KeyError(f"no test samples for model {model!r}")
+        if train_seed in set(sub["train_seed"]):
+            sub = sub[sub["train_seed"] == train_seed]
+        elif set(sub["train_seed"]) != {NOT_TRAINED}:
+            raise KeyError(f"no test samples for model {model!r} under training seed {train_seed}")
         return sub.pivot_table(index="prompt", columns="seed", values=column, dropna=False).to_numpy()
 
-    def stat(self, model: str, metric: str) -> tuple[float, np.ndarray]:
-        """(point estimate, replicates) of ``metric`` for ``model``."""
-        key = (model, metric)
+    def seed_stat(self, model: str, metric: str, train_seed: int) -> tuple[float, np.ndarray]:
+        """(point estimate, replicates) of ``metric`` for ``model`` under one training seed."""
+        key = (model, metric, train_seed)
         if key not in self._cache:
             if metric == "lc_win_rate":
-                args = [self._matrix(model, c) for c in ("outcome", "length_words", "baseline_length")]
+                args = [self._matrix(model, c, train_seed) for c in ("outcome", "length_words", "baseline_length")]
                 point = bootstrap.lc_replicates(*args, np.ones((1, self.n_prompts)))[0]
                 reps = bootstrap.lc_replicates(*args, self.counts)
             else:
                 column = "outcome" if metric == "win_rate" else metric
-                per_prompt = np.nanmean(self._matrix(model, column), axis=1)
+                per_prompt = np.nanmean(self._matrix(model, column, train_seed), axis=1)
                 point, reps = float(np.nanmean(per_prompt)), bootstrap.replicate_means(per_prompt, self.counts)
             self._cache[key] = (float(point), reps)
         return self._cache[key]
 
+    def stat(self, model: str, metric: str) -> tuple[float, np.ndarray]:
+        """(point estimate, replicates) of ``metric`` for ``model``, each averaged over the training seeds."""
+        per_seed = [self.seed_stat(model, metric, s) for s in self.train_seeds]
+        return float(np.mean([p for p, _ in per_seed])), np.mean([r for _, r in per_seed], axis=0)
+
+    def _combined(self, points, replicates) -> tuple[float, float, float]:
+        return seed_replicate_interval(points, replicates, self.level, n_prompts=self.n_prompts)
+
     def interval(self, model: str, metric: str) -> tuple[float, float, float]:
-        point, reps = self.stat(model, metric)
-        return (point, *bootstrap.percentile_interval(reps, self.level))
+        per_seed = [self.seed_stat(model, metric, s) for s in self.train_seeds]
+        return self._combined([p for p, _ in per_seed], [r for _, r in per_seed])
 
     def difference(self, a: str, b: str, metric: str) -> tuple[float, float, float]:
-        """(a - b, low, high): the paired bootstrap interval of the difference."""
-        pa, ra = self.stat(a, metric)
-        pb, rb = self.stat(b, metric)
-        return (pa - pb, *bootstrap.percentile_interval(ra - rb, self.level))
+        """(a - b, low, high): paired over the resampled prompts within each training seed, crossed over seeds."""
+        diffs = [(self.seed_stat(a, metric, s), self.seed_stat(b, metric, s)) for s in self.train_seeds]
+        return self._combined([pa - pb for (pa, _), (pb, _) in diffs], [ra - rb for (_, ra), (_, rb) in diffs])
+
+    def seed_spread(self, model: str, metric: str) -> list[float]:
+        """The point estimate of ``metric`` under each training seed (how far single-seed results move)."""
+        return [self.seed_stat(model, metric, s)[0] for s in self.train_seeds]
 
 
 def samples_table(stats: SampleStats, models: Sequence[str], *, alphas: Mapping[str, float] | None = None,
@@ -213,6 +241,7 @@ PAPER_SETUP = (
     ("evaluation", "AlpacaEval 2.0: 805 prompts, GPT-4 judge, GPT-4 Turbo baseline", "baseline_role"),
     ("sampling", "temperature 0.7, top-k 40, top-p 0.9", "sampling"),
     ("Figure 6 control", "20% data, larger learning rate or more epochs", "figure6"),
+    ("training runs per model", "one", "train_seeds"),
 )
 
 
@@ -242,6 +271,10 @@ def departures(params, n_select: int, n_report: int):
                     + (", ".join(f"{x:g}" for x in params.figure6.lrs) or "-") + "; epochs "
                     + (", ".join(f"{x:g}" for x in params.figure6.epochs) or "-")) if params.figure6.fractions
                    else "not run",
+        "train_seeds": (f"{len(params.train_seeds)} training seeds ({', '.join(map(str, params.train_seeds))}), each "
+                        "with its own draw of the data's order and subsets; intervals cross seeds and prompts"
+                        if len(params.train_seeds) > 1 else f"one (seed {params.train_seeds[0]}): intervals over "
+                        "prompts only, training-seed variance not in them"),
     }
     return pd.DataFrame([{"setting": name, "paper": paper, "ours": ours[field], "parameter": field}
                          for name, paper, field in PAPER_SETUP])

@@ -144,20 +144,34 @@ def paper_alpha_grid() -> list[float]:
     return sorted({float(a) for r in ranges for a in str(r).split(",")})
 
 
+def seed_mean(sweeps):
+    """``sweeps`` (one row per model, training seed and alpha) averaged over the training seeds: one row per
+    model and alpha, the curves the figures draw."""
+    if "train_seed" not in sweeps:
+        return sweeps
+    keys = [c for c in ("model", "data", "fraction", "control", "alpha") if c in sweeps]
+    values = [c for c in sweeps.select_dtypes("number") if c not in keys and c != "train_seed"]
+    return sweeps.groupby(keys, sort=False)[values].mean().reset_index()
+
+
 def optimal_alpha_table(sweeps):
-    """Per data fraction (``sweeps``: alpha_sweep frames with a ``data`` label column, in fraction order):
-    the alpha the reward model picks, the alpha that is best by known quality (where known), the values
-    at alpha = 0 (the DPO model) and at both picks, and the paper's optimal alpha where it has one."""
+    """Per data fraction and training seed (``sweeps``: alpha_sweep frames with a ``data`` label column, in
+    fraction order, and a ``train_seed`` column where there are several): the alpha the reward model picks, the
+    alpha that is best by known quality (where known), the values at alpha = 0 (the DPO model) and at both
+    picks, and the paper's optimal alpha where it has one."""
     import pandas as pd
 
     paper = paper_optimal_alpha()
     rows = []
-    for label, sw in sweeps.groupby("data", sort=False):
+    by = ["data", "train_seed"] if "train_seed" in sweeps else ["data"]
+    for group, sw in sweeps.groupby(by, sort=False):
+        label = group[0]
+
         def at(alpha, col):
             return float(sw.loc[sw["alpha"] == alpha, col].iloc[0]) if col in sw else math.nan
 
         chosen = optimal_alpha(sw, "reward")
-        row = {"data": label, "alpha_by_reward": chosen,
+        row = {"data": label, **({"train_seed": int(group[1])} if len(by) > 1 else {}), "alpha_by_reward": chosen,
                "at_grid_edge": chosen == sw["alpha"].max() and len(sw) > 1,
                "reward_at_0": at(0.0, "reward") if (sw["alpha"] == 0).any() else math.nan,
                "reward_at_chosen": at(chosen, "reward")}

@@ -137,15 +137,21 @@ def expo(t: Tables) -> list[str]:
          for r in verdicts.to_dict("records")])]
     optimal = t.csv("03_optimal_alpha")
     if optimal is not None:
-        blocks.append("The optimal alpha per data fraction, chosen by the reward model (bootstrap interval over the "
-                      "validation prompts), beside the paper's (its Table 3):\n\n" + table(
+        seeded = "train_seed" in optimal and optimal["train_seed"].nunique() > 1
+        blocks.append("The optimal alpha per data fraction" + (" and training seed" if seeded else "") + ", chosen by "
+                      "the reward model (bootstrap interval over the validation prompts), beside the paper's (its "
+                      "Table 3):\n\n" + table(
                           ["data", "optimal alpha", "paper (reference)", "update norm", "extrapolated norm"],
-                          [[r["data"], estimate(r["alpha_by_reward"], r["alpha_low"], r["alpha_high"], 1),
+                          [[r["data"] + (f" (seed {int(r['train_seed'])})" if seeded else ""),
+                            estimate(r["alpha_by_reward"], r["alpha_low"], r["alpha_high"], 1),
                             number(r["paper_optimal_alpha"], 1), number(r["delta_norm"], 2),
                             number(r["extrapolated_norm"], 2)] for r in optimal.to_dict("records")]))
     table1 = t.csv("03_expo_table1")
     if table1 is not None:
-        blocks.append("Table 1 on the test prompts (paired bootstrap intervals), the paper's numbers beside ours:\n\n"
+        seeds = "alpha_per_seed" in table1
+        blocks.append("Table 1 on the test prompts (" + ("intervals crossed over training seeds and prompts; alpha: "
+                      "the median of the seeds' choices" if seeds else "paired bootstrap intervals") + "), the paper's "
+                      "numbers beside ours:\n\n"
                       + table(["model", "alpha", "reward", "win rate", "LC win rate", "paper reward",
                                "paper win rate", "paper LC win rate"],
                               [[r["model"], "" if r["alpha"] < 0 else number(r["alpha"], 1),

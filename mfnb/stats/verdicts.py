@@ -55,6 +55,52 @@ def seed_prompt_interval(scores, delta: float = 0.05) -> dict:
             "seed_term": a, "prompt_term": b, "method": method}
 
 
+def seed_replicate_interval(points: Sequence[float], replicates: Sequence[np.ndarray], level: float = 0.95, *,
+                            n_prompts: int | None = None, discrete: bool = False) -> tuple[float, float, float]:
+    """(mean, low, high) of a statistic measured once per training seed, each with bootstrap replicates over
+    the *same* prompts (shared resampling counts, so replicate b of every seed saw the same prompts).
+
+    The crossed logic of :func:`seed_prompt_interval` for any statistic, a fitted one (an LC win rate, a
+    chosen alpha, a rank correlation) included: the variance of the mean is var(seed points)/S (training
+    seeds) plus the bootstrap variance of the seed-averaged replicates (prompts and sampling), with a
+    Welch-Satterthwaite t quantile (``n_prompts`` - 1 degrees of freedom for the prompt term).  With one
+    seed it is that seed's percentile interval (``discrete``: ends the replicates took), so single-seed
+    results are unchanged."""
+    check_delta(1 - level)
+    points = np.asarray(points, dtype=float)
+    if points.size == 0 or len(replicates) != points.size:
+        raise ValueError(f"one point and one set of replicates per seed, got {points.size} points and "
+                         f"{len(replicates)} replicate sets")
+    reps = np.stack([np.asarray(r, dtype=float) for r in replicates])
+    if points.size == 1:
+        x = reps[0][~np.isnan(reps[0])]
+        if not len(x):
+            return float(points[0]), math.nan, math.nan
+        tail = (1.0 - level) / 2.0 * 100.0
+        if discrete:
+            return (float(points[0]), float(np.percentile(x, tail, method="lower")),
+                    float(np.percentile(x, 100.0 - tail, method="higher")))
+        low, high = np.percentile(x, [tail, 100.0 - tail])
+        return float(points[0]), float(low), float(high)
+    S = points.size
+    mean = float(points.mean())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        averaged = np.nanmean(reps, axis=0)
+    averaged = averaged[~np.isnan(averaged)]
+    if not len(averaged) or np.isnan(mean):
+        return mean, math.nan, math.nan
+    a = float(np.var(points, ddof=1)) / S
+    b = float(np.var(averaged, ddof=1)) if len(averaged) > 1 else 0.0
+    if a + b <= 0:
+        return mean, mean, mean
+    df_b = float(max((n_prompts or len(averaged)) - 1, 1))
+    denom = a**2 / (S - 1) + b**2 / df_b
+    df = (a + b) ** 2 / denom if denom > 0 else float(S - 1)
+    half = float(stats.t.ppf(1 - (1 - level) / 2, df)) * math.sqrt(a + b)
+    return mean, mean - half, mean + half
+
+
 VERDICTS = ("multi-fidelity better", "multi-fidelity worse", "inconclusive")
 CLAIM_VERDICTS = ("reproduced", "reversed", "inconclusive")
 # the verdict where the instrument cannot tell: a score never measured (a judge-only world's quality), or one read

@@ -172,6 +172,27 @@ def test_alpha_shift_of_a_control():
     assert bool(row["alpha_falls"]) and not bool(row["alpha_rises"])
 
 
+def test_claims_over_several_training_seeds_cross_seeds_and_prompts():
+    falling = {"5%": _scores(5.0), "20%": _scores(1.0), "100%": _scores(0.0)}
+    rising = {"5%": _scores(0.0), "20%": _scores(1.0), "100%": _scores(5.0)}
+    agree = {s: expo.AlphaChoice(falling, n_boot=200) for s in (0, 1, 2)}
+    trend = expo.alpha_trend_claim(agree, [0.05, 0.2, 1.0])
+    assert trend["verdict"] == "reproduced" and "mean over 3 training seeds" in trend["ours"]
+    assert "5%: 5.0 [5.0, 5.0], 5.0 [5.0, 5.0], 5.0 [5.0, 5.0]" in trend["ours"]  # each seed's alpha
+    # seeds that disagree cannot reproduce a trend one of them shows
+    split = {0: expo.AlphaChoice(falling, n_boot=200), 1: expo.AlphaChoice(rising, n_boot=200)}
+    assert expo.alpha_trend_claim(split, [0.05, 0.2, 1.0])["verdict"] == "inconclusive"
+    assert expo.alpha_trend_claim(split[0], [0.05, 0.2, 1.0])["verdict"] == "reproduced"
+    control = {"5%": _scores(5.0), "5%, 10 epochs": _scores(1.0)}
+    shift = expo.alpha_shift({0: expo.AlphaChoice(control, n_boot=200), 1: expo.AlphaChoice(control, n_boot=200)},
+                             [expo.Variant(0.05, epochs=10.0)]).iloc[0]
+    assert (shift["difference"], shift["seeds"]) == (4.0, 2) and bool(shift["alpha_falls"])
+    summary = expo.alpha_summary(split, {0: {"5%": 1.0, "20%": 1.0, "100%": 1.0},
+                                         1: {"5%": 3.0, "20%": 1.0, "100%": 1.0}}).set_index("model")
+    assert summary.loc["5%", "alpha"] == 2.5 and summary.loc["5%", "delta_norm"] == 2.0
+    assert summary.loc["5%", "extrapolated_norm"] == (6.0 * 1.0 + 1.0 * 3.0) / 2  # (1 + alpha) ||delta|| per seed
+
+
 def test_variant_names():
     assert expo.Variant(0.05).name() == "DPO(5% data)" and expo.Variant(0.05).key == "5%"
     control = expo.Variant(0.1, lr=5e-3)

@@ -16,6 +16,7 @@ from mfnb.core.params import ParamsError
 ROOT = paths.project_root()
 CONTROL = "50%, lr 0.002"
 BIG = 50.0   # the grid's one alpha != 0: large enough that a one-step adapter's extrapolation changes answers
+SEEDS = [0, 1]  # two training seeds: every model trained, swept and tested per seed
 
 
 def _params(**changes):
@@ -23,7 +24,8 @@ def _params(**changes):
     values.update(preference={**values["preference"], "n_pairs": 32}, fractions=[0.5, 1.0],
                   dpo={**values["dpo"], "batch_size": 16, "warmup_ratio": 0.0}, lr_probe=[2e-3],
                   figure6={"fractions": [0.5], "lrs": [2e-3], "epochs": []}, alphas=[0.0, BIG], sweep_seeds=[0],
-                  report_seeds=[0], n_select=6, n_report=6, n_boot=100, judge={**values["judge"], "cache": False})
+                  report_seeds=[0], n_select=6, n_report=6, n_boot=100, judge={**values["judge"], "cache": False},
+                  train_seeds=SEEDS)
     values.update(changes)
     return expo.ExpoParams.validate_mapping(values)
 
@@ -51,7 +53,7 @@ def run(tiny_world, tmp_path_factory):
         out["accuracy"] = exp.reward_model_accuracy()
         out["role_scores"] = exp.role_scores()
         out["with_sweeps"] = exp.accuracy_on_sweeps(out["accuracy"])
-        out["models"], out["alphas"] = exp.test_models(progress=False)
+        out["models"], out["alphas"] = exp.test_models(1, progress=False)
         out["table1"] = exp.table1(progress=False)
         out["comparisons"] = exp.comparisons()
         out["examples"] = exp.examples()
@@ -68,22 +70,32 @@ def run(tiny_world, tmp_path_factory):
 def test_adapters_one_row_per_model_and_cached_by_the_same_keys(run, tiny_world):
     exp, out = run
     runs = out["runs"]
-    assert runs.columns.tolist() == ["model", "data", "control", "pairs", "lr", "epochs", "steps", "train_loss",
-                                     "reward_margin", "delta_norm", "train_seconds", "cached"]
-    assert runs["model"].tolist() == ["50%", "100%", CONTROL]
-    assert runs["data"].tolist() == ["50%", "100%", "50%"] and runs["control"].tolist() == ["-", "-", "lr 0.002"]
-    assert runs["pairs"].tolist() == [16, 32, 16] and runs["steps"].tolist() == [1, 2, 1]
-    assert runs["lr"].tolist() == [5e-4, 5e-4, 2e-3] and runs["epochs"].tolist() == [1.0, 1.0, 1.0]
+    assert runs.columns.tolist() == ["model", "train_seed", "data", "control", "pairs", "lr", "epochs", "steps",
+                                     "train_loss", "reward_margin", "delta_norm", "train_seconds", "cached"]
+    assert runs["model"].tolist() == ["50%", "100%", CONTROL] * 2 and runs["train_seed"].tolist() == [0] * 3 + [1] * 3
+    assert runs["data"].tolist() == ["50%", "100%", "50%"] * 2 and runs["control"].tolist() == ["-", "-", "lr 0.002"] * 2
+    assert runs["pairs"].tolist() == [16, 32, 16] * 2 and runs["steps"].tolist() == [1, 2, 1] * 2
+    assert runs["lr"].tolist() == [5e-4, 5e-4, 2e-3] * 2 and runs["epochs"].tolist() == [1.0] * 6
     assert not runs["cached"].any() and out["again"]["cached"].all()
     pd.testing.assert_frame_equal(runs.drop(columns="cached"), out["again"].drop(columns="cached"))
-    assert (runs["delta_norm"] > 0).all() and exp.delta_norms == dict(zip(runs["model"], runs["delta_norm"]))
-    for v in exp.variants:  # the notebook's cache keys
-        assert exp.adapters[v.key] == expo.adapter_path(tiny_world, exp.P, v.fraction, v.lr, epochs=v.epochs)
+    assert (runs["delta_norm"] > 0).all()
+    for seed in SEEDS:
+        rows = runs[runs["train_seed"] == seed]
+        assert exp.delta_norms[seed] == dict(zip(rows["model"], rows["delta_norm"]))
+        for v in exp.variants:  # the notebook's cache keys
+            assert exp.adapters[seed][v.key] == expo.adapter_path(tiny_world, exp.P, v.fraction, v.lr, epochs=v.epochs,
+                                                                  seed=seed)
+    # each seed trains on its own draw of the data: the 50% models see different pairs, the 100% ones the same set
+    assert exp.adapters[0]["50%"] != exp.adapters[1]["50%"] and runs["delta_norm"].nunique() == 6
 
 
 def test_preference_rows_and_their_length_bias(run, tiny_world):
     exp, _ = run
     assert exp.preference_rows == expo.preference_rows(tiny_world, exp.P.preference) and len(exp.preference_rows) == 32
+    other = exp.seed_preference_rows(1)
+    assert other == expo.preference_rows(tiny_world, exp.P.preference, 1) and other != exp.preference_rows
+    # 32 pairs of many more training prompts: each seed draws its own 32, and seed 0 keeps the single-seed order
+    assert sorted(map(str, other)) != sorted(map(str, exp.preference_rows)) and len(other) == 32
     words = [len(r["chosen"].split()) - len(r["rejected"].split()) for r in exp.preference_rows]
     assert expo.length_bias(exp.preference_rows) == pytest.approx(sum(words) / 32)
 
@@ -94,11 +106,16 @@ def test_preference_rows_and_their_length_bias(run, tiny_world):
 def test_sweeps_cover_every_model_and_alpha(run):
     exp, out = run
     sweeps = out["sweeps"]
-    assert list(zip(sweeps["model"], sweeps["alpha"])) == [(m, a) for m in ("50%", "100%", CONTROL) for a in (0.0, BIG)]
-    assert (sweeps["n"] == 6).all() and sweeps["control"].tolist() == ["-"] * 4 + ["lr 0.002"] * 2
+    assert list(zip(sweeps["train_seed"], sweeps["model"], sweeps["alpha"])) == \
+        [(s, m, a) for s in SEEDS for m in ("50%", "100%", CONTROL) for a in (0.0, BIG)]
+    assert (sweeps["n"] == 6).all() and sweeps["control"].tolist() == (["-"] * 4 + ["lr 0.002"] * 2) * 2
     assert sweeps["reward"].tolist() == (-sweeps["length_words"]).tolist()  # the reward counts words
-    assert sweeps["delta_norm"].tolist() == [exp.delta_norms[m] for m in sweeps["model"]]
-    assert exp.sweeps["model"].tolist() == ["50%", "50%", "100%", "100%"] and exp.sweeps.index.tolist() == [0, 1, 2, 3]
+    assert sweeps["delta_norm"].tolist() == [exp.delta_norms[s][m] for s, m in zip(sweeps["train_seed"], sweeps["model"])]
+    assert exp.sweeps["model"].tolist() == ["50%", "50%", "100%", "100%"] * 2 and exp.sweeps.index.tolist() == [*range(8)]
+    mean = expo.seed_mean(sweeps)  # one row per model and alpha, the mean of the seeds
+    assert list(zip(mean["model"], mean["alpha"])) == [(m, a) for m in ("50%", "100%", CONTROL) for a in (0.0, BIG)]
+    both = sweeps[(sweeps["model"] == "50%") & (sweeps["alpha"] == BIG)]["reward"]
+    assert mean.loc[(mean["model"] == "50%") & (mean["alpha"] == BIG), "reward"].item() == pytest.approx(both.mean())
     assert exp.sft_metrics["n"] == 6 and exp.sft_metrics["reward"] == -exp.sft_metrics["length_words"]
     assert exp.control_keys == ["50%", CONTROL]
 
@@ -106,15 +123,25 @@ def test_sweeps_cover_every_model_and_alpha(run):
 def test_alpha_choice_and_the_optimal_alpha_table(run):
     exp, out = run
     table, optimal = out["alpha_table"], out["optimal"]
-    assert table["model"].tolist() == ["50%", "100%", CONTROL] and set(table["alpha"]) <= {0.0, BIG}
+    assert table["model"].tolist() == ["50%", "100%", CONTROL] * 2 and set(table["alpha"]) <= {0.0, BIG}
+    assert table.columns[:2].tolist() == ["model", "train_seed"] and table["train_seed"].tolist() == [0] * 3 + [1] * 3
     assert table["extrapolated_norm"].tolist() == [(1 + a) * n for a, n in zip(table["alpha"], table["delta_norm"])]
-    assert exp.chosen == dict(zip(table["model"], table["alpha"]))
-    assert optimal["data"].tolist() == ["50%", "100%"]
-    assert optimal["alpha_by_reward"].tolist() == [exp.chosen["50%"], exp.chosen["100%"]]
+    for seed in SEEDS:
+        rows = table[table["train_seed"] == seed]
+        assert exp.seed_chosen(seed) == dict(zip(rows["model"], rows["alpha"]))
+    assert exp.chosen == {k: (exp.seed_chosen(0)[k] + exp.seed_chosen(1)[k]) / 2 for k in exp.chosen}  # median of 2
+    assert optimal["data"].tolist() == ["50%", "100%"] * 2 and optimal["train_seed"].tolist() == [0, 0, 1, 1]
+    assert optimal["alpha_by_reward"].tolist() == [exp.seed_chosen(s)[d] for s, d in zip(optimal["train_seed"],
+                                                                                         optimal["data"])]
     assert optimal[["alpha_low", "alpha_high"]].to_numpy().tolist() == \
-        table[["alpha_low", "alpha_high"]].to_numpy()[:2].tolist()
+        table[table["model"] != CONTROL][["alpha_low", "alpha_high"]].to_numpy().tolist()
     shift = out["shift"].iloc[0]
-    assert shift["control"] == CONTROL and shift["difference"] == exp.chosen["50%"] - exp.chosen[CONTROL]
+    differences = [exp.seed_chosen(s)["50%"] - exp.seed_chosen(s)[CONTROL] for s in SEEDS]
+    assert shift["control"] == CONTROL and shift["seeds"] == 2
+    assert shift["difference"] == pytest.approx(sum(differences) / 2)
+    summary = exp.alpha_summary().set_index("model")
+    assert summary.loc["50%", "alpha"] == pytest.approx((exp.seed_chosen(0)["50%"] + exp.seed_chosen(1)["50%"]) / 2)
+    assert summary.loc["50%", "delta_norm"] == pytest.approx((exp.delta_norms[0]["50%"] + exp.delta_norms[1]["50%"]) / 2)
 
 
 def test_reward_model_checks(run, tiny_world):
@@ -127,7 +154,7 @@ def test_reward_model_checks(run, tiny_world):
     with_sweeps = out["with_sweeps"]
     assert with_sweeps.iloc[:2].equals(accuracy) and with_sweeps["pairs_from"].iloc[2] == \
         "ExPO responses at alpha vs at alpha = 0"
-    assert 0 < with_sweeps["pairs"].iloc[2] <= 2 * 6  # 2 fractions x 1 seed x one alpha != 0 x 6 prompts
+    assert 0 < with_sweeps["pairs"].iloc[2] <= 2 * 2 * 6  # 2 fractions x 2 training seeds x one alpha != 0 x 6 prompts
 
 
 # ------------------------------------------------------------------------------------------- Table 1
@@ -137,24 +164,34 @@ def test_test_models_in_table1_order(run):
     exp, out = run
     names = ["SFT", "DPO(100% data)", "DPO(100% data)+ExPO", "DPO(50% data)", "DPO(50% data)+ExPO",
              "DPO(50% data, lr 0.002)", "DPO(50% data, lr 0.002)+ExPO"]
-    assert list(out["models"]) == names and out["table1"]["model"].tolist() == names
-    assert out["alphas"] == {"SFT": -1.0, "DPO(100% data)": 0.0, "DPO(100% data)+ExPO": exp.chosen["100%"],
-                             "DPO(50% data)": 0.0, "DPO(50% data)+ExPO": exp.chosen["50%"],
-                             "DPO(50% data, lr 0.002)": 0.0, "DPO(50% data, lr 0.002)+ExPO": exp.chosen[CONTROL]}
+    assert list(out["models"]) == names[1:] and out["table1"]["model"].tolist() == names
+    chosen = exp.seed_chosen(1)  # test_models(1): the second training seed's models at its own choices
+    assert out["alphas"] == {"DPO(100% data)": 0.0, "DPO(100% data)+ExPO": chosen["100%"],
+                             "DPO(50% data)": 0.0, "DPO(50% data)+ExPO": chosen["50%"],
+                             "DPO(50% data, lr 0.002)": 0.0, "DPO(50% data, lr 0.002)+ExPO": chosen[CONTROL]}
     for key, name in (("50%", "DPO(50% data)"), (CONTROL, "DPO(50% data, lr 0.002)")):
-        at = exp.test_responses(key, sorted({0.0, exp.chosen[key]}))
-        assert out["models"][name] == at[0.0] and out["models"][name + "+ExPO"] == at[exp.chosen[key]]
+        at = exp.test_responses(key, sorted({0.0, chosen[key]}), 1)
+        assert out["models"][name] == at[0.0] and out["models"][name + "+ExPO"] == at[chosen[key]]
     assert exp.default_rows == ["SFT", "DPO(50% data)", "DPO(50% data)+ExPO", "DPO(100% data)", "DPO(100% data)+ExPO"]
     assert exp.control_rows == names[5:]
     assert exp.control_beside == ["DPO(50% data)+ExPO"] and exp.full_model == "DPO(100% data)"
 
 
 def test_table1_counts_every_judgement(run):
-    _, out = run
+    exp, out = run
     table1 = out["table1"]
-    assert (table1["wins"] + table1["ties"] + table1["losses"] == 6).all() and (table1["samples"] == 6).all()
-    assert table1["alpha"].tolist() == list(out["alphas"].values())
+    samples = [6] + [12] * 6  # the SFT model once, every DPO model per training seed
+    assert (table1["wins"] + table1["ties"] + table1["losses"]).tolist() == samples and table1["samples"].tolist() == samples
+    medians = {n: (a + exp.test_models(0, progress=False)[1][n]) / 2 for n, a in out["alphas"].items()}
+    assert table1["alpha"].tolist() == [-1.0, *medians.values()]
+    assert table1["alpha_per_seed"].tolist()[:3] == ["", "0, 0", f"{exp.seed_chosen(0)['100%']:g}, "
+                                                                   f"{exp.seed_chosen(1)['100%']:g}"]
     assert table1["reward"].tolist() == pytest.approx((-table1["length_words"]).tolist())
+    # the SFT model stands beside every seed; a DPO model's value is its seeds' mean
+    stats = exp.stats
+    assert stats.train_seeds == SEEDS and stats.seed_spread("SFT", "reward") == [stats.stat("SFT", "reward")[0]] * 2
+    spread = stats.seed_spread("DPO(50% data)", "reward")
+    assert stats.interval("DPO(50% data)", "reward")[0] == pytest.approx(sum(spread) / 2)
 
 
 def test_comparison_pairs_and_their_differences(run):
@@ -183,7 +220,7 @@ def test_comparison_pairs_without_full_data_or_control(tiny_world, tmp_path, mon
 def test_examples_of_the_fraction_closest_to_the_papers_best(run):
     exp, out = run
     examples = out["examples"]
-    show = sorted({0.0, exp.chosen["50%"], BIG})
+    show = sorted({0.0, exp.seed_chosen(0)["50%"], BIG})
     columns = ["prompt", "SFT"] + [c for a in show for c in (f"50%, alpha={a:g}", f"q(alpha={a:g})")]
     assert examples.columns.tolist() == columns and len(examples) == 6
     assert examples["prompt"].tolist() == exp.select_prompts
@@ -194,11 +231,11 @@ def test_lr_probe_reuses_our_sweep_and_sweeps_the_others(run):
     probe = out["probe"]
     assert probe["lr"].tolist() == [5e-4, 2e-3] and probe["used"].tolist() == [True, False]
     assert not probe["paper"].any() and probe["alpha_min"].tolist() == [0.0, 0.0]
-    full = exp.sweeps[exp.sweeps["fraction"] == 1.0].set_index("alpha")
+    full = exp.sweeps[(exp.sweeps["fraction"] == 1.0) & (exp.sweeps["train_seed"] == 0)].set_index("alpha")
     ours = probe.iloc[0]
     assert ours["reward_at_alpha_min"] == full.loc[0.0, "reward"]
     assert ours["reward_at_chosen"] == full.loc[ours["alpha_by_reward"], "reward"]
-    assert ours["delta_norm"] == exp.delta_norms["100%"]
+    assert ours["delta_norm"] == exp.delta_norms[0]["100%"]
     assert probe["alpha_by_reward"].isin([0.0, BIG]).all() and probe["quality_at_chosen"].notna().all()
 
 

@@ -219,7 +219,7 @@ def test_adapters_are_cached_by_config(tiny_world, tmp_path, monkeypatch):
     # other fraction, learning rate or data: other adapters
     others = {expo.adapter_path(tiny_world, params, 1.0, cache_root=tmp_path),
               expo.adapter_path(tiny_world, params, 0.5, lr=5e-7, cache_root=tmp_path),
-              expo.adapter_path(tiny_world, params.model_copy(update={"train_seed": 1}), 0.5, cache_root=tmp_path)}
+              expo.adapter_path(tiny_world, params, 0.5, cache_root=tmp_path, seed=1)}
     assert path not in others and len(others) == 3
     # a killed save leaves nothing that looks finished: only complete folders carry dpo.json
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith(".")] == [path.name]

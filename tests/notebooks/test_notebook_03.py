@@ -30,6 +30,7 @@ def test_notebook_03_small_run(tiny_world, tmp_path, monkeypatch):
         n_select=40,
         n_report=60,
         judge={**params["judge"], "cache": str(tmp_path / "verdicts.sqlite")},
+        train_seeds=[0, 1],
     )
     # adapters, the reward model and sampled responses go to a scratch cache; the world is shared (read-only)
     cache = tmp_path / "cache"
@@ -43,13 +44,14 @@ def test_notebook_03_small_run(tiny_world, tmp_path, monkeypatch):
                             progress_bar=False)
     tables = tmp_path / "results" / "tiny" / "tables"
     runs = pd.read_csv(tables / "03_dpo_runs.csv")
-    assert runs["model"].tolist() == ["25%", "100%", "25%, lr 0.002", "25%, 3 epochs"]
-    assert runs["pairs"].tolist() == [64, 256, 64, 64] and runs["steps"].tolist() == [4, 16, 4, 12]
+    assert runs["model"].tolist() == ["25%", "100%", "25%, lr 0.002", "25%, 3 epochs"] * 2
+    assert runs["train_seed"].tolist() == [0] * 4 + [1] * 4
+    assert runs["pairs"].tolist() == [64, 256, 64, 64] * 2 and runs["steps"].tolist() == [4, 16, 4, 12] * 2
     assert runs["cached"].all()  # the second run trained nothing
     sweep = pd.read_csv(tables / "03_alpha_sweep.csv")
-    assert len(sweep) == 12 and (sweep["n"] == 40).all()
+    assert len(sweep) == 24 and (sweep["n"] == 40).all()
     optimal = pd.read_csv(tables / "03_optimal_alpha.csv")
-    assert optimal["data"].tolist() == ["25%", "100%"]
+    assert optimal["data"].tolist() == ["25%", "100%"] * 2 and optimal["train_seed"].tolist() == [0, 0, 1, 1]
     assert set(optimal["alpha_by_reward"]) <= {0.0, 1.0, 4.0}
     assert (optimal["alpha_low"] <= optimal["alpha_by_reward"]).all()
     assert (optimal["alpha_by_reward"] <= optimal["alpha_high"]).all()
@@ -58,7 +60,9 @@ def test_notebook_03_small_run(tiny_world, tmp_path, monkeypatch):
                                         "DPO(25% data)+ExPO", "DPO(25% data, lr 0.002)",
                                         "DPO(25% data, lr 0.002)+ExPO", "DPO(25% data, 3 epochs)",
                                         "DPO(25% data, 3 epochs)+ExPO"]
-    assert (table1["wins"] + table1["ties"] + table1["losses"] == 120).all()  # 60 prompts x 2 seeds
+    # 60 prompts x 2 sampling seeds, x 2 training seeds for every model but the SFT one
+    assert (table1["wins"] + table1["ties"] + table1["losses"]).tolist() == [120] + [240] * 8
+    assert table1["alpha_per_seed"].fillna("").str.count(",").tolist() == [0] + [1] * 8
     for metric in ("reward", "win_rate", "lc_win_rate"):
         assert (table1[f"{metric}_low"] <= table1[metric] + 1e-12).all()
         assert (table1[metric] <= table1[f"{metric}_high"] + 1e-12).all()

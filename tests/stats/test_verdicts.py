@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from mfnb import expo, hbat, stats
+from mfnb.stats import seed_replicate_interval
 
 
 @pytest.mark.parametrize("low, high, direction, expected", [
@@ -71,3 +74,37 @@ def test_combine_testable_leaves_out_what_could_not_be_tested():
     assert stats.combine_testable(["reversed", stats.NOT_TESTABLE, "inconclusive"]) == "reversed"
     assert stats.combine_testable([stats.NOT_TESTABLE] * 2) == stats.NOT_TESTABLE == "not testable"
     assert stats.combine_testable([]) == stats.NOT_TESTABLE
+
+
+# ------------------------------------------------------------------ statistics measured once per training seed
+
+
+def test_seed_replicate_interval_with_one_seed_is_the_percentile_interval():
+    reps = np.arange(101, dtype=float)  # 0..100: the 2.5% and 97.5% percentiles are 2.5 and 97.5
+    assert seed_replicate_interval([50.0], [reps]) == pytest.approx((50.0, 2.5, 97.5))
+    assert seed_replicate_interval([50.0], [reps]) == (50.0, *expo.percentile_interval(reps))
+    assert seed_replicate_interval([50.0], [reps + 0.5], discrete=True) == (50.0, 2.5, 98.5)  # values it took
+    point, low, high = seed_replicate_interval([1.0], [np.full(10, np.nan)])
+    assert point == 1.0 and math.isnan(low) and math.isnan(high)
+
+
+def test_seed_replicate_interval_adds_the_seed_spread_to_the_prompt_spread():
+    # seeds at 0 and 2: seed term var([0, 2]) / 2 = 1; the seed-averaged replicates [0, 2]: prompt term 2
+    point, low, high = seed_replicate_interval([0.0, 2.0], [np.array([-1.0, 1.0]), np.array([1.0, 3.0])],
+                                               n_prompts=3)
+    a, b = 1.0, 2.0
+    df = (a + b) ** 2 / (a**2 / 1 + b**2 / 2)
+    half = scipy_stats.t.ppf(0.975, df) * math.sqrt(a + b)
+    assert point == 1.0 and (low, high) == pytest.approx((1.0 - half, 1.0 + half))
+    # identical seeds and replicates without spread: the interval is the point
+    assert seed_replicate_interval([0.3, 0.3], [np.full(5, 0.3), np.full(5, 0.3)]) == (0.3, 0.3, 0.3)
+    # one seed far off widens the interval past zero although every replicate is on one side
+    _, low, _ = seed_replicate_interval([0.1, 0.1, 2.0], [np.full(50, 0.1), np.full(50, 0.1), np.full(50, 2.0)])
+    assert low < 0
+
+
+def test_seed_replicate_interval_refuses_mismatched_inputs():
+    with pytest.raises(ValueError, match="one point and one set of replicates per seed, got 2 points and 1"):
+        seed_replicate_interval([0.0, 1.0], [np.zeros(3)])
+    with pytest.raises(ValueError, match="delta must be in"):
+        seed_replicate_interval([0.0], [np.zeros(3)], level=1.0)
