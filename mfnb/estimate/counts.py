@@ -281,7 +281,9 @@ def count_03(P, sizes: Sizes) -> list[Item]:
         n_role = (len(roles) - 1) * n_select + (role_seeds * n_select if P.sft_role in roles else 0)
         named = ", ".join(roles) if len(roles) <= 4 else f"{len(roles)} roles"
         items.append(_generated(nb, f"roles on the validation prompts: {named}", n_role, P.sampling))
-    models = 1 + 2 * trains * len(variants)
+    # the oracle arm (alpha by the known quality) adds a row per default model where the world knows the quality
+    oracle = trains * len(P.fractions) if _world_kind(P.world) != "paper" else 0
+    models = 1 + 2 * trains * len(variants) + oracle
     reports = len(P.report_seeds)
     items.append(_generated(nb, f"Table 1 responses: {models} models x {reports} seeds x {n_report} test prompts",
                             models * reports * n_report, P.sampling))

@@ -31,10 +31,10 @@ from mfnb.expo.alpha_judge import (accuracy_on_pairs, accuracy_on_responses, pai
                                    reward_model_info, sweep_pairs)
 from mfnb.expo.bootstrap import (bootstrap_counts, lc_replicates, percentile_interval, rank_correlation_replicates,
                                  replicate_means)
-from mfnb.expo.claims import (CLAIM_COLUMNS, NOT_TESTABLE, TREND_CLAIM, VERDICTS, AlphaChoice, alpha_shift,
+from mfnb.expo.claims import (CLAIM_COLUMNS, NOT_TESTABLE, ORACLE_CLAIM, TREND_CLAIM, VERDICTS, AlphaChoice, alpha_shift,
                               alpha_summary, alpha_trend_claim, claims_table, combine, figure6_claims, medium_best_claim, overall,
                               reward_model_doubt, table1_claims, verdict)
-from mfnb.expo.control import Variant, control_variants
+from mfnb.expo.control import ORACLE, Variant, control_variants
 from mfnb.expo.experiment import ExpoExperiment
 from mfnb.expo.extrapolation import (CHUNK_ELEMENTS, INDEX_FILE, SINGLE_FILE, WEIGHT_SUFFIXES, ExpoError, extrapolate,
                                      extrapolate_state_dict)

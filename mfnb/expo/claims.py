@@ -231,10 +231,17 @@ def _paper_diff(a: str, b: str, metrics: Sequence[str]) -> str | None:
     return "; ".join(f"{METRIC_NAMES[m]} {fmt(paper[a][m] - paper[b][m], signed=True)}" for m in metrics)
 
 
-def table1_claims(stats: SampleStats, fractions: Sequence[float], reward_doubt: str | None = None) -> list[dict]:
+ORACLE_CLAIM = "ExPO improves the DPO model, alpha chosen by the known quality"
+ORACLE_METRICS = ("win_rate", "lc_win_rate")   # the judge's: no reward model anywhere in this arm
+
+
+def table1_claims(stats: SampleStats, fractions: Sequence[float], reward_doubt: str | None = None,
+                  oracle: bool = False) -> list[dict]:
     """The paper's Table 1 claims on the test prompts: ExPO improves every DPO model (reward, win rate and
     LC win rate each resolved above 0), and DPO(f%)+ExPO matches or beats full-data DPO (LC win rate, the
-    paper's comparison: resolved above 0 reproduces; indistinguishable is inconclusive)."""
+    paper's comparison: resolved above 0 reproduces; indistinguishable is inconclusive).  ``oracle``: also
+    the oracle arm (alpha chosen on the validation prompts by the world's known quality, judged on the test
+    prompts by win rate and LC win rate), which tests extrapolation itself, whatever the reward model is worth."""
     rows = []
     for f in sorted(fractions):
         v = Variant(f)
@@ -246,6 +253,15 @@ def table1_claims(stats: SampleStats, fractions: Sequence[float], reward_doubt: 
         # the ExPO model is the model at the alpha the reward model chose: in doubt, no metric can test ExPO
         rows.append(_doubted({"claim": "ExPO improves the DPO model", "source": "Table 1", "scope": fraction_label(f),
                               "paper": paper, "ours": ours, "verdict": combine(verdicts)}, reward_doubt))
+    for f in sorted(fractions) if oracle else []:
+        v = Variant(f)
+        a, b = v.name(oracle=True), v.name()
+        ours, verdicts = _metric_verdicts(stats, a, b, ORACLE_METRICS)
+        if all(stats.difference(a, b, m) == (0.0, 0.0, 0.0) for m in ORACLE_METRICS):
+            ours += " (the known quality chose alpha = 0: the ExPO model is the DPO model)"
+        rows.append({"claim": ORACLE_CLAIM, "source": "Table 1 (oracle arm)", "scope": fraction_label(f),
+                     "paper": "not in the paper (it chooses alpha by a reward model): a test of extrapolation alone",
+                     "ours": ours, "verdict": combine(verdicts)})
     if 1.0 in fractions:
         full = Variant(1.0).name()
         for f in sorted(x for x in fractions if x < 1.0):

@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from mfnb.expo.training import fraction_label
 
 
+# the arm that tests ExPO apart from its reward model: alpha chosen on the validation prompts by the world's known
+# quality (tiny: the quality function; smol: IFEval's checker), then judged on the test prompts like every row
+ORACLE = " (oracle alpha)"
+
+
 @dataclass(frozen=True)
 class Variant:
     """One DPO model: a data fraction, trained with the default settings or with a replaced ``lr`` /
@@ -37,10 +42,12 @@ class Variant:
         """The sweep's label: '5%' for the default model, '5%, lr 0.005' for a control."""
         return ", ".join([fraction_label(self.fraction)] + ([self.change] if self.change else []))
 
-    def name(self, expo: bool = False) -> str:
-        """The model's row name in the test tables: 'DPO(5% data)', 'DPO(5% data, lr 0.005)+ExPO'."""
+    def name(self, expo: bool = False, oracle: bool = False) -> str:
+        """The model's row name in the test tables: 'DPO(5% data)', 'DPO(5% data, lr 0.005)+ExPO', and with
+        ``oracle`` the ExPO model at the alpha the world's known quality chose: 'DPO(5% data)+ExPO (oracle alpha)'."""
         extra = f", {self.change}" if self.change else ""
-        return f"DPO({fraction_label(self.fraction)} data{extra})" + ("+ExPO" if expo else "")
+        return f"DPO({fraction_label(self.fraction)} data{extra})" + ("+ExPO" if expo or oracle else "") + \
+            (ORACLE if oracle else "")
 
     @property
     def default(self) -> "Variant":

@@ -72,6 +72,7 @@ class ExpoExperiment:
         self.delta_norms: dict[int, dict[str, float]] = {s: {} for s in self.seeds}
         self.scores: dict[int, dict[str, object]] = {s: {} for s in self.seeds}
         self.choice: dict[int, AlphaChoice] = {}
+        self.oracle_choice: dict[int, AlphaChoice] = {}  # alpha by the known quality (where the world knows it)
         self.all_sweeps = None                   # alpha_sweeps' table
         self.alpha_table = None                  # choose_alpha's table: one row per model and training seed
         self.stats: SampleStats | None = None    # table1's bootstrap over the test prompts
@@ -256,6 +257,10 @@ class ExpoExperiment:
 
         self.choice = {seed: AlphaChoice(self.scores[seed], n_boot=self.P.n_boot, seed=self.P.boot_seed,
                                          level=self.level) for seed in self.seeds}
+        if self.knows_quality:  # the oracle arm: ExPO tested apart from its reward model (default models only)
+            self.oracle_choice = {seed: AlphaChoice({v.key: self.scores[seed][v.key] for v in self.variants
+                                                     if v.is_default}, n_boot=self.P.n_boot, seed=self.P.boot_seed,
+                                                    level=self.level, metric="quality") for seed in self.seeds}
         tables = [c.table(self.delta_norms[seed]).assign(train_seed=seed) for seed, c in self.choice.items()]
         table = pd.concat(tables, ignore_index=True)
         self.alpha_table = table[["model", "train_seed"] + [c for c in table if c not in ("model", "train_seed")]]
@@ -264,6 +269,11 @@ class ExpoExperiment:
     def seed_chosen(self, train_seed: int) -> dict[str, float]:
         """Model key -> the alpha the reward model chose for ``train_seed``'s model (:meth:`choose_alpha`)."""
         return {k: self.choice[train_seed].point[k] for k in self.choice[train_seed].point}
+
+    def seed_oracle_chosen(self, train_seed: int) -> dict[str, float]:
+        """Default model key -> the alpha the known quality chose for ``train_seed``'s model ({} without one)."""
+        choice = self.oracle_choice.get(train_seed)
+        return dict(choice.point) if choice is not None else {}
 
     @property
     def chosen(self) -> dict[str, float]:
@@ -322,13 +332,17 @@ class ExpoExperiment:
 
     def test_models(self, train_seed: int, progress: bool = True) -> tuple[dict, dict]:
         """(Table 1 row -> seed -> test responses, Table 1 row -> its alpha) for one training seed: every DPO
-        model without and with ExPO at its chosen alpha, the full data first, the control last."""
+        model without and with ExPO at its chosen alpha (and, where the world knows the quality, at the alpha the
+        quality chose: the oracle arm), the full data first, the control last."""
         models, alphas, chosen = {}, {}, self.seed_chosen(train_seed)
+        oracle = self.seed_oracle_chosen(train_seed)
         order = sorted(self.variants, key=lambda v: (v.is_default, v.fraction), reverse=True)
         for v in progress_bar(order, desc=f"test responses (training seed {train_seed})", disable=not progress):
-            answers = self.test_responses(v.key, sorted({0.0, chosen[v.key]}), train_seed)
-            for expo_on, alpha in ((False, 0.0), (True, chosen[v.key])):
-                models[v.name(expo=expo_on)], alphas[v.name(expo=expo_on)] = answers[alpha], alpha
+            rows = [(v.name(), 0.0), (v.name(expo=True), chosen[v.key])]
+            rows += [(v.name(oracle=True), oracle[v.key])] if v.key in oracle else []
+            answers = self.test_responses(v.key, sorted({a for _, a in rows}), train_seed)
+            for name, alpha in rows:
+                models[name], alphas[name] = answers[alpha], alpha
         return models, alphas
 
     def table1(self, progress: bool = True):
@@ -449,7 +463,9 @@ class ExpoExperiment:
     @property
     def default_rows(self) -> list[str]:
         """Table 1's rows for the paper's table: SFT and every default model without and with ExPO."""
-        return ["SFT"] + [v.name(expo=e) for v in self.variants if v.is_default for e in (False, True)]
+        oracle = [{"oracle": True}] if self.knows_quality else []
+        return ["SFT"] + [v.name(**kw) for v in self.variants if v.is_default
+                          for kw in ({}, {"expo": True}, *oracle)]
 
     @property
     def control_rows(self) -> list[str]:
@@ -467,11 +483,13 @@ class ExpoExperiment:
         return Variant(FULL_DATA).name() if FULL_DATA in self.P.fractions else None
 
     def comparison_pairs(self) -> list[tuple[str, str]]:
-        """The (a, b) pairs every verdict rests on: each model with ExPO against without, each smaller
-        fraction + ExPO against full-data DPO, each control model (without and with ExPO) against the
-        default model + ExPO."""
+        """The (a, b) pairs every verdict rests on: each model with ExPO against without (and, where the world
+        knows the quality, the oracle arm against without), each smaller fraction + ExPO against full-data DPO,
+        each control model (without and with ExPO) against the default model + ExPO."""
         fractions, full = self.P.fractions, self.full_model
         pairs = [(Variant(f).name(expo=True), Variant(f).name()) for f in fractions]
+        if self.knows_quality:
+            pairs += [(Variant(f).name(oracle=True), Variant(f).name()) for f in fractions]
         pairs += [(Variant(f).name(expo=True), full) for f in fractions if full and f < FULL_DATA]
         pairs += [(v.default.name(expo=True), other) for v in self.controls for other in (v.name(), v.name(expo=True))]
         return pairs
@@ -539,7 +557,7 @@ class ExpoExperiment:
         (:mod:`mfnb.expo.claims`); what rests on the reward model is not testable under ``reward_doubt``."""
         rows = [alpha_trend_claim(self.choice, self.P.fractions, reward_doubt=reward_doubt),
                 medium_best_claim(self.choice, self.P.fractions, reward_doubt=reward_doubt)]
-        rows += table1_claims(self.stats, self.P.fractions, reward_doubt=reward_doubt)
+        rows += table1_claims(self.stats, self.P.fractions, reward_doubt=reward_doubt, oracle=self.knows_quality)
         rows += figure6_claims(self.stats, self.controls, reward_doubt=reward_doubt)
         return claims_table(rows)
 

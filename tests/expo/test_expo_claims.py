@@ -128,6 +128,36 @@ def test_sample_stats_pairs_models_on_the_same_prompts():
     assert table["wins"].tolist() == [3, 0] and table["ties"].tolist() == [1, 3] and table["losses"].tolist() == [2, 3]
 
 
+def test_sample_stats_across_training_seeds():
+    a = [1.0, 0.0, 0.5, 1.0, 0.0, 1.0]
+    b = [0.5, 0.0, 0.0, 0.5, 0.0, 0.5]
+    seed0 = _samples({"DPO": a, "SFT": b}).assign(train_seed=0)
+    seed1 = _samples({"DPO": b}).assign(train_seed=1)   # the same model trained again: now no better than SFT
+    sft = seed0[seed0["model"] == "SFT"].assign(train_seed=expo.NOT_TRAINED)
+    stats = expo.SampleStats(pd.concat([seed0[seed0["model"] == "DPO"], seed1, sft]), n_boot=300, seed=1)
+    assert stats.train_seeds == [0, 1]
+    assert stats.seed_spread("DPO", "win_rate") == pytest.approx([3.5 / 6, 1.5 / 6])
+    assert stats.seed_spread("SFT", "win_rate") == pytest.approx([1.5 / 6, 1.5 / 6])  # beside every seed
+    diff, low, high = stats.difference("DPO", "SFT", "win_rate")
+    assert diff == pytest.approx(1.0 / 6)   # the seeds' mean: (2 / 6 + 0) / 2
+    assert low < 0 < high                   # one seed alone would resolve it; the two seeds do not
+    single = expo.SampleStats(pd.concat([seed0[seed0["model"] == "DPO"], sft]), n_boot=300, seed=1)
+    assert single.difference("DPO", "SFT", "win_rate")[1] > 0
+    with pytest.raises(KeyError, match="no test samples for model 'DPO' under training seed 2"):
+        stats._matrix("DPO", "outcome", 2)
+
+
+def test_the_oracle_arm_tests_expo_apart_from_the_reward_model():
+    good, bad = [1.0] * 30, [0.0] * 15 + [0.5] * 15
+    stats = expo.SampleStats(_samples({"DPO(10% data)": bad, "DPO(10% data)+ExPO": bad,
+                                       "DPO(10% data)+ExPO (oracle alpha)": good}), n_boot=200)
+    rows = expo.table1_claims(stats, [0.1], reward_doubt="at chance", oracle=True)
+    assert [r["claim"] for r in rows] == ["ExPO improves the DPO model", expo.ORACLE_CLAIM]
+    assert rows[0]["verdict"] == expo.NOT_TESTABLE and rows[1]["verdict"] == "reproduced"
+    assert rows[1]["source"] == "Table 1 (oracle arm)" and rows[1]["ours"].startswith("win rate +0.750")
+    assert len(expo.table1_claims(stats, [0.1])) == 1  # no oracle arm where the world knows no quality
+
+
 def test_table1_claims_read_the_papers_direction():
     # ExPO strictly better on every prompt and metric for 10%; identical at 100% (the reward model chose 0)
     good, bad = [1.0] * 30, [0.0] * 15 + [0.5] * 15

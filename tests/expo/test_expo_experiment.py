@@ -162,25 +162,33 @@ def test_reward_model_checks(run, tiny_world):
 
 def test_test_models_in_table1_order(run):
     exp, out = run
-    names = ["SFT", "DPO(100% data)", "DPO(100% data)+ExPO", "DPO(50% data)", "DPO(50% data)+ExPO",
-             "DPO(50% data, lr 0.002)", "DPO(50% data, lr 0.002)+ExPO"]
+    oracle = " (oracle alpha)"
+    names = ["SFT", "DPO(100% data)", "DPO(100% data)+ExPO", "DPO(100% data)+ExPO" + oracle, "DPO(50% data)",
+             "DPO(50% data)+ExPO", "DPO(50% data)+ExPO" + oracle, "DPO(50% data, lr 0.002)",
+             "DPO(50% data, lr 0.002)+ExPO"]
     assert list(out["models"]) == names[1:] and out["table1"]["model"].tolist() == names
     chosen = exp.seed_chosen(1)  # test_models(1): the second training seed's models at its own choices
+    by_quality = exp.seed_oracle_chosen(1)  # the oracle arm: default models only, alpha by the known quality
+    assert set(by_quality) == {"50%", "100%"} and set(by_quality.values()) <= {0.0, BIG}
+    assert by_quality == {k: exp.oracle_choice[1].point[k] for k in ("50%", "100%")}
     assert out["alphas"] == {"DPO(100% data)": 0.0, "DPO(100% data)+ExPO": chosen["100%"],
+                             "DPO(100% data)+ExPO" + oracle: by_quality["100%"],
                              "DPO(50% data)": 0.0, "DPO(50% data)+ExPO": chosen["50%"],
+                             "DPO(50% data)+ExPO" + oracle: by_quality["50%"],
                              "DPO(50% data, lr 0.002)": 0.0, "DPO(50% data, lr 0.002)+ExPO": chosen[CONTROL]}
     for key, name in (("50%", "DPO(50% data)"), (CONTROL, "DPO(50% data, lr 0.002)")):
         at = exp.test_responses(key, sorted({0.0, chosen[key]}), 1)
         assert out["models"][name] == at[0.0] and out["models"][name + "+ExPO"] == at[chosen[key]]
-    assert exp.default_rows == ["SFT", "DPO(50% data)", "DPO(50% data)+ExPO", "DPO(100% data)", "DPO(100% data)+ExPO"]
-    assert exp.control_rows == names[5:]
+    assert exp.default_rows == ["SFT", "DPO(50% data)", "DPO(50% data)+ExPO", "DPO(50% data)+ExPO" + oracle,
+                                "DPO(100% data)", "DPO(100% data)+ExPO", "DPO(100% data)+ExPO" + oracle]
+    assert exp.control_rows == names[7:]
     assert exp.control_beside == ["DPO(50% data)+ExPO"] and exp.full_model == "DPO(100% data)"
 
 
 def test_table1_counts_every_judgement(run):
     exp, out = run
     table1 = out["table1"]
-    samples = [6] + [12] * 6  # the SFT model once, every DPO model per training seed
+    samples = [6] + [12] * 8  # the SFT model once, every DPO model per training seed
     assert (table1["wins"] + table1["ties"] + table1["losses"]).tolist() == samples and table1["samples"].tolist() == samples
     medians = {n: (a + exp.test_models(0, progress=False)[1][n]) / 2 for n, a in out["alphas"].items()}
     assert table1["alpha"].tolist() == [-1.0, *medians.values()]
@@ -198,6 +206,8 @@ def test_comparison_pairs_and_their_differences(run):
     exp, out = run
     assert exp.comparison_pairs() == [("DPO(50% data)+ExPO", "DPO(50% data)"),
                                       ("DPO(100% data)+ExPO", "DPO(100% data)"),
+                                      ("DPO(50% data)+ExPO (oracle alpha)", "DPO(50% data)"),
+                                      ("DPO(100% data)+ExPO (oracle alpha)", "DPO(100% data)"),
                                       ("DPO(50% data)+ExPO", "DPO(100% data)"),
                                       ("DPO(50% data)+ExPO", "DPO(50% data, lr 0.002)"),
                                       ("DPO(50% data)+ExPO", "DPO(50% data, lr 0.002)+ExPO")]
@@ -210,8 +220,9 @@ def test_comparison_pairs_without_full_data_or_control(tiny_world, tmp_path, mon
     monkeypatch.setenv("MFNB_CACHE", str(tmp_path))
     exp = expo.ExpoExperiment(_params(fractions=[0.25, 0.5], figure6={}), world=tiny_world, reward=FewerWords())
     assert exp.full_model is None and exp.controls == [] and exp.control_keys == []
-    assert exp.comparison_pairs() == [("DPO(25% data)+ExPO", "DPO(25% data)"), ("DPO(50% data)+ExPO", "DPO(50% data)")]
-    assert exp.default_rows == ["SFT", "DPO(25% data)", "DPO(25% data)+ExPO", "DPO(50% data)", "DPO(50% data)+ExPO"]
+    assert exp.comparison_pairs()[:2] == [("DPO(25% data)+ExPO", "DPO(25% data)"),
+                                          ("DPO(50% data)+ExPO", "DPO(50% data)")]
+    assert exp.default_rows[:3] == ["SFT", "DPO(25% data)", "DPO(25% data)+ExPO"]
 
 
 # ------------------------------------------------------------------------- examples, learning rate, claims
@@ -253,7 +264,10 @@ def test_claims_and_findings(run):
     assert any(line.startswith("- **Length**") for line in lines)
     assert lines[-1].startswith("- Judge: ") and "cache hits" in lines[-1]
     doubted = exp.claims("at chance")
-    assert set(doubted["verdict"]) == {expo.NOT_TESTABLE}
+    oracle = doubted["claim"] == expo.ORACLE_CLAIM  # the oracle arm has no reward model to doubt
+    assert doubted.loc[oracle, "scope"].tolist() == ["50%", "100%"] and doubted.loc[oracle, "verdict"].tolist() == \
+        claims.loc[claims["claim"] == expo.ORACLE_CLAIM, "verdict"].tolist()
+    assert set(doubted.loc[~oracle, "verdict"]) == {expo.NOT_TESTABLE}
     assert doubted.loc[0, "ours"].endswith("not testable here: at chance")
 
 

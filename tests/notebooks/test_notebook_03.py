@@ -56,13 +56,14 @@ def test_notebook_03_small_run(tiny_world, tmp_path, monkeypatch):
     assert (optimal["alpha_low"] <= optimal["alpha_by_reward"]).all()
     assert (optimal["alpha_by_reward"] <= optimal["alpha_high"]).all()
     table1 = pd.read_csv(tables / "03_expo_table1.csv")
-    assert table1["model"].tolist() == ["SFT", "DPO(100% data)", "DPO(100% data)+ExPO", "DPO(25% data)",
-                                        "DPO(25% data)+ExPO", "DPO(25% data, lr 0.002)",
-                                        "DPO(25% data, lr 0.002)+ExPO", "DPO(25% data, 3 epochs)",
-                                        "DPO(25% data, 3 epochs)+ExPO"]
+    assert table1["model"].tolist() == ["SFT", "DPO(100% data)", "DPO(100% data)+ExPO",
+                                        "DPO(100% data)+ExPO (oracle alpha)", "DPO(25% data)",
+                                        "DPO(25% data)+ExPO", "DPO(25% data)+ExPO (oracle alpha)",
+                                        "DPO(25% data, lr 0.002)", "DPO(25% data, lr 0.002)+ExPO",
+                                        "DPO(25% data, 3 epochs)", "DPO(25% data, 3 epochs)+ExPO"]
     # 60 prompts x 2 sampling seeds, x 2 training seeds for every model but the SFT one
-    assert (table1["wins"] + table1["ties"] + table1["losses"]).tolist() == [120] + [240] * 8
-    assert table1["alpha_per_seed"].fillna("").str.count(",").tolist() == [0] + [1] * 8
+    assert (table1["wins"] + table1["ties"] + table1["losses"]).tolist() == [120] + [240] * 10
+    assert table1["alpha_per_seed"].fillna("").str.count(",").tolist() == [0] + [1] * 10
     for metric in ("reward", "win_rate", "lc_win_rate"):
         assert (table1[f"{metric}_low"] <= table1[metric] + 1e-12).all()
         assert (table1[metric] <= table1[f"{metric}_high"] + 1e-12).all()
@@ -76,7 +77,7 @@ def test_notebook_03_small_run(tiny_world, tmp_path, monkeypatch):
     assert shift["control"].tolist() == ["25%, lr 0.002", "25%, 3 epochs"]
     claims = pd.read_csv(tables / "03_claims.csv")
     assert set(claims["verdict"]) <= {"reproduced", "reversed", "inconclusive", "not testable"}
-    assert {"Figure 5, Table 3", "Table 1", "Figure 6"} <= set(claims["source"])
+    assert {"Figure 5, Table 3", "Table 1", "Table 1 (oracle arm)", "Figure 6"} <= set(claims["source"])
     verdicts = pd.read_csv(tables / "03_verdicts.csv")
     assert verdicts["claim"].is_unique
     assert set(verdicts["verdict"]) <= {"reproduced", "reversed", "inconclusive", "not testable"}
