@@ -42,7 +42,6 @@ _CPU = {
                         "bf16, 2 threads, 2-core CPU, 2026-12-04"),
     "training": (81.6, "measured: benchmarks/README.md, bench_smol_dpo.py, SmolLM2-135M LoRA DPO, 2,595 tokens "
                        "in 31.8 s, 2 threads, 2-core CPU, 2026-12-04"),
-    "training_full": (81.6, "assumed equal to the LoRA step (no full fine-tuning measured on CPU)"),
 }
 # the tiny world's models are far smaller than SmolLM2 and its sequences far shorter than max_length: no tokens/s
 # of its own was measured, so SmolLM2's stand, and its hours are far too high (an upper bound only)
@@ -53,8 +52,10 @@ _GPU = {
                          "one GPU"),
     "training": (3000.0, "assumed (not measured: gpu_scale.py has not run on a GPU yet): 7B LoRA DPO, 6N FLOPs per "
                          "token at ~20% of an 80 GB card's ~1e15 bf16 FLOP/s, per GPU"),
-    "training_full": (2250.0, "assumed (not measured): full fine-tuning at 8N FLOPs per token, 3/4 of the LoRA rate"),
 }
+#: Full fine-tuning's rate where none was measured, as a share of the LoRA training rate in use: it computes the
+#: weight gradients LoRA skips (about 8N FLOPs per token against 6N), so about 3/4 of the rate
+FULL_FT_SHARE = 0.75
 DEFAULTS = {"tiny": _TINY, "smol": _CPU, "paper": _GPU}
 
 
@@ -178,7 +179,7 @@ def throughputs(profile: str, file: str | Path | None = None, **given: float | N
     """Tokens per second per kind: ``given`` (command-line values) over the file (``file``, else
     :data:`MEASURED` if present) over the profile's defaults."""
     defaults = DEFAULTS.get(profile, _GPU)
-    out = {kind: Throughput(*defaults[kind]) for kind in KINDS}
+    out = {kind: Throughput(*defaults[kind]) for kind in KINDS if kind in defaults}
     path = Path(file) if file else paths.project_root() / MEASURED
     if file and not path.is_file():
         raise ThroughputError(f"--throughputs: {path} not found")
@@ -187,6 +188,11 @@ def throughputs(profile: str, file: str | Path | None = None, **given: float | N
     for kind, value in given.items():
         if value is not None:
             out[kind] = Throughput(float(value), "given on the command line")
+    if "training_full" not in out:  # follows the LoRA rate in use, measured or not
+        lora = out["training"]
+        out["training_full"] = Throughput(FULL_FT_SHARE * lora.tokens_per_second,
+                                          f"assumed (not measured): {FULL_FT_SHARE:g} of the LoRA training rate, "
+                                          f"whose source is: {lora.source}")
     return out
 
 

@@ -172,6 +172,9 @@ def test_throughputs_from_a_file_defaults_and_errors(tmp_path):
                      "dpo,checkpointing off,oom,,,\nsample,hf engine,ok,4,4000,1000\n")
     got = throughputs("paper", scale)
     assert (got["training"].tokens_per_second, got["sampling"].tokens_per_second) == (4000, 1000)
+    # full fine-tuning, never measured, follows the LoRA rate in use: 3/4 of the measured 4000
+    assert got["training_full"].tokens_per_second == 3000 and "gpu_scale.py, part 'dpo'" in got["training_full"].source
+    assert throughputs("paper")["training_full"].tokens_per_second == 0.75 * throughputs("paper")["training"].tokens_per_second
     assert throughputs("smol", scale)["training"].source.startswith("measured: benchmarks/README.md")
     bad = tmp_path / "bad.csv"
     bad.write_text("kind,tokens_per_second\nsampling,fast\n")
