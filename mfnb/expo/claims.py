@@ -124,10 +124,11 @@ def per_seed(choice) -> list[AlphaChoice]:
     return list(choice.values()) if isinstance(choice, Mapping) else list(choice)
 
 
-def _crossed(choices: Sequence[AlphaChoice], points, replicates, discrete: bool = False) -> tuple[float, float, float]:
+def _crossed(choices: Sequence[AlphaChoice], points, replicates, discrete: bool = False,
+             bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
     """A statistic's mean over training seeds with its interval (:func:`mfnb.stats.seed_replicate_interval`)."""
     return stats.seed_replicate_interval(points, replicates, choices[0].level, n_prompts=choices[0].counts.shape[1],
-                                         discrete=discrete)
+                                         discrete=discrete, bounds=bounds)
 
 
 def _seed_alphas(choices: Sequence[AlphaChoice], key: str) -> str:
@@ -168,7 +169,7 @@ def alpha_trend_claim(choice, fractions: Sequence[float], reward_doubt: str | No
         points.append(bootstrap.rank_correlation_replicates(sorted(fractions), np.array([[c.point[k] for k in keys]]))[0])
         reps.append(bootstrap.rank_correlation_replicates(sorted(fractions),
                                                           np.stack([c.replicates[k] for k in keys], axis=1)))
-    point, low, high = _crossed(choices, points, reps, discrete=True)
+    point, low, high = _crossed(choices, points, reps, discrete=True, bounds=(-1.0, 1.0))
     paper = paper_optimal_alpha()
     alphas = "; ".join(f"{k}: {_seed_alphas(choices, k)}" for k in keys)
     over = f" (mean over {len(choices)} training seeds; each seed's alpha below)" if len(choices) > 1 else ""

@@ -163,12 +163,13 @@ class SampleStats:
         per_seed = [self.seed_stat(model, metric, s) for s in self.train_seeds]
         return float(np.mean([p for p, _ in per_seed])), np.mean([r for _, r in per_seed], axis=0)
 
-    def _combined(self, points, replicates) -> tuple[float, float, float]:
-        return seed_replicate_interval(points, replicates, self.level, n_prompts=self.n_prompts)
+    def _combined(self, points, replicates, bounds=None) -> tuple[float, float, float]:
+        return seed_replicate_interval(points, replicates, self.level, n_prompts=self.n_prompts, bounds=bounds)
 
     def interval(self, model: str, metric: str) -> tuple[float, float, float]:
         per_seed = [self.seed_stat(model, metric, s) for s in self.train_seeds]
-        return self._combined([p for p, _ in per_seed], [r for _, r in per_seed])
+        rate = (0.0, 1.0) if metric in ("win_rate", "lc_win_rate", "quality") else None
+        return self._combined([p for p, _ in per_seed], [r for _, r in per_seed], rate)
 
     def difference(self, a: str, b: str, metric: str) -> tuple[float, float, float]:
         """(a - b, low, high): paired over the resampled prompts within each training seed, crossed over seeds."""

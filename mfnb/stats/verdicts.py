@@ -56,7 +56,8 @@ def seed_prompt_interval(scores, delta: float = 0.05) -> dict:
 
 
 def seed_replicate_interval(points: Sequence[float], replicates: Sequence[np.ndarray], level: float = 0.95, *,
-                            n_prompts: int | None = None, discrete: bool = False) -> tuple[float, float, float]:
+                            n_prompts: int | None = None, discrete: bool = False,
+                            bounds: tuple[float, float] | None = None) -> tuple[float, float, float]:
     """(mean, low, high) of a statistic measured once per training seed, each with bootstrap replicates over
     the *same* prompts (shared resampling counts, so replicate b of every seed saw the same prompts).
 
@@ -65,7 +66,8 @@ def seed_replicate_interval(points: Sequence[float], replicates: Sequence[np.nda
     seeds) plus the bootstrap variance of the seed-averaged replicates (prompts and sampling), with a
     Welch-Satterthwaite t quantile (``n_prompts`` - 1 degrees of freedom for the prompt term).  With one
     seed it is that seed's percentile interval (``discrete``: ends the replicates took), so single-seed
-    results are unchanged."""
+    results are unchanged.  ``bounds``: the statistic's range (a rank correlation's [-1, 1], a rate's [0, 1]),
+    which the t-interval's ends are clipped to."""
     check_delta(1 - level)
     points = np.asarray(points, dtype=float)
     if points.size == 0 or len(replicates) != points.size:
@@ -98,7 +100,10 @@ def seed_replicate_interval(points: Sequence[float], replicates: Sequence[np.nda
     denom = a**2 / (S - 1) + b**2 / df_b
     df = (a + b) ** 2 / denom if denom > 0 else float(S - 1)
     half = float(stats.t.ppf(1 - (1 - level) / 2, df)) * math.sqrt(a + b)
-    return mean, mean - half, mean + half
+    low, high = mean - half, mean + half
+    if bounds is not None:
+        low, high = max(low, bounds[0]), min(high, bounds[1])
+    return mean, low, high
 
 
 VERDICTS = ("multi-fidelity better", "multi-fidelity worse", "inconclusive")

@@ -96,6 +96,10 @@ def test_seed_replicate_interval_adds_the_seed_spread_to_the_prompt_spread():
     df = (a + b) ** 2 / (a**2 / 1 + b**2 / 2)
     half = scipy_stats.t.ppf(0.975, df) * math.sqrt(a + b)
     assert point == 1.0 and (low, high) == pytest.approx((1.0 - half, 1.0 + half))
+    # a bounded statistic (a rank correlation) keeps its interval inside its range
+    _, low, high = seed_replicate_interval([-1.0, -0.9], [np.full(4, -1.0), np.array([-0.8, -1.0, -0.9, -0.9])],
+                                           bounds=(-1.0, 1.0))
+    assert low == -1.0 and high < 1.0
     # identical seeds and replicates without spread: the interval is the point
     assert seed_replicate_interval([0.3, 0.3], [np.full(5, 0.3), np.full(5, 0.3)]) == (0.3, 0.3, 0.3)
     # one seed far off widens the interval past zero although every replicate is on one side
