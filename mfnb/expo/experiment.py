@@ -25,7 +25,7 @@ from mfnb.expo.alpha_judge import accuracy_on_pairs, accuracy_on_responses, rewa
 from mfnb.expo.claims import (TREND_CLAIM, AlphaChoice, alpha_shift, alpha_summary, alpha_trend_claim, claims_table,
                               figure6_claims, medium_best_claim, table1_claims)
 from mfnb.expo.control import Variant, control_variants
-from mfnb.expo.findings import figure6_lines, length_lines, lr_lines, reward_model_lines, verdict_lines
+from mfnb.expo.findings import figure6_lines, length_lines, lr_lines, reward_model_lines, seed_lines, verdict_lines
 from mfnb.expo.lora import lora_delta_norm
 from mfnb.expo.report import (NOT_TRAINED, SampleStats, comparisons, departures, judged_samples, paper_table1,
                               samples_table)
@@ -555,16 +555,39 @@ class ExpoExperiment:
     def claims(self, reward_doubt: str | None = None):
         """One row per claim of the paper and per fraction or control model it applies to, with its verdict
         (:mod:`mfnb.expo.claims`); what rests on the reward model is not testable under ``reward_doubt``."""
-        rows = [alpha_trend_claim(self.choice, self.P.fractions, reward_doubt=reward_doubt),
-                medium_best_claim(self.choice, self.P.fractions, reward_doubt=reward_doubt)]
-        rows += table1_claims(self.stats, self.P.fractions, reward_doubt=reward_doubt, oracle=self.knows_quality)
-        rows += figure6_claims(self.stats, self.controls, reward_doubt=reward_doubt)
-        return claims_table(rows)
+        return claims_table(self._claim_rows(self.stats, self.choice, reward_doubt))
 
-    def findings(self, verdicts, claims, shift, optimal, probe, reward_doubt: str | None = None) -> list[str]:
+    def _claim_rows(self, stats: SampleStats, choice, reward_doubt: str | None) -> list[dict]:
+        rows = [alpha_trend_claim(choice, self.P.fractions, reward_doubt=reward_doubt),
+                medium_best_claim(choice, self.P.fractions, reward_doubt=reward_doubt)]
+        rows += table1_claims(stats, self.P.fractions, reward_doubt=reward_doubt, oracle=self.knows_quality)
+        rows += figure6_claims(stats, self.controls, reward_doubt=reward_doubt)
+        return rows
+
+    def seed_claims(self, reward_doubt: str | None = None):
+        """How far single-seed verdicts move: every row of :meth:`claims` beside the verdict each training seed
+        alone gives it (that seed's models and alpha choices, intervals over prompts only), whether any seed
+        alone reads it otherwise, and how many seeds alone resolve it.  Empty with one training seed."""
+        import pandas as pd
+
+        if len(self.seeds) < 2:
+            return pd.DataFrame()
+        out = self.claims(reward_doubt)[["claim", "source", "scope", "verdict"]]
+        for seed in self.seeds:
+            samples = self.stats.samples[self.stats.samples["train_seed"].isin([seed, NOT_TRAINED])]
+            alone = SampleStats(samples, n_boot=self.P.n_boot, seed=self.P.boot_seed, level=self.level)
+            rows = self._claim_rows(alone, {seed: self.choice[seed]}, reward_doubt)
+            out[f"seed {seed}"] = [r["verdict"] for r in rows]
+        seeds = [f"seed {s}" for s in self.seeds]
+        out["moved"] = (out[seeds].ne(out["verdict"], axis=0)).any(axis=1)
+        out["seeds_resolving"] = [sum(v in ("reproduced", "reversed") for v in row) for row in out[seeds].to_numpy()]
+        return out
+
+    def findings(self, verdicts, claims, shift, optimal, probe, reward_doubt: str | None = None,
+                 seed_claims=None) -> list[str]:
         """The notebook's closing Markdown lines, from its tables: a verdict per claim, what the Figure 6
         control says, whether the reward model picks the right alpha, length, the learning rate, the judge."""
-        lines = verdict_lines(verdicts)
+        lines = verdict_lines(verdicts) + seed_lines(seed_claims)
         trend = verdicts.set_index("claim")["verdict"].get(TREND_CLAIM, "inconclusive")
         figure6 = claims[claims["source"] == "Figure 6"].to_dict("records")
         full = fraction_label(FULL_DATA) if self.full_model else None

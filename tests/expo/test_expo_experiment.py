@@ -61,6 +61,7 @@ def run(tiny_world, tmp_path_factory):
         out["shift"] = exp.alpha_shift()
         out["claims"] = exp.claims()
         out["verdicts"] = expo.overall(out["claims"])
+        out["seed_claims"] = exp.seed_claims()
         yield exp, out
 
 
@@ -258,8 +259,14 @@ def test_claims_and_findings(run):
     assert claims.loc[claims["source"] == "Figure 6", "scope"].tolist() == [CONTROL, CONTROL]
     assert set(claims["verdict"]) <= {*expo.VERDICTS, expo.NOT_TESTABLE}
     assert verdicts["claim"].tolist()[0] == expo.TREND_CLAIM
-    lines = exp.findings(verdicts, claims, out["shift"], out["optimal"], out["probe"])
+    seeds = out["seed_claims"]
+    assert seeds.columns.tolist() == ["claim", "source", "scope", "verdict", "seed 0", "seed 1", "moved",
+                                      "seeds_resolving"]
+    assert seeds[["claim", "scope", "verdict"]].equals(claims[["claim", "scope", "verdict"]])
+    assert seeds["moved"].tolist() == [(r["seed 0"], r["seed 1"]) != (r["verdict"],) * 2 for _, r in seeds.iterrows()]
+    lines = exp.findings(verdicts, claims, out["shift"], out["optimal"], out["probe"], seed_claims=seeds)
     assert lines[:len(verdicts)] == expo.verdict_lines(verdicts)
+    assert lines[len(verdicts)].startswith("- **One training seed alone** (2 seeds): ")
     assert any("Why does the optimal alpha fall with data?" in line for line in lines)
     assert any(line.startswith("- **Length**") for line in lines)
     assert lines[-1].startswith("- Judge: ") and "cache hits" in lines[-1]

@@ -78,6 +78,8 @@ def test_notebook_03_small_run(tiny_world, tmp_path, monkeypatch):
     claims = pd.read_csv(tables / "03_claims.csv")
     assert set(claims["verdict"]) <= {"reproduced", "reversed", "inconclusive", "not testable"}
     assert {"Figure 5, Table 3", "Table 1", "Table 1 (oracle arm)", "Figure 6"} <= set(claims["source"])
+    seeds = pd.read_csv(tables / "03_seed_verdicts.csv")  # each training seed alone, beside the crossed verdict
+    assert seeds["claim"].tolist() == claims["claim"].tolist() and {"seed 0", "seed 1", "moved"} <= set(seeds)
     verdicts = pd.read_csv(tables / "03_verdicts.csv")
     assert verdicts["claim"].is_unique
     assert set(verdicts["verdict"]) <= {"reproduced", "reversed", "inconclusive", "not testable"}
