@@ -36,14 +36,15 @@ def cpu_has_native_bf16() -> bool:
         return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def machine_record() -> dict[str, Any]:
-    """CPU model, logical cores, torch's threads, whether bf16 is native, the GPUs torch sees, the versions of
-    Python and torch, and the date (UTC)."""
+def machine_record(threads: int | None = None) -> dict[str, Any]:
+    """CPU model, logical cores, torch's threads (``threads``: the count the notebook's work runs on, where it
+    sets one only around that work; default: torch's count now), whether bf16 is native, the GPUs torch sees,
+    the versions of Python and torch, and the date (UTC)."""
     import torch
 
     gpus = ([torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
             if torch.cuda.is_available() else [])
-    return {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu_model(), "logical_cores": os.cpu_count(), "torch_threads": threads or torch.get_num_threads(),
             "native_bf16": cpu_has_native_bf16(), "gpus": gpus, "python": platform.python_version(),
             "torch": torch.__version__, "date": datetime.datetime.now(datetime.timezone.utc).date().isoformat()}
 
@@ -57,10 +58,10 @@ def describe(record: dict[str, Any]) -> str:
             + (", ".join(gpus) if gpus else "no GPU") + f" ({record.get('date')})")
 
 
-def write_machine_record(path: str | Path) -> dict[str, Any]:
-    """Write :func:`machine_record` as JSON to ``path`` (atomically); returns it."""
+def write_machine_record(path: str | Path, threads: int | None = None) -> dict[str, Any]:
+    """Write :func:`machine_record` (with ``threads``) as JSON to ``path`` (atomically); returns it."""
     from mfnb.core.atomic import write_json
 
-    record = machine_record()
+    record = machine_record(threads)
     write_json(Path(path), record)
     return record

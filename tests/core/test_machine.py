@@ -18,6 +18,8 @@ def test_the_record_names_the_cpu_threads_bf16_and_versions_and_round_trips(tmp_
     line = machine.describe({**record, "logical_cores": 2, "torch_threads": 2, "gpus": [], "date": "2026-12-07"})
     assert line == f"Test CPU 9000, 2 logical cores, torch {torch.__version__} on 2 threads, no native bf16, no GPU (2026-12-07)"
     assert machine.describe({**record, "gpus": ["NVIDIA H100"], "native_bf16": True}).count("NVIDIA H100") == 1
+    # a notebook that sets its thread count only around its work records that count, not torch's now
+    assert machine.write_machine_record(tmp_path / "02_machine.json", threads=7)["torch_threads"] == 7
 
 
 def test_native_bf16_on_cpu_asks_for_the_instructions(monkeypatch):
