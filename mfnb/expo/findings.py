@@ -10,6 +10,7 @@ from typing import Mapping, Sequence
 
 from mfnb.core.formatting import fmt, fmt_interval
 from mfnb.expo.control import Variant
+from mfnb.stats import seed_alone_lines
 
 
 def _alpha(x: float) -> str:
@@ -44,17 +45,7 @@ def _labels(optimal) -> list[str]:
 
 def seed_lines(seed_claims) -> list[str]:
     """How far the verdicts of one training seed alone move from the verdict over all of them."""
-    if seed_claims is None or not len(seed_claims):
-        return []
-    seeds = [c for c in seed_claims if c.startswith("seed ")]
-    moved = seed_claims[seed_claims["moved"]]
-    lines = [f"- **One training seed alone** ({len(seeds)} seeds): {len(moved)} of {len(seed_claims)} claim rows would "
-             "read otherwise from some single seed than from all of them together"
-             + (":" if len(moved) else ".")]
-    for r in moved.to_dict("records"):
-        alone = ", ".join(f"{s}: {r[s]}" for s in seeds)
-        lines.append(f"  - {r['claim']}, {r['scope']}: **{r['verdict']}** over the seeds; alone {alone}.")
-    return lines
+    return seed_alone_lines(seed_claims)
 
 
 def reward_model_lines(optimal) -> list[str]:

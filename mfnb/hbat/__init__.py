@@ -22,8 +22,9 @@ Every public name is importable from ``mfnb.hbat``.
 """
 from mfnb.hbat.ablations import HbatExperiment
 from mfnb.hbat.algorithm import HbatRun, check_inputs, run_hbat, select_checkpoint, split_parts, stage_plan
-from mfnb.hbat.claims import (ORIGINAL_EWC, PAIRWISE, VERDICTS, claims_table, combine, figure2_claims, figure2_lines,
-                              figure2_statement, lambda_choice, original_ewc_claims, pairwise_claims, verdict)
+from mfnb.hbat.claims import (ORIGINAL_EWC, PAIRWISE, VERDICTS, all_claims, claims_table, combine, figure2_claims,
+                              figure2_lines, figure2_statement, lambda_choice, original_ewc_claims, pairwise_claims,
+                              seed_claims, verdict)
 from mfnb.hbat.config import (METHODS, OBJECTIVES, EWCParams, HbatError, HbatNotebookParams, HbatParams,
                               SFTStageParams, for_method)
 from mfnb.hbat.efficiency import efficiency_table, measure_efficiency

@@ -222,6 +222,37 @@ def figure2_claims(grid, n_splits: int, paper_fmax: float = 50.0, metrics: Seque
     return rows
 
 
+def all_claims(runs, records: Sequence[dict] = (), costs=None, grid=None, n_splits: int | None = None) -> list[dict]:
+    """Every claim row of notebook 04, in its order: Table 4's pairs, Table 7's, then Figure 2's (where ``grid``
+    and ``n_splits`` are given)."""
+    rows = pairwise_claims(runs, records=records) + original_ewc_claims(runs, costs)
+    if grid is not None and n_splits is not None:
+        rows += figure2_claims(grid, n_splits)
+    return rows
+
+
+def seed_claims(runs, records: Sequence[dict] = (), costs=None, grid=None, n_splits: int | None = None):
+    """How far single-seed verdicts move: each claim's verdict over all seeds beside the verdict each seed alone
+    gives it (that seed's runs and Figure 2 grid; its Table 4 pairs over test prompts where the records keep
+    per-prompt scores, as a single-seed run reads them; Table 7's memory repeats are not per seed and stay), whether
+    any seed alone reads it otherwise, and how many seeds alone resolve it.  Empty with fewer than two seeds."""
+    import pandas as pd
+
+    seeds = sorted(int(s) for s in set(runs["seed"]))
+    if len(seeds) < 2:
+        return pd.DataFrame()
+    out = claims_table(all_claims(runs, records, costs, grid, n_splits))[["claim", "source", "verdict"]].copy()
+    for seed in seeds:
+        alone_grid = grid[grid["seed"] == seed] if grid is not None and "seed" in grid else grid
+        rows = all_claims(runs[runs["seed"] == seed], records, costs, alone_grid, n_splits)
+        said = {r["claim"]: r["verdict"] for r in rows}
+        out[f"seed {seed}"] = [said.get(c, "not run") for c in out["claim"]]
+    columns = [f"seed {s}" for s in seeds]
+    out["moved"] = out[columns].ne(out["verdict"], axis=0).any(axis=1)
+    out["seeds_resolving"] = [sum(v in ("reproduced", "reversed") for v in row) for row in out[columns].to_numpy()]
+    return out
+
+
 def claims_table(rows: Sequence[dict]):
     """Notebook 04's claims CSV: one row per claim, its verdict per metric beside the combined one."""
     return stats.claims_table(rows, CLAIM_COLUMNS)

@@ -23,7 +23,7 @@ from mfnb.stats.sequences import (CS_METHODS, confidence_sequence, mixture_cs_ra
 from mfnb.stats.simulation import coverage_table, outcome_probs, sequential_coverage, simulate_counts
 from mfnb.stats.verdicts import (CLAIM_VERDICTS, NOT_TESTABLE, VERDICTS, claim_verdict, claims_table, combine_testable,
                                  combine_verdicts, difference_text, first_reaching, interval_reading, ratio_summary,
-                                 seed_prompt_interval, seed_replicate_interval, verdict)
+                                 seed_alone_lines, seed_prompt_interval, seed_replicate_interval, verdict)
 from mfnb.stats.winrate import (BINARY_ONLY, CONVENTION_NAMES, EXACT_METHOD, INTERVAL_METHODS, TIE_CONVENTIONS,
                                 TieConvention, WinSummary, check_convention, confidence_interval, convention_interval,
                                 convention_summary, difference_radius, hoeffding_radius, interval_from_counts,

@@ -106,6 +106,23 @@ def seed_replicate_interval(points: Sequence[float], replicates: Sequence[np.nda
     return mean, low, high
 
 
+def seed_alone_lines(table) -> list[str]:
+    """Markdown lines on how far the verdicts of one training seed alone move from the verdict over all seeds.
+    ``table``: one row per claim (and ``scope`` where claims have several) with ``verdict``, one ``seed <s>``
+    column per seed and ``moved`` (``mfnb.expo`` and ``mfnb.hbat``'s ``seed_claims``); [] when empty."""
+    if table is None or not len(table):
+        return []
+    seeds = [c for c in table if str(c).startswith("seed ")]
+    moved = table[table["moved"]]
+    lines = [f"- **One training seed alone** ({len(seeds)} seeds): {len(moved)} of {len(table)} claim rows would read "
+             "otherwise from some single seed than from all of them together" + (":" if len(moved) else ".")]
+    for r in moved.to_dict("records"):
+        scope = f", {r['scope']}" if "scope" in r else ""
+        alone = ", ".join(f"{s}: {r[s]}" for s in seeds)
+        lines.append(f"  - {r['claim']}{scope}: **{r['verdict']}** over the seeds; alone {alone}.")
+    return lines
+
+
 VERDICTS = ("multi-fidelity better", "multi-fidelity worse", "inconclusive")
 CLAIM_VERDICTS = ("reproduced", "reversed", "inconclusive")
 # the verdict where the instrument cannot tell: a score never measured (a judge-only world's quality), or one read

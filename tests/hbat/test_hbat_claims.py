@@ -8,7 +8,7 @@ import math
 import pandas as pd
 import pytest
 
-from mfnb import hbat
+from mfnb import hbat, stats
 from mfnb.hbat import claims as hc
 
 NOISE = (0.01, -0.01, 0.0)
@@ -277,3 +277,19 @@ def test_with_one_seed_the_orderings_pair_over_test_prompts_as_the_claims_do():
     assert "reward: reproduced" in claim["per_metric"]
     assert "over test prompts (one seed: seed noise is not in the interval)" in hbat.ordering_statement(order.reset_index())
     assert hbat.orderings(runs).set_index("metric").loc["reward", "verdict"] == "inconclusive"   # no records: NaN
+
+
+def test_seed_claims_set_each_seed_alone_beside_the_verdict_over_seeds():
+    runs = _runs({"HbAT": (0.6, 0.8, 0.4), "DPO": (0.4, 0.7, 0.3), "SFT": (0.9, 0.0, 0.3)})
+    table = hbat.seed_claims(runs)
+    assert table.columns.tolist() == ["claim", "source", "verdict", "seed 0", "seed 1", "seed 2", "moved",
+                                      "seeds_resolving"]
+    row = table.set_index("claim").loc["HbAT beats two-stage DPO"]
+    # over three seeds the difference is resolved; one seed alone has no interval (no per-prompt records)
+    assert row["verdict"] == "reproduced" and row[["seed 0", "seed 1", "seed 2"]].tolist() == ["inconclusive"] * 3
+    assert bool(row["moved"]) and row["seeds_resolving"] == 0
+    assert table["claim"].tolist() == [r["claim"] for r in hbat.all_claims(runs)]
+    assert hbat.seed_claims(runs[runs["seed"] == 0]).empty   # one seed: nothing to compare
+    lines = stats.seed_alone_lines(table)
+    assert lines[0].startswith(f"- **One training seed alone** (3 seeds): {int(table['moved'].sum())} of {len(table)}")
+    assert "  - HbAT beats two-stage DPO: **reproduced** over the seeds; alone seed 0: inconclusive" in "\n".join(lines)

@@ -68,6 +68,7 @@ def test_notebook_04_runs_and_writes_tables(tmp_path, monkeypatch):
     # one seed: the claims and the tax check pair the runs over the 100 test prompts instead (per-prompt scores)
     hbat_vs_dpo = claims.set_index("claim").loc["HbAT beats two-stage DPO", "ours"]
     assert hbat_vs_dpo.count("(paired over 100 test prompts)") == 3
+    assert not (tables / "04_seed_verdicts.csv").exists()  # one seed: no seed alone to set beside the verdicts
     conflict = json.loads((tables / "04_conflict_check.json").read_text())
     assert conflict["quality"]["prompts"] == 100 and conflict["quality"]["low"] <= conflict["quality"]["high"]
     imp = pd.read_csv(tables / "04_importance.csv")
