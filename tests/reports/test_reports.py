@@ -101,6 +101,7 @@ def test_the_hbat_section_renders_the_mechanism_table_when_measured(tmp_path):
 
     folder = tmp_path / "tables"
     shutil.copytree(RESULTS / "tiny" / "tables", folder)
+    (folder / "04_mechanism.csv").unlink(missing_ok=True)  # tables from before the mechanism was measured
     assert not any(b.startswith("Does the importance weighting matter?") for b in sections.hbat(Tables(folder)))
     pd.DataFrame([{"control": "HbAT w/ uniform anchor", "metric": "reward", "difference": 0.1, "low": 0.05,
                    "high": 0.15, "n": 3, "over": "seeds", "reading": "higher"}]).to_csv(folder / "04_mechanism.csv",
@@ -117,6 +118,7 @@ def test_each_notebook_section_names_the_machine_its_tables_came_from(tmp_path):
     record = {"cpu": "Test CPU", "logical_cores": 2, "torch_threads": 2, "native_bf16": False, "gpus": [],
               "torch": "2.13.0", "date": "2026-12-07"}
     (tmp_path / "tiny" / "tables" / "02_machine.json").write_text(json.dumps(record))
+    (tmp_path / "tiny" / "tables" / "01_machine.json").unlink(missing_ok=True)  # tables from before the record
     text = render_report("tiny", tmp_path)
     section = text.split("## 02")[1].split("## 03")[0]
     assert "Ran on: Test CPU, 2 logical cores, torch 2.13.0 on 2 threads, no native bf16, no GPU (2026-12-07)." in section
