@@ -92,6 +92,10 @@ def _status_kib(field: str) -> int:
     return int(match.group(1))
 
 
+# reset_peak and current_peak are mfnb.core.machine's reset_peak_rss and peak_rss_bytes again: this file is the
+# stdlib-only launcher of the measured commands, so it does not import mfnb
+
+
 def reset_peak() -> bool:
     """Reset this process's RSS high-water mark to its current RSS; False where the kernel does not allow it
     (then :func:`current_peak` is the peak since the process started)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import re
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +66,39 @@ def write_machine_record(path: str | Path, threads: int | None = None) -> dict[s
     record = machine_record(threads)
     write_json(Path(path), record)
     return record
+
+
+def _status_kib(field: str) -> int:
+    match = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"/proc/self/status has no {field}")
+    return int(match.group(1))
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident size (Linux's VmHWM) to its current size, so a peak read later is
+    that of what runs in between; False where the kernel offers no reset (the peak then counts from start)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def current_rss_bytes() -> int:
+    """This process's resident size now (VmRSS)."""
+    return _status_kib("VmRSS") * 1024
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident size since its start or the last :func:`reset_peak_rss` (VmHWM on Linux,
+    else ``ru_maxrss``, which no reset touches)."""
+    try:
+        return _status_kib("VmHWM") * 1024
+    except (OSError, RuntimeError):
+        import resource
+        import sys
+
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale

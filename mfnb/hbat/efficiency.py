@@ -12,7 +12,7 @@ the training processes report one (``cuda_peak_mb`` in their metrics). :func:`me
 measure the claims compare.
 
 The process's peak is training's own: on Linux the peak resident size is reset to the current size just
-before training (:func:`reset_peak_rss`). Without the reset, loading the model and data (or, on a cold cache,
+before training (:func:`mfnb.core.machine.reset_peak_rss`). Without the reset, loading the model and data (or, on a cold cache,
 building them) can set the peak for every method alike: on 2026-12-07 one tiny run read 759.7 MB for all
 three methods (a ratio of 1.0) and the next, with the caches warm, 621 / 630 / 691 MB.
 """
@@ -25,38 +25,11 @@ import time
 from typing import Sequence
 
 from mfnb.core import reference
+from mfnb.core.machine import peak_rss_bytes, reset_peak_rss
 from mfnb.hbat.ablations import HbatExperiment
 from mfnb.hbat.algorithm import run_hbat
 from mfnb.hbat.config import HbatNotebookParams
 from mfnb.training import launch as launcher
-
-
-def reset_peak_rss() -> bool:
-    """Reset this process's peak resident size (Linux's VmHWM) to its current size, so a peak read later is
-    that of what runs in between; False where the kernel offers no reset (the peak then counts from start)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident size since its start or the last :func:`reset_peak_rss` (VmHWM on Linux,
-    else ``ru_maxrss``, which no reset touches)."""
-    import re
-    import resource
-
-    try:
-        with open("/proc/self/status") as f:
-            found = re.search(r"^VmHWM:\s+(\d+)\s+kB", f.read(), re.M)
-        if found:
-            return int(found.group(1)) * 1024
-    except OSError:
-        pass
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def _cost_worker(spec_json: str) -> None:

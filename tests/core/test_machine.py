@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
+import pytest
 import torch
 
 from mfnb.core import machine
@@ -28,3 +32,24 @@ def test_native_bf16_on_cpu_asks_for_the_instructions(monkeypatch):
     assert machine.cpu_has_native_bf16() is False
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     assert machine.cpu_has_native_bf16() is True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the peak reset is Linux's /proc/self/clear_refs")
+def test_the_peak_counts_from_the_reset_not_from_what_came_before():
+    # what HbAT's Table 7 relies on to measure training's peak, not loading's
+    # in a fresh process whose allocator returns freed memory (no GLIBC_TUNABLES): 300 MB touched and freed
+    # (loading), the reset, then 64 MB (training): the peak read is training's, far below loading's
+    code = """
+from mfnb.core.machine import peak_rss_bytes, reset_peak_rss
+loaded = bytearray(300 * 2**20)
+del loaded
+before = peak_rss_bytes()
+assert reset_peak_rss() is True
+after = peak_rss_bytes()
+grown = bytearray(64 * 2**20)
+print(before >> 20, after >> 20, peak_rss_bytes() >> 20)
+"""
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    before, after, trained = map(int, out.stdout.split())
+    assert before >= 300 and after < before - 200 and after + 60 <= trained < before
