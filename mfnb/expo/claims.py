@@ -146,8 +146,9 @@ def alpha_summary(choice, delta_norms: Mapping[int, Mapping[str, float]] | None 
     choices = per_seed(choice)
     rows = []
     for key in choices[0].matrices:
+        grid = choices[0].matrices[key][0]   # an alpha lies on the swept grid: its interval too
         alpha, low, high = _crossed(choices, [c.point[key] for c in choices], [c.replicates[key] for c in choices],
-                                    discrete=True)
+                                    discrete=True, bounds=(min(grid), max(grid)))
         row = {"model": key, "alpha": alpha, "alpha_low": low, "alpha_high": high, "seeds": len(choices)}
         if delta_norms and seeds is not None and all(key in delta_norms.get(s, {}) for s in seeds):
             norms = [delta_norms[s][key] for s in seeds]

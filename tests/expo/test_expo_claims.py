@@ -220,6 +220,7 @@ def test_claims_over_several_training_seeds_cross_seeds_and_prompts():
     summary = expo.alpha_summary(split, {0: {"5%": 1.0, "20%": 1.0, "100%": 1.0},
                                          1: {"5%": 3.0, "20%": 1.0, "100%": 1.0}}).set_index("model")
     assert summary.loc["5%", "alpha"] == 2.5 and summary.loc["5%", "delta_norm"] == 2.0
+    assert (summary["alpha_low"] >= 0.0).all() and (summary["alpha_high"] <= 5.0).all()  # inside the swept grid
     assert summary.loc["5%", "extrapolated_norm"] == (6.0 * 1.0 + 1.0 * 3.0) / 2  # (1 + alpha) ||delta|| per seed
 
 
