@@ -38,7 +38,7 @@ from mfnb.expo.control import ORACLE, Variant, control_variants
 from mfnb.expo.experiment import ExpoExperiment
 from mfnb.expo.extrapolation import (CHUNK_ELEMENTS, INDEX_FILE, SINGLE_FILE, WEIGHT_SUFFIXES, ExpoError, extrapolate,
                                      extrapolate_state_dict)
-from mfnb.expo.findings import (claim_lines, figure6_lines, length_lines, lr_lines, reward_model_lines, seed_lines,
+from mfnb.expo.findings import (claim_lines, figure6_lines, length_lines, lr_lines, reward_model_lines,
                                 verdict_lines)
 from mfnb.expo.lora import ADAPTER_FILE, lora_delta_norm, lora_extrapolation, scale_lora_adapter
 from mfnb.expo.plots import plot_alpha_curves, plot_figure6, winrate_rows

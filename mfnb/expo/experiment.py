@@ -25,7 +25,7 @@ from mfnb.expo.alpha_judge import accuracy_on_pairs, accuracy_on_responses, rewa
 from mfnb.expo.claims import (TREND_CLAIM, AlphaChoice, alpha_shift, alpha_summary, alpha_trend_claim, claims_table,
                               figure6_claims, medium_best_claim, table1_claims)
 from mfnb.expo.control import Variant, control_variants
-from mfnb.expo.findings import figure6_lines, length_lines, lr_lines, reward_model_lines, seed_lines, verdict_lines
+from mfnb.expo.findings import figure6_lines, length_lines, lr_lines, reward_model_lines, verdict_lines
 from mfnb.expo.lora import lora_delta_norm
 from mfnb.expo.report import (NOT_TRAINED, SampleStats, comparisons, departures, judged_samples, paper_table1,
                               samples_table)
@@ -33,6 +33,7 @@ from mfnb.expo.sweep import (alpha_sweep, optimal_alpha, optimal_alpha_table, re
                              summarize_sweep, sweep_responses, sweep_scores)
 from mfnb.expo.training import (adapter_info, adapter_path, dpo_steps, fraction_label, length_bias, load_aligned,
                                 preference_rows, train_dpo_adapter)
+from mfnb.stats import seed_alone_lines
 from mfnb.worlds import has, make_world
 
 if TYPE_CHECKING:
@@ -292,7 +293,7 @@ class ExpoExperiment:
         dotted), or None where the world knows no quality."""
         if not self.knows_quality:
             return None
-        table = optimal_alpha_table(seed_mean(self.sweeps).drop(columns=["train_seed"], errors="ignore"))
+        table = optimal_alpha_table(seed_mean(self.sweeps))
         return dict(zip(table["data"], table["alpha_by_quality"]))
 
     def optimal_alphas(self):
@@ -564,15 +565,16 @@ class ExpoExperiment:
         rows += figure6_claims(stats, self.controls, reward_doubt=reward_doubt)
         return rows
 
-    def seed_claims(self, reward_doubt: str | None = None):
-        """How far single-seed verdicts move: every row of :meth:`claims` beside the verdict each training seed
-        alone gives it (that seed's models and alpha choices, intervals over prompts only), whether any seed
-        alone reads it otherwise, and how many seeds alone resolve it.  Empty with one training seed."""
+    def seed_claims(self, claims, reward_doubt: str | None = None):
+        """How far single-seed verdicts move: every row of ``claims`` (:meth:`claims` with the same
+        ``reward_doubt``) beside the verdict each training seed alone gives it (that seed's models and alpha
+        choices, intervals over prompts only), whether any seed alone reads it otherwise, and how many seeds
+        alone resolve it.  Empty with one training seed."""
         import pandas as pd
 
         if len(self.seeds) < 2:
             return pd.DataFrame()
-        out = self.claims(reward_doubt)[["claim", "source", "scope", "verdict"]]
+        out = claims[["claim", "source", "scope", "verdict"]].copy()
         for seed in self.seeds:
             samples = self.stats.samples[self.stats.samples["train_seed"].isin([seed, NOT_TRAINED])]
             alone = SampleStats(samples, n_boot=self.P.n_boot, seed=self.P.boot_seed, level=self.level)
@@ -587,7 +589,7 @@ class ExpoExperiment:
                  seed_claims=None) -> list[str]:
         """The notebook's closing Markdown lines, from its tables: a verdict per claim, what the Figure 6
         control says, whether the reward model picks the right alpha, length, the learning rate, the judge."""
-        lines = verdict_lines(verdicts) + seed_lines(seed_claims)
+        lines = verdict_lines(verdicts) + seed_alone_lines(seed_claims)
         trend = verdicts.set_index("claim")["verdict"].get(TREND_CLAIM, "inconclusive")
         figure6 = claims[claims["source"] == "Figure 6"].to_dict("records")
         full = fraction_label(FULL_DATA) if self.full_model else None

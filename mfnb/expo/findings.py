@@ -10,7 +10,6 @@ from typing import Mapping, Sequence
 
 from mfnb.core.formatting import fmt, fmt_interval
 from mfnb.expo.control import Variant
-from mfnb.stats import seed_alone_lines
 
 
 def _alpha(x: float) -> str:
@@ -41,11 +40,6 @@ def _labels(optimal) -> list[str]:
     if "train_seed" in optimal and optimal["train_seed"].nunique() > 1:
         return [f"{d} (seed {s})" for d, s in zip(optimal["data"], optimal["train_seed"])]
     return list(optimal["data"])
-
-
-def seed_lines(seed_claims) -> list[str]:
-    """How far the verdicts of one training seed alone move from the verdict over all of them."""
-    return seed_alone_lines(seed_claims)
 
 
 def reward_model_lines(optimal) -> list[str]:

@@ -38,6 +38,8 @@ def _run(*argv) -> tuple[int, str]:
      "parameter 'sampling.engine': Value error, kind 'llamacpp' samples a GGUF file, not a trained model"),
     ("04", ["-p", "sampling.engine", "{kind: hf, dtype: float16}"], "parameter 'sampling.engine.dtype'"),
     ("03", ["-p", "report_seed", "0"], "unknown parameter 'report_seed' (did you mean 'report_seeds'?)"),
+    ("03", ["-p", "train_seeds", "[0, 0]"], "parameter 'train_seeds': Value error, train_seeds must be distinct"),
+    ("03", ["-p", "train_seed", "1"], "unknown parameter 'train_seed' (did you mean 'train_seeds'?)"),  # old params
     ("03", ["-p", "n_boot", "5"], "parameter 'n_boot': Input should be greater than or equal to 100"),
     ("04", ["-p", "seeds", "[1, 1]"], "parameter 'seeds': Value error, seeds: [1] repeated in [1, 1]"),
     ("04", ["-p", "lam_grid", "[-1.0]"], "parameter 'lam_grid': Value error, lam_grid: lambda must be >= 0"),

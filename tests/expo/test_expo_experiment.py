@@ -61,7 +61,7 @@ def run(tiny_world, tmp_path_factory):
         out["shift"] = exp.alpha_shift()
         out["claims"] = exp.claims()
         out["verdicts"] = expo.overall(out["claims"])
-        out["seed_claims"] = exp.seed_claims()
+        out["seed_claims"] = exp.seed_claims(out["claims"])
         yield exp, out
 
 
